@@ -1,0 +1,459 @@
+// Read-path benchmark of the shared-memory table (issue 2's targets).
+//
+// A forked child is the writer: it fills 1,000,000 keys of 16 bytes with
+// 100-byte values, then idles or overwrites 100,000 keys/s. This process is
+// the reader. Every figure is printed beside the same workload, in the same
+// run, on an in-process absl::flat_hash_map<std::string, std::string>, on LMDB
+// (mdb_get in one reused read transaction) and on a pointer chase over 1 GiB
+// of 4 KiB pages (one dependent DRAM access per hop).
+//
+// Gets are dependent: the next key's index mixes in the length the previous
+// get returned, so each figure is a latency (misses do not overlap across
+// iterations), comparable with the hop.
+//
+//   kvs_table_bench [--keys N] [google benchmark flags]
+#include <absl/container/flat_hash_map.h>
+#include <benchmark/benchmark.h>
+#include <lmdb.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvs/kvs.h"
+#include "writer/table_writer.hpp"
+
+namespace {
+
+uint64_t g_keys = 1'000'000;
+constexpr size_t kKeyBytes = 16;
+constexpr size_t kValueBytes = 100;
+const std::string kPrefix = "kvsbench" + std::to_string(::getpid()) + ".";
+
+// ---- keys: 16 bytes = index (8) + constant tag (8); misses use another tag
+struct Key {
+  char b[kKeyBytes];
+};
+inline Key make_key(uint64_t i, bool miss = false) {
+  Key k;
+  const uint64_t tag = miss ? 0x7373696d7373696dULL : 0x74696874697468ULL;
+  std::memcpy(k.b, &i, 8);
+  std::memcpy(k.b + 8, &tag, 8);
+  return k;
+}
+std::string make_value(uint64_t i, uint64_t round) {
+  std::string v(kValueBytes, '\0');
+  for (size_t j = 0; j < kValueBytes; ++j) v[j] = static_cast<char>('a' + (i + j + round) % 26);
+  return v;
+}
+// The next index depends on the previous result: a serial chain of gets.
+inline uint64_t next_index(uint64_t idx, uint64_t dep) {
+  return ((idx + dep + 1) * 0x9E3779B97F4A7C15ULL >> 20) % g_keys;
+}
+
+// ---- the writer child, steered through a shared anonymous page
+struct Control {
+  std::atomic<int> ready;
+  std::atomic<int> stop;
+  std::atomic<uint64_t> overwrite_rate;  // keys/s; 0 = idle
+  std::atomic<uint64_t> overwritten;
+  std::atomic<uint64_t> segment_used_bytes;
+};
+Control* g_ctl = nullptr;
+pid_t g_writer = -1;
+
+[[noreturn]] void writer_main() {
+  kvs::WriterOptions o;
+  o.table = "bench";
+  o.shm_prefix = kPrefix;
+  o.capacity = g_keys;
+  o.arena_bytes = g_keys * 128 + (64 << 20);  // slack for overwrites in flight
+  o.max_value_bytes = 4096;
+  auto w = kvs::TableWriter::open(o);
+  if (!w) {
+    std::fprintf(stderr, "writer: %s\n", w.error().message.c_str());
+    _exit(2);
+  }
+  for (uint64_t i = 0; i < g_keys; ++i) {
+    const Key k = make_key(i);
+    if (!(*w)->put({k.b, kKeyBytes}, make_value(i, 0))) _exit(3);
+  }
+  (*w)->set_state(kvs::format::TableState::kReady);
+  g_ctl->segment_used_bytes = (*w)->header().arena_offset + (*w)->stats().arena_used;
+  g_ctl->ready = 1;
+  std::mt19937_64 rng(7);
+  uint64_t round = 1;
+  auto next = std::chrono::steady_clock::now();
+  while (!g_ctl->stop.load()) {
+    const uint64_t rate = g_ctl->overwrite_rate.load();
+    if (rate == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      next = std::chrono::steady_clock::now();
+      continue;
+    }
+    // Batches every 10 ms, as kvsd's applier would apply a poll's records.
+    const uint64_t batch = rate / 100;
+    for (uint64_t j = 0; j < batch; ++j) {
+      const uint64_t i = rng() % g_keys;
+      const Key k = make_key(i);
+      kvs::Result<void> r;
+      while (!(r = (*w)->put({k.b, kKeyBytes}, make_value(i, round))) &&
+             r.error().code == kvs::Errc::kBusy) {
+        (*w)->reclaim();
+      }
+      if (!r) _exit(4);
+    }
+    ++round;
+    (*w)->reclaim();
+    g_ctl->overwritten += batch;
+    next += std::chrono::milliseconds(10);
+    std::this_thread::sleep_until(next);
+  }
+  _exit(0);
+}
+
+// ---- the contenders
+kvs_table* g_table = nullptr;
+absl::flat_hash_map<std::string, std::string>* g_absl = nullptr;
+MDB_env* g_env = nullptr;
+MDB_dbi g_dbi;
+MDB_txn* g_rtxn = nullptr;
+uint64_t* g_chase = nullptr;  // 1 GiB, one index per 64-byte line
+std::string g_lmdb_dir;
+
+void build_absl() {
+  g_absl = new absl::flat_hash_map<std::string, std::string>();
+  g_absl->reserve(g_keys);
+  for (uint64_t i = 0; i < g_keys; ++i) {
+    const Key k = make_key(i);
+    g_absl->emplace(std::string(k.b, kKeyBytes), make_value(i, 0));
+  }
+}
+
+void check_mdb(int rc, const char* what) {
+  if (rc != 0) {
+    std::fprintf(stderr, "%s: %s\n", what, mdb_strerror(rc));
+    std::exit(1);
+  }
+}
+
+void build_lmdb() {
+  g_lmdb_dir = "/dev/shm/" + kPrefix + "lmdb";
+  std::filesystem::create_directories(g_lmdb_dir);
+  check_mdb(mdb_env_create(&g_env), "mdb_env_create");
+  check_mdb(mdb_env_set_mapsize(g_env, size_t{4} << 30), "mdb_env_set_mapsize");
+  check_mdb(mdb_env_open(g_env, g_lmdb_dir.c_str(), MDB_NOSYNC | MDB_NOMETASYNC, 0644),
+            "mdb_env_open");
+  MDB_txn* txn;
+  check_mdb(mdb_txn_begin(g_env, nullptr, 0, &txn), "mdb_txn_begin");
+  check_mdb(mdb_dbi_open(txn, nullptr, 0, &g_dbi), "mdb_dbi_open");
+  for (uint64_t i = 0; i < g_keys; ++i) {
+    Key k = make_key(i);
+    std::string v = make_value(i, 0);
+    MDB_val mk{kKeyBytes, k.b}, mv{v.size(), v.data()};
+    check_mdb(mdb_put(txn, g_dbi, &mk, &mv, 0), "mdb_put");
+  }
+  check_mdb(mdb_txn_commit(txn), "mdb_txn_commit");
+  check_mdb(mdb_txn_begin(g_env, nullptr, MDB_RDONLY, &g_rtxn), "mdb_txn_begin ro");
+}
+
+void build_chase() {
+  constexpr size_t kBytes = size_t{1} << 30;
+  constexpr size_t kStride = 64 / sizeof(uint64_t);
+  const size_t lines = kBytes / 64;
+  void* mem = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) {
+    std::perror("mmap 1 GiB");
+    std::exit(1);
+  }
+  // 4 KiB pages, like /dev/shm (no transparent huge pages there).
+  ::madvise(mem, kBytes, MADV_NOHUGEPAGE);
+  g_chase = static_cast<uint64_t*>(mem);
+  std::vector<uint32_t> order(lines);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin() + 1, order.end(), std::mt19937_64(1));
+  for (size_t i = 0; i < lines; ++i) {
+    g_chase[order[i] * kStride] = order[(i + 1) % lines] * kStride;
+  }
+}
+
+// ---- benchmarks
+void BM_Hop(benchmark::State& state) {
+  uint64_t p = 0;
+  const uint64_t* a = g_chase;
+  for (auto _ : state) {
+    p = a[p];
+    benchmark::DoNotOptimize(p);
+  }
+}
+
+template <bool kMiss>
+void BM_Absl(benchmark::State& state) {
+  uint64_t idx = 1;
+  for (auto _ : state) {
+    const Key k = make_key(idx, kMiss);
+    auto it = g_absl->find(absl::string_view(k.b, kKeyBytes));
+    const uint64_t dep = it == g_absl->end() ? 0 : it->second.size();
+    benchmark::DoNotOptimize(dep);
+    idx = next_index(idx, dep);
+  }
+}
+
+template <bool kMiss>
+void BM_Lmdb(benchmark::State& state) {
+  uint64_t idx = 1;
+  for (auto _ : state) {
+    Key k = make_key(idx, kMiss);
+    MDB_val mk{kKeyBytes, k.b}, mv{0, nullptr};
+    const uint64_t dep = mdb_get(g_rtxn, g_dbi, &mk, &mv) == 0 ? mv.mv_size : 0;
+    benchmark::DoNotOptimize(dep);
+    idx = next_index(idx, dep);
+  }
+}
+
+// One read guard per get: the cost a request handler pays.
+template <bool kMiss>
+void BM_Kvs(benchmark::State& state) {
+  uint64_t idx = 1;
+  g_ctl->overwrite_rate = static_cast<uint64_t>(state.range(0));
+  for (auto _ : state) {
+    const Key k = make_key(idx, kMiss);
+    kvs_txn* txn;
+    kvs_read_begin(g_table, &txn);
+    const void* v = nullptr;
+    size_t n = 0;
+    const uint64_t dep = kvs_get(txn, k.b, kKeyBytes, &v, &n) == KVS_OK ? n : 0;
+    kvs_read_end(txn);
+    benchmark::DoNotOptimize(dep);
+    idx = next_index(idx, dep);
+  }
+  g_ctl->overwrite_rate = 0;
+}
+
+// 16 gets whose keys are known up front: 16 single gets vs one multi_get.
+void BM_Kvs16Single(benchmark::State& state) {
+  uint64_t idx = 1;
+  for (auto _ : state) {
+    kvs_txn* txn;
+    kvs_read_begin(g_table, &txn);
+    uint64_t dep = 0;
+    for (int j = 0; j < 16; ++j) {
+      const Key k = make_key((idx + j * 0x9E3779B1ULL) % g_keys);
+      const void* v = nullptr;
+      size_t n = 0;
+      if (kvs_get(txn, k.b, kKeyBytes, &v, &n) == KVS_OK) dep += n;
+    }
+    kvs_read_end(txn);
+    benchmark::DoNotOptimize(dep);
+    idx = next_index(idx, dep);
+  }
+}
+
+void BM_KvsMultiGet16(benchmark::State& state) {
+  uint64_t idx = 1;
+  Key keys[16];
+  const void* kp[16];
+  size_t kl[16];
+  const void* vp[16];
+  size_t vl[16];
+  int rc[16];
+  for (int j = 0; j < 16; ++j) {
+    kp[j] = keys[j].b;
+    kl[j] = kKeyBytes;
+  }
+  for (auto _ : state) {
+    for (int j = 0; j < 16; ++j) keys[j] = make_key((idx + j * 0x9E3779B1ULL) % g_keys);
+    kvs_txn* txn;
+    kvs_read_begin(g_table, &txn);
+    kvs_multi_get(txn, 16, kp, kl, vp, vl, rc);
+    kvs_read_end(txn);
+    uint64_t dep = 0;
+    for (int j = 0; j < 16; ++j) dep += rc[j] == KVS_OK ? vl[j] : 0;
+    benchmark::DoNotOptimize(dep);
+    idx = next_index(idx, dep);
+  }
+}
+
+// ---- throughput of 1 vs 2 reader processes (dependent gets, fixed time)
+uint64_t reader_loop(std::chrono::milliseconds how_long, uint64_t seed) {
+  kvs_table* t = nullptr;
+  kvs_open_options o{kPrefix.c_str()};
+  if (kvs_open("bench", &o, &t) != KVS_OK) return 0;
+  uint64_t idx = seed % g_keys, n = 0;
+  const auto end = std::chrono::steady_clock::now() + how_long;
+  while (std::chrono::steady_clock::now() < end) {
+    for (int j = 0; j < 256; ++j, ++n) {
+      const Key k = make_key(idx);
+      kvs_txn* txn;
+      kvs_read_begin(t, &txn);
+      const void* v;
+      size_t len = 0;
+      kvs_get(txn, k.b, kKeyBytes, &v, &len);
+      kvs_read_end(txn);
+      idx = next_index(idx, len);
+    }
+  }
+  kvs_close(t);
+  return n;
+}
+
+uint64_t readers_throughput(int readers, std::chrono::milliseconds how_long) {
+  auto* counts = static_cast<std::atomic<uint64_t>*>(
+      ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  std::vector<pid_t> kids;
+  for (int r = 0; r < readers; ++r) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      counts[r] = reader_loop(how_long, 12345 + r * 777);
+      _exit(0);
+    }
+    kids.push_back(pid);
+  }
+  uint64_t total = 0;
+  for (int r = 0; r < readers; ++r) {
+    ::waitpid(kids[r], nullptr, 0);
+    total += counts[r];
+  }
+  ::munmap(counts, 4096);
+  return total;
+}
+
+// Captures each benchmark's time per iteration for the summary.
+class Capture : public benchmark::ConsoleReporter {
+ public:
+  std::map<std::string, double> ns;
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& r : runs) {
+      if (r.run_type == Run::RT_Iteration) ns[r.benchmark_name()] = r.GetAdjustedRealTime();
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+void cleanup() {
+  if (g_writer > 0) {
+    g_ctl->stop = 1;
+    ::waitpid(g_writer, nullptr, 0);
+  }
+  kvs::shm::remove_segment(kPrefix + "bench");
+  kvs::shm::remove_segment(kPrefix + "bench.readers");
+  if (!g_lmdb_dir.empty()) std::filesystem::remove_all(g_lmdb_dir);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
+      g_keys = std::strtoull(argv[++i], nullptr, 10);
+    } else {
+      args.push_back(argv[i]);
+    }
+  }
+  int bargc = static_cast<int>(args.size());
+  benchmark::Initialize(&bargc, args.data());
+
+  g_ctl = static_cast<Control*>(
+      ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  std::fprintf(stderr, "setting up: %llu keys in kvs (writer process), absl, LMDB; 1 GiB chase\n",
+               static_cast<unsigned long long>(g_keys));
+  g_writer = ::fork();
+  if (g_writer == 0) writer_main();
+  build_absl();
+  build_lmdb();
+  build_chase();
+  while (!g_ctl->ready.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  kvs_open_options o{kPrefix.c_str()};
+  if (kvs_open("bench", &o, &g_table) != KVS_OK) {
+    std::fprintf(stderr, "kvs_open: %s\n", kvs_last_error());
+    cleanup();
+    return 1;
+  }
+
+  benchmark::RegisterBenchmark("hop/pointer_chase_1GiB", BM_Hop);
+  benchmark::RegisterBenchmark("get_hit/absl_in_process", BM_Absl<false>);
+  benchmark::RegisterBenchmark("get_hit/lmdb", BM_Lmdb<false>);
+  benchmark::RegisterBenchmark("get_hit/kvs", BM_Kvs<false>)->Arg(0);
+  benchmark::RegisterBenchmark("get_hit/kvs_writer_100k_per_s", BM_Kvs<false>)->Arg(100000);
+  benchmark::RegisterBenchmark("get_miss/absl_in_process", BM_Absl<true>);
+  benchmark::RegisterBenchmark("get_miss/lmdb", BM_Lmdb<true>);
+  benchmark::RegisterBenchmark("get_miss/kvs", BM_Kvs<true>)->Arg(0);
+  benchmark::RegisterBenchmark("batch16/kvs_16_single_gets", BM_Kvs16Single);
+  benchmark::RegisterBenchmark("batch16/kvs_multi_get", BM_KvsMultiGet16);
+  Capture capture;
+  benchmark::RunSpecifiedBenchmarks(&capture);
+
+  auto t = [&](const char* prefix) {
+    for (auto& [name, v] : capture.ns) {
+      if (name.rfind(prefix, 0) == 0) return v;
+    }
+    return 0.0;
+  };
+  const double hop = t("hop/"), absl_hit = t("get_hit/absl"), lmdb_hit = t("get_hit/lmdb"),
+               kvs_hit = t("get_hit/kvs/"), kvs_hit_w = t("get_hit/kvs_writer"),
+               absl_miss = t("get_miss/absl"), lmdb_miss = t("get_miss/lmdb"),
+               kvs_miss = t("get_miss/kvs"), single16 = t("batch16/kvs_16"),
+               multi16 = t("batch16/kvs_multi");
+
+  std::fprintf(stderr,
+               "measuring 1 vs 2 reader processes (writer idle), then 1 reader with writer\n");
+  const auto window = std::chrono::milliseconds(1500);
+  const double one = static_cast<double>(readers_throughput(1, window));
+  const double two = static_cast<double>(readers_throughput(2, window));
+  g_ctl->overwrite_rate = 100000;
+  const uint64_t before = g_ctl->overwritten.load();
+  const double one_w = static_cast<double>(readers_throughput(1, window));
+  const double achieved_rate = (g_ctl->overwritten.load() - before) / 1.5;
+  g_ctl->overwrite_rate = 0;
+
+  const double used = static_cast<double>(g_ctl->segment_used_bytes.load());
+  const double per_entry = used / static_cast<double>(g_keys);
+  const double overhead = per_entry - kKeyBytes - kValueBytes;
+
+  auto row = [](const char* what, double v, const char* unit, const char* vs, double ratio,
+                const char* target, bool ok) {
+    std::printf("%-44s %9.1f %-6s %-22s %6.2fx  %-14s %s\n", what, v, unit, vs, ratio, target,
+                ok ? "ok" : "MISSED");
+  };
+  std::printf("\nSummary (%llu keys, 16-byte keys, 100-byte values; same run)\n",
+              static_cast<unsigned long long>(g_keys));
+  std::printf("%-44s %9s %-6s %-22s %7s  %-14s\n", "figure", "value", "unit", "ratio to", "ratio",
+              "target");
+  row("DRAM hop (pointer chase, 1 GiB, 4 KiB pages)", hop, "ns", "-", 1.0, "-", true);
+  row("get hit, kvs (reader process, writer idle)", kvs_hit, "ns", "absl in-process",
+      kvs_hit / absl_hit, "<= 1.0x", kvs_hit <= absl_hit);
+  row("", kvs_hit, "ns", "LMDB mdb_get", kvs_hit / lmdb_hit, "<= 0.6x", kvs_hit <= 0.6 * lmdb_hit);
+  row("", kvs_hit, "ns", "DRAM hop", kvs_hit / hop, "<= 2.0x", kvs_hit <= 2.0 * hop);
+  row("get hit, absl in-process", absl_hit, "ns", "DRAM hop", absl_hit / hop, "-", true);
+  row("get hit, LMDB", lmdb_hit, "ns", "DRAM hop", lmdb_hit / hop, "-", true);
+  row("get miss, kvs", kvs_miss, "ns", "DRAM hop", kvs_miss / hop, "<= 1.0x", kvs_miss <= hop);
+  row("", kvs_miss, "ns", "absl in-process", kvs_miss / absl_miss, "-", true);
+  row("", kvs_miss, "ns", "LMDB mdb_get", kvs_miss / lmdb_miss, "-", true);
+  row("get hit, kvs, writer 100k overwrites/s", kvs_hit_w, "ns", "kvs, writer idle",
+      kvs_hit_w / kvs_hit, "<= 1.10x", kvs_hit_w <= 1.1 * kvs_hit);
+  row("multi_get of 16 keys", multi16, "ns", "16 single gets", multi16 / single16, "<= 0.35x",
+      multi16 <= 0.35 * single16);
+  row("2 reader processes, gets/s (sum)", two / 1.5 / 1e6, "M/s", "1 reader process", two / one,
+      ">= 1.8x", two >= 1.8 * one);
+  row("1 reader, writer 100k overwrites/s, gets/s", one_w / 1.5 / 1e6, "M/s",
+      "1 reader, writer idle", one_w / one, ">= 0.90x", one_w >= 0.9 * one);
+  std::printf("   (writer achieved %.0f overwrites/s during that window)\n", achieved_rate);
+  std::printf("%-44s %9.1f %-6s %-22s %7s  %-14s %s\n", "shared memory per entry beyond key+value",
+              overhead, "bytes", "(segment used / keys)", "-", "<= 48",
+              overhead <= 48 ? "ok" : "MISSED");
+  cleanup();
+  return 0;
+}

@@ -1,0 +1,140 @@
+// Lookups in a mapped table, shared by the reader and the writer.
+//
+// Every load of a slot word is seq_cst: on x86 that is a plain load, and it
+// makes the reader's side of the epoch handshake (announce, then load slots)
+// a formal Dekker pair with the writer's (unpublish, fence, scan readers).
+// A probe never reads outside [arena_begin, arena_end) and visits each group
+// at most once, so a corrupt or foreign segment yields kCorrupt, not a crash
+// or an endless loop (DESIGN.md invariant 5).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "format/layout.hpp"
+
+namespace kvs::format {
+
+struct EntryRef {
+  const uint8_t* key;
+  const uint8_t* value;
+  uint32_t key_len;
+  uint32_t value_len;
+};
+
+struct SlotRef {
+  uint64_t group;  // index of the group holding the slot
+  int slot;        // 0..kSlotsPerGroup-1
+  uint64_t word;   // the slot word that was read
+};
+
+enum class Lookup { kFound, kAbsent, kCorrupt };
+
+class TableView {
+ public:
+  TableView() = default;
+  TableView(const uint8_t* base, const TableHeader& h)
+      : base_(base),
+        groups_(reinterpret_cast<const Group*>(base + h.groups_offset)),
+        group_count_(h.group_count),
+        arena_begin_(h.arena_offset),
+        arena_end_(h.arena_offset + h.arena_bytes) {}
+
+  uint64_t group_count() const { return group_count_; }
+  const Group& group(uint64_t g) const { return groups_[g]; }
+  uint64_t arena_begin() const { return arena_begin_; }
+  uint64_t arena_end() const { return arena_end_; }
+  const uint8_t* base() const { return base_; }
+
+  // Decodes the block at `offset`; false if it does not lie inside the arena.
+  bool entry_at(uint64_t offset, EntryRef* out) const {
+    if (offset < arena_begin_ || offset > arena_end_ - sizeof(BlockHeader)) return false;
+    BlockHeader h;
+    std::memcpy(&h, base_ + offset, sizeof h);
+    if (uint64_t{h.key_len} + h.value_len > arena_end_ - offset - sizeof(BlockHeader)) {
+      return false;
+    }
+    out->key = base_ + offset + sizeof(BlockHeader);
+    out->key_len = h.key_len;
+    out->value = out->key + h.key_len;
+    out->value_len = h.value_len;
+    return true;
+  }
+
+  Lookup find(const void* key, size_t key_len, uint64_t hash, EntryRef* out,
+              SlotRef* where = nullptr) const {
+    const uint16_t tag = hash_tag(hash);
+    uint64_t g = home_group(hash, group_count_);
+    for (uint64_t probes = 0; probes < group_count_; ++probes) {
+      const Group& grp = groups_[g];
+      for (int i = 0; i < kSlotsPerGroup; ++i) {
+        const uint64_t w = grp.slots[i].load(std::memory_order_seq_cst);
+        if (w == 0 || slot_tag(w) != tag) continue;
+        if (!entry_at(slot_offset(w), out)) return Lookup::kCorrupt;
+        if (out->key_len == key_len && std::memcmp(out->key, key, key_len) == 0) {
+          if (where) *where = SlotRef{g, i, w};
+          return Lookup::kFound;
+        }
+      }
+      if (grp.overflow.load(std::memory_order_seq_cst) == 0) return Lookup::kAbsent;
+      g = (g + 1 == group_count_) ? 0 : g + 1;
+    }
+    return Lookup::kCorrupt;  // every group claims overflow: not a table we wrote
+  }
+
+  // Prefetch helpers for batched lookups.
+  void prefetch_group(uint64_t hash) const {
+    __builtin_prefetch(&groups_[home_group(hash, group_count_)]);
+  }
+  // Prefetches the entry of the first slot in the home group whose tag matches.
+  void prefetch_candidate(uint64_t hash) const {
+    const Group& grp = groups_[home_group(hash, group_count_)];
+    const uint16_t tag = hash_tag(hash);
+    for (int i = 0; i < kSlotsPerGroup; ++i) {
+      const uint64_t w = grp.slots[i].load(std::memory_order_relaxed);
+      if (w != 0 && slot_tag(w) == tag) {
+        const uint64_t off = slot_offset(w);
+        if (off >= arena_begin_ && off < arena_end_) __builtin_prefetch(base_ + off);
+        return;
+      }
+    }
+  }
+
+ private:
+  const uint8_t* base_ = nullptr;
+  const Group* groups_ = nullptr;
+  uint64_t group_count_ = 0;
+  uint64_t arena_begin_ = 0;
+  uint64_t arena_end_ = 0;
+};
+
+// Checks an attached header against the size of its mapping. Returns an empty
+// string when the header is ours and self-consistent, else what is wrong.
+// `what` names the segment in messages.
+enum class HeaderCheck { kOk, kNotOurs, kLayout, kCorrupt };
+
+struct HeaderVerdict {
+  HeaderCheck check;
+  uint32_t found_version;
+};
+
+inline HeaderVerdict check_header(const uint8_t* base, uint64_t mapped_bytes) {
+  if (mapped_bytes < sizeof(TableHeader)) return {HeaderCheck::kCorrupt, 0};
+  const auto& h = *reinterpret_cast<const TableHeader*>(base);
+  if (h.magic != kTableMagic) return {HeaderCheck::kNotOurs, 0};
+  if (h.layout_version != kLayoutVersion) return {HeaderCheck::kLayout, h.layout_version};
+  if (h.fingerprint != layout_fingerprint() || h.header_bytes != sizeof(TableHeader)) {
+    return {HeaderCheck::kLayout, h.layout_version};
+  }
+  // Geometry must describe exactly this mapping.
+  const Geometry g = geometry(h.capacity, h.partition_capacity, h.arena_bytes);
+  if (h.segment_bytes != mapped_bytes || g.segment_bytes != h.segment_bytes ||
+      g.groups_offset != h.groups_offset || g.group_count != h.group_count ||
+      g.arena_offset != h.arena_offset || g.partitions_offset != h.partitions_offset ||
+      h.group_count < 2) {
+    return {HeaderCheck::kCorrupt, h.layout_version};
+  }
+  return {HeaderCheck::kOk, h.layout_version};
+}
+
+}  // namespace kvs::format

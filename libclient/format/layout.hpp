@@ -1,0 +1,216 @@
+// The kvs table format: the one definition shared by the writer (kvsd) and
+// every reader (libkvs). docs/format.md explains it in prose; any change here
+// that changes bytes in shared memory bumps kLayoutVersion and goes into
+// CHANGELOG.md.
+//
+// Data segment (/dev/shm/<prefix><table>), every offset from its start:
+//
+//   TableHeader            4 cache lines; immutable geometry, the reader-hot
+//                          line (epoch), the writer-hot line (counters)
+//   PartitionState[P]      applied offset + high watermark per partition
+//   Group[G]               the index: 64-byte groups of 7 slots + control
+//   arena                  variable-size entry blocks, 8-byte aligned
+//
+// Reader registry (/dev/shm/<prefix><table>.readers): RegistryHeader, then
+// ReaderSlot[N], each on its own cache line.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+#include <type_traits>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+namespace kvs::format {
+
+inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;     // ".kvstab1"
+inline constexpr uint64_t kRegistryMagic = 0x3164727373766b2eULL;  // ".kvssrd1"
+inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr size_t kCacheLine = 64;
+
+// ---------------------------------------------------------------- slot word
+// A slot is one 64-bit word: tag (16 high bits of it) | block offset in
+// 8-byte units (48 low bits). 0 means empty. Publishing or clearing an entry
+// is a single release store of this word.
+inline constexpr int kTagShift = 48;
+inline constexpr uint64_t kOffsetMask = (uint64_t{1} << kTagShift) - 1;
+inline constexpr uint64_t kBlockAlign = 8;
+
+constexpr uint64_t make_slot(uint16_t tag, uint64_t block_offset) {
+  return (uint64_t{tag} << kTagShift) | (block_offset / kBlockAlign);
+}
+constexpr uint16_t slot_tag(uint64_t slot) { return uint16_t(slot >> kTagShift); }
+constexpr uint64_t slot_offset(uint64_t slot) { return (slot & kOffsetMask) * kBlockAlign; }
+
+// ---------------------------------------------------------------- the index
+// 7 slots and a control word fill one cache line, so a lookup whose key is
+// absent touches one line. `overflow` counts the keys whose home group is
+// this one or an earlier one in their probe sequence but which live past this
+// group (F14's outbound overflow count): a probe stops at the first group that
+// lacks the key and has overflow == 0, so erasing can clear a slot to empty
+// and no tombstones accumulate.
+inline constexpr int kSlotsPerGroup = 7;
+
+struct alignas(kCacheLine) Group {
+  std::atomic<uint64_t> slots[kSlotsPerGroup];
+  std::atomic<uint32_t> overflow;
+  uint32_t reserved;
+};
+static_assert(sizeof(Group) == kCacheLine);
+static_assert(alignof(Group) == kCacheLine);
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+// Groups are sized so that `capacity` entries fill at most this share of the
+// slots: probe sequences stay short (almost always the home group).
+inline constexpr double kMaxSlotLoad = 0.8;
+
+// ---------------------------------------------------------------- the arena
+// An entry block: header, key bytes, value bytes, padding to 8 bytes.
+// `block_bytes` is set when the block is first carved from the arena and never
+// changes, so the arena can be walked block by block from its start to
+// `arena_used`; readers never read it. A block is immutable while published.
+struct BlockHeader {
+  uint32_t block_bytes;
+  uint32_t key_len;
+  uint32_t value_len;
+};
+static_assert(sizeof(BlockHeader) == 12);
+static_assert(std::is_trivially_copyable_v<BlockHeader>);
+
+constexpr uint64_t block_bytes_for(uint64_t key_len, uint64_t value_len) {
+  return (sizeof(BlockHeader) + key_len + value_len + kBlockAlign - 1) & ~(kBlockAlign - 1);
+}
+
+// ---------------------------------------------------------------- header
+enum class TableState : uint32_t { kBootstrapping = 1, kReady = 2 };
+
+struct PartitionState {
+  std::atomic<int64_t> next_offset;     // one past the last applied offset
+  std::atomic<int64_t> high_watermark;  // last high watermark kvsd saw
+};
+static_assert(sizeof(PartitionState) == 16);
+
+struct alignas(kCacheLine) TableHeader {
+  // Line 0: written once at creation, before the segment gets its name.
+  uint64_t magic;
+  uint32_t layout_version;
+  uint32_t header_bytes;   // sizeof(TableHeader)
+  uint64_t fingerprint;    // layout_fingerprint() of the creator
+  uint64_t segment_bytes;  // total size of the segment
+  uint64_t group_count;    // G
+  uint64_t groups_offset;
+  uint64_t arena_offset;
+  uint64_t arena_bytes;
+  // Line 1: (continued) immutable.
+  uint64_t capacity;            // entries the index is sized for
+  uint32_t partition_capacity;  // P: PartitionState slots
+  uint32_t reserved0;
+  uint64_t partitions_offset;
+  uint64_t created_unix_ns;
+  uint64_t incarnation;  // random per creation; tells segments apart
+  uint64_t reserved1[3];
+  // Line 2: reader-hot. Readers load `epoch` at every read_begin.
+  alignas(kCacheLine) std::atomic<uint64_t> epoch;  // global reclamation epoch
+  std::atomic<uint32_t> replaced;                   // 1: a newer segment has this name; reopen
+  uint32_t reserved2;
+  // Line 3: writer-hot.
+  alignas(kCacheLine) std::atomic<uint32_t> state;  // TableState
+  std::atomic<uint32_t> partition_count;            // partitions in use (<= P)
+  std::atomic<int32_t> writer_pid;
+  uint32_t reserved3;
+  std::atomic<uint64_t> size;        // live entries
+  std::atomic<uint64_t> arena_used;  // bytes carved from the arena so far
+  std::atomic<uint64_t> puts;        // counters since creation
+  std::atomic<uint64_t> erases;
+  std::atomic<uint64_t> writer_attaches;
+};
+static_assert(sizeof(TableHeader) == 4 * kCacheLine);
+static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);
+static_assert(offsetof(TableHeader, state) == 3 * kCacheLine);
+
+// ---------------------------------------------------------------- registry
+// A reader slot is owned by one thread of one process. `owner` packs the pid
+// and the low 32 bits of the process start time (/proc/<pid>/stat field 22),
+// so a recycled pid is not mistaken for the dead owner. `epoch` is 0 when the
+// owner is not inside a read, else the global epoch it announced.
+struct alignas(kCacheLine) ReaderSlot {
+  std::atomic<uint64_t> owner;
+  std::atomic<uint64_t> epoch;
+  uint64_t reserved[6];
+};
+static_assert(sizeof(ReaderSlot) == kCacheLine);
+
+struct alignas(kCacheLine) RegistryHeader {
+  uint64_t magic;
+  uint32_t layout_version;
+  uint32_t slot_count;
+  uint64_t fingerprint;
+  uint64_t reserved[5];
+};
+static_assert(sizeof(RegistryHeader) == kCacheLine);
+
+constexpr uint64_t make_owner(uint32_t pid, uint64_t start_time) {
+  return (uint64_t(uint32_t(start_time)) << 32) | pid;
+}
+constexpr uint32_t owner_pid(uint64_t owner) { return uint32_t(owner); }
+constexpr uint32_t owner_start(uint64_t owner) { return uint32_t(owner >> 32); }
+
+// Anything that changes how the bytes above are read. Compared on attach in
+// addition to the version number, so that a build with other struct sizes
+// (another compiler, a patched constant) is refused instead of misread.
+constexpr uint64_t layout_fingerprint() {
+  uint64_t h = 1469598103934665603ULL;
+  for (uint64_t v :
+       {uint64_t{kLayoutVersion}, uint64_t{sizeof(TableHeader)}, uint64_t{sizeof(Group)},
+        uint64_t{kSlotsPerGroup}, uint64_t{sizeof(BlockHeader)}, uint64_t{kBlockAlign},
+        uint64_t{kTagShift}, uint64_t{sizeof(PartitionState)}, uint64_t{sizeof(ReaderSlot)},
+        uint64_t{sizeof(RegistryHeader)}, uint64_t{offsetof(TableHeader, epoch)},
+        uint64_t{offsetof(TableHeader, state)}, uint64_t{XXH_VERSION_MAJOR}}) {
+    h = (h ^ v) * 1099511628211ULL;
+  }
+  return h;
+}
+
+// ---------------------------------------------------------------- hashing
+// XXH3-64 with seed 0: stable across xxHash releases since 0.8.0.
+// The home group uses the high bits (multiply-shift over G, no power-of-two
+// constraint); the tag uses the low 16 bits.
+inline uint64_t hash_key(const void* key, size_t len) { return XXH3_64bits(key, len); }
+
+inline uint64_t home_group(uint64_t hash, uint64_t group_count) {
+  __extension__ using u128 = unsigned __int128;
+  return uint64_t((static_cast<u128>(hash) * group_count) >> 64);
+}
+inline uint16_t hash_tag(uint64_t hash) { return uint16_t(hash); }
+
+// Geometry for a table of `capacity` entries.
+inline uint64_t groups_for_capacity(uint64_t capacity) {
+  uint64_t slots = uint64_t(double(capacity) / kMaxSlotLoad) + 1;
+  uint64_t groups = (slots + kSlotsPerGroup - 1) / kSlotsPerGroup;
+  return groups < 2 ? 2 : groups;
+}
+
+inline constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+struct Geometry {
+  uint64_t partitions_offset, groups_offset, group_count, arena_offset, arena_bytes, segment_bytes;
+};
+
+inline Geometry geometry(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes) {
+  Geometry g{};
+  g.partitions_offset = sizeof(TableHeader);
+  g.groups_offset =
+      align_up(g.partitions_offset + uint64_t{partition_capacity} * sizeof(PartitionState), 4096);
+  g.group_count = groups_for_capacity(capacity);
+  g.arena_offset = align_up(g.groups_offset + g.group_count * sizeof(Group), 4096);
+  g.arena_bytes = align_up(arena_bytes, 4096);
+  g.segment_bytes = g.arena_offset + g.arena_bytes;
+  return g;
+}
+
+}  // namespace kvs::format

@@ -1,0 +1,167 @@
+/*
+ * libkvs — zero-copy reads of a kvs table from shared memory.
+ *
+ * kvsd keeps a compacted Kafka topic as a hash table in POSIX shared memory
+ * (/dev/shm/kvs.<table>). libkvs maps that table read-only and looks keys up
+ * in place: no syscall, no copy and no lock on the read path.
+ *
+ *   kvs_table *t;
+ *   if (kvs_open("flags", NULL, &t) != 0) { puts(kvs_last_error()); return 1; }
+ *   kvs_txn *txn;
+ *   kvs_read_begin(t, &txn);
+ *   const void *v; size_t vlen;
+ *   if (kvs_get(txn, "checkout.v2", 11, &v, &vlen) == 0)
+ *     fwrite(v, 1, vlen, stdout);        // v points into shared memory
+ *   kvs_read_end(txn);                   // v is invalid from here on
+ *   kvs_close(t);
+ *
+ * Threads and lifetimes
+ *  - A kvs_table may be used from any number of threads at once.
+ *  - A kvs_txn (read guard) belongs to the thread that began it. Beginning a
+ *    read on a table that already has one open in this thread returns the same
+ *    guard and counts nesting; each kvs_read_begin needs one kvs_read_end.
+ *  - Every pointer a read returns points into shared memory, is valid until
+ *    the kvs_read_end() that closes the outermost guard, and must not be
+ *    written (the mapping is read-only: a write crashes the process).
+ *  - Hold guards briefly: while one is open, kvsd cannot reuse memory that the
+ *    guard may still see. A process that dies holding a guard is detected by
+ *    pid and start time and stops delaying reuse.
+ *  - Keys and values are arbitrary bytes. Values have no alignment guarantee.
+ *  - A table handle must outlive its guards; kvs_close() with a guard still
+ *    open is a bug.
+ *
+ * Errors: functions return 0 or a negative KVS_E* code. kvs_strerror() names
+ * the code; kvs_last_error() gives this thread's detailed message for the last
+ * failure (which file, which value, what to do).
+ */
+#ifndef KVS_KVS_H
+#define KVS_KVS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KVS_BUILDING_LIBRARY)
+#define KVS_API __attribute__((visibility("default")))
+#else
+#define KVS_API
+#endif
+
+#define KVS_VERSION_MAJOR 0
+#define KVS_VERSION_MINOR 1
+
+/* Return codes. "retriable" means the same call may succeed later. */
+#define KVS_OK 0
+#define KVS_ENOTFOUND (-1) /* key not in the table (not a failure) */
+#define KVS_ENOTABLE (-2)  /* no such table segment; retriable: kvsd may be starting */
+#define KVS_ELAYOUT (-3)   /* segment has another layout version; not retriable: upgrade */
+#define KVS_ECORRUPT (-4)  /* segment fails its checks; not retriable until kvsd rebuilds it */
+#define KVS_EACCES (-5)    /* no permission for the segment; not retriable: fix group */
+#define KVS_EINVAL (-6)    /* invalid argument; not retriable */
+#define KVS_ETIMEDOUT (-7) /* a wait ran out; retriable */
+#define KVS_EREADERS (-8)  /* reader registry full; retriable once other readers exit */
+#define KVS_ERANGE (-9)    /* buffer too small; *value_len holds the size needed */
+#define KVS_EFULL (-10)    /* table or arena full (writer side); retriable after deletes */
+#define KVS_ETOOBIG (-11)  /* key or value over the configured limit; not retriable */
+#define KVS_EBUSY (-12)    /* another writer holds the table; retriable */
+#define KVS_ESYS (-13)     /* other operating-system error; see kvs_last_error() */
+#define KVS_ENOMEM (-14)   /* out of process memory; retriable */
+
+/* Table states (kvs_state). */
+#define KVS_STATE_BOOTSTRAPPING 1 /* kvsd is still catching up with the topic */
+#define KVS_STATE_READY 2         /* caught up with the high watermarks seen at start */
+
+typedef struct kvs_table kvs_table; /* an open table; opaque */
+typedef struct kvs_txn kvs_txn;     /* a read guard; opaque, per thread */
+
+typedef struct kvs_open_options {
+  /* Shared-memory name prefix: the table lives at /dev/shm/<prefix><name>.
+   * NULL means "kvs." (the default of kvsd). */
+  const char *shm_prefix;
+} kvs_open_options;
+
+/* Opens table `name` (1..200 bytes of [A-Za-z0-9._-]).
+ * Errors: KVS_ENOTABLE (kvsd has not created it yet), KVS_ELAYOUT,
+ * KVS_ECORRUPT, KVS_EACCES, KVS_EINVAL, KVS_ESYS, KVS_ENOMEM.
+ * On success *out is a handle to release with kvs_close(). */
+KVS_API int kvs_open(const char *name, const kvs_open_options *options, kvs_table **out);
+
+/* Closes the table; all its guards must have ended. NULL is a no-op. */
+KVS_API void kvs_close(kvs_table *table);
+
+/* Begins a read: pins the memory that later reads see until kvs_read_end().
+ * Cost: a thread-local lookup and one atomic exchange; no syscall.
+ * Errors: KVS_EREADERS (every reader slot is taken), KVS_ENOMEM. */
+KVS_API int kvs_read_begin(kvs_table *table, kvs_txn **out);
+
+/* Ends the guard begun by kvs_read_begin (nested guards: the outermost end
+ * releases). Every pointer obtained through the guard becomes invalid. */
+KVS_API void kvs_read_end(kvs_txn *txn);
+
+/* Looks `key` up. On 0, *value and *value_len describe the value in shared memory
+ * (valid until kvs_read_end, read-only); an empty value has *value_len == 0.
+ * value and value_len may be NULL to only test presence.
+ * Errors: KVS_ENOTFOUND, KVS_EINVAL (NULL txn, or key NULL with key_len > 0),
+ * KVS_ECORRUPT (the probe found an entry outside the segment). */
+KVS_API int kvs_get(kvs_txn *txn, const void *key, size_t key_len, const void **value,
+                    size_t *value_len);
+
+/* Looks up `count` keys at once, overlapping their memory accesses, which
+ * costs less than `count` kvs_get calls. results[i] is what kvs_get would
+ * return for keys[i]; values[i]/value_lens[i] are set where results[i] == 0.
+ * Returns 0, or KVS_EINVAL for bad arguments. */
+KVS_API int kvs_multi_get(kvs_txn *txn, size_t count, const void *const *keys,
+                          const size_t *key_lens, const void **values, size_t *value_lens,
+                          int *results);
+
+/* Copies the value of `key` into buf (no guard needed). *value_len receives
+ * the value's length in every case but KVS_ENOTFOUND. Errors: KVS_ENOTFOUND,
+ * KVS_ERANGE (buf_len < *value_len; nothing copied), KVS_EREADERS, KVS_EINVAL. */
+KVS_API int kvs_get_copy(kvs_table *table, const void *key, size_t key_len, void *buf,
+                         size_t buf_len, size_t *value_len);
+
+/* Calls fn for every entry, in no particular order, until fn returns non-zero
+ * (which kvs_for_each then returns). Weakly consistent: entries are never
+ * torn, but a key written during the walk may be missed, and a key erased and
+ * written again during it may be seen twice. Pointers are valid until
+ * kvs_read_end. Errors: KVS_EINVAL, KVS_ECORRUPT. */
+KVS_API int kvs_for_each(kvs_txn *txn,
+                         int (*fn)(void *ctx, const void *key, size_t key_len, const void *value,
+                                   size_t value_len),
+                         void *ctx);
+
+/* Number of entries (exact when kvsd is idle). */
+KVS_API uint64_t kvs_size(kvs_table *table);
+
+/* KVS_STATE_BOOTSTRAPPING or KVS_STATE_READY. */
+KVS_API int kvs_state(kvs_table *table);
+
+/* Waits until the table is READY. timeout_ms < 0 waits forever.
+ * Errors: KVS_ETIMEDOUT. */
+KVS_API int kvs_wait_ready(kvs_table *table, int timeout_ms);
+
+/* Number of Kafka partitions the table follows (0 until kvsd knows). */
+KVS_API uint32_t kvs_partition_count(kvs_table *table);
+
+/* Per partition: *next_offset is one past the last offset applied to the
+ * table (Kafka's "position"), *high_watermark the last high watermark kvsd
+ * saw; their difference is the lag. Errors: KVS_EINVAL (partition out of
+ * range). Either output may be NULL. */
+KVS_API int kvs_partition_offsets(kvs_table *table, uint32_t partition, int64_t *next_offset,
+                                  int64_t *high_watermark);
+
+/* Static text for a KVS_E* code ("unknown error" for others). */
+KVS_API const char *kvs_strerror(int code);
+
+/* This thread's detailed message for its last failed call, or "". Valid until
+ * the next libkvs call in this thread. */
+KVS_API const char *kvs_last_error(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVS_KVS_H */

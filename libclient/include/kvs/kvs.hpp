@@ -1,0 +1,191 @@
+// libkvs for C++: a thin inline layer over kvs.h (one ABI).
+//
+//   auto table = kvs::Table::open("flags");
+//   if (!table) { std::cerr << table.error().message << "\n"; return 1; }
+//   if (auto guard = table->read()) {
+//     if (auto v = guard->get("checkout.v2")) use(*v);   // std::string_view
+//   }                                                     // *v invalid here
+//
+// Thread and lifetime rules are those of kvs.h: a Table is shared by threads;
+// a ReadGuard belongs to the thread that made it, and every string_view it
+// returns points into read-only shared memory and is valid while the guard
+// lives. Guards of one table in one thread nest.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "kvs/kvs.h"
+#include "kvs/result.hpp"
+
+namespace kvs {
+
+enum class State { kBootstrapping = KVS_STATE_BOOTSTRAPPING, kReady = KVS_STATE_READY };
+
+struct OpenOptions {
+  std::string shm_prefix = "kvs.";
+};
+
+namespace detail {
+inline Error last_error(int code) {
+  const char* m = kvs_last_error();
+  return Error{static_cast<Errc>(code), (m && *m) ? m : kvs_strerror(code)};
+}
+}  // namespace detail
+
+class ReadGuard {
+ public:
+  ReadGuard(ReadGuard&& o) noexcept : txn_(std::exchange(o.txn_, nullptr)) {}
+  ReadGuard& operator=(ReadGuard&& o) noexcept {
+    if (this != &o) {
+      end();
+      txn_ = std::exchange(o.txn_, nullptr);
+    }
+    return *this;
+  }
+  ReadGuard(const ReadGuard&) = delete;
+  ReadGuard& operator=(const ReadGuard&) = delete;
+  ~ReadGuard() { end(); }
+
+  // The value of `key`, zero-copy. Errors: kNotFound, kCorrupt.
+  Result<std::string_view> get(std::string_view key) const {
+    const void* v = nullptr;
+    size_t n = 0;
+    const int rc = kvs_get(txn_, key.data(), key.size(), &v, &n);
+    if (rc == KVS_OK) return std::string_view(static_cast<const char*>(v), n);
+    if (rc == KVS_ENOTFOUND) return Error{Errc::kNotFound, {}};
+    return detail::last_error(rc);
+  }
+
+  // Errors: kCorrupt.
+  Result<bool> contains(std::string_view key) const {
+    const int rc = kvs_get(txn_, key.data(), key.size(), nullptr, nullptr);
+    if (rc == KVS_OK || rc == KVS_ENOTFOUND) return rc == KVS_OK;
+    return detail::last_error(rc);
+  }
+
+  // One optional per key (nullopt: absent); cheaper than get() per key.
+  // Errors: kCorrupt.
+  Result<std::vector<std::optional<std::string_view>>> multi_get(
+      const std::vector<std::string_view>& keys) const {
+    const size_t n = keys.size();
+    std::vector<const void*> kp(n), vp(n);
+    std::vector<size_t> kl(n), vl(n);
+    std::vector<int> rc(n);
+    for (size_t i = 0; i < n; ++i) {
+      kp[i] = keys[i].data();
+      kl[i] = keys[i].size();
+    }
+    const int r = kvs_multi_get(txn_, n, kp.data(), kl.data(), vp.data(), vl.data(), rc.data());
+    if (r != KVS_OK) return detail::last_error(r);
+    std::vector<std::optional<std::string_view>> out(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (rc[i] == KVS_OK) {
+        out[i] = std::string_view(static_cast<const char*>(vp[i]), vl[i]);
+      } else if (rc[i] != KVS_ENOTFOUND) {
+        return Error{static_cast<Errc>(rc[i]), "multi_get: corrupt entry"};
+      }
+    }
+    return out;
+  }
+
+  // Calls fn(key, value) for every entry; fn returns false to stop. Weakly
+  // consistent (see kvs_for_each). Errors: kCorrupt.
+  Result<void> for_each(const std::function<bool(std::string_view, std::string_view)>& fn) const {
+    auto tramp = [](void* ctx, const void* k, size_t kl, const void* v, size_t vl) -> int {
+      auto& f = *static_cast<const std::function<bool(std::string_view, std::string_view)>*>(ctx);
+      return f({static_cast<const char*>(k), kl}, {static_cast<const char*>(v), vl}) ? 0 : 1;
+    };
+    const int rc = kvs_for_each(txn_, tramp, const_cast<void*>(static_cast<const void*>(&fn)));
+    if (rc == KVS_OK || rc == 1) return {};
+    return detail::last_error(rc);
+  }
+
+  kvs_txn* native() const { return txn_; }
+
+ private:
+  friend class Table;
+  explicit ReadGuard(kvs_txn* t) : txn_(t) {}
+  void end() {
+    if (txn_) kvs_read_end(std::exchange(txn_, nullptr));
+  }
+  kvs_txn* txn_;
+};
+
+class Table {
+ public:
+  // Errors: kNoTable (retriable: kvsd may be starting), kLayoutMismatch,
+  // kCorrupt, kPermission, kInvalidArgument.
+  static Result<Table> open(const std::string& name, const OpenOptions& options = {}) {
+    kvs_open_options o{options.shm_prefix.c_str()};
+    kvs_table* t = nullptr;
+    const int rc = kvs_open(name.c_str(), &o, &t);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return Table(t);
+  }
+
+  Table(Table&& o) noexcept : t_(std::exchange(o.t_, nullptr)) {}
+  Table& operator=(Table&& o) noexcept {
+    if (this != &o) {
+      kvs_close(t_);
+      t_ = std::exchange(o.t_, nullptr);
+    }
+    return *this;
+  }
+  Table(const Table&) = delete;
+  Table& operator=(const Table&) = delete;
+  ~Table() { kvs_close(t_); }
+
+  // Errors: kRegistryFull, kNoMemory.
+  Result<ReadGuard> read() const {
+    kvs_txn* x = nullptr;
+    const int rc = kvs_read_begin(t_, &x);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return ReadGuard(x);
+  }
+
+  // A copy of the value, taken under a short guard. Errors: kNotFound,
+  // kRegistryFull, kCorrupt.
+  Result<std::string> get_copy(std::string_view key) const {
+    auto g = read();
+    if (!g) return std::move(g).error();
+    auto v = g->get(key);
+    if (!v) return std::move(v).error();
+    return std::string(*v);
+  }
+
+  uint64_t size() const { return kvs_size(t_); }
+  State state() const { return static_cast<State>(kvs_state(t_)); }
+  // Errors: kTimeout.
+  Result<void> wait_ready(std::chrono::milliseconds timeout) const {
+    const int rc = kvs_wait_ready(t_, static_cast<int>(timeout.count()));
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return {};
+  }
+  uint32_t partition_count() const { return kvs_partition_count(t_); }
+  struct PartitionOffsets {
+    int64_t next_offset;
+    int64_t high_watermark;
+  };
+  // Errors: kInvalidArgument.
+  Result<PartitionOffsets> partition_offsets(uint32_t partition) const {
+    PartitionOffsets p{};
+    const int rc = kvs_partition_offsets(t_, partition, &p.next_offset, &p.high_watermark);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return p;
+  }
+
+  kvs_table* native() const { return t_; }
+
+ private:
+  explicit Table(kvs_table* t) : t_(t) {}
+  kvs_table* t_;
+};
+
+}  // namespace kvs

@@ -1,0 +1,56 @@
+// Shared-memory segments and process identity, for the reader and the writer.
+#pragma once
+
+#include <sys/types.h>
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kvs/result.hpp"
+
+namespace kvs::shm {
+
+// "kvs." + "users" -> "kvs.users"; checks the table name and the prefix.
+Result<std::string> segment_name(const std::string& prefix, const std::string& table);
+std::string registry_name(const std::string& segment);  // "<segment>.readers"
+std::string path_of(const std::string& segment);        // "/dev/shm/<segment>"
+
+// A named segment mapped into this process.
+struct Mapping {
+  boost::interprocess::shared_memory_object object;
+  boost::interprocess::mapped_region region;
+  std::string name;
+
+  uint8_t* data() const { return static_cast<uint8_t*>(region.get_address()); }
+  uint64_t size() const { return region.get_size(); }
+  int fd() const { return object.get_mapping_handle().handle; }
+};
+
+enum class Access { kReadOnly, kReadWrite };
+
+// Opens an existing segment. Errors: kNoTable (absent), kPermission, kSystem.
+Result<std::unique_ptr<Mapping>> open_segment(const std::string& name, Access access);
+
+// Creates `name` with `bytes` zeroed bytes and mode `mode` (exactly, not
+// masked by umask), owned by group `gid` unless gid == (gid_t)-1. Fails with
+// kSystem if it exists.
+Result<std::unique_ptr<Mapping>> create_segment(const std::string& name, uint64_t bytes,
+                                                mode_t mode, gid_t gid);
+
+// Atomically gives segment `from` the name `to`, replacing any segment there.
+Result<void> rename_segment(const std::string& from, const std::string& to);
+void remove_segment(const std::string& name);
+
+// Start time of a process in clock ticks since boot (/proc/<pid>/stat field
+// 22), or 0 if the process does not exist.
+uint64_t process_start_time(pid_t pid);
+uint64_t self_start_time();
+
+// True if `pid` runs and started at `start_low32` (low 32 bits of its start
+// time): a pid reused by another process counts as dead.
+bool process_alive(uint32_t pid, uint32_t start_low32);
+
+}  // namespace kvs::shm

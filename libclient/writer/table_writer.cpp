@@ -1,0 +1,542 @@
+#include "writer/table_writer.hpp"
+
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <unordered_map>
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KVS_ASAN 1
+#endif
+#if __has_feature(thread_sanitizer)
+#define KVS_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define KVS_ASAN 1
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define KVS_TSAN 1
+#endif
+#ifdef KVS_ASAN
+#include <sanitizer/asan_interface.h>
+#define KVS_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define KVS_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define KVS_POISON(p, n) ((void)(p), (void)(n))
+#define KVS_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+namespace kvs {
+using namespace format;
+
+namespace {
+
+constexpr auto kFullSweepInterval = std::chrono::seconds(5);
+
+uint64_t now_unix_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+Result<void> validate(const WriterOptions& o) {
+  auto bad = [&](const std::string& what) {
+    return make_error(Errc::kInvalidArgument, "table " + o.table + ": " + what);
+  };
+  if (o.capacity < 1 || o.capacity > (uint64_t{1} << 40)) {
+    return bad("capacity = " + std::to_string(o.capacity) + ", must be 1..2^40");
+  }
+  if (o.arena_bytes < 4096 || o.arena_bytes > (kOffsetMask * kBlockAlign) / 2) {
+    return bad("arena_bytes = " + std::to_string(o.arena_bytes) + ", must be >= 4096");
+  }
+  if (o.partition_capacity < 1 || o.partition_capacity > 65536) {
+    return bad("partition_capacity = " + std::to_string(o.partition_capacity) +
+               ", must be 1..65536");
+  }
+  if (o.reader_slots < 1 || o.reader_slots > (1u << 20)) {
+    return bad("reader_slots = " + std::to_string(o.reader_slots) + ", must be 1..1048576");
+  }
+  if (o.max_key_bytes < 1 || o.max_value_bytes > (1u << 30)) {
+    return bad("max_key_bytes must be >= 1 and max_value_bytes <= 1 GiB");
+  }
+  if (block_bytes_for(o.max_key_bytes, o.max_value_bytes) > o.arena_bytes) {
+    return bad("arena_bytes = " + std::to_string(o.arena_bytes) +
+               " cannot hold one entry of the maximum key and value size");
+  }
+  return {};
+}
+
+// Locks `m` for writing; kBusy if another process holds it.
+Result<void> lock_exclusive(const shm::Mapping& m, const std::string& table) {
+  if (::flock(m.fd(), LOCK_EX | LOCK_NB) == 0) return {};
+  if (errno == EWOULDBLOCK) {
+    return make_error(Errc::kBusy, "table " + table + " is held by another writer (" +
+                                       shm::path_of(m.name) + " is locked); stop the other kvsd");
+  }
+  return make_error(Errc::kSystem, "flock " + shm::path_of(m.name) + ": " + std::strerror(errno));
+}
+
+std::string temp_name(const std::string& name) {
+  std::random_device rd;
+  return name + ".new." + std::to_string(::getpid()) + "." + std::to_string(rd());
+}
+
+}  // namespace
+
+Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& options) {
+  if (auto ok = validate(options); !ok) return std::move(ok).error();
+  auto seg = shm::segment_name(options.shm_prefix, options.table);
+  if (!seg) return std::move(seg).error();
+  std::unique_ptr<TableWriter> w(new TableWriter());
+  w->opts_ = options;
+
+  // 1. The reader registry, which also carries the writer's lock: it outlives
+  //    data segments, so two writers always contend for the same file.
+  const std::string reg_name = shm::registry_name(*seg);
+  for (int attempt = 0;; ++attempt) {
+    auto reg = shm::open_segment(reg_name, shm::Access::kReadWrite);
+    bool usable = false;
+    if (reg) {
+      if (auto lk = lock_exclusive(**reg, options.table); !lk) return std::move(lk).error();
+      // The name may have been replaced between open and lock.
+      struct stat by_fd {
+      }, by_name{};
+      const bool same = ::fstat((*reg)->fd(), &by_fd) == 0 &&
+                        ::stat(shm::path_of(reg_name).c_str(), &by_name) == 0 &&
+                        by_fd.st_ino == by_name.st_ino;
+      if (!same) continue;
+      usable = RegistryView::attach(**reg).has_value();
+      if (usable) {
+        w->registry_map_ = std::move(*reg);
+        break;
+      }
+    } else if (reg.error().code != Errc::kNoTable && reg.error().code != Errc::kCorrupt) {
+      return std::move(reg).error().context("opening reader registry");
+    }
+    if (attempt > 3) {
+      return make_error(Errc::kBusy, shm::path_of(reg_name) + " keeps changing; another kvsd?");
+    }
+    // Absent or unusable: build a new one under a temporary name, then swap.
+    const std::string tmp = temp_name(reg_name);
+    auto created = shm::create_segment(tmp, registry_bytes(options.reader_slots),
+                                       options.registry_mode, options.group);
+    if (!created) return std::move(created).error().context("creating reader registry");
+    init_registry((*created)->data(), options.reader_slots);
+    if (auto ok = shm::rename_segment(tmp, reg_name); !ok) {
+      shm::remove_segment(tmp);
+      return std::move(ok).error();
+    }
+  }
+  auto rv = RegistryView::attach(*w->registry_map_);
+  if (!rv) return std::move(rv).error();
+  w->registry_ = *rv;
+
+  // 2. The data segment: take over a good one, else create it anew.
+  auto data = shm::open_segment(*seg, shm::Access::kReadWrite);
+  if (data) {
+    const HeaderVerdict v = check_header((*data)->data(), (*data)->size());
+    if (v.check == HeaderCheck::kOk) {
+      w->data_ = std::move(*data);
+      if (auto ok = w->attach_existing(); ok) return w;
+      // Ours but inconsistent: readers of it learn that a new one replaces it.
+      reinterpret_cast<TableHeader*>(w->data_->data())
+          ->replaced.store(1, std::memory_order_release);
+      w->data_.reset();
+    }
+    w->attach_kind_ = AttachKind::kReplaced;
+  } else if (data.error().code != Errc::kNoTable && data.error().code != Errc::kCorrupt) {
+    return std::move(data).error().context("opening table " + options.table);
+  }
+
+  const Geometry g = geometry(options.capacity, options.partition_capacity, options.arena_bytes);
+  const std::string tmp = temp_name(*seg);
+  auto created = shm::create_segment(tmp, g.segment_bytes, options.data_mode, options.group);
+  if (!created) return std::move(created).error().context("creating table " + options.table);
+  w->data_ = std::move(*created);
+  w->init_new(options.capacity, options.partition_capacity, options.arena_bytes);
+  if (auto ok = shm::rename_segment(tmp, *seg); !ok) {
+    shm::remove_segment(tmp);
+    return std::move(ok).error();
+  }
+  w->data_->name = *seg;
+  return w;
+}
+
+TableWriter::~TableWriter() {
+  if (header_) header_->writer_pid.store(0, std::memory_order_relaxed);
+}
+
+void TableWriter::init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes) {
+  const Geometry g = geometry(capacity, partition_capacity, arena_bytes);
+  base_ = data_->data();
+  header_ = reinterpret_cast<TableHeader*>(base_);
+  header_->magic = kTableMagic;
+  header_->layout_version = kLayoutVersion;
+  header_->header_bytes = sizeof(TableHeader);
+  header_->fingerprint = layout_fingerprint();
+  header_->segment_bytes = g.segment_bytes;
+  header_->group_count = g.group_count;
+  header_->groups_offset = g.groups_offset;
+  header_->arena_offset = g.arena_offset;
+  header_->arena_bytes = g.arena_bytes;
+  header_->capacity = capacity;
+  header_->partition_capacity = partition_capacity;
+  header_->partitions_offset = g.partitions_offset;
+  header_->created_unix_ns = now_unix_ns();
+  header_->incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  header_->epoch.store(1, std::memory_order_relaxed);  // 0 means "not reading"
+  header_->state.store(static_cast<uint32_t>(TableState::kBootstrapping),
+                       std::memory_order_relaxed);
+  header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
+  header_->writer_attaches.store(1, std::memory_order_relaxed);
+  groups_ = reinterpret_cast<Group*>(base_ + g.groups_offset);
+  partitions_ = reinterpret_cast<PartitionState*>(base_ + g.partitions_offset);
+  view_ = TableView(base_, *header_);
+  if (attach_kind_ != AttachKind::kReplaced) attach_kind_ = AttachKind::kCreated;
+}
+
+Result<void> TableWriter::attach_existing() {
+  base_ = data_->data();
+  header_ = reinterpret_cast<TableHeader*>(base_);
+  groups_ = reinterpret_cast<Group*>(base_ + header_->groups_offset);
+  partitions_ = reinterpret_cast<PartitionState*>(base_ + header_->partitions_offset);
+  view_ = TableView(base_, *header_);
+  if (auto ok = rebuild_allocator(); !ok) return ok;
+  header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
+  header_->writer_attaches.fetch_add(1, std::memory_order_relaxed);
+  attach_kind_ = AttachKind::kAttached;
+  return {};
+}
+
+uint32_t TableWriter::block_bytes(uint64_t offset) const {
+  uint32_t b;
+  std::memcpy(&b, base_ + offset, sizeof b);
+  return b;
+}
+
+// Rebuilds free space from the live set: every slot's block is live; every
+// other carved block may still be seen by a reader of the previous writer, so
+// it is retired at the current epoch rather than freed.
+Result<void> TableWriter::rebuild_allocator() {
+  const uint64_t begin = header_->arena_offset;
+  const uint64_t used = header_->arena_used.load(std::memory_order_acquire);
+  auto corrupt = [&](const std::string& what) {
+    return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": " + what);
+  };
+  if (used > header_->arena_bytes || used % kBlockAlign != 0)
+    return corrupt("arena_used out of range");
+  const uint64_t units = used / kBlockAlign;
+  std::vector<uint64_t> live((units + 63) / 64, 0);
+  uint64_t count = 0;
+  for (uint64_t g = 0; g < header_->group_count; ++g) {
+    for (int i = 0; i < kSlotsPerGroup; ++i) {
+      const uint64_t w = groups_[g].slots[i].load(std::memory_order_relaxed);
+      if (w == 0) continue;
+      const uint64_t off = slot_offset(w);
+      if (off < begin || off >= begin + used) return corrupt("a slot points outside the arena");
+      const uint64_t u = (off - begin) / kBlockAlign;
+      if (live[u / 64] & (uint64_t{1} << (u % 64))) return corrupt("two slots share a block");
+      live[u / 64] |= uint64_t{1} << (u % 64);
+      ++count;
+    }
+  }
+  free_.clear();
+  retired_.clear();
+  free_bytes_ = retired_bytes_ = 0;
+  leaked_at_attach_ = 0;
+  const uint64_t epoch = header_->epoch.load(std::memory_order_relaxed);
+  for (uint64_t pos = begin; pos < begin + used;) {
+    const uint32_t bb = block_bytes(pos);
+    if (bb < block_bytes_for(0, 0) || bb % kBlockAlign != 0 || pos + bb > begin + used) {
+      return corrupt("arena block at " + std::to_string(pos) + " has size " + std::to_string(bb));
+    }
+    const uint64_t u = (pos - begin) / kBlockAlign;
+    if (live[u / 64] & (uint64_t{1} << (u % 64))) {
+      live[u / 64] &= ~(uint64_t{1} << (u % 64));
+      BlockHeader h;
+      std::memcpy(&h, base_ + pos, sizeof h);
+      if (sizeof(BlockHeader) + uint64_t{h.key_len} + h.value_len > bb) {
+        return corrupt("entry at " + std::to_string(pos) + " overflows its block");
+      }
+    } else {
+      retired_.push_back({pos, epoch});
+      retired_bytes_ += bb;
+      ++leaked_at_attach_;
+    }
+    pos += bb;
+  }
+  for (uint64_t word : live) {
+    if (word != 0) return corrupt("a slot points into the middle of a block");
+  }
+  header_->size.store(count, std::memory_order_relaxed);
+  return {};
+}
+
+uint64_t TableWriter::allocate(uint64_t bytes) {
+  auto take = [&](std::map<uint32_t, std::vector<uint64_t>>::iterator it) {
+    const uint64_t off = it->second.back();
+    const uint32_t bb = it->first;
+    it->second.pop_back();
+    free_bytes_ -= bb;
+    if (it->second.empty()) free_.erase(it);
+    KVS_UNPOISON(base_ + off, bb);
+    return off;
+  };
+  if (auto it = free_.find(static_cast<uint32_t>(bytes)); it != free_.end()) return take(it);
+  const uint64_t used = header_->arena_used.load(std::memory_order_relaxed);
+  if (used + bytes <= header_->arena_bytes) {
+    const uint64_t off = header_->arena_offset + used;
+    const auto bb = static_cast<uint32_t>(bytes);
+    std::memcpy(base_ + off, &bb, sizeof bb);
+    // release: the block's size is in place before the arena walk can reach it.
+    header_->arena_used.store(used + bytes, std::memory_order_release);
+    return off;
+  }
+  // Arena exhausted: best fit among larger free blocks (the rest of the block
+  // stays unused until the block is freed again).
+  if (auto it = free_.lower_bound(static_cast<uint32_t>(bytes)); it != free_.end()) return take(it);
+  return 0;
+}
+
+void TableWriter::retire(uint64_t offset) {
+  const uint32_t bb = block_bytes(offset);
+  retired_.push_back({offset, header_->epoch.load(std::memory_order_relaxed)});
+  retired_bytes_ += bb;
+}
+
+void TableWriter::free_block(uint64_t offset) {
+  const uint32_t bb = block_bytes(offset);
+  retired_bytes_ -= bb;
+  free_bytes_ += bb;
+  free_[bb].push_back(offset);
+  // The first 4 bytes (block_bytes) stay readable for the arena walk.
+  KVS_POISON(base_ + offset + sizeof(uint32_t), bb - sizeof(uint32_t));
+}
+
+void TableWriter::full_fence() {
+#ifndef KVS_TSAN
+  // Orders the slot stores before the loads of reader epochs (pairs with the
+  // seq_cst exchange in kvs_read_begin). TSan does not model fences; the
+  // seq_cst RMW on the epoch just before is a full barrier on x86 as well.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
+Result<void> TableWriter::put(std::string_view key, std::string_view value) {
+  if (key.size() > opts_.max_key_bytes) {
+    return make_error(Errc::kTooLarge, "key of " + std::to_string(key.size()) +
+                                           " bytes exceeds table " + opts_.table + "'s limit of " +
+                                           std::to_string(opts_.max_key_bytes));
+  }
+  if (value.size() > opts_.max_value_bytes) {
+    return make_error(Errc::kTooLarge, "value of " + std::to_string(value.size()) +
+                                           " bytes exceeds table " + opts_.table + "'s limit of " +
+                                           std::to_string(opts_.max_value_bytes));
+  }
+  const uint64_t hash = hash_key(key.data(), key.size());
+  EntryRef old;
+  SlotRef where;
+  const Lookup found = view_.find(key.data(), key.size(), hash, &old, &where);
+  if (found == Lookup::kCorrupt) {
+    return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": index probe failed");
+  }
+  const uint64_t size = header_->size.load(std::memory_order_relaxed);
+  if (found == Lookup::kAbsent && size >= header_->capacity) {
+    return make_error(Errc::kTableFull, "table " + opts_.table + " holds its capacity of " +
+                                            std::to_string(header_->capacity) +
+                                            " entries; raise the table's capacity");
+  }
+  const uint64_t need = block_bytes_for(key.size(), value.size());
+  uint64_t off = allocate(need);
+  if (off == 0) {
+    reclaim();
+    off = allocate(need);
+  }
+  if (off == 0 && retired_bytes_ >= need) {
+    return make_error(Errc::kBusy, "arena of table " + opts_.table + " has " +
+                                       std::to_string(retired_bytes_) +
+                                       " bytes waiting for readers to finish their reads; retry");
+  }
+  if (off == 0) {
+    return make_error(Errc::kTableFull, "arena of table " + opts_.table +
+                                            " is full: " + std::to_string(header_->arena_bytes) +
+                                            " bytes, " + std::to_string(free_bytes_) +
+                                            " free in blocks too small, " +
+                                            std::to_string(retired_bytes_) +
+                                            " waiting for readers; raise the table's memory limit");
+  }
+  const BlockHeader h{block_bytes(off), static_cast<uint32_t>(key.size()),
+                      static_cast<uint32_t>(value.size())};
+  std::memcpy(base_ + off, &h, sizeof h);
+  if (!key.empty()) std::memcpy(base_ + off + sizeof h, key.data(), key.size());
+  if (!value.empty()) std::memcpy(base_ + off + sizeof h + key.size(), value.data(), value.size());
+  const uint64_t word = make_slot(hash_tag(hash), off);
+
+  if (found == Lookup::kFound) {
+    // release: the entry is complete before a reader can load its slot.
+    groups_[where.group].slots[where.slot].store(word, std::memory_order_release);
+    retire(slot_offset(where.word));
+  } else {
+    const uint64_t home = home_group(hash, header_->group_count);
+    uint64_t g = home;
+    int slot = -1;
+    for (uint64_t probes = 0; probes < header_->group_count && slot < 0; ++probes) {
+      for (int i = 0; i < kSlotsPerGroup; ++i) {
+        if (groups_[g].slots[i].load(std::memory_order_relaxed) == 0) {
+          slot = i;
+          break;
+        }
+      }
+      if (slot < 0) g = (g + 1 == header_->group_count) ? 0 : g + 1;
+    }
+    // size < capacity < slots, so a free slot exists.
+    if (slot < 0) std::abort();
+    // Groups passed over learn that a key lives beyond them, before the slot
+    // is published (the release store below orders these increments).
+    for (uint64_t p = home; p != g; p = (p + 1 == header_->group_count) ? 0 : p + 1) {
+      groups_[p].overflow.store(groups_[p].overflow.load(std::memory_order_relaxed) + 1,
+                                std::memory_order_relaxed);
+    }
+    groups_[g].slots[slot].store(word, std::memory_order_release);
+    header_->size.store(size + 1, std::memory_order_relaxed);
+  }
+  header_->puts.fetch_add(1, std::memory_order_relaxed);
+  return {};
+}
+
+Result<bool> TableWriter::erase(std::string_view key) {
+  const uint64_t hash = hash_key(key.data(), key.size());
+  EntryRef old;
+  SlotRef where;
+  switch (view_.find(key.data(), key.size(), hash, &old, &where)) {
+    case Lookup::kAbsent:
+      return false;
+    case Lookup::kCorrupt:
+      return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": index probe failed");
+    case Lookup::kFound:
+      break;
+  }
+  groups_[where.group].slots[where.slot].store(0, std::memory_order_release);
+  // Overflow counts drop after the slot is cleared: a crash in between leaves
+  // them too high, which only lengthens some probes.
+  const uint64_t home = home_group(hash, header_->group_count);
+  for (uint64_t p = home; p != where.group; p = (p + 1 == header_->group_count) ? 0 : p + 1) {
+    groups_[p].overflow.store(groups_[p].overflow.load(std::memory_order_relaxed) - 1,
+                              std::memory_order_relaxed);
+  }
+  retire(slot_offset(where.word));
+  header_->size.fetch_sub(1, std::memory_order_relaxed);
+  header_->erases.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+uint32_t TableWriter::sweep_dead_readers() {
+  std::unordered_map<uint64_t, bool> alive;  // owner -> alive, one /proc read each
+  uint32_t released = 0;
+  for (uint32_t i = 0; i < registry_.slot_count(); ++i) {
+    ReaderSlot& s = registry_.slot(i);
+    const uint64_t owner = s.owner.load(std::memory_order_acquire);
+    if (owner == 0) continue;
+    auto [it, fresh] = alive.try_emplace(owner, true);
+    if (fresh) it->second = shm::process_alive(owner_pid(owner), owner_start(owner));
+    if (it->second) continue;
+    s.epoch.store(0, std::memory_order_relaxed);
+    uint64_t expected = owner;
+    if (s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) ++released;
+  }
+  dead_readers_recovered_ += released;
+  return released;
+}
+
+uint64_t TableWriter::reclaim() {
+  if (const auto now = std::chrono::steady_clock::now(); now >= next_sweep_) {
+    next_sweep_ = now + kFullSweepInterval;
+    sweep_dead_readers();
+  }
+  if (retired_.empty()) return 0;
+  // Readers that start from here on announce a newer epoch than anything
+  // retired so far, and (acquire on their side) see the cleared slots.
+  header_->epoch.fetch_add(1, std::memory_order_seq_cst);
+  full_fence();
+
+  const auto now = std::chrono::steady_clock::now();
+  const bool check_dead = now >= next_dead_check_;
+  if (check_dead) next_dead_check_ = now + opts_.dead_reader_check;
+  const uint64_t oldest = retired_.front().epoch;
+  uint64_t min_active = std::numeric_limits<uint64_t>::max();
+  for (uint32_t i = 0; i < registry_.slot_count(); ++i) {
+    ReaderSlot& s = registry_.slot(i);
+    // acquire: pairs with the reader's release in kvs_read_end, so its reads
+    // of blocks happen before we reuse them.
+    const uint64_t e = s.epoch.load(std::memory_order_acquire);
+    if (e == 0) continue;
+    if (e <= oldest && check_dead) {
+      const uint64_t owner = s.owner.load(std::memory_order_acquire);
+      if (!shm::process_alive(owner_pid(owner), owner_start(owner))) {
+        // The owner died inside a read; its epoch no longer protects anyone.
+        s.epoch.store(0, std::memory_order_relaxed);
+        uint64_t expected = owner;
+        s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+        ++dead_readers_recovered_;
+        continue;
+      }
+    }
+    if (e < min_active) min_active = e;
+  }
+  while (!retired_.empty() && retired_.front().epoch < min_active) {
+    free_block(retired_.front().offset);
+    retired_.pop_front();
+  }
+  return retired_bytes_;
+}
+
+Result<void> TableWriter::set_partition_count(uint32_t count) {
+  if (count > header_->partition_capacity) {
+    return make_error(Errc::kInvalidArgument, "table " + opts_.table + " follows " +
+                                                  std::to_string(count) +
+                                                  " partitions but its segment tracks at most " +
+                                                  std::to_string(header_->partition_capacity));
+  }
+  header_->partition_count.store(count, std::memory_order_release);
+  return {};
+}
+
+void TableWriter::set_next_offset(uint32_t partition, int64_t next_offset) {
+  // release: every record below next_offset is visible before the offset is
+  // (DESIGN.md invariant 3).
+  partitions_[partition].next_offset.store(next_offset, std::memory_order_release);
+}
+
+void TableWriter::set_high_watermark(uint32_t partition, int64_t high_watermark) {
+  partitions_[partition].high_watermark.store(high_watermark, std::memory_order_release);
+}
+
+int64_t TableWriter::next_offset(uint32_t partition) const {
+  return partitions_[partition].next_offset.load(std::memory_order_relaxed);
+}
+
+void TableWriter::set_state(TableState state) {
+  header_->state.store(static_cast<uint32_t>(state), std::memory_order_release);
+}
+
+WriterStats TableWriter::stats() const {
+  WriterStats s;
+  s.size = header_->size.load(std::memory_order_relaxed);
+  s.arena_used = header_->arena_used.load(std::memory_order_relaxed);
+  s.arena_bytes = header_->arena_bytes;
+  s.free_bytes = free_bytes_;
+  s.retired_bytes = retired_bytes_;
+  s.dead_readers_recovered = dead_readers_recovered_;
+  s.leaked_blocks_at_attach = leaked_at_attach_;
+  return s;
+}
+
+}  // namespace kvs

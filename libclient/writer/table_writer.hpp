@@ -1,0 +1,141 @@
+// The single writer of a kvs table. Internal: only kvsd (and tests) link it.
+//
+// Thread rules: one TableWriter per table per host (an flock on the segment
+// enforces it across processes), used from one thread.
+//
+// Crash safety: every change to shared memory is ordered so that the writer
+// may die at any instruction (DESIGN.md invariants 1-3). Allocator state
+// (free lists, the retire queue) lives in this process only; a writer that
+// attaches to an existing segment rebuilds it from the index, treating every
+// block that no slot references as retired now.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "format/index.hpp"
+#include "format/layout.hpp"
+#include "kvs/result.hpp"
+#include "src/registry.hpp"
+#include "src/shm.hpp"
+
+namespace kvs {
+
+struct WriterOptions {
+  std::string table;  // name; the segment is shm_prefix + table
+  std::string shm_prefix = "kvs.";
+  uint64_t capacity = 1 << 20;        // entries the index is sized for
+  uint64_t arena_bytes = 256 << 20;   // bytes for keys, values and block headers
+  uint32_t partition_capacity = 256;  // Kafka partitions the header can track
+  uint32_t reader_slots = 1024;       // threads that can read at once
+  uint32_t max_key_bytes = 4096;
+  uint32_t max_value_bytes = 1 << 20;
+  mode_t data_mode = 0640;
+  mode_t registry_mode = 0660;
+  gid_t group = static_cast<gid_t>(-1);  // -1: keep the creator's group
+  // How often a reader that blocks reuse is checked for being dead.
+  std::chrono::milliseconds dead_reader_check{50};
+};
+
+enum class AttachKind {
+  kCreated,   // no segment was there
+  kAttached,  // an existing segment of this layout was taken over
+  kReplaced,  // a segment of another layout or a corrupt one was replaced
+};
+
+struct WriterStats {
+  uint64_t size = 0;
+  uint64_t arena_used = 0;  // bytes carved from the arena
+  uint64_t arena_bytes = 0;
+  uint64_t free_bytes = 0;     // carved, free for reuse now
+  uint64_t retired_bytes = 0;  // carved, waiting for readers to move on
+  uint64_t dead_readers_recovered = 0;
+  uint64_t leaked_blocks_at_attach = 0;  // unreferenced blocks found on attach
+};
+
+class TableWriter {
+ public:
+  // Creates the table, or attaches to the one there. Errors: kBusy (another
+  // writer), kInvalidArgument, kNoMemory, kPermission, kSystem; a corrupt or
+  // foreign segment is replaced, not an error.
+  static Result<std::unique_ptr<TableWriter>> open(const WriterOptions& options);
+  ~TableWriter();
+  TableWriter(const TableWriter&) = delete;
+  TableWriter& operator=(const TableWriter&) = delete;
+
+  // Inserts or overwrites. Errors: kTooLarge (over the configured limits),
+  // kTableFull (index at capacity, or arena full even after reclaiming),
+  // kBusy (the space exists but readers may still see it: retry after they
+  // finish, i.e. after reclaim() frees it). Nothing changes on error.
+  Result<void> put(std::string_view key, std::string_view value);
+  // Erases; false if the key was absent (a tombstone for a missing key).
+  Result<bool> erase(std::string_view key);
+
+  // Publishes partition progress. Call after the records up to next_offset
+  // were put/erased: readers that see the offset see those records.
+  Result<void> set_partition_count(uint32_t count);
+  void set_next_offset(uint32_t partition, int64_t next_offset);
+  void set_high_watermark(uint32_t partition, int64_t high_watermark);
+  int64_t next_offset(uint32_t partition) const;
+  void set_state(format::TableState state);
+
+  // Ends a batch: advances the epoch and frees what no reader can still see.
+  // Returns the bytes still waiting for readers.
+  uint64_t reclaim();
+  // Releases registry slots whose process has died (inside a read or not).
+  // reclaim() calls it every few seconds; returns the slots released.
+  uint32_t sweep_dead_readers();
+
+  AttachKind attach_kind() const { return attach_kind_; }
+  WriterStats stats() const;
+  const format::TableHeader& header() const { return *header_; }
+  const std::string& segment_name() const { return data_->name; }
+
+ private:
+  TableWriter() = default;
+  Result<void> attach_existing();
+  void init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes);
+  Result<void> rebuild_allocator();
+
+  // Returns a block offset of at least `bytes`, or 0.
+  uint64_t allocate(uint64_t bytes);
+  void retire(uint64_t offset);
+  void free_block(uint64_t offset);
+  uint32_t block_bytes(uint64_t offset) const;
+  void full_fence();
+
+  WriterOptions opts_;
+  std::unique_ptr<shm::Mapping> data_;
+  std::unique_ptr<shm::Mapping> registry_map_;
+  RegistryView registry_;
+  format::TableHeader* header_ = nullptr;
+  format::Group* groups_ = nullptr;
+  format::PartitionState* partitions_ = nullptr;
+  format::TableView view_;
+  uint8_t* base_ = nullptr;
+  AttachKind attach_kind_ = AttachKind::kCreated;
+
+  // Allocator state, private to this process (rebuilt on attach).
+  std::map<uint32_t, std::vector<uint64_t>> free_;  // block_bytes -> offsets
+  uint64_t free_bytes_ = 0;
+  struct Retired {
+    uint64_t offset;
+    uint64_t epoch;
+  };
+  std::deque<Retired> retired_;
+  uint64_t retired_bytes_ = 0;
+  std::chrono::steady_clock::time_point next_dead_check_{};
+  std::chrono::steady_clock::time_point next_sweep_{};
+  uint64_t dead_readers_recovered_ = 0;
+  uint64_t leaked_at_attach_ = 0;
+};
+
+}  // namespace kvs

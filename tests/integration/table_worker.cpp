@@ -1,0 +1,163 @@
+// A helper process for the table's multi-process tests.
+//
+//   table_worker write PREFIX TABLE KEYS OPS   churn OPS writes (0: until killed)
+//   table_worker read  PREFIX TABLE KEYS READS verify READS reads; exit 1 on a bad one
+//   table_worker hold  PREFIX TABLE            open a guard, say "holding", wait
+//   table_worker open-as-nobody PREFIX TABLE   print kvs_open's code as uid 65534
+//
+// Values are test::make_value(key id, version); versions grow across writer
+// restarts because they start from the wall clock.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvs/kvs.h"
+#include "kvs/kvs.hpp"
+#include "support/verified_value.hpp"
+#include "writer/table_writer.hpp"
+
+namespace {
+
+uint64_t wall_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+int write_mode(const std::string& prefix, const std::string& table, uint64_t keys, uint64_t ops) {
+  kvs::WriterOptions o;
+  o.table = table;
+  o.shm_prefix = prefix;
+  o.capacity = keys * 2;
+  o.arena_bytes = keys * 512 + (1 << 20);
+  o.reader_slots = 64;
+  o.dead_reader_check = std::chrono::milliseconds(10);
+  auto w = kvs::TableWriter::open(o);
+  if (!w) {
+    std::fprintf(stderr, "table_worker write: %s\n", w.error().message.c_str());
+    return 2;
+  }
+  uint64_t version = wall_ns();
+  for (uint64_t k = 0; k < keys; ++k) {
+    if (auto r = (*w)->put(kvs::test::make_key(k), kvs::test::make_value(k, ++version)); !r) {
+      std::fprintf(stderr, "table_worker write: %s\n", r.error().message.c_str());
+      return 2;
+    }
+  }
+  (*w)->set_state(kvs::format::TableState::kReady);
+  std::printf("ready\n");
+  std::fflush(stdout);
+  for (uint64_t op = 0; ops == 0 || op < ops; ++op) {
+    const uint64_t k = (op * 2654435761u) % keys;
+    const std::string key = kvs::test::make_key(k);
+    kvs::Result<void> r;
+    if (op % 7 == 3) {
+      auto e = (*w)->erase(key);
+      if (!e) r = std::move(e).error();
+    } else {
+      const std::string value = kvs::test::make_value(k, ++version);
+      // kBusy: readers still see the free space; let them move on.
+      while (!(r = (*w)->put(key, value)) && r.error().code == kvs::Errc::kBusy) {
+        std::this_thread::yield();
+        (*w)->reclaim();
+      }
+    }
+    if (!r) {
+      std::fprintf(stderr, "table_worker write: op %llu: %s\n", static_cast<unsigned long long>(op),
+                   r.error().message.c_str());
+      return 2;
+    }
+    if (op % 64 == 63) (*w)->reclaim();
+  }
+  std::printf("done\n");
+  return 0;
+}
+
+int read_mode(const std::string& prefix, const std::string& table, uint64_t keys, uint64_t reads) {
+  auto t = kvs::Table::open(table, {prefix});
+  if (!t) {
+    std::fprintf(stderr, "table_worker read: %s\n", t.error().message.c_str());
+    return 2;
+  }
+  std::vector<uint64_t> last(keys, 0);
+  uint64_t n = 0, bad = 0, absent = 0;
+  bool announced = false;
+  while (n < reads) {
+    auto g = t->read();
+    if (!g) {
+      std::fprintf(stderr, "table_worker read: %s\n", g.error().message.c_str());
+      return 2;
+    }
+    for (int i = 0; i < 16; ++i, ++n) {
+      const uint64_t k = (n * 40503u + static_cast<uint64_t>(::getpid())) % keys;
+      const std::string key = kvs::test::make_key(k);
+      auto v = g->get(key);
+      if (!v) {
+        if (v.error().code != kvs::Errc::kNotFound) ++bad;
+        ++absent;
+        continue;
+      }
+      uint64_t ver = 0;
+      if (!kvs::test::check_value(key, *v, &ver) || ver < last[k]) {
+        if (bad < 5)
+          std::fprintf(stderr, "bad read of key %llu\n", static_cast<unsigned long long>(k));
+        ++bad;
+      }
+      last[k] = ver;
+    }
+    if (!announced) {
+      std::printf("started\n");
+      std::fflush(stdout);
+      announced = true;
+    }
+  }
+  std::printf("reads=%llu bad=%llu absent=%llu\n", static_cast<unsigned long long>(n),
+              static_cast<unsigned long long>(bad), static_cast<unsigned long long>(absent));
+  return bad == 0 ? 0 : 1;
+}
+
+int hold_mode(const std::string& prefix, const std::string& table) {
+  kvs_open_options o{prefix.c_str()};
+  kvs_table* t = nullptr;
+  if (int rc = kvs_open(table.c_str(), &o, &t); rc != KVS_OK) {
+    std::fprintf(stderr, "table_worker hold: %s\n", kvs_last_error());
+    return 2;
+  }
+  kvs_txn* x = nullptr;
+  if (kvs_read_begin(t, &x) != KVS_OK) return 2;
+  std::printf("holding\n");
+  std::fflush(stdout);
+  for (;;) ::pause();  // until killed, guard open
+}
+
+int open_as_nobody(const std::string& prefix, const std::string& table) {
+  if (::getuid() != 0) return 77;  // cannot drop privileges: skip
+  if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 2;
+  kvs_open_options o{prefix.c_str()};
+  kvs_table* t = nullptr;
+  const int rc = kvs_open(table.c_str(), &o, &t);
+  std::printf("%d %s\n", rc, kvs_last_error());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> a(argv + 1, argv + argc);
+  if (a.size() == 5 && a[0] == "write") {
+    return write_mode(a[1], a[2], std::stoull(a[3]), std::stoull(a[4]));
+  }
+  if (a.size() == 5 && a[0] == "read") {
+    return read_mode(a[1], a[2], std::stoull(a[3]), std::stoull(a[4]));
+  }
+  if (a.size() == 3 && a[0] == "hold") return hold_mode(a[1], a[2]);
+  if (a.size() == 3 && a[0] == "open-as-nobody") return open_as_nobody(a[1], a[2]);
+  std::fprintf(stderr, "usage: table_worker write|read|hold|open-as-nobody PREFIX TABLE ...\n");
+  return 2;
+}

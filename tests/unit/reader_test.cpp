@@ -1,0 +1,298 @@
+// libkvs's read API: errors on open, guards, batched and copying reads, the
+// read-only mapping, and reads racing a writer thread (run under TSan in CI).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "kvs/kvs.h"
+#include "kvs/kvs.hpp"
+#include "support/test_support.hpp"
+#include "support/verified_value.hpp"
+#include "writer/table_writer.hpp"
+
+namespace kvs {
+namespace {
+
+class ReaderTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<TableWriter> make_table(uint64_t capacity = 4096, uint64_t arena = 4 << 20) {
+    WriterOptions o;
+    o.table = "r";
+    o.shm_prefix = shm_.prefix();
+    o.capacity = capacity;
+    o.arena_bytes = arena;
+    o.reader_slots = 8;
+    o.max_value_bytes = 4096;
+    auto w = TableWriter::open(o);
+    EXPECT_TRUE(w) << (w ? "" : w.error().message);
+    return std::move(*w);
+  }
+  format::TableHeader* writable_header() {
+    auto m = shm::open_segment(shm_.prefix() + "r", shm::Access::kReadWrite);
+    EXPECT_TRUE(m);
+    held_ = std::move(*m);
+    return reinterpret_cast<format::TableHeader*>(held_->data());
+  }
+  test::ShmScope shm_;
+  std::unique_ptr<shm::Mapping> held_;
+};
+
+TEST_F(ReaderTest, MissingTableIsRetriableNoTable) {
+  auto t = Table::open("absent", {shm_.prefix()});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kNoTable);
+  EXPECT_NE(t.error().message.find("/dev/shm/" + shm_.prefix() + "absent"), std::string::npos);
+  EXPECT_NE(t.error().message.find("kvsd"), std::string::npos);
+}
+
+TEST_F(ReaderTest, OtherLayoutVersionIsAClearError) {
+  auto w = make_table();
+  writable_header()->layout_version = 99;
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kLayoutMismatch);
+  EXPECT_NE(t.error().message.find("has layout 99, this libkvs reads 1"), std::string::npos)
+      << t.error().message;
+}
+
+TEST_F(ReaderTest, CorruptHeaderIsRefused) {
+  auto w = make_table();
+  writable_header()->group_count = 1ull << 40;  // would map past the segment
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kCorrupt);
+}
+
+TEST_F(ReaderTest, ForeignSegmentIsRefused) {
+  auto w = make_table();
+  writable_header()->magic = 0x1234;
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kCorrupt);
+  EXPECT_NE(t.error().message.find("not a kvs table"), std::string::npos);
+}
+
+TEST_F(ReaderTest, InvalidNameIsRefused) {
+  kvs_table* t = nullptr;
+  EXPECT_EQ(kvs_open("../etc/passwd", nullptr, &t), KVS_EINVAL);
+  EXPECT_NE(std::string(kvs_last_error()).find("../etc/passwd"), std::string::npos);
+  EXPECT_EQ(t, nullptr);
+}
+
+TEST_F(ReaderTest, CorruptSlotYieldsAnErrorNotACrash) {
+  auto w = make_table();
+  ASSERT_TRUE(w->put("k", "v"));
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  // Every group claims overflow and one slot points past the arena.
+  auto* h = writable_header();
+  auto* groups = reinterpret_cast<format::Group*>(held_->data() + h->groups_offset);
+  for (uint64_t g = 0; g < h->group_count; ++g) groups[g].overflow.store(1);
+  auto g = t->read();
+  ASSERT_TRUE(g);
+  auto absent = g->get("not there");  // probes every group once, then stops
+  ASSERT_FALSE(absent);
+  EXPECT_EQ(absent.error().code, Errc::kCorrupt);
+  const uint64_t hash = format::hash_key("k", 1);
+  const uint64_t home = format::home_group(hash, h->group_count);
+  for (int i = 0; i < format::kSlotsPerGroup; ++i) {
+    groups[home].slots[i].store(
+        format::make_slot(format::hash_tag(hash), h->arena_offset + h->arena_bytes - 8));
+  }
+  auto bad = g->get("k");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kCorrupt);
+}
+
+TEST_F(ReaderTest, GuardsNestPerThread) {
+  auto w = make_table();
+  ASSERT_TRUE(w->put("k", "v1"));
+  kvs_table* t = nullptr;
+  ASSERT_EQ(kvs_open("r", nullptr, &t), KVS_ENOTABLE) << "the default prefix is another table";
+  kvs_open_options o{shm_.prefix().c_str()};
+  ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
+  kvs_txn *a = nullptr, *b = nullptr;
+  ASSERT_EQ(kvs_read_begin(t, &a), KVS_OK);
+  ASSERT_EQ(kvs_read_begin(t, &b), KVS_OK);
+  EXPECT_EQ(a, b);
+  const void* v;
+  size_t n;
+  ASSERT_EQ(kvs_get(a, "k", 1, &v, &n), KVS_OK);
+  ASSERT_TRUE(w->put("k", "v2"));
+  kvs_read_end(b);  // inner end: still pinned
+  w->reclaim();
+  EXPECT_GT(w->stats().retired_bytes, 0u);
+  EXPECT_EQ(std::string(static_cast<const char*>(v), n), "v1");
+  kvs_read_end(a);
+  w->reclaim();
+  EXPECT_EQ(w->stats().retired_bytes, 0u);
+  EXPECT_EQ(kvs_get(a, "k", 1, &v, &n), KVS_EINVAL);  // no guard open any more
+  kvs_close(t);
+}
+
+TEST_F(ReaderTest, MultiGetMatchesSingleGets) {
+  auto w = make_table();
+  std::vector<std::string> keys;
+  for (int i = 0; i < 100; ++i) {
+    keys.push_back("key" + std::to_string(i));
+    if (i % 3) {
+      ASSERT_TRUE(w->put(keys.back(), "value" + std::to_string(i)));
+    }
+  }
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  auto g = t->read();
+  ASSERT_TRUE(g);
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  auto many = g->multi_get(views);
+  ASSERT_TRUE(many);
+  ASSERT_EQ(many->size(), keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto one = g->get(keys[i]);
+    if (i % 3) {
+      ASSERT_TRUE(one);
+      ASSERT_TRUE((*many)[i].has_value());
+      EXPECT_EQ(*(*many)[i], *one);
+      EXPECT_EQ(*one, "value" + std::to_string(i));
+    } else {
+      EXPECT_FALSE(one);
+      EXPECT_FALSE((*many)[i].has_value());
+    }
+  }
+}
+
+TEST_F(ReaderTest, GetCopyReportsTheSizeNeeded) {
+  auto w = make_table();
+  ASSERT_TRUE(w->put("k", "twelve bytes"));
+  kvs_open_options o{shm_.prefix().c_str()};
+  kvs_table* t = nullptr;
+  ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
+  char buf[4];
+  size_t n = 0;
+  EXPECT_EQ(kvs_get_copy(t, "k", 1, buf, sizeof buf, &n), KVS_ERANGE);
+  EXPECT_EQ(n, 12u);
+  char big[32];
+  ASSERT_EQ(kvs_get_copy(t, "k", 1, big, sizeof big, &n), KVS_OK);
+  EXPECT_EQ(std::string(big, n), "twelve bytes");
+  EXPECT_EQ(kvs_get_copy(t, "x", 1, big, sizeof big, &n), KVS_ENOTFOUND);
+  kvs_close(t);
+  auto cpp = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(cpp);
+  EXPECT_EQ(*cpp->get_copy("k"), "twelve bytes");
+}
+
+TEST_F(ReaderTest, RegistryFullIsRetriable) {
+  auto w = make_table();  // 8 reader slots
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0}, full{0};
+  std::atomic<int> holding{0};
+  std::atomic<bool> release{false};
+  for (int i = 0; i < 10; ++i) {
+    threads.emplace_back([&] {
+      auto g = t->read();
+      if (g) {
+        ++ok;
+      } else {
+        EXPECT_EQ(g.error().code, Errc::kRegistryFull);
+        EXPECT_NE(g.error().message.find("reader slots"), std::string::npos);
+        ++full;
+      }
+      ++holding;
+      while (!release.load()) std::this_thread::yield();
+    });
+  }
+  ASSERT_TRUE(test::wait_until([&] { return holding.load() == 10; }));
+  release = true;
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok.load(), 8);
+  EXPECT_EQ(full.load(), 2);
+  // Exited threads gave their slots back: a new thread can read.
+  std::thread([&] { EXPECT_TRUE(t->read()); }).join();
+}
+
+TEST(ReaderDeathTest, WritingThroughAReadersMappingCrashes) {
+  test::ShmScope shm;
+  WriterOptions o;
+  o.table = "d";
+  o.shm_prefix = shm.prefix();
+  o.capacity = 16;
+  o.arena_bytes = 1 << 16;
+  o.max_value_bytes = 1024;
+  auto w = TableWriter::open(o);
+  ASSERT_TRUE(w);
+  ASSERT_TRUE((*w)->put("k", "v"));
+  auto t = Table::open("d", {shm.prefix()});
+  ASSERT_TRUE(t);
+  auto g = t->read();
+  ASSERT_TRUE(g);
+  auto v = g->get("k");
+  ASSERT_TRUE(v);
+  char* p = const_cast<char*>(v->data());
+  EXPECT_DEATH({ *reinterpret_cast<volatile char*>(p) = 'x'; }, "");
+}
+
+// Threads in one process, so that ThreadSanitizer sees both sides: one writer
+// churns verified values, readers check every read is whole and per key
+// never goes back in version.
+TEST_F(ReaderTest, ConcurrentReadersSeeOnlyWholeMonotonicValues) {
+  constexpr uint64_t kKeys = 500;
+  auto w = make_table(kKeys * 2, 1 << 20);
+  for (uint64_t k = 0; k < kKeys; ++k)
+    ASSERT_TRUE(w->put(test::make_key(k), test::make_value(k, 1)));
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> bad{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&, r] {
+      std::vector<uint64_t> last(kKeys, 0);
+      uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed) || n < 20000) {
+        auto g = t->read();
+        if (!g) {
+          ++bad;
+          return;
+        }
+        for (int i = 0; i < 16; ++i, ++n) {
+          const uint64_t k = (n * 7919 + r) % kKeys;
+          const std::string key = test::make_key(k);
+          auto v = g->get(key);
+          if (!v) continue;  // erased right now
+          uint64_t ver = 0;
+          if (!test::check_value(key, *v, &ver) || ver < last[k]) ++bad;
+          last[k] = ver;
+        }
+      }
+      reads += n;
+    });
+  }
+  std::vector<uint64_t> version(kKeys, 1);
+  for (uint64_t op = 0; op < 60000; ++op) {
+    const uint64_t k = (op * 131) % kKeys;
+    if (op % 5 == 0) {
+      ASSERT_TRUE(w->erase(test::make_key(k)));
+    } else {
+      const std::string value = test::make_value(k, ++version[k]);
+      Result<void> r;
+      // A reader preempted inside its guard holds space back: wait for it.
+      while (!(r = w->put(test::make_key(k), value)) && r.error().code == Errc::kBusy) {
+        std::this_thread::yield();
+        w->reclaim();
+      }
+      ASSERT_TRUE(r) << r.error().message;
+    }
+    if (op % 64 == 0) w->reclaim();
+  }
+  stop = true;
+  for (auto& th : readers) th.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_GE(reads.load(), 40000u);
+}
+
+}  // namespace
+}  // namespace kvs

@@ -1,0 +1,316 @@
+// The table through the writer API, read back through libkvs, in one process.
+#include "writer/table_writer.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+
+#include <map>
+#include <random>
+#include <string>
+
+#include "kvs/kvs.hpp"
+#include "support/test_support.hpp"
+
+namespace kvs {
+namespace {
+
+using format::TableState;
+
+class TableWriterTest : public ::testing::Test {
+ protected:
+  WriterOptions options(uint64_t capacity = 1024, uint64_t arena = 1 << 20) {
+    WriterOptions o;
+    o.table = "t";
+    o.shm_prefix = shm_.prefix();
+    o.capacity = capacity;
+    o.arena_bytes = arena;
+    o.reader_slots = 16;
+    o.max_key_bytes = 256;
+    o.max_value_bytes = 4096;
+    return o;
+  }
+  std::unique_ptr<TableWriter> open_writer(const WriterOptions& o) {
+    auto w = TableWriter::open(o);
+    EXPECT_TRUE(w) << (w ? "" : w.error().message);
+    return w ? std::move(*w) : nullptr;
+  }
+  Table open_reader() {
+    auto t = Table::open("t", {shm_.prefix()});
+    EXPECT_TRUE(t) << (t ? "" : t.error().message);
+    return std::move(*t);
+  }
+  std::optional<std::string> read(const Table& t, std::string_view key) {
+    auto g = t.read();
+    EXPECT_TRUE(g);
+    auto v = g->get(key);
+    if (!v) {
+      EXPECT_EQ(v.error().code, Errc::kNotFound);
+      return std::nullopt;
+    }
+    return std::string(*v);
+  }
+  test::ShmScope shm_;
+};
+
+TEST_F(TableWriterTest, InsertOverwriteErase) {
+  auto w = open_writer(options());
+  EXPECT_EQ(w->attach_kind(), AttachKind::kCreated);
+  auto t = open_reader();
+  ASSERT_TRUE(w->put("alpha", "1"));
+  ASSERT_TRUE(w->put("beta", "2"));
+  EXPECT_EQ(read(t, "alpha"), "1");
+  EXPECT_EQ(read(t, "beta"), "2");
+  EXPECT_EQ(t.size(), 2u);
+  ASSERT_TRUE(w->put("alpha", "one, longer now"));
+  EXPECT_EQ(read(t, "alpha"), "one, longer now");
+  EXPECT_EQ(t.size(), 2u);
+  auto erased = w->erase("alpha");
+  ASSERT_TRUE(erased);
+  EXPECT_TRUE(*erased);
+  EXPECT_EQ(read(t, "alpha"), std::nullopt);
+  EXPECT_EQ(read(t, "beta"), "2");
+  EXPECT_EQ(t.size(), 1u);
+}
+
+TEST_F(TableWriterTest, TombstoneOfMissingKeyIsHarmless) {
+  auto w = open_writer(options());
+  ASSERT_TRUE(w->put("present", "x"));
+  auto erased = w->erase("never-written");
+  ASSERT_TRUE(erased);
+  EXPECT_FALSE(*erased);
+  auto t = open_reader();
+  EXPECT_EQ(t.size(), 1u);
+  EXPECT_EQ(read(t, "present"), "x");
+}
+
+TEST_F(TableWriterTest, BinaryKeysWithNulsAndEmptyValues) {
+  auto w = open_writer(options());
+  const std::string k1("a\0b", 3), k2("a\0c", 3), k3("", 0);
+  const std::string v1("\0\xff\0", 3);
+  ASSERT_TRUE(w->put(k1, v1));
+  ASSERT_TRUE(w->put(k2, ""));
+  ASSERT_TRUE(w->put(k3, "empty key"));
+  auto t = open_reader();
+  EXPECT_EQ(read(t, k1), v1);
+  EXPECT_EQ(read(t, k2), "");  // an empty value is a value
+  EXPECT_EQ(read(t, k3), "empty key");
+  EXPECT_EQ(read(t, std::string("a", 1)), std::nullopt);
+}
+
+TEST_F(TableWriterTest, MaximumSizesAcceptedAndOneMoreRefused) {
+  auto w = open_writer(options());
+  const std::string max_key(256, 'k'), max_value(4096, 'v');
+  ASSERT_TRUE(w->put(max_key, max_value));
+  auto too_long_key = w->put(std::string(257, 'k'), "v");
+  ASSERT_FALSE(too_long_key);
+  EXPECT_EQ(too_long_key.error().code, Errc::kTooLarge);
+  EXPECT_NE(too_long_key.error().message.find("257"), std::string::npos);
+  auto too_long_value = w->put("k", std::string(4097, 'v'));
+  ASSERT_FALSE(too_long_value);
+  EXPECT_EQ(too_long_value.error().code, Errc::kTooLarge);
+  auto t = open_reader();
+  EXPECT_EQ(read(t, max_key), max_value);
+  EXPECT_EQ(t.size(), 1u);
+}
+
+TEST_F(TableWriterTest, FullIndexIsAClearErrorAndOverwritesStillWork) {
+  auto w = open_writer(options(/*capacity=*/64));
+  for (int i = 0; i < 64; ++i) ASSERT_TRUE(w->put("key" + std::to_string(i), "v"));
+  auto full = w->put("one-more", "v");
+  ASSERT_FALSE(full);
+  EXPECT_EQ(full.error().code, Errc::kTableFull);
+  EXPECT_NE(full.error().message.find("capacity of 64"), std::string::npos);
+  EXPECT_TRUE(w->put("key7", "overwrite is fine"));
+  ASSERT_TRUE(w->erase("key8"));
+  EXPECT_TRUE(w->put("one-more", "fits after an erase"));
+  auto t = open_reader();
+  EXPECT_EQ(read(t, "key7"), "overwrite is fine");
+  EXPECT_EQ(read(t, "one-more"), "fits after an erase");
+  EXPECT_EQ(t.size(), 64u);
+}
+
+TEST_F(TableWriterTest, FullArenaIsAClearErrorAndNothingChanges) {
+  auto w = open_writer(options(1024, /*arena=*/8192));
+  const std::string big(1000, 'x');
+  int stored = 0;
+  Result<void> r;
+  while ((r = w->put("k" + std::to_string(stored), big))) ++stored;
+  EXPECT_EQ(r.error().code, Errc::kTableFull);
+  EXPECT_NE(r.error().message.find("arena"), std::string::npos);
+  EXPECT_GT(stored, 4);
+  auto t = open_reader();
+  EXPECT_EQ(t.size(), static_cast<uint64_t>(stored));
+  EXPECT_EQ(read(t, "k" + std::to_string(stored)), std::nullopt);
+  // Freed space is reused once no reader can see it (same block size: a key
+  // of the same length).
+  ASSERT_TRUE(w->erase("k0"));
+  w->reclaim();
+  EXPECT_TRUE(w->put("zz", big));
+}
+
+TEST_F(TableWriterTest, ChurnReusesMemoryInsteadOfGrowingTheArena) {
+  auto w = open_writer(options(1024, 1 << 20));
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(w->put("k" + std::to_string(i), std::string(100, 'a')));
+  const uint64_t used = w->stats().arena_used;
+  for (int round = 0; round < 200; ++round) {
+    for (int i = 0; i < 100; ++i) {
+      ASSERT_TRUE(w->put("k" + std::to_string(i), std::string(100, char('a' + round % 26))));
+    }
+    w->reclaim();
+  }
+  // One round's worth of blocks may wait for the epoch to move on.
+  EXPECT_LE(w->stats().arena_used, 2 * used);
+}
+
+TEST_F(TableWriterTest, OpenReadGuardDelaysReuse) {
+  auto w = open_writer(options());
+  ASSERT_TRUE(w->put("k", "old value"));
+  auto t = open_reader();
+  auto g = t.read();
+  ASSERT_TRUE(g);
+  auto v = g->get("k");
+  ASSERT_TRUE(v);
+  ASSERT_TRUE(w->put("k", "new value"));
+  for (int i = 0; i < 10; ++i) w->reclaim();
+  EXPECT_GT(w->stats().retired_bytes, 0u);
+  EXPECT_EQ(*v, "old value");      // the old block is intact while the guard lives
+  { auto moved = std::move(*g); }  // the guard ends with its last owner
+  w->reclaim();
+  EXPECT_EQ(w->stats().retired_bytes, 0u);
+}
+
+TEST_F(TableWriterTest, RandomOperationsMatchAModel) {
+  auto w = open_writer(options(2048, 1 << 20));
+  auto t = open_reader();
+  std::map<std::string, std::string> model;
+  std::mt19937_64 rng(42);
+  for (int op = 0; op < 20000; ++op) {
+    const std::string key = "key" + std::to_string(rng() % 1500);
+    switch (rng() % 4) {
+      case 0:
+        ASSERT_TRUE(w->erase(key));
+        model.erase(key);
+        break;
+      default: {
+        std::string value(rng() % 64, char('a' + rng() % 26));
+        ASSERT_TRUE(w->put(key, value)) << op;
+        model[key] = value;
+      }
+    }
+    if (op % 97 == 0) w->reclaim();
+  }
+  EXPECT_EQ(t.size(), model.size());
+  auto g = t.read();
+  ASSERT_TRUE(g);
+  for (int i = 0; i < 1500; ++i) {
+    const std::string key = "key" + std::to_string(i);
+    auto v = g->get(key);
+    auto it = model.find(key);
+    if (it == model.end()) {
+      EXPECT_FALSE(v) << key;
+    } else {
+      ASSERT_TRUE(v) << key;
+      EXPECT_EQ(*v, it->second);
+    }
+  }
+  size_t seen = 0;
+  ASSERT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
+    ++seen;
+    EXPECT_EQ(model.at(std::string(k)), v);
+    return true;
+  }));
+  EXPECT_EQ(seen, model.size());
+}
+
+TEST_F(TableWriterTest, SecondWriterIsRefused) {
+  auto w = open_writer(options());
+  auto second = TableWriter::open(options());
+  ASSERT_FALSE(second);
+  EXPECT_EQ(second.error().code, Errc::kBusy);
+  EXPECT_NE(second.error().message.find("another writer"), std::string::npos);
+}
+
+TEST_F(TableWriterTest, ReattachKeepsDataAndRebuildsFreeSpace) {
+  {
+    auto w = open_writer(options());
+    for (int i = 0; i < 200; ++i)
+      ASSERT_TRUE(w->put("k" + std::to_string(i), "v" + std::to_string(i)));
+    for (int i = 0; i < 50; ++i) ASSERT_TRUE(w->erase("k" + std::to_string(i)));
+    w->set_next_offset(0, 250);
+    w->set_state(TableState::kReady);
+    // No reclaim: the erased blocks are retired, never freed, when it "dies".
+  }
+  auto w = open_writer(options());
+  EXPECT_EQ(w->attach_kind(), AttachKind::kAttached);
+  EXPECT_EQ(w->stats().size, 150u);
+  EXPECT_EQ(w->stats().leaked_blocks_at_attach, 50u);
+  EXPECT_EQ(w->next_offset(0), 250);
+  const uint64_t used = w->stats().arena_used;
+  w->reclaim();
+  EXPECT_EQ(w->stats().retired_bytes, 0u);
+  for (int i = 0; i < 50; ++i)
+    ASSERT_TRUE(w->put("k" + std::to_string(i), "v" + std::to_string(i)));
+  EXPECT_EQ(w->stats().arena_used, used);  // the 50 blocks were reused
+  auto t = open_reader();
+  EXPECT_EQ(t.state(), State::kReady);
+  for (int i = 0; i < 200; ++i)
+    EXPECT_EQ(read(t, "k" + std::to_string(i)), "v" + std::to_string(i));
+}
+
+TEST_F(TableWriterTest, CorruptSegmentIsReplaced) {
+  {
+    auto w = open_writer(options());
+    ASSERT_TRUE(w->put("k", "v"));
+  }
+  {
+    // Point a slot into the middle of nowhere, as a stray write would.
+    auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadWrite);
+    ASSERT_TRUE(m);
+    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+    auto* groups = reinterpret_cast<format::Group*>((*m)->data() + h->groups_offset);
+    groups[0].slots[0].store(format::make_slot(1, h->arena_offset + h->arena_bytes + 64));
+  }
+  auto w = open_writer(options());
+  EXPECT_EQ(w->attach_kind(), AttachKind::kReplaced);
+  EXPECT_EQ(w->stats().size, 0u);
+}
+
+TEST_F(TableWriterTest, PartitionOffsetsAndState) {
+  auto w = open_writer(options());
+  auto t = open_reader();
+  EXPECT_EQ(t.state(), State::kBootstrapping);
+  ASSERT_TRUE(w->set_partition_count(3));
+  auto too_many = w->set_partition_count(1000);
+  ASSERT_FALSE(too_many);
+  EXPECT_EQ(too_many.error().code, Errc::kInvalidArgument);
+  w->set_next_offset(2, 17);
+  w->set_high_watermark(2, 20);
+  EXPECT_EQ(t.partition_count(), 3u);
+  auto p = t.partition_offsets(2);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->next_offset, 17);
+  EXPECT_EQ(p->high_watermark, 20);
+  EXPECT_FALSE(t.partition_offsets(100000));
+  auto not_yet = t.wait_ready(std::chrono::milliseconds(20));
+  ASSERT_FALSE(not_yet);
+  EXPECT_EQ(not_yet.error().code, Errc::kTimeout);
+  w->set_state(TableState::kReady);
+  EXPECT_TRUE(t.wait_ready(std::chrono::milliseconds(1000)));
+}
+
+TEST_F(TableWriterTest, InvalidOptionsNameTheProblem) {
+  auto o = options();
+  o.capacity = 0;
+  auto w = TableWriter::open(o);
+  ASSERT_FALSE(w);
+  EXPECT_EQ(w.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(w.error().message.find("capacity = 0"), std::string::npos);
+  o = options();
+  o.table = "bad/name";
+  w = TableWriter::open(o);
+  ASSERT_FALSE(w);
+  EXPECT_NE(w.error().message.find("bad/name"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kvs
