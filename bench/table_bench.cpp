@@ -58,9 +58,16 @@ std::string make_value(uint64_t i, uint64_t round) {
   for (size_t j = 0; j < kValueBytes; ++j) v[j] = static_cast<char>('a' + (i + j + round) % 26);
   return v;
 }
-// The next index depends on the previous result: a serial chain of gets.
+// The next index depends on the previous result (a serial chain of gets) and
+// the chain visits every key: a full-period LCG modulo 2^k >= keys (a random
+// function would fall into a cycle of ~sqrt(keys) keys, all cached).
+// `dep >> 63` is 0 for any real length, but the CPU must wait for it.
+uint64_t g_mask = 0;
 inline uint64_t next_index(uint64_t idx, uint64_t dep) {
-  return ((idx + dep + 1) * 0x9E3779B97F4A7C15ULL >> 20) % g_keys;
+  do {
+    idx = (idx * 0x5851F42D4C957F2DULL + 0x14057B7EF767814FULL + (dep >> 63)) & g_mask;
+  } while (idx >= g_keys);
+  return idx;
 }
 
 // ---- the writer child, steered through a shared anonymous page
@@ -363,6 +370,9 @@ int main(int argc, char** argv) {
       args.push_back(argv[i]);
     }
   }
+  g_mask = 1;
+  while (g_mask < g_keys) g_mask <<= 1;
+  g_mask -= 1;
   int bargc = static_cast<int>(args.size());
   benchmark::Initialize(&bargc, args.data());
 
@@ -408,16 +418,21 @@ int main(int argc, char** argv) {
                kvs_miss = t("get_miss/kvs"), single16 = t("batch16/kvs_16"),
                multi16 = t("batch16/kvs_multi");
 
-  std::fprintf(stderr,
-               "measuring 1 vs 2 reader processes (writer idle), then 1 reader with writer\n");
-  const auto window = std::chrono::milliseconds(1500);
-  const double one = static_cast<double>(readers_throughput(1, window));
-  const double two = static_cast<double>(readers_throughput(2, window));
-  g_ctl->overwrite_rate = 100000;
-  const uint64_t before = g_ctl->overwritten.load();
-  const double one_w = static_cast<double>(readers_throughput(1, window));
-  const double achieved_rate = (g_ctl->overwritten.load() - before) / 1.5;
-  g_ctl->overwrite_rate = 0;
+  std::fprintf(stderr, "measuring 1 vs 2 reader processes and the writer's cost, 3 rounds\n");
+  // Interleaved rounds, best of each: the machines are noisy, and one slow
+  // window should not decide a ratio.
+  const auto window = std::chrono::milliseconds(1000);
+  const double secs = 1.0;
+  double one = 0, two = 0, one_w = 0, achieved_rate = 0;
+  for (int round = 0; round < 3; ++round) {
+    one = std::max(one, static_cast<double>(readers_throughput(1, window)));
+    two = std::max(two, static_cast<double>(readers_throughput(2, window)));
+    g_ctl->overwrite_rate = 100000;
+    const uint64_t before = g_ctl->overwritten.load();
+    one_w = std::max(one_w, static_cast<double>(readers_throughput(1, window)));
+    achieved_rate = std::max(achieved_rate, (g_ctl->overwritten.load() - before) / secs);
+    g_ctl->overwrite_rate = 0;
+  }
 
   const double used = static_cast<double>(g_ctl->segment_used_bytes.load());
   const double per_entry = used / static_cast<double>(g_keys);
@@ -444,11 +459,12 @@ int main(int argc, char** argv) {
   row("", kvs_miss, "ns", "LMDB mdb_get", kvs_miss / lmdb_miss, "-", true);
   row("get hit, kvs, writer 100k overwrites/s", kvs_hit_w, "ns", "kvs, writer idle",
       kvs_hit_w / kvs_hit, "<= 1.10x", kvs_hit_w <= 1.1 * kvs_hit);
-  row("multi_get of 16 keys", multi16, "ns", "16 single gets", multi16 / single16, "<= 0.35x",
+  row("multi_get of 16 keys", multi16, "ns", "16 independent gets", multi16 / single16, "<= 0.35x",
       multi16 <= 0.35 * single16);
-  row("2 reader processes, gets/s (sum)", two / 1.5 / 1e6, "M/s", "1 reader process", two / one,
+  row("", multi16, "ns", "16 dependent gets", multi16 / (16 * kvs_hit), "-", true);
+  row("2 reader processes, gets/s (sum)", two / secs / 1e6, "M/s", "1 reader process", two / one,
       ">= 1.8x", two >= 1.8 * one);
-  row("1 reader, writer 100k overwrites/s, gets/s", one_w / 1.5 / 1e6, "M/s",
+  row("1 reader, writer 100k overwrites/s, gets/s", one_w / secs / 1e6, "M/s",
       "1 reader, writer idle", one_w / one, ">= 0.90x", one_w >= 0.9 * one);
   std::printf("   (writer achieved %.0f overwrites/s during that window)\n", achieved_rate);
   std::printf("%-44s %9.1f %-6s %-22s %7s  %-14s %s\n", "shared memory per entry beyond key+value",

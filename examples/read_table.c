@@ -1,8 +1,9 @@
 /* Reads keys from a kvs table through the C ABI.
- *   read_table TABLE KEY...
+ *   read_table TABLE KEY...     (shm prefix from KVS_SHM_PREFIX, default "kvs.")
  * Prints each value, or "(absent)". Exit status 0, or 1 on an error. */
 #include <kvs/kvs.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int main(int argc, char **argv) {
@@ -10,8 +11,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s TABLE KEY...\n", argv[0]);
     return 2;
   }
+  kvs_open_options options = {getenv("KVS_SHM_PREFIX")}; /* NULL: "kvs." */
   kvs_table *table;
-  int rc = kvs_open(argv[1], NULL, &table);
+  int rc = kvs_open(argv[1], &options, &table);
   if (rc != KVS_OK) {
     fprintf(stderr, "kvs_open: %s (%s)\n", kvs_last_error(), kvs_strerror(rc));
     return 1;
