@@ -82,22 +82,47 @@ class TableView {
     return Lookup::kCorrupt;  // every group claims overflow: not a table we wrote
   }
 
-  // Prefetch helpers for batched lookups.
+  // Batched lookups in three passes, so that the misses of all keys overlap:
+  // prefetch_group(), then first_match() (which prefetches the candidate
+  // entry), then resolve().
   void prefetch_group(uint64_t hash) const {
     __builtin_prefetch(&groups_[home_group(hash, group_count_)]);
   }
-  // Prefetches the entry of the first slot in the home group whose tag matches.
-  void prefetch_candidate(uint64_t hash) const {
+
+  // The first slot word of the home group whose tag matches, or 0 if there
+  // is none. Prefetches that entry's first two lines (header, key and the
+  // start of the value).
+  uint64_t first_match(uint64_t hash) const {
     const Group& grp = groups_[home_group(hash, group_count_)];
     const uint16_t tag = hash_tag(hash);
     for (int i = 0; i < kSlotsPerGroup; ++i) {
-      const uint64_t w = grp.slots[i].load(std::memory_order_relaxed);
+      const uint64_t w = grp.slots[i].load(std::memory_order_seq_cst);
       if (w != 0 && slot_tag(w) == tag) {
         const uint64_t off = slot_offset(w);
-        if (off >= arena_begin_ && off < arena_end_) __builtin_prefetch(base_ + off);
-        return;
+        if (off >= arena_begin_ && off < arena_end_ - kCacheLine) {
+          __builtin_prefetch(base_ + off);
+          __builtin_prefetch(base_ + off + kCacheLine);
+        }
+        return w;
       }
     }
+    return 0;
+  }
+
+  // Finishes a lookup begun with first_match(): the common cases (the match
+  // is the key; no match and no overflow) need no second probe.
+  Lookup resolve(const void* key, size_t key_len, uint64_t hash, uint64_t first,
+                 EntryRef* out) const {
+    if (first != 0) {
+      if (!entry_at(slot_offset(first), out)) return Lookup::kCorrupt;
+      if (out->key_len == key_len && std::memcmp(out->key, key, key_len) == 0) {
+        return Lookup::kFound;
+      }
+    } else if (groups_[home_group(hash, group_count_)].overflow.load(std::memory_order_seq_cst) ==
+               0) {
+      return Lookup::kAbsent;
+    }
+    return find(key, key_len, hash, out);
   }
 
  private:

@@ -3,6 +3,7 @@
 // Per thread and table, a kvs_txn owns one slot of the reader registry. The
 // fast path of kvs_read_begin is: compare the thread's last txn with the
 // table, load the global epoch, exchange it into the slot (a full barrier).
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,7 +86,9 @@ struct ThreadTxns {
 thread_local ThreadTxns t_txns;
 // The guard this thread used last: trivially destructible, so the fast path
 // of kvs_read_begin needs no TLS initialisation check.
-thread_local kvs_txn* t_last = nullptr;
+// initial-exec: a plain %fs-relative load instead of a __tls_get_addr call
+// (one pointer of static TLS, which glibc reserves even for dlopen).
+__attribute__((tls_model("initial-exec"))) thread_local kvs_txn* t_last = nullptr;
 
 kvs_txn* txn_slow(kvs_table* t, int* err) {
   auto& txns = t_txns.txns;
@@ -179,6 +182,14 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
     t->registry = *rv;
     t->header = reinterpret_cast<const TableHeader*>(t->data->data());
     t->view = TableView(t->data->data(), *t->header);
+    // Map the used part now, so that first reads do not take page faults
+    // (microseconds each). The unused arena stays lazy: populating it would
+    // commit memory. Kernels before 5.14 lack this advice; that is harmless.
+    const uint64_t used = std::min<uint64_t>(
+        t->data->size(),
+        format::align_up(
+            t->header->arena_offset + t->header->arena_used.load(std::memory_order_acquire), 4096));
+    ::madvise(t->data->data(), used, MADV_POPULATE_READ);
     t->id = g_next_table_id.fetch_add(1, std::memory_order_relaxed);
     *out = t.release();
     return KVS_OK;
@@ -257,6 +268,7 @@ int kvs_multi_get(kvs_txn* x, size_t count, const void* const* keys, const size_
   const TableView& view = x->table->view;
   constexpr size_t kBatch = 32;
   uint64_t hashes[kBatch];
+  uint64_t firsts[kBatch];
   for (size_t base = 0; base < count; base += kBatch) {
     const size_t n = std::min(kBatch, count - base);
     // Three passes so that the cache misses of all keys overlap: the group
@@ -265,11 +277,11 @@ int kvs_multi_get(kvs_txn* x, size_t count, const void* const* keys, const size_
       hashes[i] = hash_key(keys[base + i], key_lens[base + i]);
       view.prefetch_group(hashes[i]);
     }
-    for (size_t i = 0; i < n; ++i) view.prefetch_candidate(hashes[i]);
+    for (size_t i = 0; i < n; ++i) firsts[i] = view.first_match(hashes[i]);
     for (size_t i = 0; i < n; ++i) {
       EntryRef e;
       const size_t k = base + i;
-      switch (view.find(keys[k], key_lens[k], hashes[i], &e)) {
+      switch (view.resolve(keys[k], key_lens[k], hashes[i], firsts[i], &e)) {
         case Lookup::kFound:
           if (values) values[k] = e.value;
           if (value_lens) value_lens[k] = e.value_len;

@@ -213,6 +213,19 @@ TEST_F(TableWriterTest, RandomOperationsMatchAModel) {
       EXPECT_EQ(*v, it->second);
     }
   }
+  // multi_get agrees, including keys that live past their home group.
+  std::vector<std::string> keys;
+  for (int i = 0; i < 1500; ++i) keys.push_back("key" + std::to_string(i));
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  auto many = g->multi_get(views);
+  ASSERT_TRUE(many);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = model.find(keys[i]);
+    ASSERT_EQ((*many)[i].has_value(), it != model.end()) << keys[i];
+    if (it != model.end()) {
+      EXPECT_EQ(*(*many)[i], it->second);
+    }
+  }
   size_t seen = 0;
   ASSERT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
     ++seen;
