@@ -1,0 +1,428 @@
+#include "config/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace kvs::config {
+namespace {
+
+enum class Kind { kString, kInt, kBool, kMode, kIntList };
+
+struct Val {
+  int64_t i = 0;
+  bool b = false;
+  std::string s;
+  std::vector<int64_t> list;
+};
+
+struct Key {
+  std::string_view section;  // "kvsd" or "table"
+  std::string_view name;
+  Kind kind;
+  std::string_view def;  // the default as TOML text; "" = required
+  int64_t min, max;      // range (kInt, kMode), maximum length (kString; 0: any)
+  std::string_view help;
+  void (*set)(Config&, TableConfig&, const Val&);
+};
+
+// The one list of kvsd's keys. [kafka] is free-form (librdkafka's own).
+const Key kKeys[] = {
+    {"kvsd", "socket_path", Kind::kString, "\"/run/kvs/kvsd.sock\"", 0, 107,
+     "Unix socket for writes (under 108 bytes).",
+     [](Config& c, TableConfig&, const Val& v) { c.socket_path = v.s; }},
+    {"kvsd", "socket_mode", Kind::kMode, "\"0660\"", 0, 0777,
+     "Permissions of the socket (octal string).",
+     [](Config& c, TableConfig&, const Val& v) { c.socket_mode = static_cast<mode_t>(v.i); }},
+    {"kvsd", "allowed_uids", Kind::kIntList, "[]", 0, 4294967294,
+     "Uids allowed to write; [] with allowed_gids [] lets every peer the socket mode admits.",
+     [](Config& c, TableConfig&, const Val& v) { c.allowed_uids = v.list; }},
+    {"kvsd", "allowed_gids", Kind::kIntList, "[]", 0, 4294967294,
+     "Gids (primary group of the peer) allowed to write.",
+     [](Config& c, TableConfig&, const Val& v) { c.allowed_gids = v.list; }},
+    {"kvsd", "shm_prefix", Kind::kString, "\"kvs.\"", 0, 40,
+     "Prefix of shared-memory names: /dev/shm/<prefix><table>. Lets two kvsd run side by side.",
+     [](Config& c, TableConfig&, const Val& v) { c.shm_prefix = v.s; }},
+    {"kvsd", "shm_group", Kind::kString, "\"\"", 0, 64,
+     "Group (name or number) owning the segments, i.e. the readers; \"\" keeps kvsd's group.",
+     [](Config& c, TableConfig&, const Val& v) { c.shm_group = v.s; }},
+    {"kvsd", "data_mode", Kind::kMode, "\"0640\"", 0, 0777,
+     "Permissions of each table segment (readers need read).",
+     [](Config& c, TableConfig&, const Val& v) { c.data_mode = static_cast<mode_t>(v.i); }},
+    {"kvsd", "registry_mode", Kind::kMode, "\"0660\"", 0, 0777,
+     "Permissions of each reader registry (readers need read and write).",
+     [](Config& c, TableConfig&, const Val& v) { c.registry_mode = static_cast<mode_t>(v.i); }},
+    {"kvsd", "log_level", Kind::kString, "\"info\"", 0, 0, "debug, info, warning or error.",
+     [](Config& c, TableConfig&, const Val& v) { c.log_level = v.s; }},
+    {"kvsd", "dead_reader_check_ms", Kind::kInt, "50", 1, 60000,
+     "How often a reader that holds memory back is checked for being dead.",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.dead_reader_check_ms = static_cast<uint32_t>(v.i);
+     }},
+    {"kvsd", "poll_timeout_ms", Kind::kInt, "100", 1, 10000,
+     "Longest wait for Kafka records before kvsd does its housekeeping.",
+     [](Config& c, TableConfig&, const Val& v) { c.poll_timeout_ms = static_cast<uint32_t>(v.i); }},
+
+    {"table", "name", Kind::kString, "", 0, 200,
+     "Table name, [A-Za-z0-9._-]; readers open it by this name. Required.",
+     [](Config&, TableConfig& t, const Val& v) { t.name = v.s; }},
+    {"table", "topic", Kind::kString, "", 0, 249,
+     "The compacted Kafka topic the table mirrors. Required.",
+     [](Config&, TableConfig& t, const Val& v) { t.topic = v.s; }},
+    {"table", "capacity", Kind::kInt, "1048576", 1024, int64_t{1} << 40,
+     "Entries the index is sized for; a put beyond it fails.",
+     [](Config&, TableConfig& t, const Val& v) { t.capacity = static_cast<uint64_t>(v.i); }},
+    {"table", "memory_limit_bytes", Kind::kInt, "268435456", 1 << 20, int64_t{1} << 44,
+     "Bytes for keys, values and entry headers (12 bytes each, 8-byte aligned).",
+     [](Config&, TableConfig& t, const Val& v) {
+       t.memory_limit_bytes = static_cast<uint64_t>(v.i);
+     }},
+    {"table", "max_key_bytes", Kind::kInt, "4096", 1, 1 << 20,
+     "Longest key; longer ones are refused on write and skipped (logged) on consume.",
+     [](Config&, TableConfig& t, const Val& v) { t.max_key_bytes = static_cast<uint32_t>(v.i); }},
+    {"table", "max_value_bytes", Kind::kInt, "1048576", 0, 1 << 30,
+     "Longest value; as max_key_bytes.",
+     [](Config&, TableConfig& t, const Val& v) { t.max_value_bytes = static_cast<uint32_t>(v.i); }},
+    {"table", "reader_slots", Kind::kInt, "1024", 1, 1 << 20,
+     "Reading threads (across all processes) that can hold a read guard at once.",
+     [](Config&, TableConfig& t, const Val& v) { t.reader_slots = static_cast<uint32_t>(v.i); }},
+    {"table", "max_partitions", Kind::kInt, "256", 1, 65536,
+     "Most partitions the topic may have (the segment keeps an offset for each).",
+     [](Config&, TableConfig& t, const Val& v) { t.max_partitions = static_cast<uint32_t>(v.i); }},
+    {"table", "create_topic", Kind::kBool, "false", 0, 0,
+     "Create the topic (cleanup.policy=compact) if it does not exist.",
+     [](Config&, TableConfig& t, const Val& v) { t.create_topic = v.b; }},
+    {"table", "create_partitions", Kind::kInt, "1", 1, 65536,
+     "Partitions of a topic that kvsd creates.",
+     [](Config&, TableConfig& t, const Val& v) {
+       t.create_partitions = static_cast<int32_t>(v.i);
+     }},
+    {"table", "create_replication_factor", Kind::kInt, "-1", -1, 32767,
+     "Replication factor of a topic that kvsd creates; -1: the broker's default.",
+     [](Config&, TableConfig& t, const Val& v) {
+       t.create_replication_factor = static_cast<int32_t>(v.i);
+     }},
+};
+
+std::string where(const std::string& source, const toml::source_region& r) {
+  return source + ":" + std::to_string(r.begin.line) + ":" + std::to_string(r.begin.column);
+}
+
+Unexpected fail(const std::string& source, const toml::source_region& r, const std::string& what) {
+  return make_error(Errc::kInvalidArgument, where(source, r) + ": " + what);
+}
+
+std::string suggestion(std::string_view word, const std::vector<std::string_view>& choices) {
+  std::string_view best;
+  size_t best_d = ~size_t{0};
+  for (auto c : choices) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  if (best.empty() || best_d > std::max<size_t>(2, word.size() / 3)) return "";
+  return "; did you mean '" + std::string(best) + "'?";
+}
+
+std::string_view kind_name(Kind k) {
+  switch (k) {
+    case Kind::kString:
+      return "a string";
+    case Kind::kInt:
+      return "an integer";
+    case Kind::kBool:
+      return "true or false";
+    case Kind::kMode:
+      return "an octal string such as \"0640\"";
+    case Kind::kIntList:
+      return "an array of integers";
+  }
+  return "";
+}
+
+// Reads one value of `key` from `node`, checking type and range.
+Result<Val> read_value(const Key& key, const toml::node& node, const std::string& source,
+                       const std::string& label) {
+  Val v;
+  const auto bad_type = [&] {
+    return fail(source, node.source(), label + " must be " + std::string(kind_name(key.kind)));
+  };
+  switch (key.kind) {
+    case Kind::kString:
+      if (!node.is_string()) return bad_type();
+      v.s = node.as_string()->get();
+      if (key.max > 0 && v.s.size() > static_cast<size_t>(key.max)) {
+        return fail(source, node.source(),
+                    label + " is " + std::to_string(v.s.size()) + " bytes long, at most " +
+                        std::to_string(key.max));
+      }
+      return v;
+    case Kind::kBool:
+      if (!node.is_boolean()) return bad_type();
+      v.b = node.as_boolean()->get();
+      return v;
+    case Kind::kInt:
+      if (!node.is_integer()) return bad_type();
+      v.i = node.as_integer()->get();
+      break;
+    case Kind::kMode:
+      if (node.is_integer()) {
+        v.i = node.as_integer()->get();
+      } else if (node.is_string()) {
+        const std::string& s = node.as_string()->get();
+        if (s.empty() || s.size() > 4 || s.find_first_not_of("01234567") != std::string::npos) {
+          return fail(source, node.source(), label + " = \"" + s + "\" is not an octal mode");
+        }
+        v.i = std::stoll(s, nullptr, 8);
+      } else {
+        return bad_type();
+      }
+      break;
+    case Kind::kIntList:
+      if (!node.is_array()) return bad_type();
+      for (const auto& el : *node.as_array()) {
+        if (!el.is_integer()) {
+          return fail(source, el.source(), label + " must hold integers only");
+        }
+        const int64_t x = el.as_integer()->get();
+        if (x < key.min || x > key.max) {
+          return fail(source, el.source(),
+                      label + " holds " + std::to_string(x) + ", must be " +
+                          std::to_string(key.min) + ".." + std::to_string(key.max));
+        }
+        v.list.push_back(x);
+      }
+      return v;
+  }
+  if (v.i < key.min || v.i > key.max) {
+    std::ostringstream range;
+    if (key.kind == Kind::kMode) {
+      range << std::oct << "0" << v.i << ", must be 0..0" << key.max;
+    } else {
+      range << v.i << ", must be " << key.min << ".." << key.max;
+    }
+    return fail(source, node.source(), label + " = " + range.str());
+  }
+  return v;
+}
+
+// Applies every key of `tbl` in `section`, defaults first.
+Result<void> apply_section(std::string_view section, const toml::table& tbl, Config& c,
+                           TableConfig& t, const std::string& source, const std::string& prefix) {
+  std::vector<std::string_view> names;
+  for (const auto& k : kKeys) {
+    if (k.section == section) names.push_back(k.name);
+  }
+  for (const auto& [name, node] : tbl) {
+    const Key* key = nullptr;
+    for (const auto& k : kKeys) {
+      if (k.section == section && k.name == name.str()) key = &k;
+    }
+    const std::string label = prefix + std::string(name.str());
+    if (key == nullptr) {
+      return fail(source, name.source(),
+                  "unknown key '" + label + "'" + suggestion(name.str(), names));
+    }
+    auto v = read_value(*key, node, source, label);
+    if (!v) return std::move(v).error();
+    key->set(c, t, *v);
+  }
+  // Required keys.
+  for (const auto& k : kKeys) {
+    if (k.section == section && k.def.empty() && !tbl.contains(k.name)) {
+      return fail(source, tbl.source(),
+                  "missing required key '" + prefix + std::string(k.name) + "'");
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+Result<Config> parse(std::string_view text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    return fail(source, e.source(), std::string(e.description()));
+  }
+  Config c;
+  c.source = source;
+  TableConfig unused;
+  const std::vector<std::string_view> sections = {"kvsd", "kafka", "table"};
+  for (const auto& [name, node] : root) {
+    const std::string_view n = name.str();
+    if (n == "kvsd") {
+      if (!node.is_table()) return fail(source, node.source(), "[kvsd] must be a table");
+      if (auto ok = apply_section("kvsd", *node.as_table(), c, unused, source, "kvsd."); !ok) {
+        return std::move(ok).error();
+      }
+    } else if (n == "kafka") {
+      if (!node.is_table()) return fail(source, node.source(), "[kafka] must be a table");
+      for (const auto& [k, v] : *node.as_table()) {
+        std::string value;
+        if (v.is_string()) {
+          value = v.as_string()->get();
+        } else if (v.is_integer()) {
+          value = std::to_string(v.as_integer()->get());
+        } else if (v.is_boolean()) {
+          value = v.as_boolean()->get() ? "true" : "false";
+        } else {
+          return fail(source, v.source(),
+                      "kafka." + std::string(k.str()) +
+                          " must be a string, integer or boolean (librdkafka takes text)");
+        }
+        c.kafka.emplace_back(std::string(k.str()), value);
+      }
+    } else if (n == "table") {
+      if (!node.is_array_of_tables()) {
+        return fail(source, node.source(), "tables are declared as [[table]], not [table]");
+      }
+      int index = 0;
+      for (const auto& el : *node.as_array()) {
+        TableConfig t;
+        t.line = static_cast<int>(el.source().begin.line);
+        const std::string prefix = "table[" + std::to_string(index++) + "].";
+        if (auto ok = apply_section("table", *el.as_table(), c, t, source, prefix); !ok) {
+          return std::move(ok).error();
+        }
+        c.tables.push_back(std::move(t));
+      }
+    } else {
+      return fail(source, name.source(),
+                  "unknown section '" + std::string(n) + "'" + suggestion(n, sections));
+    }
+  }
+
+  // Checks across keys.
+  auto whole = [&](const std::string& what) {
+    return make_error(Errc::kInvalidArgument, source + ": " + what);
+  };
+  if (c.tables.empty()) return whole("no [[table]]: declare at least one table to serve");
+  if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warning" &&
+      c.log_level != "error") {
+    return whole("kvsd.log_level = \"" + c.log_level + "\", must be debug, info, warning or error");
+  }
+  if (c.socket_path.empty() || c.socket_path[0] != '/') {
+    return whole("kvsd.socket_path = \"" + c.socket_path + "\" must be an absolute path");
+  }
+  std::set<std::string> names, topics;
+  for (const auto& t : c.tables) {
+    const std::string at = source + ":" + std::to_string(t.line) + ": table '" + t.name + "'";
+    const bool name_ok = !t.name.empty() && t.name != "." && t.name != ".." &&
+                         t.name.find_first_not_of(
+                             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                             "0123456789._-") == std::string::npos;
+    if (!name_ok) {
+      return make_error(Errc::kInvalidArgument,
+                        at + ": the name must be 1..200 characters of [A-Za-z0-9._-]");
+    }
+    if (!names.insert(t.name).second) {
+      return make_error(Errc::kInvalidArgument, at + " is declared twice");
+    }
+    if (!topics.insert(t.topic).second) {
+      return make_error(Errc::kInvalidArgument,
+                        at + ": topic '" + t.topic + "' already feeds another table");
+    }
+    if (t.max_key_bytes + uint64_t{t.max_value_bytes} + 16 > t.memory_limit_bytes) {
+      return make_error(Errc::kInvalidArgument,
+                        at + ": memory_limit_bytes = " + std::to_string(t.memory_limit_bytes) +
+                            " cannot hold one entry of max_key_bytes + max_value_bytes");
+    }
+  }
+  return c;
+}
+
+Result<Config> load_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return make_error(Errc::kSystem, path + ": cannot read the config file (" +
+                                         std::string(std::strerror(errno)) +
+                                         "); pass another with --config PATH");
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path);
+}
+
+namespace {
+void wrap_comment(std::ostringstream& out, std::string_view text) {
+  std::string line = "#";
+  std::istringstream words{std::string(text)};
+  std::string w;
+  while (words >> w) {
+    if (line.size() + 1 + w.size() > 78) {
+      out << line << "\n";
+      line = "#";
+    }
+    line += " " + w;
+  }
+  out << line << "\n";
+}
+}  // namespace
+
+std::string example_toml() {
+  std::ostringstream out;
+  out << "# kvsd configuration: /etc/kvs/kvsd.toml (or kvsd --config PATH).\n"
+         "# Generated from the key table in daemon/config/config.cpp; every key is shown\n"
+         "# with its default. Unknown keys are errors. Check a file with\n"
+         "#   kvsd --check-config --config PATH\n\n"
+         "[kvsd]\n";
+  for (const auto& k : kKeys) {
+    if (k.section != "kvsd") continue;
+    wrap_comment(out, k.help);
+    out << "# " << k.name << " = " << k.def << "\n\n";
+  }
+  out << "[kafka]\n"
+         "# Every key here goes to librdkafka as it is: bootstrap.servers, security.protocol,\n"
+         "# sasl.*, ssl.*, timeouts. kvsd sets isolation.level=read_committed for consuming\n"
+         "# and enable.idempotence=true, acks=all for producing.\n"
+         "\"bootstrap.servers\" = \"localhost:9092\"\n\n"
+         "[[table]]\n";
+  for (const auto& k : kKeys) {
+    if (k.section != "table") continue;
+    wrap_comment(out, k.help);
+    if (k.name == "name") {
+      out << "name = \"flags\"\n\n";
+    } else if (k.name == "topic") {
+      out << "topic = \"flags\"\n\n";
+    } else {
+      out << "# " << k.name << " = " << k.def << "\n\n";
+    }
+  }
+  return out.str();
+}
+
+std::string describe_keys() {
+  std::ostringstream out;
+  for (const auto& k : kKeys) {
+    out << (k.section == "kvsd" ? "[kvsd] " : "[[table]] ") << k.name << "  (" << kind_name(k.kind)
+        << ", default " << (k.def.empty() ? "required" : k.def);
+    if (k.kind == Kind::kInt) out << ", " << k.min << ".." << k.max;
+    out << ")\n    " << k.help << "\n";
+  }
+  out << "[kafka] any librdkafka property, as a string, integer or boolean\n";
+  return out.str();
+}
+
+}  // namespace kvs::config

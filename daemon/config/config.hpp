@@ -1,0 +1,67 @@
+// kvsd's configuration (/etc/kvs/kvsd.toml).
+//
+// One table of keys (config.cpp: kKeys) with name, type, default, range and
+// help text drives parsing, validation, `kvsd --help-config` and the example
+// file etc/kvs/kvsd.toml. An unknown key or section is an error (with "did
+// you mean" for a near miss); every error names the file, line, column and
+// key. [kafka] keys are passed to librdkafka as they are.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "kvs/result.hpp"
+
+namespace kvs::config {
+
+struct TableConfig {
+  std::string name;   // the table: /dev/shm/<shm_prefix><name>
+  std::string topic;  // the compacted Kafka topic it mirrors
+  uint64_t capacity = 1 << 20;
+  uint64_t memory_limit_bytes = uint64_t{256} << 20;
+  uint32_t max_key_bytes = 4096;
+  uint32_t max_value_bytes = 1 << 20;
+  uint32_t reader_slots = 1024;
+  uint32_t max_partitions = 256;
+  bool create_topic = false;
+  int32_t create_partitions = 1;
+  int32_t create_replication_factor = -1;  // -1: the broker's default
+  int line = 0;                            // where the [[table]] starts, for messages
+};
+
+struct Config {
+  std::string source;  // file name (or "<string>") for messages
+  std::string socket_path = "/run/kvs/kvsd.sock";
+  mode_t socket_mode = 0660;
+  std::vector<int64_t> allowed_uids;  // empty: any peer the socket mode lets in
+  std::vector<int64_t> allowed_gids;
+  std::string shm_prefix = "kvs.";
+  std::string shm_group;  // group of the segments; "" keeps kvsd's own
+  mode_t data_mode = 0640;
+  mode_t registry_mode = 0660;
+  std::string log_level = "info";
+  uint32_t dead_reader_check_ms = 50;
+  uint32_t poll_timeout_ms = 100;
+  std::vector<std::pair<std::string, std::string>> kafka;  // librdkafka properties
+  std::vector<TableConfig> tables;
+};
+
+// Errors: kInvalidArgument with "file:line:column: what, and the way out".
+Result<Config> parse(std::string_view toml_text, const std::string& source_name);
+// Errors: kNoTable-free: kSystem if the file cannot be read; else as parse().
+Result<Config> load_file(const std::string& path);
+
+// The commented example config (etc/kvs/kvsd.toml), generated from kKeys.
+std::string example_toml();
+// Every key with type, default, range and help, for --help-config.
+std::string describe_keys();
+
+// Levenshtein distance, for "did you mean".
+size_t edit_distance(std::string_view a, std::string_view b);
+
+}  // namespace kvs::config

@@ -1,0 +1,50 @@
+// kvsd: keeps compacted Kafka topics as shared-memory tables on this host.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+
+#include "config/config.hpp"
+
+namespace {
+// sysexits.h: EX_USAGE, EX_CONFIG.
+constexpr int kExitUsage = 64;
+constexpr int kExitConfig = 78;
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvsd: keeps compacted Kafka topics as shared-memory tables on this host"};
+  std::string config_path = "/etc/kvs/kvsd.toml";
+  bool check = false, example = false, keys = false;
+  app.add_option("--config", config_path, "Config file")->capture_default_str();
+  app.add_flag("--check-config", check, "Validate the config file and exit");
+  app.add_flag("--print-example-config", example, "Print the commented example config");
+  app.add_flag("--help-config", keys, "Describe every config key");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+  if (example) {
+    std::fputs(kvs::config::example_toml().c_str(), stdout);
+    return 0;
+  }
+  if (keys) {
+    std::fputs(kvs::config::describe_keys().c_str(), stdout);
+    return 0;
+  }
+  auto cfg = kvs::config::load_file(config_path);
+  if (!cfg) {
+    std::fprintf(stderr, "<3>kvsd: %s\n", cfg.error().message.c_str());
+    return kExitConfig;
+  }
+  if (check) {
+    std::printf("%s: OK (%zu table%s)\n", config_path.c_str(), cfg->tables.size(),
+                cfg->tables.size() == 1 ? "" : "s");
+    return 0;
+  }
+  std::fprintf(stderr,
+               "<3>kvsd: consuming Kafka is not built yet (issue 3); only --check-config "
+               "works in this version\n");
+  return 1;
+}
