@@ -60,18 +60,23 @@ inline bool wait_until(const std::function<bool()>& pred,
 class Child {
  public:
   explicit Child(const std::vector<std::string>& argv) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
+    int fds[2], ins[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0 || ::pipe2(ins, O_CLOEXEC) != 0) {
+      throw std::runtime_error("pipe2");
+    }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&fa, ins[0], STDIN_FILENO);
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
     const int rc = ::posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
     ::close(fds[1]);
+    ::close(ins[0]);
     out_ = fds[0];
+    in_ = ins[1];
     if (rc != 0) throw std::runtime_error("posix_spawn " + argv[0] + ": " + std::strerror(rc));
   }
   Child(const Child&) = delete;
@@ -82,9 +87,23 @@ class Child {
       ::waitpid(pid_, nullptr, 0);
     }
     ::close(out_);
+    if (in_ >= 0) ::close(in_);
   }
 
   pid_t pid() const { return pid_; }
+
+  // Writes one line to the child's stdin.
+  void write_line(const std::string& line) {
+    const std::string l = line + "\n";
+    if (::write(in_, l.data(), l.size()) != static_cast<ssize_t>(l.size())) {
+      throw std::runtime_error("write to child stdin");
+    }
+  }
+  // Closes the child's stdin (EOF).
+  void close_stdin() {
+    if (in_ >= 0) ::close(in_);
+    in_ = -1;
+  }
 
   // Reads one line of the child's stdout (blocking; empty at EOF).
   std::string read_line() {
@@ -111,6 +130,7 @@ class Child {
  private:
   pid_t pid_ = -1;
   int out_ = -1;
+  int in_ = -1;
   bool reaped_ = false;
 };
 
