@@ -4,21 +4,24 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "kvsd.hpp"
 
 namespace {
 // sysexits.h: EX_USAGE, EX_CONFIG.
 constexpr int kExitUsage = 64;
-constexpr int kExitConfig = 78;
+constexpr int kExitConfig = kvs::daemon::kExitConfig;
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"kvsd: keeps compacted Kafka topics as shared-memory tables on this host"};
   std::string config_path = "/etc/kvs/kvsd.toml";
-  bool check = false, example = false, keys = false;
+  bool check = false, example = false, keys = false, embedded = false;
   app.add_option("--config", config_path, "Config file")->capture_default_str();
   app.add_flag("--check-config", check, "Validate the config file and exit");
   app.add_flag("--print-example-config", example, "Print the commented example config");
   app.add_flag("--help-config", keys, "Describe every config key");
+  app.add_flag("--embedded-kafka", embedded,
+               "Run librdkafka's mock cluster inside kvsd (a first try; data is not kept)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -43,8 +46,5 @@ int main(int argc, char** argv) {
                 cfg->tables.size() == 1 ? "" : "s");
     return 0;
   }
-  std::fprintf(stderr,
-               "<3>kvsd: consuming Kafka is not built yet (issue 3); only --check-config "
-               "works in this version\n");
-  return 1;
+  return kvs::daemon::run(*cfg, kvs::daemon::RunOptions{embedded});
 }

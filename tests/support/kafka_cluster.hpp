@@ -3,6 +3,8 @@
 // cluster in a process of its own (kvs_mock_kafka), reached over TCP.
 #pragma once
 
+#include <librdkafka/rdkafka.h>
+
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -41,12 +43,32 @@ class KafkaCluster {
     return "kvs-test-" + base + "-" + std::to_string(rd() % 1000000);
   }
 
-  // Creates a topic. On the mock through its command channel; on a real
-  // cluster through kcat-independent admin tooling is not available here, so
-  // tests rely on the broker's auto-creation or on kvsd's create_topic.
+  // Creates a compacted topic: on the mock through its command channel (its
+  // 2.0.2 version has no CreateTopics), on a real cluster with CreateTopics.
   bool create_topic(const std::string& topic, int partitions) {
-    if (!mock_) return false;
-    return command("create " + topic + " " + std::to_string(partitions));
+    if (mock_) return command("create " + topic + " " + std::to_string(partitions));
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk == nullptr) return false;
+    rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(topic.c_str(), partitions, -1, err, sizeof err);
+    rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q);
+    rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 30000);
+    bool ok = false;
+    if (ev != nullptr) {
+      size_t n = 0;
+      const rd_kafka_topic_result_t** res =
+          rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+      ok = n == 1 && rd_kafka_topic_result_error(res[0]) == RD_KAFKA_RESP_ERR_NO_ERROR;
+      rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_destroy(rk);
+    return ok;
   }
   // Fault injection: mock only (tests skip otherwise).
   bool set_broker_down(int broker, bool down) {

@@ -118,6 +118,23 @@ class Child {
 
   void kill(int sig) { ::kill(pid_, sig); }
 
+  // Waits at most `timeout` for the exit; on timeout kills the child with
+  // SIGKILL and returns -1. Else as wait().
+  int wait_for(std::chrono::milliseconds timeout) {
+    int status = 0;
+    const bool exited =
+        wait_until([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, timeout);
+    if (!exited) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      reaped_ = true;
+      return -1;
+    }
+    reaped_ = true;
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    return 128 + WTERMSIG(status);
+  }
+
   // Waits for the exit; returns the exit status, or 128 + signal.
   int wait() {
     int status = 0;

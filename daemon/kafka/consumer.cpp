@@ -1,0 +1,112 @@
+#include "kafka/consumer.hpp"
+
+#include <librdkafka/rdkafka.h>
+
+namespace kvs::kafka {
+
+Result<Consumer> Consumer::create(
+    const std::vector<std::pair<std::string, std::string>>& properties) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  for (const auto& [k, v] : properties) {
+    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      return make_error(Errc::kInvalidArgument, "[kafka] " + k + " = \"" + v + "\": " + err);
+    }
+  }
+  // kvsd's own needs, whatever [kafka] says.
+  const std::pair<const char*, const char*> ours[] = {
+      {"isolation.level", "read_committed"},  // aborted records never reach the table
+      {"enable.partition.eof", "true"},       // READY across gaps and control records
+      {"enable.auto.commit", "false"},        // positions live in the segment
+      {"enable.auto.offset.store", "false"},
+      {"auto.offset.reset", "error"},  // a lost offset is an error, never a skip
+      {"group.id", "kvsd"},            // required by librdkafka; never joined
+  };
+  for (const auto& [k, v] : ours) {
+    if (rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      return make_error(Errc::kInvalidArgument, std::string("librdkafka ") + k + ": " + err);
+    }
+  }
+  Consumer c;
+  c.rk_ = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (c.rk_ == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return make_error(Errc::kInvalidArgument, std::string("[kafka]: ") + err);
+  }
+  c.queue_ = rd_kafka_queue_get_consumer(c.rk_);
+  return c;
+}
+
+Consumer::Consumer(Consumer&& o) noexcept : rk_(o.rk_), queue_(o.queue_) {
+  o.rk_ = nullptr;
+  o.queue_ = nullptr;
+}
+
+Consumer::~Consumer() {
+  if (queue_) rd_kafka_queue_destroy(queue_);
+  if (rk_) {
+    rd_kafka_consumer_close(rk_);
+    rd_kafka_destroy(rk_);
+  }
+}
+
+Result<int32_t> Consumer::partition_count(const std::string& topic, int timeout_ms) {
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* md = nullptr;
+  const rd_kafka_resp_err_t e = rd_kafka_metadata(rk_, 0, rkt, &md, timeout_ms);
+  rd_kafka_topic_destroy(rkt);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return make_error(Errc::kTimeout, "metadata of topic '" + topic + "': " + rd_kafka_err2str(e));
+  }
+  Result<int32_t> out = make_error(Errc::kNotFound, "topic '" + topic + "' does not exist");
+  if (md->topic_cnt == 1) {
+    const auto& t = md->topics[0];
+    if (t.err == RD_KAFKA_RESP_ERR_NO_ERROR && t.partition_cnt > 0) {
+      out = t.partition_cnt;
+    } else if (t.err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
+               t.err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      out = make_error(Errc::kTimeout,
+                       "metadata of topic '" + topic + "': " + rd_kafka_err2str(t.err));
+    }
+  }
+  rd_kafka_metadata_destroy(md);
+  return out;
+}
+
+Result<std::pair<int64_t, int64_t>> Consumer::watermarks(const std::string& topic,
+                                                         int32_t partition, int timeout_ms) {
+  int64_t lo = 0, hi = 0;
+  const rd_kafka_resp_err_t e =
+      rd_kafka_query_watermark_offsets(rk_, topic.c_str(), partition, &lo, &hi, timeout_ms);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return make_error(Errc::kTimeout, "watermarks of " + topic + "[" + std::to_string(partition) +
+                                          "]: " + rd_kafka_err2str(e));
+  }
+  return std::make_pair(lo, hi);
+}
+
+Result<void> Consumer::assign(const std::vector<PartitionStart>& starts) {
+  rd_kafka_topic_partition_list_t* list =
+      rd_kafka_topic_partition_list_new(static_cast<int>(starts.size()));
+  for (const auto& s : starts) {
+    rd_kafka_topic_partition_list_add(list, s.topic.c_str(), s.partition)->offset =
+        s.offset < 0 ? RD_KAFKA_OFFSET_BEGINNING : s.offset;
+  }
+  const rd_kafka_resp_err_t e = rd_kafka_assign(rk_, list);
+  rd_kafka_topic_partition_list_destroy(list);
+  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return make_error(Errc::kSystem, std::string("assigning partitions: ") + rd_kafka_err2str(e));
+  }
+  return {};
+}
+
+size_t Consumer::poll_batch(int timeout_ms, rd_kafka_message_s** out, size_t max) {
+  const ssize_t n = rd_kafka_consume_batch_queue(queue_, timeout_ms, out, max);
+  return n < 0 ? 0 : static_cast<size_t>(n);
+}
+
+void Consumer::release(rd_kafka_message_s* m) { rd_kafka_message_destroy(m); }
+
+}  // namespace kvs::kafka

@@ -1,0 +1,58 @@
+// kvsd's Kafka consumer: every partition of every table's topic, assigned
+// directly (each host holds whole tables: no consumer group, no committed
+// offsets; positions live in the table segments). read_committed, with
+// partition EOF events so that READY can be judged across compacted gaps,
+// control records and empty partitions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvs/result.hpp"
+
+struct rd_kafka_s;
+struct rd_kafka_queue_s;
+struct rd_kafka_message_s;
+
+namespace kvs::kafka {
+
+struct PartitionStart {
+  std::string topic;
+  int32_t partition;
+  int64_t offset;  // exact offset, or -2 for "the beginning"
+};
+
+class Consumer {
+ public:
+  // `properties` go to librdkafka as they are (the [kafka] section); kvsd's
+  // own settings override theirs. Errors name the offending property.
+  static Result<Consumer> create(
+      const std::vector<std::pair<std::string, std::string>>& properties);
+  Consumer(Consumer&& o) noexcept;
+  Consumer& operator=(Consumer&&) = delete;
+  ~Consumer();
+
+  // Partition count of `topic`. Errors: kNotFound (the topic does not
+  // exist), kTimeout (no broker answered within timeout_ms).
+  Result<int32_t> partition_count(const std::string& topic, int timeout_ms);
+  // Low and high watermarks. Errors: kTimeout.
+  Result<std::pair<int64_t, int64_t>> watermarks(const std::string& topic, int32_t partition,
+                                                 int timeout_ms);
+  Result<void> assign(const std::vector<PartitionStart>& starts);
+
+  // Up to `max` messages (or events: err set) within timeout_ms; each must be
+  // released with release().
+  size_t poll_batch(int timeout_ms, rd_kafka_message_s** out, size_t max);
+  static void release(rd_kafka_message_s* m);
+
+  rd_kafka_s* handle() const { return rk_; }
+
+ private:
+  Consumer() = default;
+  rd_kafka_s* rk_ = nullptr;
+  rd_kafka_queue_s* queue_ = nullptr;
+};
+
+}  // namespace kvs::kafka

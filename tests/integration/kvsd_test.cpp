@@ -1,0 +1,262 @@
+// kvsd end to end: the real binary, a Kafka cluster over TCP (the mock in its
+// own process, or KVS_TEST_BOOTSTRAP), an independent producer, and reads
+// through libkvs.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "format/layout.hpp"
+#include "kvs/kvs.hpp"
+#include "src/shm.hpp"
+#include "support/kafka_cluster.hpp"
+#include "support/producer.hpp"
+#include "support/test_support.hpp"
+
+namespace kvs {
+namespace {
+
+using namespace std::chrono_literals;
+
+class KvsdTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("kvsd-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
+    std::filesystem::create_directories(dir_);
+    topic_ = test::KafkaCluster::unique_topic("kvsd");
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string write_config(const std::string& extra_table = "") {
+    const std::string path = (dir_ / "kvsd.toml").string();
+    std::ofstream(path) << "[kvsd]\nsocket_path = \"" << (dir_ / "s.sock").string()
+                        << "\"\nshm_prefix = \"" << shm_.prefix() << "\"\n"
+                        << "poll_timeout_ms = 20\n"
+                        << "[kafka]\n\"bootstrap.servers\" = \"" << kafka_.bootstrap() << "\"\n"
+                        << "\"topic.metadata.refresh.interval.ms\" = 1000\n"
+                        << "[[table]]\nname = \"t\"\ntopic = \"" << topic_ << "\"\n"
+                        << "capacity = 65536\nmemory_limit_bytes = 33554432\n"
+                        << extra_table;
+    return path;
+  }
+  std::unique_ptr<test::Child> start_kvsd(const std::string& config) {
+    return std::make_unique<test::Child>(
+        std::vector<std::string>{test::helper("../kvsd"), "--config", config});
+  }
+  // Opens the table once kvsd has created it, and waits for READY.
+  Table open_ready(std::chrono::milliseconds timeout = 30s) {
+    std::optional<Table> t;
+    EXPECT_TRUE(test::wait_until(
+        [&] {
+          auto r = Table::open("t", {shm_.prefix()});
+          if (r) t.emplace(std::move(*r));
+          return r.has_value();
+        },
+        timeout))
+        << "kvsd never created the table";
+    if (!t) throw std::runtime_error("no table");
+    auto ready = t->wait_ready(timeout);
+    EXPECT_TRUE(ready) << (ready ? "" : ready.error().message);
+    return std::move(*t);
+  }
+  std::map<std::string, std::string> contents(const Table& t) {
+    std::map<std::string, std::string> m;
+    auto g = t.read();
+    EXPECT_TRUE(g);
+    EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
+      m.emplace(std::string(k), std::string(v));
+      return true;
+    }));
+    return m;
+  }
+  const format::TableHeader& header() {
+    if (!segment_) {
+      auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadOnly);
+      if (!m) throw std::runtime_error(m.error().message);
+      segment_ = std::move(*m);
+    }
+    return *reinterpret_cast<const format::TableHeader*>(segment_->data());
+  }
+
+  static inline int counter_ = 0;
+  test::KafkaCluster kafka_;
+  test::ShmScope shm_;
+  std::filesystem::path dir_;
+  std::string topic_;
+  std::unique_ptr<shm::Mapping> segment_;
+};
+
+TEST_F(KvsdTest, RecordsOfAnIndependentProducerAppearAndTombstonesErase) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 4));
+  std::map<std::string, std::string> model;
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 2000; ++i) {
+      const std::string k = "key" + std::to_string(i % 700);
+      const std::string v = "value" + std::to_string(i);
+      // The partition follows the key, as any partitioner would.
+      p.send(topic_, static_cast<int>(std::hash<std::string>{}(k) % 4), k, v);
+      model[k] = v;
+    }
+    for (int i = 0; i < 700; i += 7) {
+      const std::string k = "key" + std::to_string(i);
+      p.send(topic_, static_cast<int>(std::hash<std::string>{}(k) % 4), k, std::nullopt);
+      model.erase(k);
+    }
+    const std::string e = "empty-value";
+    p.send(topic_, 0, e, std::string());
+    model[e] = "";
+    ASSERT_TRUE(p.flush());
+  }
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  EXPECT_EQ(contents(t), model);
+  EXPECT_EQ(t.partition_count(), 4u);
+
+  // Records written while kvsd runs appear too.
+  {
+    test::Producer p(kafka_.bootstrap());
+    p.send(topic_, 2, "late", "arrival");
+    ASSERT_TRUE(p.flush());
+  }
+  EXPECT_TRUE(test::wait_until([&] { return t.get_copy("late").has_value(); }));
+  EXPECT_EQ(*t.get_copy("late"), "arrival");
+
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+TEST_F(KvsdTest, ReadyOnAnEmptyTopic) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 3));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  EXPECT_EQ(t.size(), 0u);
+  EXPECT_EQ(t.state(), State::kReady);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+TEST_F(KvsdTest, RestartAfterSigkillResumesWithoutRereadingWhileReadersRead) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 500; ++i)
+      p.send(topic_, i % 2, "k" + std::to_string(i), "v" + std::to_string(i));
+    ASSERT_TRUE(p.flush());
+  }
+  const std::string cfg = write_config();
+  auto kvsd = start_kvsd(cfg);
+  Table t = open_ready();
+  ASSERT_EQ(t.size(), 500u);
+  const uint64_t puts = header().puts.load();
+  EXPECT_EQ(puts, 500u);
+
+  // A reader checks every key throughout the kill and the restart.
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> bad{0}, rounds{0};
+  std::thread reader([&] {
+    while (!stop) {
+      auto g = t.read();
+      if (!g) {
+        ++bad;
+        continue;
+      }
+      for (int i = 0; i < 500; ++i) {
+        auto v = g->get("k" + std::to_string(i));
+        if (!v || *v != "v" + std::to_string(i)) ++bad;
+      }
+      ++rounds;
+    }
+  });
+  kvsd->kill(SIGKILL);
+  EXPECT_EQ(kvsd->wait_for(30s), 128 + SIGKILL);
+  const uint64_t rounds_while_down = rounds.load();
+  kvsd = start_kvsd(cfg);
+  ASSERT_TRUE(test::wait_until([&] { return header().writer_attaches.load() == 2; }));
+  ASSERT_TRUE(t.wait_ready(30s));
+  EXPECT_TRUE(test::wait_until([&] { return rounds.load() > rounds_while_down + 10; }));
+  stop = true;
+  reader.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_EQ(header().puts.load(), puts) << "a warm restart must not re-apply the topic";
+  EXPECT_EQ(t.size(), 500u);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+TEST_F(KvsdTest, SendsReadyAndStatusToSystemd) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  const std::string sock = (dir_ / "notify.sock").string();
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ::setenv("NOTIFY_SOCKET", sock.c_str(), 1);
+  auto kvsd = start_kvsd(write_config());
+  ::unsetenv("NOTIFY_SOCKET");
+  std::string all;
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  while (all.find("READY=1") == std::string::npos) {
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    all.append(buf, static_cast<size_t>(n)).append("\n");
+  }
+  EXPECT_NE(all.find("READY=1"), std::string::npos) << all;
+  EXPECT_NE(all.find("STATUS=READY"), std::string::npos) << all;
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+  ::close(fd);
+}
+
+TEST_F(KvsdTest, BadConfigExitsWith78NamingFileAndLine) {
+  const std::string path = (dir_ / "bad.toml").string();
+  std::ofstream(path) << "[[table]]\nname = \"t\"\ntopic = \"x\"\ncapacty = 10\n";
+  test::Child c({test::helper("../kvsd"), "--config", path, "--check-config"});
+  EXPECT_EQ(c.wait_for(30s), 78);
+}
+
+TEST_F(KvsdTest, MissingTopicIsAClearError) {
+  if (kafka_.is_mock()) {
+    GTEST_SKIP() << "librdkafka 2.0.2's mock cluster creates any topic a metadata request names";
+  }
+  auto kvsd = start_kvsd(write_config());
+  EXPECT_EQ(kvsd->wait_for(30s), 1);
+}
+
+TEST_F(KvsdTest, BrokerDownDuringBootstrapThenBack) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "needs the mock cluster's fault injection";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 100; ++i) p.send(topic_, i % 2, "k" + std::to_string(i), "v");
+    ASSERT_TRUE(p.flush());
+  }
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
+  auto kvsd = start_kvsd(write_config());
+  std::optional<Table> t;
+  ASSERT_TRUE(test::wait_until([&] {
+    auto r = Table::open("t", {shm_.prefix()});
+    if (r) t.emplace(std::move(*r));
+    return r.has_value();
+  }));
+  auto early = t->wait_ready(1500ms);
+  EXPECT_FALSE(early) << "READY while every broker is down";
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, false));
+  ASSERT_TRUE(t->wait_ready(60s));
+  EXPECT_EQ(t->size(), 100u);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+}  // namespace
+}  // namespace kvs

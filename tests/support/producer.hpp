@@ -1,0 +1,55 @@
+// An independent Kafka producer for tests (plain librdkafka, acks=all), to
+// put records into a topic the way any application would.
+#pragma once
+
+#include <librdkafka/rdkafka.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace kvs::test {
+
+class Producer {
+ public:
+  explicit Producer(const std::string& bootstrap) {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
+    rd_kafka_conf_set(conf, "acks", "all", err, sizeof err);
+    rd_kafka_conf_set(conf, "linger.ms", "5", err, sizeof err);
+    rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk_ == nullptr) throw std::runtime_error(err);
+  }
+  ~Producer() {
+    rd_kafka_flush(rk_, 10000);
+    rd_kafka_destroy(rk_);
+  }
+  // value nullopt: a tombstone.
+  void send(const std::string& topic, int partition, const std::string& key,
+            const std::optional<std::string>& value) {
+    void* v = value ? const_cast<char*>(value->data()) : nullptr;
+    const size_t vlen = value ? value->size() : 0;
+    rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk_, topic.c_str(), nullptr);
+    // rd_kafka_produce, not producev: the latter's macros are GNU extensions.
+    while (rd_kafka_produce(rkt, partition, RD_KAFKA_MSG_F_COPY, v, vlen, key.data(), key.size(),
+                            nullptr) != 0) {
+      const rd_kafka_resp_err_t e = rd_kafka_last_error();
+      if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        rd_kafka_topic_destroy(rkt);
+        throw std::runtime_error(rd_kafka_err2str(e));
+      }
+      rd_kafka_poll(rk_, 10);
+    }
+    rd_kafka_topic_destroy(rkt);
+  }
+  // True if every record was delivered within timeout_ms.
+  bool flush(int timeout_ms = 30000) {
+    return rd_kafka_flush(rk_, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR;
+  }
+
+ private:
+  rd_kafka_t* rk_ = nullptr;
+};
+
+}  // namespace kvs::test
