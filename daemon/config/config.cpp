@@ -9,6 +9,8 @@
 #include <set>
 #include <sstream>
 
+#include "src/shm.hpp"
+
 namespace kvs::config {
 namespace {
 
@@ -329,13 +331,9 @@ Result<Config> parse(std::string_view text, const std::string& source) {
   std::set<std::string> names, topics;
   for (const auto& t : c.tables) {
     const std::string at = source + ":" + std::to_string(t.line) + ": table '" + t.name + "'";
-    const bool name_ok = !t.name.empty() && t.name != "." && t.name != ".." &&
-                         t.name.find_first_not_of(
-                             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                             "0123456789._-") == std::string::npos;
-    if (!name_ok) {
-      return make_error(Errc::kInvalidArgument,
-                        at + ": the name must be 1..200 characters of [A-Za-z0-9._-]");
+    // The same check libkvs and the writer make, prefix included.
+    if (auto seg = shm::segment_name(c.shm_prefix, t.name); !seg) {
+      return make_error(Errc::kInvalidArgument, at + ": " + seg.error().message);
     }
     if (!names.insert(t.name).second) {
       return make_error(Errc::kInvalidArgument, at + " is declared twice");
