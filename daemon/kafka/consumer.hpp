@@ -47,8 +47,6 @@ class Consumer {
   size_t poll_batch(int timeout_ms, rd_kafka_message_s** out, size_t max);
   static void release(rd_kafka_message_s* m);
 
-  rd_kafka_s* handle() const { return rk_; }
-
  private:
   Consumer() = default;
   rd_kafka_s* rk_ = nullptr;
