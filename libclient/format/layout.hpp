@@ -113,7 +113,12 @@ struct alignas(kCacheLine) TableHeader {
   uint64_t partitions_offset;
   uint64_t created_unix_ns;
   uint64_t incarnation;  // random per creation; tells segments apart
-  uint64_t reserved1[3];
+  // Where the data comes from, for the writer only: XXH3 of the Kafka
+  // cluster id and of the topic name (0: not recorded). A segment filled from
+  // another cluster or topic is rebuilt rather than resumed.
+  std::atomic<uint64_t> source_cluster;
+  std::atomic<uint64_t> source_topic;
+  uint64_t reserved1;
   // Line 2: reader-hot. Readers load `epoch` at every read_begin.
   alignas(kCacheLine) std::atomic<uint64_t> epoch;  // global reclamation epoch
   std::atomic<uint32_t> replaced;                   // 1: a newer segment has this name; reopen

@@ -1,8 +1,17 @@
 // libkvs's read path and its C ABI.
 //
-// Per thread and table, a kvs_txn owns one slot of the reader registry. The
-// fast path of kvs_read_begin is: compare the thread's last txn with the
-// table, load the global epoch, exchange it into the slot (a full barrier).
+// A kvs_table follows the segment that carries the table's name. kvsd may
+// replace that segment (a rebuild, a layout change): it renames the new one
+// into place and then sets `replaced` in the old header. Each segment a
+// process maps is a Generation; readers move to the newest one at their next
+// outermost read_begin, and an old Generation is unmapped once none of this
+// process's threads reads it.
+//
+// Per thread and table, a kvs_txn owns one slot of the current Generation's
+// reader registry. The fast path of kvs_read_begin is: compare the thread's
+// last txn with the table and its generation, load the global epoch, exchange
+// it into the slot (a full barrier), check that the generation is still the
+// current one and not replaced.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -40,29 +49,46 @@ int fail(Errc code, std::string message) {
 
 std::atomic<uint64_t> g_next_table_id{1};
 
-// Registry slots this process claimed for one table. Threads that exit give
-// their slot back here for the next thread; kvs_close releases them all.
+// How often a reader retries to open a replacement it could not open (for
+// instance one of another layout version); it keeps reading the old segment.
+constexpr auto kReopenRetry = std::chrono::seconds(1);
+
+// Registry slots this process claimed in one Generation. Threads that exit
+// give their slot back here for the next thread. `retired`: the generation
+// was replaced, slots given back are released instead. `closed`: every slot
+// was released (kvs_close, or the generation is gone).
 struct SlotPool {
   std::mutex mu;
   std::vector<ReaderSlot*> free;
   std::vector<ReaderSlot*> claimed;
+  bool retired = false;
   bool closed = false;
 };
 
-}  // namespace
-
-struct kvs_table {
+// One mapped segment of a table.
+struct Generation {
   std::unique_ptr<shm::Mapping> data;
   std::unique_ptr<shm::Mapping> registry_map;
   const TableHeader* header = nullptr;
   TableView view;
   RegistryView registry;
-  uint64_t id = 0;
   std::shared_ptr<SlotPool> pool = std::make_shared<SlotPool>();
 };
 
+}  // namespace
+
+struct kvs_table {
+  // The generation new reads start in. Only ever changes under `mu`.
+  std::atomic<Generation*> cur{nullptr};
+  std::mutex mu;
+  std::vector<std::unique_ptr<Generation>> gens;  // under mu; includes cur
+  std::string segment;
+  uint64_t id = 0;
+  std::atomic<int64_t> next_reopen_ns{0};  // steady clock; retry pacing
+};
+
 struct kvs_txn {
-  const kvs_table* table = nullptr;
+  const Generation* gen = nullptr;
   ReaderSlot* slot = nullptr;
   uint32_t depth = 0;
   uint64_t table_id = 0;
@@ -70,6 +96,18 @@ struct kvs_txn {
 };
 
 namespace {
+
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Releases `slot`, claimed from `pool`, in the registry.
+void release_slot(SlotPool& pool, ReaderSlot* slot) {
+  RegistryView::release(slot);
+  std::erase(pool.claimed, slot);
+}
 
 // This thread's guards, one per table it reads.
 struct ThreadTxns {
@@ -79,8 +117,14 @@ struct ThreadTxns {
     for (auto& t : txns) give_back(*t);
   }
   static void give_back(kvs_txn& t) {
+    if (!t.pool) return;
     std::lock_guard lock(t.pool->mu);
-    if (!t.pool->closed) t.pool->free.push_back(t.slot);
+    if (t.pool->closed) return;
+    if (t.pool->retired) {
+      release_slot(*t.pool, t.slot);
+    } else {
+      t.pool->free.push_back(t.slot);
+    }
   }
 };
 thread_local ThreadTxns t_txns;
@@ -90,53 +134,9 @@ thread_local ThreadTxns t_txns;
 // (one pointer of static TLS, which glibc reserves even for dlopen).
 __attribute__((tls_model("initial-exec"))) thread_local kvs_txn* t_last = nullptr;
 
-kvs_txn* txn_slow(kvs_table* t, int* err) {
-  auto& txns = t_txns.txns;
-  t_last = nullptr;
-  // Drop guards of tables that were closed.
-  std::erase_if(txns, [](const std::unique_ptr<kvs_txn>& x) {
-    std::lock_guard lock(x->pool->mu);
-    return x->pool->closed;
-  });
-  for (auto& x : txns) {
-    if (x->table_id == t->id) return t_last = x.get();
-  }
-  ReaderSlot* slot = nullptr;
-  {
-    std::lock_guard lock(t->pool->mu);
-    if (!t->pool->free.empty()) {
-      slot = t->pool->free.back();
-      t->pool->free.pop_back();
-    }
-  }
-  if (slot == nullptr) {
-    const uint64_t owner = make_owner(static_cast<uint32_t>(::getpid()), shm::self_start_time());
-    const auto hint =
-        static_cast<uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id()));
-    slot = t->registry.claim(owner, hint);
-    if (slot == nullptr) {
-      *err = fail(Errc::kRegistryFull,
-                  shm::path_of(t->registry_map->name) + ": all " +
-                      std::to_string(t->registry.slot_count()) +
-                      " reader slots are in use; raise the table's reader_slots in kvsd.toml "
-                      "or find stuck readers with 'kvsctl stats'");
-      return nullptr;
-    }
-    std::lock_guard lock(t->pool->mu);
-    t->pool->claimed.push_back(slot);
-  }
-  auto x = std::make_unique<kvs_txn>();
-  x->table = t;
-  x->slot = slot;
-  x->table_id = t->id;
-  x->pool = t->pool;
-  txns.push_back(std::move(x));
-  return t_last = txns.back().get();
-}
-
-Result<void> check_table(const kvs_table& t) {
-  const std::string path = shm::path_of(t.data->name);
-  const HeaderVerdict v = check_header(t.data->data(), t.data->size());
+Result<void> check_table(const shm::Mapping& m) {
+  const std::string path = shm::path_of(m.name);
+  const HeaderVerdict v = check_header(m.data(), m.size());
   switch (v.check) {
     case HeaderCheck::kOk:
       return {};
@@ -153,8 +153,199 @@ Result<void> check_table(const kvs_table& t) {
       break;
   }
   return make_error(Errc::kCorrupt, path + " has an inconsistent header (size " +
-                                        std::to_string(t.data->size()) +
+                                        std::to_string(m.size()) +
                                         " bytes); kvsd rebuilds it on its next start");
+}
+
+// Maps the segment called `segment` and its reader registry.
+Result<std::unique_ptr<Generation>> open_generation(const std::string& segment) {
+  auto g = std::make_unique<Generation>();
+  auto data = shm::open_segment(segment, shm::Access::kReadOnly);
+  if (!data) return std::move(data).error();
+  g->data = std::move(*data);
+  if (auto ok = check_table(*g->data); !ok) return std::move(ok).error();
+  auto reg = shm::open_segment(shm::registry_name(segment), shm::Access::kReadWrite);
+  if (!reg) return std::move(reg).error();
+  g->registry_map = std::move(*reg);
+  auto rv = RegistryView::attach(*g->registry_map);
+  if (!rv) return std::move(rv).error();
+  g->registry = *rv;
+  g->header = reinterpret_cast<const TableHeader*>(g->data->data());
+  g->view = TableView(g->data->data(), *g->header);
+  // Map the used part now, so that first reads do not take page faults
+  // (microseconds each). The unused arena stays lazy: populating it would
+  // commit memory. Kernels before 5.14 lack this advice; that is harmless.
+  const uint64_t used = std::min<uint64_t>(
+      g->data->size(),
+      format::align_up(
+          g->header->arena_offset + g->header->arena_used.load(std::memory_order_acquire), 4096));
+  ::madvise(g->data->data(), used, MADV_POPULATE_READ);
+  return g;
+}
+
+// Under t->mu: if the current generation was replaced, maps the new segment
+// and makes it current. Failures leave the old one current (readers keep
+// reading it) and are retried after kReopenRetry.
+void maybe_reopen(kvs_table* t) {
+  Generation* cur = t->cur.load(std::memory_order_relaxed);
+  if (cur->header->replaced.load(std::memory_order_acquire) == 0) return;
+  const int64_t now = steady_ns();
+  if (now < t->next_reopen_ns.load(std::memory_order_relaxed)) return;
+  auto g = open_generation(t->segment);
+  if (!g || (*g)->header->incarnation == cur->header->incarnation) {
+    t->next_reopen_ns.store(
+        now + std::chrono::duration_cast<std::chrono::nanoseconds>(kReopenRetry).count(),
+        std::memory_order_relaxed);
+    return;
+  }
+  t->gens.push_back(std::move(*g));
+  // seq_cst: ordered before collect()'s loads of slot epochs (pairs with the
+  // reader's exchange, then reload of `cur`).
+  t->cur.store(t->gens.back().get(), std::memory_order_seq_cst);
+}
+
+// Under t->mu: unmaps generations that are no longer current and that no
+// thread of this process reads; forgets them once no thread holds a slot.
+void collect(kvs_table* t) {
+  Generation* cur = t->cur.load(std::memory_order_relaxed);
+  std::erase_if(t->gens, [&](std::unique_ptr<Generation>& g) {
+    if (g.get() == cur) return false;
+    std::lock_guard lock(g->pool->mu);
+    if (!g->pool->retired) {
+      g->pool->retired = true;
+      for (ReaderSlot* s : g->pool->free) release_slot(*g->pool, s);
+      g->pool->free.clear();
+    }
+    if (g->data) {
+      for (ReaderSlot* s : g->pool->claimed) {
+        if (s->epoch.load(std::memory_order_seq_cst) != 0) return false;  // inside a read
+      }
+      g->data.reset();
+    }
+    if (!g->pool->claimed.empty()) return false;  // idle threads still own slots
+    g->pool->closed = true;
+    return true;
+  });
+}
+
+// Binds `x` to generation `g`: gives up its old slot, claims one in g.
+int bind(kvs_txn* x, Generation* g) {
+  if (x->pool) {
+    std::lock_guard lock(x->pool->mu);
+    if (!x->pool->closed) release_slot(*x->pool, x->slot);
+  }
+  x->gen = nullptr;
+  x->slot = nullptr;
+  x->pool.reset();
+  ReaderSlot* slot = nullptr;
+  {
+    std::lock_guard lock(g->pool->mu);
+    if (!g->pool->free.empty()) {
+      slot = g->pool->free.back();
+      g->pool->free.pop_back();
+    }
+  }
+  if (slot == nullptr) {
+    const uint64_t owner = make_owner(static_cast<uint32_t>(::getpid()), shm::self_start_time());
+    const auto hint =
+        static_cast<uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id()));
+    slot = g->registry.claim(owner, hint);
+    if (slot == nullptr) {
+      return fail(Errc::kRegistryFull,
+                  shm::path_of(g->registry_map->name) + ": all " +
+                      std::to_string(g->registry.slot_count()) +
+                      " reader slots are in use; raise the table's reader_slots in kvsd.toml "
+                      "or find stuck readers with 'kvsctl stats'");
+    }
+    std::lock_guard lock(g->pool->mu);
+    g->pool->claimed.push_back(slot);
+  }
+  x->gen = g;
+  x->slot = slot;
+  x->pool = g->pool;
+  return KVS_OK;
+}
+
+// This thread's txn for `t`, created on first use.
+kvs_txn* find_txn(kvs_table* t) {
+  auto& txns = t_txns.txns;
+  t_last = nullptr;
+  // Drop guards of tables that were closed.
+  std::erase_if(txns, [](const std::unique_ptr<kvs_txn>& x) {
+    if (!x->pool) return false;
+    std::lock_guard lock(x->pool->mu);
+    return x->pool->closed;
+  });
+  for (auto& x : txns) {
+    if (x->table_id == t->id) return t_last = x.get();
+  }
+  auto x = std::make_unique<kvs_txn>();
+  x->table_id = t->id;
+  txns.push_back(std::move(x));
+  return t_last = txns.back().get();
+}
+
+// The announcement protocol. Pins every epoch first (1 is the smallest), so
+// that the generation can be checked before anything in its data segment is
+// touched: collect() unmaps a generation only after it stopped being current
+// and while every slot of this process in it reads 0. Then announces the
+// epoch the read runs in. Returns false, announcing nothing, if `x`'s
+// generation is no longer current, or was replaced and `stay` is false (the
+// slow path then opens the replacement; while it cannot, reads stay).
+//
+// Why announcing 1 then e is safe for the writer (TableWriter::reclaim): it
+// sees 0, 1 or e. 0: the exchange comes after its fence in the total order,
+// so this read sees every slot it cleared before. 1: blocks all reuse. e:
+// either e <= the retirement epoch (blocks), or the acquire load of e saw the
+// writer's epoch increment, which follows the clearing of the slot.
+inline bool enter(kvs_table* t, kvs_txn* x, bool stay) {
+  const Generation* g = x->gen;
+  x->slot->epoch.exchange(1, std::memory_order_seq_cst);
+  if (t->cur.load(std::memory_order_seq_cst) == g) [[likely]] {
+    const TableHeader* h = g->header;
+    if (h->replaced.load(std::memory_order_relaxed) == 0 || stay) [[likely]] {
+      x->slot->epoch.store(h->epoch.load(std::memory_order_acquire), std::memory_order_release);
+      x->depth = 1;
+      return true;
+    }
+  }
+  x->slot->epoch.store(0, std::memory_order_release);
+  return false;
+}
+
+int read_begin_slow(kvs_table* t, kvs_txn** out) {
+  kvs_txn* x = t_last;
+  if (x == nullptr || x->table_id != t->id) x = find_txn(t);
+  if (x->depth > 0) {
+    ++x->depth;
+    *out = x;
+    return KVS_OK;
+  }
+  for (;;) {
+    {
+      std::lock_guard lock(t->mu);
+      maybe_reopen(t);
+      Generation* g = t->cur.load(std::memory_order_relaxed);
+      if (x->gen != g) {
+        if (int rc = bind(x, g); rc != KVS_OK) return rc;
+      }
+      collect(t);
+    }
+    if (enter(t, x, /*stay=*/true)) {
+      *out = x;
+      return KVS_OK;
+    }
+  }
+}
+
+// Runs fn(generation) inside a read guard (the generation stays mapped).
+template <class F>
+auto guarded(kvs_table* t, F fn) -> decltype(fn(std::declval<const Generation&>())) {
+  kvs_txn* x = nullptr;
+  if (kvs_read_begin(t, &x) != KVS_OK) return {};
+  auto r = fn(*x->gen);
+  kvs_read_end(x);
+  return r;
 }
 
 }  // namespace
@@ -170,26 +361,11 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
   if (!seg) return fail(seg.error());
   try {
     auto t = std::make_unique<kvs_table>();
-    auto data = shm::open_segment(*seg, shm::Access::kReadOnly);
-    if (!data) return fail(data.error());
-    t->data = std::move(*data);
-    if (auto ok = check_table(*t); !ok) return fail(ok.error());
-    auto reg = shm::open_segment(shm::registry_name(*seg), shm::Access::kReadWrite);
-    if (!reg) return fail(reg.error());
-    t->registry_map = std::move(*reg);
-    auto rv = RegistryView::attach(*t->registry_map);
-    if (!rv) return fail(rv.error());
-    t->registry = *rv;
-    t->header = reinterpret_cast<const TableHeader*>(t->data->data());
-    t->view = TableView(t->data->data(), *t->header);
-    // Map the used part now, so that first reads do not take page faults
-    // (microseconds each). The unused arena stays lazy: populating it would
-    // commit memory. Kernels before 5.14 lack this advice; that is harmless.
-    const uint64_t used = std::min<uint64_t>(
-        t->data->size(),
-        format::align_up(
-            t->header->arena_offset + t->header->arena_used.load(std::memory_order_acquire), 4096));
-    ::madvise(t->data->data(), used, MADV_POPULATE_READ);
+    t->segment = *seg;
+    auto g = open_generation(*seg);
+    if (!g) return fail(g.error());
+    t->gens.push_back(std::move(*g));
+    t->cur.store(t->gens.back().get(), std::memory_order_release);
     t->id = g_next_table_id.fetch_add(1, std::memory_order_relaxed);
     *out = t.release();
     return KVS_OK;
@@ -201,9 +377,14 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
 void kvs_close(kvs_table* t) {
   if (t == nullptr) return;
   {
-    std::lock_guard lock(t->pool->mu);
-    t->pool->closed = true;
-    for (ReaderSlot* s : t->pool->claimed) RegistryView::release(s);
+    std::lock_guard table_lock(t->mu);
+    for (auto& g : t->gens) {
+      std::lock_guard lock(g->pool->mu);
+      g->pool->closed = true;
+      for (ReaderSlot* s : g->pool->claimed) RegistryView::release(s);
+      g->pool->claimed.clear();
+      g->pool->free.clear();
+    }
   }
   if (t_last && t_last->table_id == t->id) t_last = nullptr;
   delete t;
@@ -213,23 +394,23 @@ int kvs_read_begin(kvs_table* t, kvs_txn** out) {
   if (t == nullptr || out == nullptr)
     return fail(Errc::kInvalidArgument, "kvs_read_begin: NULL argument");
   kvs_txn* x = t_last;
-  if (x == nullptr || x->table_id != t->id) {
-    int err = 0;
-    try {
-      x = txn_slow(t, &err);
-    } catch (const std::bad_alloc&) {
-      return fail(Errc::kNoMemory, "kvs_read_begin: out of memory");
+  if (x != nullptr && x->table_id == t->id) [[likely]] {
+    if (x->depth > 0) {
+      ++x->depth;
+      *out = x;
+      return KVS_OK;
     }
-    if (x == nullptr) return err;
+    if (x->gen == t->cur.load(std::memory_order_relaxed) && enter(t, x, /*stay=*/false))
+        [[likely]] {
+      *out = x;
+      return KVS_OK;
+    }
   }
-  if (x->depth++ == 0) {
-    const uint64_t e = t->header->epoch.load(std::memory_order_acquire);
-    // seq_cst exchange: the announcement is globally visible before any slot
-    // load of this read (pairs with the fence in TableWriter::reclaim()).
-    x->slot->epoch.exchange(e, std::memory_order_seq_cst);
+  try {
+    return read_begin_slow(t, out);
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::kNoMemory, "kvs_read_begin: out of memory");
   }
-  *out = x;
-  return KVS_OK;
 }
 
 void kvs_read_end(kvs_txn* x) {
@@ -245,7 +426,7 @@ int kvs_get(kvs_txn* x, const void* key, size_t key_len, const void** value, siz
     return fail(Errc::kInvalidArgument, "kvs_get: needs an open guard and a key");
   }
   EntryRef e;
-  switch (x->table->view.find(key, key_len, hash_key(key, key_len), &e)) {
+  switch (x->gen->view.find(key, key_len, hash_key(key, key_len), &e)) {
     case Lookup::kFound:
       if (value) *value = e.value;
       if (value_len) *value_len = e.value_len;
@@ -255,7 +436,7 @@ int kvs_get(kvs_txn* x, const void* key, size_t key_len, const void** value, siz
     case Lookup::kCorrupt:
       break;
   }
-  return fail(Errc::kCorrupt, shm::path_of(x->table->data->name) +
+  return fail(Errc::kCorrupt, shm::path_of(x->gen->data->name) +
                                   ": lookup left the table's bounds; kvsd rebuilds it on restart");
 }
 
@@ -265,7 +446,7 @@ int kvs_multi_get(kvs_txn* x, size_t count, const void* const* keys, const size_
     return fail(Errc::kInvalidArgument,
                 "kvs_multi_get: needs an open guard, keys, lengths, results");
   }
-  const TableView& view = x->table->view;
+  const TableView& view = x->gen->view;
   constexpr size_t kBatch = 32;
   uint64_t hashes[kBatch];
   uint64_t firsts[kBatch];
@@ -326,15 +507,15 @@ int kvs_for_each(kvs_txn* x,
   if (x == nullptr || x->depth == 0 || fn == nullptr) {
     return fail(Errc::kInvalidArgument, "kvs_for_each: needs an open guard and a callback");
   }
-  const TableView& view = x->table->view;
+  const TableView& view = x->gen->view;
   for (uint64_t g = 0; g < view.group_count(); ++g) {
     for (int i = 0; i < kSlotsPerGroup; ++i) {
       const uint64_t w = view.group(g).slots[i].load(std::memory_order_acquire);
       if (w == 0) continue;
       EntryRef e;
       if (!view.entry_at(slot_offset(w), &e)) {
-        return fail(Errc::kCorrupt, shm::path_of(x->table->data->name) +
-                                        ": an index slot points outside the arena");
+        return fail(Errc::kCorrupt,
+                    shm::path_of(x->gen->data->name) + ": an index slot points outside the arena");
       }
       if (int rc = fn(ctx, e.key, e.key_len, e.value, e.value_len); rc != 0) return rc;
     }
@@ -342,10 +523,18 @@ int kvs_for_each(kvs_txn* x,
   return KVS_OK;
 }
 
-uint64_t kvs_size(kvs_table* t) { return t ? t->header->size.load(std::memory_order_relaxed) : 0; }
+uint64_t kvs_size(kvs_table* t) {
+  if (t == nullptr) return 0;
+  return guarded(t, [](const Generation& g) -> uint64_t {
+    return g.header->size.load(std::memory_order_relaxed);
+  });
+}
 
 int kvs_state(kvs_table* t) {
-  return t ? static_cast<int>(t->header->state.load(std::memory_order_acquire)) : 0;
+  if (t == nullptr) return 0;
+  return guarded(t, [](const Generation& g) -> int {
+    return static_cast<int>(g.header->state.load(std::memory_order_acquire));
+  });
 }
 
 int kvs_wait_ready(kvs_table* t, int timeout_ms) {
@@ -357,7 +546,7 @@ int kvs_wait_ready(kvs_table* t, int timeout_ms) {
   // writable mapping in every reader.
   while (kvs_state(t) != KVS_STATE_READY) {
     if (timeout_ms >= 0 && clock::now() >= deadline) {
-      return fail(Errc::kTimeout, shm::path_of(t->data->name) + " not READY after " +
+      return fail(Errc::kTimeout, shm::path_of(t->segment) + " not READY after " +
                                       std::to_string(timeout_ms) +
                                       " ms (kvsd still bootstrapping)");
     }
@@ -368,21 +557,31 @@ int kvs_wait_ready(kvs_table* t, int timeout_ms) {
 }
 
 uint32_t kvs_partition_count(kvs_table* t) {
-  return t ? t->header->partition_count.load(std::memory_order_acquire) : 0;
+  if (t == nullptr) return 0;
+  return guarded(t, [](const Generation& g) -> uint32_t {
+    return g.header->partition_count.load(std::memory_order_acquire);
+  });
 }
 
 int kvs_partition_offsets(kvs_table* t, uint32_t partition, int64_t* next_offset,
                           int64_t* high_watermark) {
-  if (t == nullptr || partition >= t->header->partition_capacity) {
-    return fail(Errc::kInvalidArgument,
-                "kvs_partition_offsets: no partition " + std::to_string(partition));
+  if (t == nullptr) return fail(Errc::kInvalidArgument, "kvs_partition_offsets: NULL table");
+  kvs_txn* x = nullptr;
+  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) return rc;
+  const Generation& g = *x->gen;
+  int rc = KVS_OK;
+  if (partition >= g.header->partition_capacity) {
+    rc = fail(Errc::kInvalidArgument,
+              "kvs_partition_offsets: no partition " + std::to_string(partition));
+  } else {
+    const auto* ps =
+        reinterpret_cast<const PartitionState*>(g.data->data() + g.header->partitions_offset);
+    if (next_offset) *next_offset = ps[partition].next_offset.load(std::memory_order_acquire);
+    if (high_watermark)
+      *high_watermark = ps[partition].high_watermark.load(std::memory_order_acquire);
   }
-  const auto* ps =
-      reinterpret_cast<const PartitionState*>(t->data->data() + t->header->partitions_offset);
-  if (next_offset) *next_offset = ps[partition].next_offset.load(std::memory_order_acquire);
-  if (high_watermark)
-    *high_watermark = ps[partition].high_watermark.load(std::memory_order_acquire);
-  return KVS_OK;
+  kvs_read_end(x);
+  return rc;
 }
 
 const char* kvs_strerror(int code) {

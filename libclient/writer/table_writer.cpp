@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <unordered_map>
@@ -139,35 +140,100 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
   if (!rv) return std::move(rv).error();
   w->registry_ = *rv;
 
+  w->segment_ = *seg;
+  w->remove_stale_temps(*seg);
+
   // 2. The data segment: take over a good one, else create it anew.
+  std::unique_ptr<shm::Mapping> stale;  // ours, but inconsistent
   auto data = shm::open_segment(*seg, shm::Access::kReadWrite);
   if (data) {
     const HeaderVerdict v = check_header((*data)->data(), (*data)->size());
     if (v.check == HeaderCheck::kOk) {
       w->data_ = std::move(*data);
       if (auto ok = w->attach_existing(); ok) return w;
-      // Ours but inconsistent: readers of it learn that a new one replaces it.
-      reinterpret_cast<TableHeader*>(w->data_->data())
-          ->replaced.store(1, std::memory_order_release);
-      w->data_.reset();
+      stale = std::move(w->data_);
     }
     w->attach_kind_ = AttachKind::kReplaced;
   } else if (data.error().code != Errc::kNoTable && data.error().code != Errc::kCorrupt) {
     return std::move(data).error().context("opening table " + options.table);
   }
 
-  const Geometry g = geometry(options.capacity, options.partition_capacity, options.arena_bytes);
-  const std::string tmp = temp_name(*seg);
-  auto created = shm::create_segment(tmp, g.segment_bytes, options.data_mode, options.group);
-  if (!created) return std::move(created).error().context("creating table " + options.table);
-  w->data_ = std::move(*created);
+  // A segment of another layout or a corrupt one stays as it is for the
+  // readers that have it mapped; the new one takes its name atomically.
+  if (auto ok = w->create_temp(*seg); !ok) return std::move(ok).error();
   w->init_new(options.capacity, options.partition_capacity, options.arena_bytes);
-  if (auto ok = shm::rename_segment(tmp, *seg); !ok) {
-    shm::remove_segment(tmp);
+  if (auto ok = shm::rename_segment(w->data_->name, *seg); !ok) {
+    shm::remove_segment(w->data_->name);
     return std::move(ok).error();
   }
   w->data_->name = *seg;
+  // Readers of the inconsistent one learn that a new one has its name.
+  if (stale) {
+    reinterpret_cast<TableHeader*>(stale->data())->replaced.store(1, std::memory_order_release);
+  }
   return w;
+}
+
+Result<void> TableWriter::create_temp(const std::string& segment) {
+  const Geometry g = geometry(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+  const std::string tmp = temp_name(segment);
+  auto created = shm::create_segment(tmp, g.segment_bytes, opts_.data_mode, opts_.group);
+  if (!created) return std::move(created).error().context("creating table " + opts_.table);
+  data_ = std::move(*created);
+  return {};
+}
+
+void TableWriter::remove_stale_temps(const std::string& segment) {
+  // "<segment>.new.<pid>.<random>", see temp_name(). The caller holds the
+  // writer lock, so no other writer of this table is creating one now.
+  const std::string prefix = segment + ".new.";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    const std::string rest = name.substr(prefix.size());
+    const size_t dot = rest.find('.');
+    if (dot == std::string::npos || dot == 0 ||
+        rest.find_first_not_of("0123456789.") != std::string::npos) {
+      continue;
+    }
+    const auto pid = static_cast<pid_t>(std::stol(rest.substr(0, dot)));
+    if (pid == ::getpid() || shm::process_start_time(pid) == 0) shm::remove_segment(name);
+  }
+}
+
+Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement() {
+  std::unique_ptr<TableWriter> w(new TableWriter());
+  w->opts_ = opts_;
+  w->registry_map_ = registry_map_;
+  w->registry_ = registry_;
+  w->segment_ = segment_;
+  if (auto ok = w->create_temp(segment_); !ok) return std::move(ok).error();
+  w->init_new(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+  // Readers still in this segment announce its epochs in the shared
+  // registry: starting above them keeps their announcements conservative.
+  w->header_->epoch.store(header_->epoch.load(std::memory_order_relaxed) + 1,
+                          std::memory_order_relaxed);
+  return w;
+}
+
+Result<void> TableWriter::publish_replacement(TableWriter& next) {
+  if (auto ok = shm::rename_segment(next.data_->name, segment_); !ok) return ok;
+  next.data_->name = segment_;
+  // After the rename: a reader that sees the flag and reopens gets `next`.
+  header_->replaced.store(1, std::memory_order_release);
+  return {};
+}
+
+void TableWriter::set_source(uint64_t cluster_hash, uint64_t topic_hash) {
+  header_->source_cluster.store(cluster_hash, std::memory_order_relaxed);
+  header_->source_topic.store(topic_hash, std::memory_order_relaxed);
+}
+uint64_t TableWriter::source_cluster() const {
+  return header_->source_cluster.load(std::memory_order_relaxed);
+}
+uint64_t TableWriter::source_topic() const {
+  return header_->source_topic.load(std::memory_order_relaxed);
 }
 
 TableWriter::~TableWriter() {

@@ -94,6 +94,21 @@ class TableWriter {
   // reclaim() calls it every few seconds; returns the slots released.
   uint32_t sweep_dead_readers();
 
+  // The hashes of the Kafka cluster id and topic the data comes from (0:
+  // unknown); see TableHeader::source_cluster.
+  void set_source(uint64_t cluster_hash, uint64_t topic_hash);
+  uint64_t source_cluster() const;
+  uint64_t source_topic() const;
+
+  // Rebuilding, when the segment can no longer follow the topic (its offsets
+  // left the log, or it was filled from another topic): a new, empty segment
+  // for the same table under a temporary name, with this writer's registry
+  // and lock. Readers keep reading this segment meanwhile. Errors as open().
+  Result<std::unique_ptr<TableWriter>> begin_replacement();
+  // Gives `next` (from begin_replacement) the table's name, then tells the
+  // readers of this segment to move to it. This writer is done afterwards.
+  Result<void> publish_replacement(TableWriter& next);
+
   AttachKind attach_kind() const { return attach_kind_; }
   WriterStats stats() const;
   const format::TableHeader& header() const { return *header_; }
@@ -104,6 +119,10 @@ class TableWriter {
   Result<void> attach_existing();
   void init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes);
   Result<void> rebuild_allocator();
+  // Creates a segment under a temporary name for this writer (not renamed).
+  Result<void> create_temp(const std::string& segment);
+  // Removes temporary segments that earlier writers left behind.
+  void remove_stale_temps(const std::string& segment);
 
   // Returns a block offset of at least `bytes`, or 0.
   uint64_t allocate(uint64_t bytes);
@@ -114,7 +133,8 @@ class TableWriter {
 
   WriterOptions opts_;
   std::unique_ptr<shm::Mapping> data_;
-  std::unique_ptr<shm::Mapping> registry_map_;
+  std::shared_ptr<shm::Mapping> registry_map_;  // shared with a replacement
+  std::string segment_;                         // the table's segment name
   RegistryView registry_;
   format::TableHeader* header_ = nullptr;
   format::Group* groups_ = nullptr;

@@ -1,13 +1,16 @@
 // libkvs's read API: errors on open, guards, batched and copying reads, the
 // read-only mapping, and reads racing a writer thread (run under TSan in CI).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <thread>
 #include <vector>
 
 #include "kvs/kvs.h"
 #include "kvs/kvs.hpp"
+#include "src/registry.hpp"
 #include "support/test_support.hpp"
 #include "support/verified_value.hpp"
 #include "writer/table_writer.hpp"
@@ -212,6 +215,129 @@ TEST_F(ReaderTest, RegistryFullIsRetriable) {
   EXPECT_EQ(full.load(), 2);
   // Exited threads gave their slots back: a new thread can read.
   std::thread([&] { EXPECT_TRUE(t->read()); }).join();
+}
+
+// Lines of /proc/self/maps that map a removed (replaced) segment of `prefix`.
+int removed_mappings(const std::string& prefix) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int n = 0;
+  while (std::getline(maps, line)) {
+    if (line.find("/dev/shm/" + prefix) != std::string::npos &&
+        line.find("(deleted)") != std::string::npos && line.find(".readers") == std::string::npos) {
+      ++n;
+    }
+  }
+  return n;
+}
+
+// kvsd replaces a table's segment (a rebuild): an open Table follows it at
+// its next read, a guard open across the switch keeps its old views, and the
+// old segment is unmapped once no thread reads it.
+TEST_F(ReaderTest, OpenTableFollowsAReplacedSegment) {
+  auto w = make_table();
+  ASSERT_TRUE(w->put("old", "1"));
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  auto g = t->read();
+  ASSERT_TRUE(g);
+  auto old_view = g->get("old");
+  ASSERT_TRUE(old_view);
+
+  auto next = w->begin_replacement();
+  ASSERT_TRUE(next) << next.error().message;
+  ASSERT_TRUE((*next)->put("new", "2"));
+  (*next)->set_state(format::TableState::kReady);
+  ASSERT_TRUE(w->publish_replacement(**next));
+  w = std::move(*next);
+
+  {
+    auto inner = t->read();  // nested: still the old segment
+    ASSERT_TRUE(inner);
+    EXPECT_TRUE(inner->get("old"));
+    EXPECT_FALSE(inner->get("new"));
+  }
+  EXPECT_EQ(*old_view, "1");
+  g = Result<ReadGuard>(make_error(Errc::kInvalidArgument, "ended"));  // ends the guard
+  EXPECT_EQ(removed_mappings(shm_.prefix()), 1);
+
+  auto fresh = t->read();
+  ASSERT_TRUE(fresh);
+  EXPECT_FALSE(fresh->get("old"));
+  EXPECT_EQ(*fresh->get("new"), "2");
+  EXPECT_EQ(t->state(), State::kReady);
+  EXPECT_EQ(removed_mappings(shm_.prefix()), 0) << "the old segment is still mapped";
+}
+
+// Many replacements with reader threads: every read sees one whole
+// generation (all keys carry the generation number), generations never go
+// back, and neither mappings nor registry slots pile up.
+TEST_F(ReaderTest, ReadersSeeWholeGenerationsAcrossReplacements) {
+  constexpr int kKeys = 64;
+  constexpr int kGenerations = 30;
+  auto w = make_table();
+  auto fill = [&](TableWriter& tw, int gen) {
+    for (int k = 0; k < kKeys; ++k) {
+      ASSERT_TRUE(tw.put("k" + std::to_string(k), std::to_string(gen)));
+    }
+  };
+  fill(*w, 0);
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> bad{0};
+  std::atomic<int> seen_last{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&] {
+      int last = 0;
+      while (!stop.load()) {
+        auto g = t->read();
+        if (!g) {
+          ++bad;
+          return;
+        }
+        auto first = g->get("k0");
+        if (!first) {
+          ++bad;
+          continue;
+        }
+        const int gen = std::stoi(std::string(*first));
+        if (gen < last) ++bad;
+        last = gen;
+        for (int k = 1; k < kKeys; ++k) {
+          auto v = g->get("k" + std::to_string(k));
+          if (!v || std::stoi(std::string(*v)) != gen) ++bad;
+        }
+        if (gen == kGenerations) seen_last.fetch_add(1);
+      }
+    });
+  }
+  for (int gen = 1; gen <= kGenerations; ++gen) {
+    auto next = w->begin_replacement();
+    ASSERT_TRUE(next) << next.error().message;
+    fill(**next, gen);
+    ASSERT_TRUE(w->publish_replacement(**next));
+    w = std::move(*next);
+  }
+  EXPECT_TRUE(test::wait_until([&] { return seen_last.load() >= 2; }));
+  stop = true;
+  for (auto& th : readers) th.join();
+  EXPECT_EQ(bad.load(), 0u);
+  // The reader threads have exited; this thread's next read collects.
+  ASSERT_TRUE(t->read());
+  EXPECT_EQ(removed_mappings(shm_.prefix()), 0);
+  // Registry slots held by this process: this thread's and the two the
+  // exited readers gave back for reuse, not one per generation.
+  auto reg = shm::open_segment(shm_.prefix() + "r.readers", shm::Access::kReadOnly);
+  ASSERT_TRUE(reg);
+  auto rv = RegistryView::attach(**reg);
+  ASSERT_TRUE(rv);
+  int owned = 0;
+  for (uint32_t i = 0; i < rv->slot_count(); ++i) {
+    if (format::owner_pid(rv->slot(i).owner.load()) == static_cast<uint32_t>(::getpid())) ++owned;
+  }
+  EXPECT_LE(owned, 3);
 }
 
 TEST(ReaderDeathTest, WritingThroughAReadersMappingCrashes) {

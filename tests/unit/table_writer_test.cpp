@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <string>
@@ -286,6 +288,62 @@ TEST_F(TableWriterTest, CorruptSegmentIsReplaced) {
   auto w = open_writer(options());
   EXPECT_EQ(w->attach_kind(), AttachKind::kReplaced);
   EXPECT_EQ(w->stats().size, 0u);
+}
+
+// A segment of another layout version (an older or newer kvsd) is replaced
+// by renaming a new one over it: whoever has the old one mapped keeps its
+// bytes untouched, and new readers open the new one.
+TEST_F(TableWriterTest, OtherLayoutSegmentIsReplacedWithoutTouchingIt) {
+  {
+    auto w = open_writer(options());
+    ASSERT_TRUE(w->put("k", "v"));
+  }
+  auto old = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadWrite);
+  ASSERT_TRUE(old);
+  auto* h = reinterpret_cast<format::TableHeader*>((*old)->data());
+  h->layout_version = 99;
+  std::vector<uint8_t> before((*old)->data(), (*old)->data() + (*old)->size());
+
+  auto w = open_writer(options());
+  EXPECT_EQ(w->attach_kind(), AttachKind::kReplaced);
+  EXPECT_EQ(w->stats().size, 0u);
+  ASSERT_TRUE(w->put("k2", "v2"));
+  EXPECT_TRUE(std::equal(before.begin(), before.end(), (*old)->data()))
+      << "the old segment was written to";
+  auto t = open_reader();
+  EXPECT_EQ(read(t, "k2"), "v2");
+  EXPECT_EQ(read(t, "k"), std::nullopt);
+}
+
+// A writer that died while building a replacement leaves a temporary
+// segment; the next writer of the table removes it.
+TEST_F(TableWriterTest, StaleReplacementIsRemovedByTheNextWriter) {
+  std::string temp;
+  {
+    auto w = open_writer(options());
+    auto next = w->begin_replacement();
+    ASSERT_TRUE(next) << next.error().message;
+    temp = (*next)->segment_name();
+    ASSERT_NE(temp, shm_.prefix() + "t");
+    EXPECT_TRUE(std::filesystem::exists(shm::path_of(temp)));
+    // Both writers go away without publishing, as in a crash.
+  }
+  EXPECT_TRUE(std::filesystem::exists(shm::path_of(temp)));
+  auto w = open_writer(options());
+  EXPECT_FALSE(std::filesystem::exists(shm::path_of(temp)));
+  EXPECT_EQ(w->attach_kind(), AttachKind::kAttached);
+}
+
+TEST_F(TableWriterTest, SourceIsKeptAcrossAttaches) {
+  {
+    auto w = open_writer(options());
+    EXPECT_EQ(w->source_cluster(), 0u);
+    EXPECT_EQ(w->source_topic(), 0u);
+    w->set_source(11, 22);
+  }
+  auto w = open_writer(options());
+  EXPECT_EQ(w->source_cluster(), 11u);
+  EXPECT_EQ(w->source_topic(), 22u);
 }
 
 TEST_F(TableWriterTest, PartitionOffsetsAndState) {
