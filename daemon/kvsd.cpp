@@ -26,7 +26,15 @@ using clock = std::chrono::steady_clock;
 
 struct Table {
   config::TableConfig cfg;
-  std::unique_ptr<TableWriter> writer;
+  std::unique_ptr<TableWriter> writer;  // the segment readers read
+  // A replacement being filled from the beginning of the topic (a rebuild),
+  // or null. Records go to it; readers keep `writer`'s data until it is
+  // current and takes the table's name.
+  std::unique_ptr<TableWriter> rebuild;
+  TableWriter& active() { return rebuild ? *rebuild : *writer; }
+  uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
+  uint64_t source_topic = 0;    // XXH3 of the topic name
+  bool skip_batch = false;      // rest of this batch predates a seek
   int32_t partitions = 0;
   std::vector<int64_t> target;   // high watermark seen at start
   std::vector<bool> reached;     // position has reached target
@@ -60,6 +68,74 @@ auto with_retry(const char* what, F fn) -> decltype(fn()) {
 }
 
 void notify(const std::string& msg) { sd_notify(0, msg.c_str()); }
+
+uint64_t hash_of(const std::string& s) { return format::hash_key(s.data(), s.size()); }
+
+// Queries every partition's watermarks; records the high watermarks as the
+// targets to reach and in `into`. Returns (low, high) per partition.
+Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Table& t, kafka::Consumer& c,
+                                                                 TableWriter& into) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    auto wm = with_retry("fetching watermarks", [&] { return c.watermarks(t.cfg.topic, p, 5000); });
+    if (!wm) return std::move(wm).error();
+    t.target[p] = wm->second;
+    into.set_high_watermark(static_cast<uint32_t>(p), wm->second);
+    out.push_back(*wm);
+  }
+  return out;
+}
+
+// Starts filling a new segment for `t` from the beginning of its topic.
+// `seek`: the partitions are assigned already and must go back.
+Result<void> start_rebuild(Table& t, kafka::Consumer& c, const std::string& why, bool seek) {
+  KVS_LOG_WARN(
+      "table %s: %s; rebuilding it from the beginning of topic %s in a new segment "
+      "(readers keep the current data until the new segment has caught up)",
+      t.cfg.name.c_str(), why.c_str(), t.cfg.topic.c_str());
+  t.rebuild.reset();  // a rebuild under way starts over
+  auto r = t.writer->begin_replacement();
+  if (!r) return std::move(r).error().context("table " + t.cfg.name + ": rebuild");
+  TableWriter& w = **r;
+  if (auto ok = w.set_partition_count(static_cast<uint32_t>(t.partitions)); !ok) return ok;
+  w.set_source(t.source_cluster, t.source_topic);
+  w.set_state(format::TableState::kBootstrapping);
+  auto wms = capture_targets(t, c, w);
+  if (!wms) return std::move(wms).error();
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const auto [lo, hi] = (*wms)[p];
+    // Nothing below the log start exists: it counts as applied.
+    w.set_next_offset(static_cast<uint32_t>(p), lo);
+    t.reached[p] = hi <= lo;
+    t.pending[p] = -1;
+  }
+  t.rebuild = std::move(*r);
+  t.applied = t.skipped = 0;
+  t.skip_batch = true;
+  if (seek) return c.seek_to_beginning(t.cfg.topic, t.partitions, 5000);
+  return {};
+}
+
+// Why the segment cannot resume from its recorded offsets, or "".
+std::string why_rebuild(const Table& t, const std::vector<std::pair<int64_t, int64_t>>& wms) {
+  const TableWriter& w = *t.writer;
+  if (w.source_topic() != 0 && w.source_topic() != t.source_topic) {
+    return "its segment was filled from another topic";
+  }
+  if (w.source_cluster() != 0 && t.source_cluster != 0 && w.source_cluster() != t.source_cluster) {
+    return "its segment was filled from another Kafka cluster (the cluster id differs)";
+  }
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const int64_t next = w.next_offset(static_cast<uint32_t>(p));
+    const auto [lo, hi] = wms[p];
+    if (next > 0 && (next < lo || next > hi)) {
+      return "offset " + std::to_string(next) + " recorded for " + t.cfg.topic + "[" +
+             std::to_string(p) + "] is not in the log (" + std::to_string(lo) + ".." +
+             std::to_string(hi) + ")";
+    }
+  }
+  return "";
+}
 
 }  // namespace
 
@@ -168,19 +244,31 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     t.target.assign(*n, 0);
     t.reached.assign(*n, false);
     t.pending.assign(*n, -1);
-    for (int32_t p = 0; p < *n; ++p) {
-      auto wm = with_retry("fetching watermarks",
-                           [&] { return consumer->watermarks(t.cfg.topic, p, 5000); });
-      if (g_stop) return 0;
-      if (!wm) {
-        KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), wm.error().message.c_str());
+    t.source_topic = hash_of(t.cfg.topic);
+    if (auto id = consumer->cluster_id(2000)) {
+      t.source_cluster = hash_of(*id);
+    } else {
+      KVS_LOG_DEBUG("table %s: %s; the segment's cluster is not checked", t.cfg.name.c_str(),
+                    id.error().message.c_str());
+    }
+    auto wms = capture_targets(t, *consumer, *t.writer);
+    if (g_stop) return 0;
+    if (!wms) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), wms.error().message.c_str());
+      return 1;
+    }
+    if (const std::string why = why_rebuild(t, *wms); !why.empty()) {
+      if (auto ok = start_rebuild(t, *consumer, why, /*seek=*/false); !ok) {
+        KVS_LOG_ERROR("%s", ok.error().message.c_str());
         return 1;
       }
-      t.target[p] = wm->second;
-      t.writer->set_high_watermark(static_cast<uint32_t>(p), wm->second);
-      const int64_t next = t.writer->next_offset(static_cast<uint32_t>(p));
-      t.reached[p] = next >= wm->second;
-      starts.push_back({t.cfg.topic, p, next > 0 ? next : -2});
+    } else {
+      t.writer->set_source(t.source_cluster, t.source_topic);
+    }
+    for (int32_t p = 0; p < *n; ++p) {
+      const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
+      if (!t.rebuild) t.reached[p] = next >= t.target[p];
+      starts.push_back({t.cfg.topic, p, (next > 0 && !t.rebuild) ? next : -2});
     }
     KVS_LOG_INFO("table %s: topic %s, %d partitions", t.cfg.name.c_str(), t.cfg.topic.c_str(), *n);
   }
@@ -189,26 +277,49 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     return 1;
   }
 
+  int exit_code = 0;
+  bool all_ready = false;
   auto check_ready = [&](Table& t) {
-    if (t.ready) return;
+    if (t.ready && !t.rebuild) return;
     for (bool r : t.reached) {
       if (!r) return;
     }
+    if (t.rebuild) {
+      // The new segment is current: it takes the table's name and readers
+      // move to it.
+      t.rebuild->set_state(format::TableState::kReady);
+      if (auto ok = t.writer->publish_replacement(*t.rebuild); !ok) {
+        KVS_LOG_ERROR("table %s: publishing the rebuilt segment: %s", t.cfg.name.c_str(),
+                      ok.error().message.c_str());
+        exit_code = 1;
+        g_stop = 1;
+        return;
+      }
+      t.writer = std::move(t.rebuild);
+      if (all_ready) notify("STATUS=READY: table " + t.cfg.name + " rebuilt");
+      KVS_LOG_INFO(
+          "table %s: rebuilt from the topic (%llu records applied, %llu skipped); "
+          "readers moved to the new segment",
+          t.cfg.name.c_str(), static_cast<unsigned long long>(t.applied),
+          static_cast<unsigned long long>(t.skipped));
+    }
+    if (t.ready) return;
     t.ready = true;
     t.writer->set_state(format::TableState::kReady);
     KVS_LOG_INFO("table %s: READY (%llu records applied, %llu skipped)", t.cfg.name.c_str(),
                  static_cast<unsigned long long>(t.applied),
                  static_cast<unsigned long long>(t.skipped));
   };
-  bool all_ready = false;
   auto update_all_ready = [&] {
-    if (all_ready) return;
+    bool all = true;
     for (auto& t : tables) {
       check_ready(t);
-      if (!t.ready) return;
+      all = all && t.ready;
     }
-    all_ready = true;
-    notify("READY=1\nSTATUS=READY: " + std::to_string(tables.size()) + " table(s) current");
+    if (all && !all_ready) {
+      all_ready = true;
+      notify("READY=1\nSTATUS=READY: " + std::to_string(tables.size()) + " table(s) current");
+    }
   };
   update_all_ready();
 
@@ -221,6 +332,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   constexpr size_t kBatch = 1024;
   std::vector<rd_kafka_message_t*> batch(kBatch);
   while (!g_stop) {
+    for (auto& t : tables) t.skip_batch = false;
     const size_t n =
         consumer->poll_batch(static_cast<int>(cfg.poll_timeout_ms), batch.data(), kBatch);
     for (size_t i = 0; i < n; ++i) {
@@ -237,7 +349,23 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         kafka::Consumer::release(m);
         continue;
       }
-      if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      if (t.skip_batch) {
+        // Fetched before the table's partitions went back to the beginning.
+        kafka::Consumer::release(m);
+        continue;
+      }
+      if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+          m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        // The log no longer holds our position (retention, a recreated
+        // topic): skipping ahead would lose records silently.
+        const std::string why =
+            std::string(t.cfg.topic) + "[" + std::to_string(p) + "]: " + rd_kafka_message_errstr(m);
+        if (auto ok = start_rebuild(t, *consumer, why, /*seek=*/true); !ok) {
+          KVS_LOG_ERROR("%s", ok.error().message.c_str());
+          exit_code = 1;
+          g_stop = 1;
+        }
+      } else if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         // The end of what the broker has: everything below m->offset is applied.
         if (m->offset > t.pending[p]) t.pending[p] = m->offset;
         if (m->offset >= t.target[p]) t.reached[p] = true;
@@ -249,14 +377,14 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         Result<void> r;
         for (;;) {
           if (m->payload == nullptr) {  // tombstone
-            auto e = t.writer->erase(key);
+            auto e = t.active().erase(key);
             r = e ? Result<void>{} : Result<void>(std::move(e).error());
           } else {
-            r = t.writer->put(key, {static_cast<const char*>(m->payload), m->len});
+            r = t.active().put(key, {static_cast<const char*>(m->payload), m->len});
           }
           if (r || g_stop) break;
           if (r.error().code == Errc::kBusy) {
-            t.writer->reclaim();  // readers still see the space: let them move on
+            t.active().reclaim();  // readers still see the space: let them move on
             std::this_thread::yield();
             continue;
           }
@@ -269,7 +397,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
             for (int w = 0; w < 10 && !g_stop; ++w) {
               std::this_thread::sleep_for(std::chrono::milliseconds(100));
             }
-            t.writer->reclaim();
+            t.active().reclaim();
             continue;
           }
           break;
@@ -281,6 +409,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         }
         if (!r) {
           ++t.skipped;
+          t.active().count_skipped();
           KVS_LOG_WARN("table %s: skipped %s[%d] offset %lld: %s", t.cfg.name.c_str(),
                        t.cfg.topic.c_str(), p, static_cast<long long>(m->offset),
                        r.error().message.c_str());
@@ -296,11 +425,11 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     for (auto& t : tables) {
       for (int32_t p = 0; p < t.partitions; ++p) {
         if (t.pending[p] >= 0) {
-          t.writer->set_next_offset(static_cast<uint32_t>(p), t.pending[p]);
+          t.active().set_next_offset(static_cast<uint32_t>(p), t.pending[p]);
           t.pending[p] = -1;
         }
       }
-      t.writer->reclaim();
+      t.active().reclaim();
     }
     update_all_ready();
     const auto now = clock::now();
@@ -308,26 +437,29 @@ int run(const config::Config& cfg, const RunOptions& opts) {
       notify("WATCHDOG=1");
       next_watchdog = now + std::chrono::microseconds(watchdog_usec / 2);
     }
-    if (!all_ready && now >= next_status) {
+    bool rebuilding = false;
+    for (const auto& t : tables) rebuilding = rebuilding || t.rebuild;
+    if ((!all_ready || rebuilding) && now >= next_status) {
       next_status = now + std::chrono::seconds(1);
       uint64_t applied = 0;
       double done = 0, total = 0;
-      for (const auto& t : tables) {
+      for (auto& t : tables) {
+        if (t.ready && !t.rebuild) continue;
         applied += t.applied;
         for (int32_t p = 0; p < t.partitions; ++p) {
           total += static_cast<double>(t.target[p]);
           done += static_cast<double>(
-              std::min(t.writer->next_offset(static_cast<uint32_t>(p)), t.target[p]));
+              std::min(t.active().next_offset(static_cast<uint32_t>(p)), t.target[p]));
         }
       }
       const int pct = total > 0 ? static_cast<int>(100.0 * done / total) : 100;
-      notify("STATUS=BOOTSTRAPPING: " + std::to_string(applied) + " records, " +
-             std::to_string(pct) + "%");
+      notify(std::string("STATUS=") + (all_ready ? "REBUILDING: " : "BOOTSTRAPPING: ") +
+             std::to_string(applied) + " records, " + std::to_string(pct) + "%");
     }
   }
   notify("STOPPING=1");
   KVS_LOG_INFO("stopping: segments stay for the next start");
-  return 0;
+  return exit_code;
 }
 
 }  // namespace kvs::daemon

@@ -102,6 +102,35 @@ Result<void> Consumer::assign(const std::vector<PartitionStart>& starts) {
   return {};
 }
 
+Result<void> Consumer::seek_to_beginning(const std::string& topic, int32_t partitions, int) {
+  // A partition whose offset was reset with an error has stopped fetching
+  // and refuses a seek: take it out of the assignment and put it back.
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(partitions);
+  for (int32_t p = 0; p < partitions; ++p) {
+    rd_kafka_topic_partition_list_add(list, topic.c_str(), p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk_, list);
+  if (e == nullptr) e = rd_kafka_incremental_assign(rk_, list);
+  rd_kafka_topic_partition_list_destroy(list);
+  if (e != nullptr) {
+    const std::string what = rd_kafka_error_string(e);
+    rd_kafka_error_destroy(e);
+    return make_error(Errc::kSystem, "assigning " + topic + " from the beginning: " + what);
+  }
+  return {};
+}
+
+Result<std::string> Consumer::cluster_id(int timeout_ms) {
+  char* id = rd_kafka_clusterid(rk_, timeout_ms);
+  if (id == nullptr) {
+    return make_error(Errc::kTimeout, "no cluster id from the brokers within " +
+                                          std::to_string(timeout_ms) + " ms");
+  }
+  std::string out(id);
+  rd_kafka_mem_free(rk_, id);
+  return out;
+}
+
 size_t Consumer::poll_batch(int timeout_ms, rd_kafka_message_s** out, size_t max) {
   const ssize_t n = rd_kafka_consume_batch_queue(queue_, timeout_ms, out, max);
   return n < 0 ? 0 : static_cast<size_t>(n);

@@ -41,6 +41,11 @@ class Consumer {
   Result<std::pair<int64_t, int64_t>> watermarks(const std::string& topic, int32_t partition,
                                                  int timeout_ms);
   Result<void> assign(const std::vector<PartitionStart>& starts);
+  // Moves the given partitions (already assigned) back to the beginning of
+  // their logs. Messages fetched before it are dropped by librdkafka.
+  Result<void> seek_to_beginning(const std::string& topic, int32_t partitions, int timeout_ms);
+  // The cluster id the brokers report. Errors: kTimeout.
+  Result<std::string> cluster_id(int timeout_ms);
 
   // Up to `max` messages (or events: err set) within timeout_ms; each must be
   // released with release().

@@ -133,6 +133,7 @@ struct alignas(kCacheLine) TableHeader {
   std::atomic<uint64_t> puts;        // counters since creation
   std::atomic<uint64_t> erases;
   std::atomic<uint64_t> writer_attaches;
+  std::atomic<uint64_t> skipped;  // records kvsd could not apply (over the size limits)
 };
 static_assert(sizeof(TableHeader) == 4 * kCacheLine);
 static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);

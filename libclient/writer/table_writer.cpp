@@ -593,6 +593,8 @@ void TableWriter::set_state(TableState state) {
   header_->state.store(static_cast<uint32_t>(state), std::memory_order_release);
 }
 
+void TableWriter::count_skipped() { header_->skipped.fetch_add(1, std::memory_order_relaxed); }
+
 WriterStats TableWriter::stats() const {
   WriterStats s;
   s.size = header_->size.load(std::memory_order_relaxed);

@@ -86,6 +86,8 @@ class TableWriter {
   void set_high_watermark(uint32_t partition, int64_t high_watermark);
   int64_t next_offset(uint32_t partition) const;
   void set_state(format::TableState state);
+  // Counts a record that could not be applied (kvs_stats and kvsctl show it).
+  void count_skipped();
 
   // Ends a batch: advances the epoch and frees what no reader can still see.
   // Returns the bytes still waiting for readers.

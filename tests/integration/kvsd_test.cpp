@@ -45,9 +45,17 @@ class KvsdTest : public ::testing::Test {
                         << extra_table;
     return path;
   }
+  // kvsd's stderr goes to log_path(); tests look for its messages there.
   std::unique_ptr<test::Child> start_kvsd(const std::string& config) {
     return std::make_unique<test::Child>(
-        std::vector<std::string>{test::helper("../kvsd"), "--config", config});
+        std::vector<std::string>{test::helper("../kvsd"), "--config", config}, log_path());
+  }
+  std::string log_path() const { return (dir_ / "kvsd.log").string(); }
+  std::string log() const { return test::slurp(log_path()); }
+  static size_t count(const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
   }
   // Opens the table once kvsd has created it, and waits for READY.
   Table open_ready(std::chrono::milliseconds timeout = 30s) {
@@ -186,6 +194,184 @@ TEST_F(KvsdTest, RestartAfterSigkillResumesWithoutRereadingWhileReadersRead) {
   EXPECT_EQ(bad.load(), 0u);
   EXPECT_EQ(header().puts.load(), puts) << "a warm restart must not re-apply the topic";
   EXPECT_EQ(t.size(), 500u);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+TEST_F(KvsdTest, OversizedRecordsAreSkippedLoggedAndCounted) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  {
+    test::Producer p(kafka_.bootstrap());
+    p.send(topic_, 0, "ok1", "small");
+    p.send(topic_, 0, "big-value", std::string(2000, 'v'));  // offset 1
+    p.send(topic_, 0, std::string(300, 'k'), "big key");     // offset 2
+    p.send(topic_, 0, "ok2", "small");
+    ASSERT_TRUE(p.flush());
+  }
+  auto kvsd = start_kvsd(write_config("max_key_bytes = 256\nmax_value_bytes = 1000\n"));
+  Table t = open_ready();
+  EXPECT_EQ(contents(t), (std::map<std::string, std::string>{{"ok1", "small"}, {"ok2", "small"}}));
+  EXPECT_EQ(header().skipped.load(), 2u);
+  const std::string l = log();
+  EXPECT_NE(l.find("offset 1: value of 2000 bytes exceeds table t's limit of 1000"),
+            std::string::npos)
+      << l;
+  EXPECT_NE(l.find("offset 2: key of 300 bytes exceeds table t's limit of 256"), std::string::npos)
+      << l;
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// The table is pointed at another topic: the segment cannot be resumed. kvsd
+// builds a new one while readers keep the old data, and they switch to the
+// new one whole, never to a mix.
+TEST_F(KvsdTest, SegmentOfAnotherTopicIsRebuiltWhileReadersKeepTheOldData) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  constexpr int kOld = 50, kNew = 10;
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < kOld; ++i) p.send(topic_, i % 2, "a" + std::to_string(i), "old");
+    ASSERT_TRUE(p.flush());
+  }
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  ASSERT_EQ(t.size(), static_cast<uint64_t>(kOld));
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+
+  topic_ = test::KafkaCluster::unique_topic("kvsd-other");
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  std::map<std::string, std::string> model;
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < kNew; ++i) {
+      p.send(topic_, i % 2, "b" + std::to_string(i), "new");
+      model["b" + std::to_string(i)] = "new";
+    }
+    ASSERT_TRUE(p.flush());
+  }
+  std::atomic<bool> stop{false}, seen_new{false};
+  std::atomic<uint64_t> bad{0}, old_reads{0};
+  std::thread reader([&] {
+    while (!stop) {
+      auto g = t.read();
+      if (!g) {
+        ++bad;
+        continue;
+      }
+      const bool is_old = g->get("a0").has_value();
+      int present = 0;
+      for (int i = 0; i < (is_old ? kOld : kNew); ++i) {
+        auto v = g->get((is_old ? "a" : "b") + std::to_string(i));
+        if (v && *v == (is_old ? "old" : "new")) ++present;
+      }
+      const bool other = g->get(is_old ? "b0" : "a1").has_value();
+      if (present != (is_old ? kOld : kNew) || other) ++bad;
+      if (is_old) {
+        ++old_reads;
+      } else {
+        seen_new = true;
+      }
+    }
+  });
+  kvsd = start_kvsd(write_config());
+  EXPECT_TRUE(test::wait_until([&] { return seen_new.load(); }, 30s)) << log();
+  stop = true;
+  reader.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_GT(old_reads.load(), 0u);
+  EXPECT_EQ(contents(t), model);
+  EXPECT_EQ(t.state(), State::kReady);
+  EXPECT_NE(log().find("filled from another topic"), std::string::npos) << log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+class KvsdRetentionTest : public KvsdTest {
+ protected:
+  // Pushes records out of the mock's log: it keeps about 5 MB per partition.
+  // Returns the filler keys and values written.
+  std::map<std::string, std::string> overflow_log(int partition) {
+    std::map<std::string, std::string> filler;
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 80; ++i) {
+      const std::string k = "f" + std::to_string(i);
+      filler[k] = std::string(100 * 1024, static_cast<char>('a' + i % 26));
+      p.send(topic_, partition, k, filler[k]);
+    }
+    EXPECT_TRUE(p.flush());
+    return filler;
+  }
+  // The table holds exactly what the log still holds: the filler records
+  // from the log start on, none of the small ones.
+  void expect_log_contents(const Table& t, const std::map<std::string, std::string>& filler) {
+    const auto [lo, hi] = kafka_.watermarks(topic_, 0);
+    ASSERT_GT(lo, 10) << "the mock kept everything; the test needs its 5 MB limit";
+    const auto m = contents(t);
+    EXPECT_EQ(m.size(), static_cast<size_t>(hi - lo));
+    for (const auto& [k, v] : m) {
+      auto it = filler.find(k);
+      ASSERT_NE(it, filler.end()) << k << " should be gone from the log";
+      EXPECT_EQ(v, it->second) << k;
+    }
+  }
+  void SetUp() override {
+    KvsdTest::SetUp();
+    if (!kafka_.is_mock()) GTEST_SKIP() << "needs the mock cluster's 5 MB per-partition log";
+    ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 10; ++i) p.send(topic_, 0, "s" + std::to_string(i), "small");
+    ASSERT_TRUE(p.flush());
+  }
+};
+
+// kvsd was down while retention removed records it had not applied: it
+// rebuilds at start instead of resuming (which would skip them), and the
+// rebuilt segment resumes normally at the next start.
+TEST_F(KvsdRetentionTest, RecordsGoneWhileDownLeadToARebuildAtStart) {
+  const std::string cfg = write_config();
+  auto kvsd = start_kvsd(cfg);
+  {
+    Table t = open_ready();
+    ASSERT_EQ(t.size(), 10u);
+  }
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+  const auto filler = overflow_log(0);
+  kvsd = start_kvsd(cfg);
+  segment_.reset();
+  Table t = open_ready();
+  ASSERT_TRUE(test::wait_until([&] { return !t.get_copy("s0") && t.get_copy("f79"); }, 30s))
+      << log();
+  expect_log_contents(t, filler);
+  EXPECT_NE(log().find("is not in the log"), std::string::npos) << log();
+  const uint64_t puts = header().puts.load();
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+
+  kvsd = start_kvsd(cfg);
+  ASSERT_TRUE(test::wait_until([&] { return header().writer_attaches.load() == 2; }));
+  ASSERT_TRUE(t.wait_ready(30s));
+  EXPECT_EQ(count(log(), "rebuilding"), 1u) << log();
+  EXPECT_EQ(header().puts.load(), puts) << "the rebuilt segment must resume, not re-read";
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// The same while kvsd runs (here: stopped with SIGSTOP while the log moves
+// on): the fetch fails with "offset out of range", kvsd rebuilds, readers
+// keep the old data meanwhile.
+TEST_F(KvsdRetentionTest, RecordsGoneWhileRunningLeadToARebuild) {
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  ASSERT_EQ(t.size(), 10u);
+  kvsd->kill(SIGSTOP);
+  const auto filler = overflow_log(0);
+  kvsd->kill(SIGCONT);
+  ASSERT_TRUE(test::wait_until([&] { return !t.get_copy("s0") && t.get_copy("f79"); }, 30s))
+      << log();
+  expect_log_contents(t, filler);
+  EXPECT_NE(log().find("rebuilding"), std::string::npos) << log();
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }

@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "support/test_support.hpp"
 
@@ -69,6 +70,21 @@ class KafkaCluster {
     rd_kafka_NewTopic_destroy(nt);
     rd_kafka_destroy(rk);
     return ok;
+  }
+  // (low, high) watermarks of a partition, or (-1, -1) if no broker answers.
+  std::pair<int64_t, int64_t> watermarks(const std::string& topic, int partition) {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (rk == nullptr) return {-1, -1};
+    int64_t lo = -1, hi = -1;
+    if (rd_kafka_query_watermark_offsets(rk, topic.c_str(), partition, &lo, &hi, 10000) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR) {
+      lo = hi = -1;
+    }
+    rd_kafka_destroy(rk);
+    return {lo, hi};
   }
   // Fault injection: mock only (tests skip otherwise).
   bool set_broker_down(int broker, bool down) {

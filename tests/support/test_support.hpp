@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -56,10 +57,11 @@ inline bool wait_until(const std::function<bool()>& pred,
   return true;
 }
 
-// A child process running another program, with its stdout on a pipe.
+// A child process running another program, with its stdout on a pipe (and
+// its stderr in `stderr_file` if one is given).
 class Child {
  public:
-  explicit Child(const std::vector<std::string>& argv) {
+  explicit Child(const std::vector<std::string>& argv, const std::string& stderr_file = "") {
     int fds[2], ins[2];
     if (::pipe2(fds, O_CLOEXEC) != 0 || ::pipe2(ins, O_CLOEXEC) != 0) {
       throw std::runtime_error("pipe2");
@@ -68,6 +70,10 @@ class Child {
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
     posix_spawn_file_actions_adddup2(&fa, ins[0], STDIN_FILENO);
+    if (!stderr_file.empty()) {
+      posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, stderr_file.c_str(),
+                                       O_WRONLY | O_CREAT | O_APPEND, 0644);
+    }
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -150,6 +156,12 @@ class Child {
   int in_ = -1;
   bool reaped_ = false;
 };
+
+// The whole content of a file ("" if it cannot be read).
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
 
 // Path of a helper program built next to the test binary.
 inline std::string helper(const std::string& name) {
