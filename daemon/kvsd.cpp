@@ -229,11 +229,30 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     auto n = with_retry("fetching metadata",
                         [&] { return consumer->partition_count(t.cfg.topic, 5000); });
     if (g_stop) return 0;
+    if (!n && n.error().code == Errc::kNotFound && t.cfg.create_topic) {
+      KVS_LOG_INFO("table %s: creating topic %s (%d partitions, cleanup.policy=compact)",
+                   t.cfg.name.c_str(), t.cfg.topic.c_str(), t.cfg.create_partitions);
+      auto made = with_retry("creating the topic", [&] {
+        return consumer->create_topic(t.cfg.topic, t.cfg.create_partitions,
+                                      t.cfg.create_replication_factor, 10000);
+      });
+      if (!made) {
+        KVS_LOG_ERROR("table %s: %s; create the topic yourself (cleanup.policy=compact)",
+                      t.cfg.name.c_str(), made.error().message.c_str());
+        return 1;
+      }
+      // Metadata lags behind creation for a moment.
+      for (int i = 0; i < 50 && !g_stop; ++i) {
+        n = consumer->partition_count(t.cfg.topic, 5000);
+        if (n || n.error().code != Errc::kNotFound) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
     if (!n) {
       KVS_LOG_ERROR(
           "table %s: %s; create it with cleanup.policy=compact%s", t.cfg.name.c_str(),
           n.error().message.c_str(),
-          t.cfg.create_topic ? " (create_topic needs CreateTopics, not supported yet)" : "");
+          t.cfg.create_topic ? "" : ", or set create_topic = true in the table's section");
       return 1;
     }
     if (auto ok = t.writer->set_partition_count(static_cast<uint32_t>(*n)); !ok) {
@@ -271,6 +290,14 @@ int run(const config::Config& cfg, const RunOptions& opts) {
       starts.push_back({t.cfg.topic, p, (next > 0 && !t.rebuild) ? next : -2});
     }
     KVS_LOG_INFO("table %s: topic %s, %d partitions", t.cfg.name.c_str(), t.cfg.topic.c_str(), *n);
+  }
+  // A topic that is not compacted loses keys to retention; the table would
+  // then be rebuilt from what remains. Asked in the background: the answer
+  // must not delay READY, and not every cluster can tell.
+  {
+    std::vector<std::string> topics;
+    for (const auto& t : tables) topics.push_back(t.cfg.topic);
+    consumer->request_cleanup_policies(topics, 5000);
   }
   if (auto ok = consumer->assign(starts); !ok) {
     KVS_LOG_ERROR("%s", ok.error().message.c_str());
@@ -432,6 +459,20 @@ int run(const config::Config& cfg, const RunOptions& opts) {
       t.active().reclaim();
     }
     update_all_ready();
+    if (auto policies = consumer->poll_cleanup_policies()) {
+      for (const auto& [topic, policy] : *policies) {
+        if (!policy) {
+          KVS_LOG_INFO("cannot tell whether topic %s is compacted (%s)", topic.c_str(),
+                       policy.error().message.c_str());
+        } else if (policy->find("compact") == std::string::npos) {
+          KVS_LOG_WARN(
+              "topic %s has cleanup.policy=%s, not compact: retention deletes records of keys "
+              "that are still current, and kvs tables can only hold what is left; set "
+              "cleanup.policy=compact on the topic",
+              topic.c_str(), policy->c_str());
+        }
+      }
+    }
     const auto now = clock::now();
     if (watchdog && now >= next_watchdog) {
       notify("WATCHDOG=1");

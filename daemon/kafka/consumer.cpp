@@ -3,6 +3,33 @@
 #include <librdkafka/rdkafka.h>
 
 namespace kvs::kafka {
+namespace {
+
+Errc admin_errc(rd_kafka_resp_err_t e) {
+  switch (e) {
+    case RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE:
+    case RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION:
+    case RD_KAFKA_RESP_ERR_INVALID_REQUEST:
+      return Errc::kUnsupported;
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+      return Errc::kPermission;
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+      return Errc::kTimeout;
+    default:
+      return Errc::kSystem;
+  }
+}
+
+// Waits for the one result event an admin call posts on `q`.
+rd_kafka_event_t* admin_result(rd_kafka_queue_t* q, int timeout_ms) {
+  return rd_kafka_queue_poll(q, timeout_ms + 1000);
+}
+
+}  // namespace
 
 Result<Consumer> Consumer::create(
     const std::vector<std::pair<std::string, std::string>>& properties) {
@@ -39,13 +66,19 @@ Result<Consumer> Consumer::create(
   return c;
 }
 
-Consumer::Consumer(Consumer&& o) noexcept : rk_(o.rk_), queue_(o.queue_) {
+Consumer::Consumer(Consumer&& o) noexcept
+    : rk_(o.rk_),
+      queue_(o.queue_),
+      admin_queue_(o.admin_queue_),
+      policy_topics_(std::move(o.policy_topics_)) {
   o.rk_ = nullptr;
   o.queue_ = nullptr;
+  o.admin_queue_ = nullptr;
 }
 
 Consumer::~Consumer() {
   if (queue_) rd_kafka_queue_destroy(queue_);
+  if (admin_queue_) rd_kafka_queue_destroy(admin_queue_);
   if (rk_) {
     rd_kafka_consumer_close(rk_);
     rd_kafka_destroy(rk_);
@@ -118,6 +151,106 @@ Result<void> Consumer::seek_to_beginning(const std::string& topic, int32_t parti
     return make_error(Errc::kSystem, "assigning " + topic + " from the beginning: " + what);
   }
   return {};
+}
+
+Result<void> Consumer::create_topic(const std::string& topic, int32_t partitions,
+                                    int32_t replication_factor, int timeout_ms) {
+  char err[512];
+  rd_kafka_NewTopic_t* nt =
+      rd_kafka_NewTopic_new(topic.c_str(), partitions, replication_factor, err, sizeof err);
+  if (nt == nullptr) {
+    return make_error(Errc::kInvalidArgument, "creating topic " + topic + ": " + err);
+  }
+  rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+  rd_kafka_AdminOptions_t* opts = rd_kafka_AdminOptions_new(rk_, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+  rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, err, sizeof err);
+  rd_kafka_AdminOptions_set_operation_timeout(opts, timeout_ms, err, sizeof err);
+  rd_kafka_queue_t* q = rd_kafka_queue_new(rk_);
+  rd_kafka_CreateTopics(rk_, &nt, 1, opts, q);
+  rd_kafka_event_t* ev = admin_result(q, timeout_ms);
+  Result<void> out = make_error(Errc::kTimeout, "creating topic " + topic + ": no answer within " +
+                                                    std::to_string(timeout_ms) + " ms");
+  if (ev != nullptr) {
+    rd_kafka_resp_err_t e = rd_kafka_event_error(ev);
+    std::string what = e ? rd_kafka_event_error_string(ev) : "";
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      size_t n = 0;
+      const rd_kafka_topic_result_t** res =
+          rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+      if (n == 1) {
+        e = rd_kafka_topic_result_error(res[0]);
+        const char* m = rd_kafka_topic_result_error_string(res[0]);
+        what = m ? m : rd_kafka_err2str(e);
+      }
+    }
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+      out = {};
+    } else {
+      out = make_error(admin_errc(e), "creating topic " + topic + ": " + what);
+    }
+    rd_kafka_event_destroy(ev);
+  }
+  rd_kafka_queue_destroy(q);
+  rd_kafka_AdminOptions_destroy(opts);
+  rd_kafka_NewTopic_destroy(nt);
+  return out;
+}
+
+void Consumer::request_cleanup_policies(const std::vector<std::string>& topics, int timeout_ms) {
+  if (topics.empty()) return;
+  char err[512];
+  std::vector<rd_kafka_ConfigResource_t*> res;
+  for (const auto& t : topics) {
+    res.push_back(rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, t.c_str()));
+  }
+  rd_kafka_AdminOptions_t* opts = rd_kafka_AdminOptions_new(rk_, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+  rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, err, sizeof err);
+  if (admin_queue_ == nullptr) admin_queue_ = rd_kafka_queue_new(rk_);
+  rd_kafka_DescribeConfigs(rk_, res.data(), res.size(), opts, admin_queue_);
+  rd_kafka_AdminOptions_destroy(opts);
+  for (auto* r : res) rd_kafka_ConfigResource_destroy(r);
+  policy_topics_ = topics;
+}
+
+std::optional<std::vector<std::pair<std::string, Result<std::string>>>>
+Consumer::poll_cleanup_policies() {
+  if (admin_queue_ == nullptr || policy_topics_.empty()) return std::nullopt;
+  rd_kafka_event_t* ev = rd_kafka_queue_poll(admin_queue_, 0);
+  if (ev == nullptr) return std::nullopt;
+  std::vector<std::pair<std::string, Result<std::string>>> out;
+  const rd_kafka_resp_err_t all = rd_kafka_event_error(ev);
+  const std::string all_what = all ? rd_kafka_event_error_string(ev) : "";
+  size_t n = 0;
+  const rd_kafka_ConfigResource_t** rs = all ? nullptr
+                                             : rd_kafka_DescribeConfigs_result_resources(
+                                                   rd_kafka_event_DescribeConfigs_result(ev), &n);
+  for (const auto& topic : policy_topics_) {
+    Result<std::string> r = make_error(
+        admin_errc(all), "describing topic " + topic + ": " + (all ? all_what : "no answer"));
+    for (size_t i = 0; i < n; ++i) {
+      if (topic != rd_kafka_ConfigResource_name(rs[i])) continue;
+      const rd_kafka_resp_err_t e = rd_kafka_ConfigResource_error(rs[i]);
+      if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        const char* m = rd_kafka_ConfigResource_error_string(rs[i]);
+        r = make_error(admin_errc(e),
+                       "describing topic " + topic + ": " + (m ? m : rd_kafka_err2str(e)));
+        break;
+      }
+      size_t cn = 0;
+      const rd_kafka_ConfigEntry_t** entries = rd_kafka_ConfigResource_configs(rs[i], &cn);
+      r = make_error(Errc::kUnsupported, "describing topic " + topic + ": no cleanup.policy");
+      for (size_t j = 0; j < cn; ++j) {
+        if (std::string(rd_kafka_ConfigEntry_name(entries[j])) == "cleanup.policy") {
+          const char* v = rd_kafka_ConfigEntry_value(entries[j]);
+          r = std::string(v ? v : "");
+        }
+      }
+    }
+    out.emplace_back(topic, std::move(r));
+  }
+  rd_kafka_event_destroy(ev);
+  policy_topics_.clear();
+  return out;
 }
 
 Result<std::string> Consumer::cluster_id(int timeout_ms) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,6 +45,18 @@ class Consumer {
   // Moves the given partitions (already assigned) back to the beginning of
   // their logs. Messages fetched before it are dropped by librdkafka.
   Result<void> seek_to_beginning(const std::string& topic, int32_t partitions, int timeout_ms);
+  // Creates `topic` with cleanup.policy=compact (replication_factor -1: the
+  // broker's default). A topic that exists already is not an error. Errors:
+  // kUnsupported (the cluster has no CreateTopics), kPermission, kTimeout,
+  // kSystem.
+  Result<void> create_topic(const std::string& topic, int32_t partitions,
+                            int32_t replication_factor, int timeout_ms);
+  // Asks for the cleanup.policy ("compact", "delete", "compact,delete") of
+  // `topics` without waiting; poll_cleanup_policies() returns the answers
+  // once they are there (an error per topic: kUnsupported without
+  // DescribeConfigs, kPermission, kTimeout).
+  void request_cleanup_policies(const std::vector<std::string>& topics, int timeout_ms);
+  std::optional<std::vector<std::pair<std::string, Result<std::string>>>> poll_cleanup_policies();
   // The cluster id the brokers report. Errors: kTimeout.
   Result<std::string> cluster_id(int timeout_ms);
 
@@ -56,6 +69,8 @@ class Consumer {
   Consumer() = default;
   rd_kafka_s* rk_ = nullptr;
   rd_kafka_queue_s* queue_ = nullptr;
+  rd_kafka_queue_s* admin_queue_ = nullptr;  // answers to requests in flight
+  std::vector<std::string> policy_topics_;
 };
 
 }  // namespace kvs::kafka

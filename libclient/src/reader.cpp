@@ -616,6 +616,8 @@ const char* kvs_strerror(int code) {
       return "system error";
     case KVS_ENOMEM:
       return "out of memory";
+    case KVS_ENOTSUP:
+      return "operation not supported";
     default:
       return "unknown error";
   }

@@ -417,6 +417,37 @@ TEST_F(KvsdTest, MissingTopicIsAClearError) {
   }
   auto kvsd = start_kvsd(write_config());
   EXPECT_EQ(kvsd->wait_for(30s), 1);
+  EXPECT_NE(log().find("topic '" + topic_ + "' does not exist"), std::string::npos) << log();
+  EXPECT_NE(log().find("create_topic = true"), std::string::npos) << log();
+}
+
+TEST_F(KvsdTest, CreatesAMissingTopicWhenConfigured) {
+  if (kafka_.is_mock()) {
+    GTEST_SKIP() << "librdkafka 2.0.2's mock cluster creates any topic a metadata request names "
+                    "and has no CreateTopics";
+  }
+  auto kvsd = start_kvsd(write_config("create_topic = true\ncreate_partitions = 3\n"));
+  Table t = open_ready();
+  EXPECT_EQ(t.partition_count(), 3u);
+  EXPECT_NE(log().find("creating topic " + topic_), std::string::npos) << log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// Whether the topic is compacted is asked in the background: READY does not
+// wait for it, and a cluster that cannot tell (the mock has no
+// DescribeConfigs) gets a log line, a topic with cleanup.policy=delete a
+// warning.
+TEST_F(KvsdTest, TopicThatIsNotCompactedGetsAWarning) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1, "delete"));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  const std::string expected = kafka_.is_mock() ? "cannot tell whether topic " + topic_
+                                                : "topic " + topic_ + " has cleanup.policy=delete";
+  EXPECT_TRUE(test::wait_until([&] { return log().find(expected) != std::string::npos; }, 30s))
+      << log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
 
 TEST_F(KvsdTest, BrokerDownDuringBootstrapThenBack) {

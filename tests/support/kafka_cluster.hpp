@@ -44,9 +44,11 @@ class KafkaCluster {
     return "kvs-test-" + base + "-" + std::to_string(rd() % 1000000);
   }
 
-  // Creates a compacted topic: on the mock through its command channel (its
-  // 2.0.2 version has no CreateTopics), on a real cluster with CreateTopics.
-  bool create_topic(const std::string& topic, int partitions) {
+  // Creates a topic (compacted unless `policy` says otherwise): on the mock
+  // through its command channel (its 2.0.2 version has no CreateTopics, nor
+  // topic configs), on a real cluster with CreateTopics.
+  bool create_topic(const std::string& topic, int partitions,
+                    const std::string& policy = "compact") {
     if (mock_) return command("create " + topic + " " + std::to_string(partitions));
     char err[512];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
@@ -54,7 +56,7 @@ class KafkaCluster {
     rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
     if (rk == nullptr) return false;
     rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(topic.c_str(), partitions, -1, err, sizeof err);
-    rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+    rd_kafka_NewTopic_set_config(nt, "cleanup.policy", policy.c_str());
     rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
     rd_kafka_CreateTopics(rk, &nt, 1, nullptr, q);
     rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 30000);

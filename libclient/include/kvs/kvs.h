@@ -69,6 +69,7 @@ extern "C" {
 #define KVS_EBUSY (-12)    /* another writer holds the table; retriable */
 #define KVS_ESYS (-13)     /* other operating-system error; see kvs_last_error() */
 #define KVS_ENOMEM (-14)   /* out of process memory; retriable */
+#define KVS_ENOTSUP (-15)  /* the other side (kvsd, Kafka) does not support the operation */
 
 /* Table states (kvs_state). */
 #define KVS_STATE_BOOTSTRAPPING 1 /* kvsd is still catching up with the topic */

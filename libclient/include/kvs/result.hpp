@@ -33,6 +33,7 @@ enum class Errc : int {
   kBusy = KVS_EBUSY,
   kSystem = KVS_ESYS,
   kNoMemory = KVS_ENOMEM,
+  kUnsupported = KVS_ENOTSUP,
 };
 
 struct Error {
