@@ -376,6 +376,43 @@ TEST_F(KvsdRetentionTest, RecordsGoneWhileRunningLeadToARebuild) {
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
 
+TEST_F(KvsdTest, RecordsOfAbortedTransactionsNeverAppear) {
+  if (kafka_.is_mock()) {
+    GTEST_SKIP() << "librdkafka 2.0.2's mock cluster writes no transaction markers and reports "
+                    "no aborted transactions, so read_committed cannot filter there; run with "
+                    "KVS_TEST_BOOTSTRAP";
+  }
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  auto p = test::Producer::transactional(kafka_.bootstrap(), "kvs-test-" + topic_);
+  ASSERT_TRUE(p.init_transactions());
+  auto txn = [&](const std::string& key, bool commit) {
+    ASSERT_TRUE(p.begin());
+    for (int part = 0; part < 2; ++part) p.send(topic_, part, key + std::to_string(part), key);
+    // In the log before the abort: an abort would purge unsent records.
+    ASSERT_TRUE(p.flush());
+    ASSERT_TRUE(commit ? p.commit() : p.abort());
+  };
+  txn("committed-a", true);
+  txn("aborted-a", false);
+  txn("committed-b", true);
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  const std::map<std::string, std::string> before{{"committed-a0", "committed-a"},
+                                                  {"committed-a1", "committed-a"},
+                                                  {"committed-b0", "committed-b"},
+                                                  {"committed-b1", "committed-b"}};
+  EXPECT_EQ(contents(t), before);
+  // And while kvsd runs: an aborted transaction, then a committed one.
+  txn("aborted-c", false);
+  txn("committed-d", true);
+  ASSERT_TRUE(test::wait_until([&] { return t.get_copy("committed-d1").has_value(); }, 30s));
+  auto after = before;
+  after["committed-d0"] = after["committed-d1"] = "committed-d";
+  EXPECT_EQ(contents(t), after);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 TEST_F(KvsdTest, SendsReadyAndStatusToSystemd) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 1));
   const std::string sock = (dir_ / "notify.sock").string();

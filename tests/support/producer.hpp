@@ -12,19 +12,32 @@ namespace kvs::test {
 
 class Producer {
  public:
-  explicit Producer(const std::string& bootstrap) {
+  explicit Producer(const std::string& bootstrap, const std::string& txn_id = "") {
     char err[512];
     rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    if (!txn_id.empty())
+      rd_kafka_conf_set(conf, "transactional.id", txn_id.c_str(), err, sizeof err);
     rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
     rd_kafka_conf_set(conf, "acks", "all", err, sizeof err);
     rd_kafka_conf_set(conf, "linger.ms", "5", err, sizeof err);
     rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
     if (rk_ == nullptr) throw std::runtime_error(err);
   }
+  Producer(Producer&& o) noexcept : rk_(o.rk_) { o.rk_ = nullptr; }
   ~Producer() {
+    if (rk_ == nullptr) return;
     rd_kafka_flush(rk_, 10000);
     rd_kafka_destroy(rk_);
   }
+  // A transactional producer (transactional.id = txn_id).
+  static Producer transactional(const std::string& bootstrap, const std::string& txn_id) {
+    return Producer(bootstrap, txn_id);
+  }
+  bool init_transactions() { return ok(rd_kafka_init_transactions(rk_, 30000)); }
+  bool begin() { return ok(rd_kafka_begin_transaction(rk_)); }
+  bool commit() { return ok(rd_kafka_commit_transaction(rk_, 30000)); }
+  bool abort() { return ok(rd_kafka_abort_transaction(rk_, 30000)); }
+
   // value nullopt: a tombstone.
   void send(const std::string& topic, int partition, const std::string& key,
             const std::optional<std::string>& value) {
@@ -49,6 +62,11 @@ class Producer {
   }
 
  private:
+  static bool ok(rd_kafka_error_t* e) {
+    if (e == nullptr) return true;
+    rd_kafka_error_destroy(e);
+    return false;
+  }
   rd_kafka_t* rk_ = nullptr;
 };
 
