@@ -2,6 +2,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <algorithm>
+
 namespace kvs::kafka {
 namespace {
 
@@ -39,6 +41,23 @@ Result<Consumer> Consumer::create(
     if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
       rd_kafka_conf_destroy(conf);
       return make_error(Errc::kInvalidArgument, "[kafka] " + k + " = \"" + v + "\": " + err);
+    }
+  }
+  // Defaults for bootstrap speed, unless [kafka] sets them. librdkafka
+  // 2.0.2 stops fetching once the consumer queue holds queued.min.messages
+  // (default 100000) and resumes only on a 1-second timer: bootstrapping a
+  // large topic would stall a second at a time. The byte limit still bounds
+  // the memory that prefetching takes.
+  const std::pair<const char*, const char*> defaults[] = {
+      {"queued.min.messages", "10000000"},
+      {"queued.max.messages.kbytes", "262144"},
+  };
+  for (const auto& [k, v] : defaults) {
+    const bool set = std::any_of(properties.begin(), properties.end(),
+                                 [k = k](const auto& p) { return p.first == k; });
+    if (!set && rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      return make_error(Errc::kInvalidArgument, std::string("librdkafka ") + k + ": " + err);
     }
   }
   // kvsd's own needs, whatever [kafka] says.
@@ -265,8 +284,13 @@ Result<std::string> Consumer::cluster_id(int timeout_ms) {
 }
 
 size_t Consumer::poll_batch(int timeout_ms, rd_kafka_message_s** out, size_t max) {
-  const ssize_t n = rd_kafka_consume_batch_queue(queue_, timeout_ms, out, max);
-  return n < 0 ? 0 : static_cast<size_t>(n);
+  // consume_batch_queue waits for a full batch or the whole timeout: a lone
+  // record would wait timeout_ms. So: wait for one, then take what is there.
+  if (max == 0) return 0;
+  out[0] = rd_kafka_consume_queue(queue_, timeout_ms);
+  if (out[0] == nullptr) return 0;
+  const ssize_t n = rd_kafka_consume_batch_queue(queue_, 0, out + 1, max - 1);
+  return 1 + (n < 0 ? 0 : static_cast<size_t>(n));
 }
 
 void Consumer::release(rd_kafka_message_s* m) { rd_kafka_message_destroy(m); }

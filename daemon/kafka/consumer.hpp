@@ -60,7 +60,8 @@ class Consumer {
   // The cluster id the brokers report. Errors: kTimeout.
   Result<std::string> cluster_id(int timeout_ms);
 
-  // Up to `max` messages (or events: err set) within timeout_ms; each must be
+  // Up to `max` messages (or events: err set): waits at most timeout_ms for
+  // the first, then takes what is there without waiting. Each must be
   // released with release().
   size_t poll_batch(int timeout_ms, rd_kafka_message_s** out, size_t max);
   static void release(rd_kafka_message_s* m);

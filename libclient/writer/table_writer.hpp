@@ -76,6 +76,11 @@ class TableWriter {
   // kBusy (the space exists but readers may still see it: retry after they
   // finish, i.e. after reclaim() frees it). Nothing changes on error.
   Result<void> put(std::string_view key, std::string_view value);
+  // A hint: `key` is put or erased soon. Starts loading its index group, so
+  // that applying a batch overlaps the cache misses of its keys.
+  void prefetch(std::string_view key) const {
+    view_.prefetch_group(format::hash_key(key.data(), key.size()));
+  }
   // Erases; false if the key was absent (a tombstone for a missing key).
   Result<bool> erase(std::string_view key);
 

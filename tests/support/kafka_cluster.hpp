@@ -18,12 +18,13 @@ namespace kvs::test {
 
 class KafkaCluster {
  public:
-  KafkaCluster() {
+  // `mock_helper`: path of kvs_mock_kafka (default: next to this program).
+  explicit KafkaCluster(const std::string& mock_helper = helper("kvs_mock_kafka")) {
     if (const char* b = std::getenv("KVS_TEST_BOOTSTRAP"); b && *b) {
       bootstrap_ = b;
       return;
     }
-    mock_ = std::make_unique<Child>(std::vector<std::string>{helper("kvs_mock_kafka")});
+    mock_ = std::make_unique<Child>(std::vector<std::string>{mock_helper});
     const std::string line = mock_->read_line();
     if (line.rfind("bootstrap ", 0) != 0) throw std::runtime_error("kvs_mock_kafka: " + line);
     bootstrap_ = line.substr(10);
