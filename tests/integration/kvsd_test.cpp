@@ -150,6 +150,40 @@ TEST_F(KvsdTest, ReadyOnAnEmptyTopic) {
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
 
+TEST_F(KvsdTest, ReadyAfterALargeTopicWithEveryRecordApplied) {
+  constexpr int kPartitions = 8, kKeys = 60000;  // the table holds 65536
+  ASSERT_TRUE(kafka_.create_topic(topic_, kPartitions));
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < kKeys; ++i) {
+      p.send(topic_, i % kPartitions, "key" + std::to_string(i), "value" + std::to_string(i));
+    }
+    // Overwrites of a tenth of the keys, later in their partitions.
+    for (int i = 0; i < kKeys; i += 10) {
+      p.send(topic_, i % kPartitions, "key" + std::to_string(i), "new" + std::to_string(i));
+    }
+    ASSERT_TRUE(p.flush(120000));
+  }
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready(120s);
+  ASSERT_EQ(t.size(), static_cast<uint64_t>(kKeys));
+  auto g = t.read();
+  ASSERT_TRUE(g);
+  for (int i = 0; i < kKeys; ++i) {
+    const std::string want = (i % 10 == 0 ? "new" : "value") + std::to_string(i);
+    auto v = g->get("key" + std::to_string(i));
+    ASSERT_TRUE(v && *v == want) << "key" << i;
+  }
+  for (uint32_t p = 0; p < kPartitions; ++p) {
+    auto off = t.partition_offsets(p);
+    ASSERT_TRUE(off);
+    EXPECT_EQ(off->next_offset, off->high_watermark) << "partition " << p;
+    EXPECT_EQ(off->next_offset, (kKeys + kKeys / 10) / kPartitions) << "partition " << p;
+  }
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 TEST_F(KvsdTest, RestartAfterSigkillResumesWithoutRereadingWhileReadersRead) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 2));
   {
