@@ -112,7 +112,7 @@ Result<void> start_rebuild(Table& t, kafka::Consumer& c, const std::string& why,
   t.rebuild = std::move(*r);
   t.applied = t.skipped = 0;
   t.skip_batch = true;
-  if (seek) return c.seek_to_beginning(t.cfg.topic, t.partitions, 5000);
+  if (seek) return c.reassign_from_beginning(t.cfg.topic, t.partitions);
   return {};
 }
 

@@ -154,7 +154,7 @@ Result<void> Consumer::assign(const std::vector<PartitionStart>& starts) {
   return {};
 }
 
-Result<void> Consumer::seek_to_beginning(const std::string& topic, int32_t partitions, int) {
+Result<void> Consumer::reassign_from_beginning(const std::string& topic, int32_t partitions) {
   // A partition whose offset was reset with an error has stopped fetching
   // and refuses a seek: take it out of the assignment and put it back.
   rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(partitions);

@@ -44,7 +44,7 @@ class Consumer {
   Result<void> assign(const std::vector<PartitionStart>& starts);
   // Moves the given partitions (already assigned) back to the beginning of
   // their logs. Messages fetched before it are dropped by librdkafka.
-  Result<void> seek_to_beginning(const std::string& topic, int32_t partitions, int timeout_ms);
+  Result<void> reassign_from_beginning(const std::string& topic, int32_t partitions);
   // Creates `topic` with cleanup.policy=compact (replication_factor -1: the
   // broker's default). A topic that exists already is not an error. Errors:
   // kUnsupported (the cluster has no CreateTopics), kPermission, kTimeout,
