@@ -358,6 +358,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   // 3. Consume and apply until told to stop.
   constexpr size_t kBatch = 1024;
   std::vector<rd_kafka_message_t*> batch(kBatch);
+  std::vector<Table*> owner(kBatch);
   // Topic handle -> table, so that the name is looked up once per handle.
   std::vector<std::pair<const rd_kafka_topic_t*, size_t>> by_handle;
   auto table_of = [&](const rd_kafka_topic_t* rkt) -> Table* {
@@ -377,19 +378,20 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     // Index groups of the records a few places ahead are loaded while this
     // one is applied: a batch costs about one cache miss, not one per record.
     constexpr size_t kAhead = 16;
+    // owner[j]: the table of batch[j], looked up once, when it is prefetched.
     auto prefetch = [&](size_t j) {
       if (j >= n) return;
       const rd_kafka_message_t* m = batch[j];
-      if (m->err || m->rkt == nullptr || m->key == nullptr) return;
-      if (Table* tp = table_of(m->rkt)) {
-        tp->active().prefetch({static_cast<const char*>(m->key), m->key_len});
+      owner[j] = m->rkt ? table_of(m->rkt) : nullptr;
+      if (owner[j] != nullptr && !m->err && m->key != nullptr) {
+        owner[j]->active().prefetch({static_cast<const char*>(m->key), m->key_len});
       }
     };
     for (size_t j = 0; j < kAhead; ++j) prefetch(j);
     for (size_t i = 0; i < n; ++i) {
       prefetch(i + kAhead);
       rd_kafka_message_t* m = batch[i];
-      Table* tp = m->rkt ? table_of(m->rkt) : nullptr;
+      Table* tp = owner[i];
       if (tp == nullptr || m->partition < 0) {
         if (m->err) KVS_LOG_WARN("Kafka: %s", rd_kafka_message_errstr(m));
         kafka::Consumer::release(m);

@@ -2,8 +2,6 @@
 
 #include <librdkafka/rdkafka.h>
 
-#include <algorithm>
-
 namespace kvs::kafka {
 namespace {
 
@@ -37,13 +35,7 @@ Result<Consumer> Consumer::create(
     const std::vector<std::pair<std::string, std::string>>& properties) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  for (const auto& [k, v] : properties) {
-    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      return make_error(Errc::kInvalidArgument, "[kafka] " + k + " = \"" + v + "\": " + err);
-    }
-  }
-  // Defaults for bootstrap speed, unless [kafka] sets them. librdkafka
+  // Defaults for bootstrap speed, which [kafka] may override. librdkafka
   // 2.0.2 stops fetching once the consumer queue holds queued.min.messages
   // (default 100000) and resumes only on a 1-second timer: bootstrapping a
   // large topic would stall a second at a time. The byte limit still bounds
@@ -53,11 +45,15 @@ Result<Consumer> Consumer::create(
       {"queued.max.messages.kbytes", "262144"},
   };
   for (const auto& [k, v] : defaults) {
-    const bool set = std::any_of(properties.begin(), properties.end(),
-                                 [k = k](const auto& p) { return p.first == k; });
-    if (!set && rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
+    if (rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
       rd_kafka_conf_destroy(conf);
       return make_error(Errc::kInvalidArgument, std::string("librdkafka ") + k + ": " + err);
+    }
+  }
+  for (const auto& [k, v] : properties) {
+    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      return make_error(Errc::kInvalidArgument, "[kafka] " + k + " = \"" + v + "\": " + err);
     }
   }
   // kvsd's own needs, whatever [kafka] says.
