@@ -53,7 +53,7 @@ echo "install check passed"
 if [ "${KVS_TEST_QUICK:-0}" = 1 ]; then exit 0; fi
 
 echo "== ASan+UBSan build"
-build build-asan -DKVS_SANITIZE=address -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
+build build-asan -DKVS_SANITIZE=address -DKVS_BUILD_FUZZ=ON -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
 (cd build-asan && KVS_STRESS_SCALE=4 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j1)
 

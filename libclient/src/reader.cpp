@@ -618,6 +618,14 @@ const char* kvs_strerror(int code) {
       return "out of memory";
     case KVS_ENOTSUP:
       return "operation not supported";
+    case KVS_EPROTO:
+      return "protocol error";
+    case KVS_EQUEUE:
+      return "kvsd's producer queue is full";
+    case KVS_ECONN:
+      return "no connection to kvsd";
+    case KVS_EKAFKA:
+      return "Kafka refused the write";
     default:
       return "unknown error";
   }

@@ -34,6 +34,10 @@ enum class Errc : int {
   kSystem = KVS_ESYS,
   kNoMemory = KVS_ENOMEM,
   kUnsupported = KVS_ENOTSUP,
+  kProtocol = KVS_EPROTO,
+  kQueueFull = KVS_EQUEUE,
+  kConnection = KVS_ECONN,
+  kKafka = KVS_EKAFKA,
 };
 
 struct Error {
