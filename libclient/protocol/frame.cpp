@@ -9,7 +9,8 @@ namespace {
 template <class T>
 void put_le(std::string& out, T v) {
   char b[sizeof(T)];
-  for (size_t i = 0; i < sizeof(T); ++i) b[i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
+  for (size_t i = 0; i < sizeof(T); ++i)
+    b[i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
   out.append(b, sizeof(T));
 }
 
@@ -57,9 +58,9 @@ class Reader {
   Result<void> finish() {
     if (!ok_) return make_error(Errc::kInvalidArgument, error_);
     if (!rest_.empty()) {
-      return make_error(Errc::kInvalidArgument, std::string(what_) + ": " +
-                                                    std::to_string(rest_.size()) +
-                                                    " bytes after the last field");
+      return make_error(
+          Errc::kInvalidArgument,
+          std::string(what_) + ": " + std::to_string(rest_.size()) + " bytes after the last field");
     }
     return {};
   }
@@ -93,21 +94,36 @@ bool table_name(Reader& r, std::string_view* t) {
 
 std::string type_name(uint8_t type) {
   switch (static_cast<Type>(type)) {
-    case Type::kHello: return "hello";
-    case Type::kPing: return "ping";
-    case Type::kPut: return "put";
-    case Type::kErase: return "erase";
-    case Type::kBatch: return "batch";
-    case Type::kWait: return "wait";
-    case Type::kStats: return "stats";
-    case Type::kHelloOk: return "hello reply";
-    case Type::kPong: return "pong";
-    case Type::kPutOk: return "put reply";
-    case Type::kEraseOk: return "erase reply";
-    case Type::kBatchOk: return "batch reply";
-    case Type::kWaitOk: return "wait reply";
-    case Type::kStatsOk: return "stats reply";
-    case Type::kError: return "error";
+    case Type::kHello:
+      return "hello";
+    case Type::kPing:
+      return "ping";
+    case Type::kPut:
+      return "put";
+    case Type::kErase:
+      return "erase";
+    case Type::kBatch:
+      return "batch";
+    case Type::kWait:
+      return "wait";
+    case Type::kStats:
+      return "stats";
+    case Type::kHelloOk:
+      return "hello reply";
+    case Type::kPong:
+      return "pong";
+    case Type::kPutOk:
+      return "put reply";
+    case Type::kEraseOk:
+      return "erase reply";
+    case Type::kBatchOk:
+      return "batch reply";
+    case Type::kWaitOk:
+      return "wait reply";
+    case Type::kStatsOk:
+      return "stats reply";
+    case Type::kError:
+      return "error";
   }
   char b[8];
   std::snprintf(b, sizeof b, "0x%02x", type);
@@ -143,11 +159,12 @@ Result<Hello> decode_hello(std::string_view body) {
   r.num("magic", &h.magic) && r.num("min version", &h.min_version) &&
       r.num("max version", &h.max_version);
   if (auto ok = r.finish(); !ok) return std::move(ok).error();
-  if (h.magic != kMagic) return make_error(Errc::kInvalidArgument, "hello: bad magic (not a kvs client)");
+  if (h.magic != kMagic)
+    return make_error(Errc::kInvalidArgument, "hello: bad magic (not a kvs client)");
   if (h.min_version > h.max_version) {
-    return make_error(Errc::kInvalidArgument, "hello: min version " + std::to_string(h.min_version) +
-                                                  " above max version " +
-                                                  std::to_string(h.max_version));
+    return make_error(Errc::kInvalidArgument,
+                      "hello: min version " + std::to_string(h.min_version) +
+                          " above max version " + std::to_string(h.max_version));
   }
   return h;
 }

@@ -23,10 +23,10 @@
 namespace kvs::protocol {
 
 inline constexpr uint16_t kVersion = 1;
-inline constexpr size_t kHeaderBytes = 16;            // length field included
-inline constexpr uint32_t kMinLength = 12;            // a frame with an empty body
+inline constexpr size_t kHeaderBytes = 16;             // length field included
+inline constexpr uint32_t kMinLength = 12;             // a frame with an empty body
 inline constexpr uint32_t kHelloMaxFrameBytes = 4096;  // before the handshake
-inline constexpr uint32_t kMagic = 0x3153564b;       // "KVS1" little-endian
+inline constexpr uint32_t kMagic = 0x3153564b;         // "KVS1" little-endian
 inline constexpr size_t kMaxTableName = 200;
 inline constexpr size_t kMaxErrorMessage = 4096;
 
