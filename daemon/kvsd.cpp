@@ -14,6 +14,7 @@
 #include "kafka/consumer.hpp"
 #include "kafka/embedded_kafka.hpp"
 #include "log.hpp"
+#include "server/server.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs::daemon {
@@ -303,6 +304,13 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     KVS_LOG_ERROR("%s", ok.error().message.c_str());
     return 1;
   }
+  // Writes are served from here on, during bootstrap too (Kafka takes them;
+  // VISIBLE waits until the table has caught up to them).
+  auto server = Server::start(cfg, properties);
+  if (!server) {
+    KVS_LOG_ERROR("%s", server.error().message.c_str());
+    return server.error().code == Errc::kInvalidArgument ? kExitConfig : 1;
+  }
 
   int exit_code = 0;
   bool all_ready = false;
@@ -485,6 +493,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
       }
       t.active().reclaim();
     }
+    (*server)->applied();
     update_all_ready();
     if (auto policies = consumer->poll_cleanup_policies()) {
       for (const auto& [topic, policy] : *policies) {
@@ -526,6 +535,8 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     }
   }
   notify("STOPPING=1");
+  // Writes in flight get a moment to be acknowledged and answered.
+  (*server)->stop(std::chrono::milliseconds(std::min<uint32_t>(cfg.write_timeout_ms, 5000)));
   KVS_LOG_INFO("stopping: segments stay for the next start");
   return exit_code;
 }

@@ -41,6 +41,9 @@ const Key kKeys[] = {
     {"kvsd", "socket_mode", Kind::kMode, "\"0660\"", 0, 0777,
      "Permissions of the socket (octal string).",
      [](Config& c, TableConfig&, const Val& v) { c.socket_mode = static_cast<mode_t>(v.i); }},
+    {"kvsd", "socket_group", Kind::kString, "\"\"", 0, 64,
+     "Group (name or number) of the socket, i.e. the writers; \"\" keeps kvsd's group.",
+     [](Config& c, TableConfig&, const Val& v) { c.socket_group = v.s; }},
     {"kvsd", "allowed_uids", Kind::kIntList, "[]", 0, 4294967294,
      "Uids allowed to write; [] with allowed_gids [] lets every peer the socket mode admits.",
      [](Config& c, TableConfig&, const Val& v) { c.allowed_uids = v.list; }},
@@ -69,6 +72,19 @@ const Key kKeys[] = {
     {"kvsd", "poll_timeout_ms", Kind::kInt, "100", 1, 10000,
      "Longest wait for Kafka records before kvsd does its housekeeping.",
      [](Config& c, TableConfig&, const Val& v) { c.poll_timeout_ms = static_cast<uint32_t>(v.i); }},
+    {"kvsd", "write_timeout_ms", Kind::kInt, "30000", 100, 3600000,
+     "A write Kafka has not acknowledged by then fails (librdkafka message.timeout.ms).",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.write_timeout_ms = static_cast<uint32_t>(v.i);
+     }},
+    {"kvsd", "max_connections", Kind::kInt, "1024", 1, 65536,
+     "Write connections served at once; more are refused with an error.",
+     [](Config& c, TableConfig&, const Val& v) { c.max_connections = static_cast<uint32_t>(v.i); }},
+    {"kvsd", "max_pending_per_connection", Kind::kInt, "4096", 1, 1048576,
+     "Requests of one connection without a reply before kvsd stops reading it (backpressure).",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.max_pending_per_connection = static_cast<uint32_t>(v.i);
+     }},
 
     {"table", "name", Kind::kString, "", 0, 200,
      "Table name, [A-Za-z0-9._-]; readers open it by this name. Required.",

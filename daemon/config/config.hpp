@@ -38,6 +38,7 @@ struct Config {
   std::string source;  // file name (or "<string>") for messages
   std::string socket_path = "/run/kvs/kvsd.sock";
   mode_t socket_mode = 0660;
+  std::string socket_group;           // group of the socket, i.e. the writers; "" keeps kvsd's
   std::vector<int64_t> allowed_uids;  // empty: any peer the socket mode lets in
   std::vector<int64_t> allowed_gids;
   std::string shm_prefix = "kvs.";
@@ -47,6 +48,9 @@ struct Config {
   std::string log_level = "info";
   uint32_t dead_reader_check_ms = 50;
   uint32_t poll_timeout_ms = 100;
+  uint32_t write_timeout_ms = 30000;  // librdkafka message.timeout.ms of writes
+  uint32_t max_connections = 1024;
+  uint32_t max_pending_per_connection = 4096;
   std::vector<std::pair<std::string, std::string>> kafka;  // librdkafka properties
   std::vector<TableConfig> tables;
 };

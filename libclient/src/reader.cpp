@@ -37,6 +37,17 @@ using namespace kvs::format;
 namespace {
 
 thread_local std::string t_last_error;
+}  // namespace
+
+// For the write client (client.cpp): one kvs_last_error() for the library.
+namespace kvs::detail {
+int set_last_error(int code, std::string message) {
+  t_last_error = std::move(message);
+  return code;
+}
+}  // namespace kvs::detail
+
+namespace {
 
 int fail(const Error& e) {
   t_last_error = e.message;
@@ -632,5 +643,45 @@ const char* kvs_strerror(int code) {
 }
 
 const char* kvs_last_error(void) { return t_last_error.c_str(); }
+
+int kvs_wait(kvs_table* t, const kvs_token* token, int timeout_ms) {
+  if (t == nullptr || token == nullptr)
+    return fail(Errc::kInvalidArgument, "kvs_wait: NULL argument");
+  if (token->partition < 0 || token->offset < 0) {
+    return fail(Errc::kInvalidArgument, "kvs_wait: token (" + std::to_string(token->partition) +
+                                            ", " + std::to_string(token->offset) +
+                                            ") is not one a write returned");
+  }
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto pause = std::chrono::microseconds(20);
+  // Polls, as kvs_wait_ready: readers map the segment read-only, so there is
+  // no futex to sleep on; the pause grows to 1 ms, which bounds the delay.
+  for (;;) {
+    int64_t next = -1;
+    const uint32_t parts = kvs_partition_count(t);
+    if (parts > 0 && static_cast<uint32_t>(token->partition) >= parts) {
+      return fail(Errc::kInvalidArgument, "kvs_wait: " + shm::path_of(t->segment) + " has " +
+                                              std::to_string(parts) + " partitions, no partition " +
+                                              std::to_string(token->partition));
+    }
+    if (parts > 0) {
+      if (int rc =
+              kvs_partition_offsets(t, static_cast<uint32_t>(token->partition), &next, nullptr);
+          rc != KVS_OK)
+        return rc;
+      if (next > token->offset) return KVS_OK;
+    }
+    if (timeout_ms >= 0 && clock::now() >= deadline) {
+      return fail(Errc::kTimeout, shm::path_of(t->segment) + " has not applied partition " +
+                                      std::to_string(token->partition) + " offset " +
+                                      std::to_string(token->offset) + " within " +
+                                      std::to_string(timeout_ms) +
+                                      " ms (next offset there: " + std::to_string(next) + ")");
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
+  }
+}
 
 }  // extern "C"

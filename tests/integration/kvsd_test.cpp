@@ -11,94 +11,13 @@
 #include <map>
 #include <thread>
 
-#include "format/layout.hpp"
-#include "kvs/kvs.hpp"
-#include "src/shm.hpp"
-#include "support/kafka_cluster.hpp"
+#include "support/kvsd_fixture.hpp"
 #include "support/producer.hpp"
-#include "support/test_support.hpp"
 
 namespace kvs {
 namespace {
 
 using namespace std::chrono_literals;
-
-class KvsdTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("kvsd-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++));
-    std::filesystem::create_directories(dir_);
-    topic_ = test::KafkaCluster::unique_topic("kvsd");
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string write_config(const std::string& extra_table = "") {
-    const std::string path = (dir_ / "kvsd.toml").string();
-    std::ofstream(path) << "[kvsd]\nsocket_path = \"" << (dir_ / "s.sock").string()
-                        << "\"\nshm_prefix = \"" << shm_.prefix() << "\"\n"
-                        << "poll_timeout_ms = 20\n"
-                        << "[kafka]\n\"bootstrap.servers\" = \"" << kafka_.bootstrap() << "\"\n"
-                        << "\"topic.metadata.refresh.interval.ms\" = 1000\n"
-                        << "[[table]]\nname = \"t\"\ntopic = \"" << topic_ << "\"\n"
-                        << "capacity = 65536\nmemory_limit_bytes = 33554432\n"
-                        << extra_table;
-    return path;
-  }
-  // kvsd's stderr goes to log_path(); tests look for its messages there.
-  std::unique_ptr<test::Child> start_kvsd(const std::string& config) {
-    return std::make_unique<test::Child>(
-        std::vector<std::string>{test::helper("../kvsd"), "--config", config}, log_path());
-  }
-  std::string log_path() const { return (dir_ / "kvsd.log").string(); }
-  std::string log() const { return test::slurp(log_path()); }
-  static size_t count(const std::string& text, const std::string& what) {
-    size_t n = 0;
-    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-    return n;
-  }
-  // Opens the table once kvsd has created it, and waits for READY.
-  Table open_ready(std::chrono::milliseconds timeout = 30s) {
-    std::optional<Table> t;
-    EXPECT_TRUE(test::wait_until(
-        [&] {
-          auto r = Table::open("t", {shm_.prefix()});
-          if (r) t.emplace(std::move(*r));
-          return r.has_value();
-        },
-        timeout))
-        << "kvsd never created the table";
-    if (!t) throw std::runtime_error("no table");
-    auto ready = t->wait_ready(timeout);
-    EXPECT_TRUE(ready) << (ready ? "" : ready.error().message);
-    return std::move(*t);
-  }
-  std::map<std::string, std::string> contents(const Table& t) {
-    std::map<std::string, std::string> m;
-    auto g = t.read();
-    EXPECT_TRUE(g);
-    EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
-      m.emplace(std::string(k), std::string(v));
-      return true;
-    }));
-    return m;
-  }
-  const format::TableHeader& header() {
-    if (!segment_) {
-      auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadOnly);
-      if (!m) throw std::runtime_error(m.error().message);
-      segment_ = std::move(*m);
-    }
-    return *reinterpret_cast<const format::TableHeader*>(segment_->data());
-  }
-
-  static inline int counter_ = 0;
-  test::KafkaCluster kafka_;
-  test::ShmScope shm_;
-  std::filesystem::path dir_;
-  std::string topic_;
-  std::unique_ptr<shm::Mapping> segment_;
-};
 
 TEST_F(KvsdTest, RecordsOfAnIndependentProducerAppearAndTombstonesErase) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 4));

@@ -124,6 +124,17 @@ class Child {
 
   void kill(int sig) { ::kill(pid_, sig); }
 
+  // True while the child has not exited (a zombie counts as exited).
+  bool running() {
+    if (reaped_) return false;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      reaped_ = true;
+      return false;
+    }
+    return true;
+  }
+
   // Waits at most `timeout` for the exit; on timeout kills the child with
   // SIGKILL and returns -1. Else as wait().
   int wait_for(std::chrono::milliseconds timeout) {

@@ -158,6 +158,132 @@ KVS_API uint32_t kvs_partition_count(kvs_table *table);
 KVS_API int kvs_partition_offsets(kvs_table *table, uint32_t partition, int64_t *next_offset,
                                   int64_t *high_watermark);
 
+/* ---- Read-your-writes ------------------------------------------------- */
+
+/* Where Kafka stored a write: the partition and the record's offset. A token
+ * means the same on every host that mirrors the topic. */
+typedef struct kvs_token {
+  int32_t partition;
+  int64_t offset;
+} kvs_token;
+
+/* Waits until `table` has applied `token` (its partition's next offset is
+ * above token->offset), read from shared memory: works on any host whose kvsd
+ * mirrors the topic, with read access only. timeout_ms < 0 waits forever.
+ * Errors: KVS_ETIMEDOUT, KVS_EINVAL (NULL argument, partition the table does
+ * not have). */
+KVS_API int kvs_wait(kvs_table *table, const kvs_token *token, int timeout_ms);
+
+/* ---- Writes through kvsd ---------------------------------------------------
+ *
+ * Writes go to kvsd over its Unix socket (docs/protocol.md); kvsd produces
+ * them to Kafka (acks=all, idempotent, murmur2 partitioner) and answers once
+ * Kafka acknowledged them. The table shows a write once kvsd has consumed it
+ * back: use the `visible` option, or kvs_wait() with the token.
+ *
+ *   kvs_client *c;
+ *   if (kvs_connect(NULL, &c) != 0) { puts(kvs_last_error()); return 1; }
+ *   kvs_write_options o = {0, 1};          // kvsd's timeout; visible
+ *   kvs_token tok;
+ *   int rc = kvs_put(c, "flags", "checkout.v2", 11, "on", 2, &o, &tok);
+ *   kvs_disconnect(c);
+ *
+ * Threads: a kvs_client is used by one thread at a time (it is not locked);
+ * open one per thread, or pipeline with the _async calls. Callbacks run inside
+ * kvs_client_poll, kvs_client_flush or any other call on the same client, in
+ * that call's thread. Errors beyond those listed: KVS_ECONN (kvsd is not
+ * running, or the connection broke: reconnect), KVS_EPROTO, KVS_ENOMEM. */
+typedef struct kvs_client kvs_client; /* a connection to kvsd; opaque */
+
+typedef struct kvs_write_options {
+  uint32_t timeout_ms; /* how long kvsd may take to answer; 0: its write_timeout_ms */
+  int visible;         /* non-zero: answer once this host's table has applied the write */
+} kvs_write_options;
+
+/* One operation of a batch: value NULL erases key; value non-NULL with
+ * value_len 0 stores an empty value. */
+typedef struct kvs_write_op {
+  const void *key;
+  size_t key_len;
+  const void *value;
+  size_t value_len;
+} kvs_write_op;
+
+/* Connects to kvsd at socket_path (NULL: $KVS_SOCKET, else /run/kvs/kvsd.sock)
+ * and does the handshake. Errors: KVS_ECONN (no kvsd there; retriable),
+ * KVS_EACCES (kvsd refused this uid/gid), KVS_EPROTO (another protocol
+ * version). On success *out is released with kvs_disconnect(). */
+KVS_API int kvs_connect(const char *socket_path, kvs_client **out);
+
+/* Closes the connection. Async writes without a callback yet get none; kvsd
+ * still completes them. NULL is a no-op. */
+KVS_API void kvs_disconnect(kvs_client *client);
+
+/* Writes key = value to `table` and waits for kvsd's answer. options may be
+ * NULL (defaults). On 0, *token (if not NULL) is where Kafka stored it.
+ * Errors: KVS_ETOOBIG (key or value over the table's limits; not retriable),
+ * KVS_EINVAL (no such table at this kvsd), KVS_ETIMEDOUT (not acknowledged in
+ * time, or with visible not applied in time; the write may still be applied;
+ * retriable), KVS_EQUEUE (retriable), KVS_EACCES, KVS_EKAFKA. */
+KVS_API int kvs_put(kvs_client *client, const char *table, const void *key, size_t key_len,
+                    const void *value, size_t value_len, const kvs_write_options *options,
+                    kvs_token *token);
+
+/* Deletes key (writes a tombstone); as kvs_put. Deleting a missing key is
+ * not an error. */
+KVS_API int kvs_erase(kvs_client *client, const char *table, const void *key, size_t key_len,
+                      const kvs_write_options *options, kvs_token *token);
+
+/* Writes `count` operations in one request. Not a transaction: results[i]
+ * (0 or a KVS_E* code) and tokens[i] tell each operation's outcome; both
+ * arrays may be NULL. Returns 0 when the request was answered (check
+ * results), else an error as kvs_put (KVS_ETOOBIG: an operation is over the
+ * limits and nothing was written). */
+KVS_API int kvs_write_batch(kvs_client *client, const char *table, const kvs_write_op *ops,
+                            size_t count, const kvs_write_options *options, int *results,
+                            kvs_token *tokens);
+
+/* Called once per async write: result is 0 or a KVS_E* code; token is valid
+ * during the call when result is 0. */
+typedef void (*kvs_write_cb)(void *ctx, int result, const kvs_token *token);
+
+/* Sends the write and returns without waiting (pipelining); cb(ctx, ...) runs
+ * when the answer is read. The key and value are copied before return.
+ * Returns 0 once sent, or an error (the callback then never runs). */
+KVS_API int kvs_put_async(kvs_client *client, const char *table, const void *key, size_t key_len,
+                          const void *value, size_t value_len, const kvs_write_options *options,
+                          kvs_write_cb cb, void *ctx);
+KVS_API int kvs_erase_async(kvs_client *client, const char *table, const void *key, size_t key_len,
+                            const kvs_write_options *options, kvs_write_cb cb, void *ctx);
+
+/* Reads the answers that have arrived (waiting up to timeout_ms for the
+ * first, < 0 forever) and runs their callbacks. Returns how many ran (>= 0). */
+KVS_API int kvs_client_poll(kvs_client *client, int timeout_ms);
+
+/* Runs callbacks until no async write is outstanding. timeout_ms < 0 waits
+ * as long as it takes (kvsd answers every write within its timeout).
+ * Errors: KVS_ETIMEDOUT (some are still outstanding). */
+KVS_API int kvs_client_flush(kvs_client *client, int timeout_ms);
+
+/* Async writes sent whose callback has not run yet. */
+KVS_API size_t kvs_client_pending(kvs_client *client);
+
+/* Asks kvsd to answer once its copy of `table` has applied token (the same
+ * as kvs_wait, for a process without read access to the segment).
+ * Errors: KVS_ETIMEDOUT, KVS_EINVAL. */
+KVS_API int kvs_client_wait(kvs_client *client, const char *table, const kvs_token *token,
+                            int timeout_ms);
+
+/* A round trip to kvsd. Errors: KVS_ETIMEDOUT. */
+KVS_API int kvs_ping(kvs_client *client, int timeout_ms);
+
+/* kvsd's statistics as JSON (docs/protocol.md, STATS). *json is released
+ * with kvs_free(). */
+KVS_API int kvs_stats(kvs_client *client, char **json);
+
+/* Releases memory that libkvs returned. */
+KVS_API void kvs_free(void *p);
+
 /* Static text for a KVS_E* code ("unknown error" for others). */
 KVS_API const char *kvs_strerror(int code);
 

@@ -1,0 +1,356 @@
+// Writes through kvsd's socket, end to end: libkvs's client, the real kvsd,
+// Kafka over TCP, and reads of the table from shared memory.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <random>
+#include <set>
+
+#include "kvs/kvs.h"
+#include "protocol/frame.hpp"
+#include "support/kvsd_fixture.hpp"
+#include "support/producer.hpp"
+
+namespace kvs {
+namespace {
+
+class WriteTest : public KvsdTest {
+ protected:
+  // Connects, retrying while kvsd is still starting.
+  kvs_client* connect() {
+    kvs_client* c = nullptr;
+    EXPECT_TRUE(
+        test::wait_until([&] { return kvs_connect(socket_path().c_str(), &c) == KVS_OK; }, 30s))
+        << kvs_last_error();
+    if (c == nullptr) throw std::runtime_error("no connection to kvsd");
+    return c;
+  }
+  // A raw connection for protocol tests.
+  int raw_connect() {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, socket_path().c_str(), sizeof a.sun_path - 1);
+    EXPECT_TRUE(test::wait_until(
+        [&] { return ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0; }, 30s));
+    timeval tv{20, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+  }
+  static void send_all(int fd, const std::string& bytes) {
+    size_t off = 0;
+    while (off < bytes.size()) {
+      const ssize_t n = ::send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+      ASSERT_GT(n, 0) << std::strerror(errno);
+      off += static_cast<size_t>(n);
+    }
+  }
+  struct Frame {
+    protocol::Header h;
+    std::string body;
+  };
+  // Reads one frame; nullopt when the peer closed (or 20 s passed).
+  static std::optional<Frame> read_frame(int fd, std::string& buf) {
+    for (;;) {
+      protocol::Header h;
+      std::string_view body;
+      std::string why;
+      if (protocol::split(buf, 1 << 30, &h, &body, &why) == protocol::Split::kFrame) {
+        Frame f{h, std::string(body)};
+        buf.erase(0, protocol::kHeaderBytes + body.size());
+        return f;
+      }
+      char tmp[65536];
+      const ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
+      if (n <= 0) return std::nullopt;
+      buf.append(tmp, static_cast<size_t>(n));
+    }
+  }
+  static std::string hello() {
+    std::string s;
+    protocol::encode_hello(s, 1, protocol::Hello{});
+    return s;
+  }
+};
+
+TEST_F(WriteTest, PutIsVisibleWithTheVisibleOptionAndEraseRemoves) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 3));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  kvs_client* c = connect();
+  kvs_write_options vis{0, 1};
+  kvs_token tok{};
+  const std::string key("bin\0key", 7), value("v\0\xff", 3);
+  ASSERT_EQ(kvs_put(c, "t", key.data(), key.size(), value.data(), value.size(), &vis, &tok), KVS_OK)
+      << kvs_last_error();
+  EXPECT_GE(tok.partition, 0);
+  EXPECT_LT(tok.partition, 3);
+  EXPECT_GE(tok.offset, 0);
+  // "visible": applied before the answer, no waiting here.
+  auto v = t.get_copy(key);
+  ASSERT_TRUE(v);
+  EXPECT_EQ(*v, value);
+  auto offs = t.partition_offsets(static_cast<uint32_t>(tok.partition));
+  ASSERT_TRUE(offs);
+  EXPECT_GT(offs->next_offset, tok.offset);
+
+  // An empty value is a value; erase removes.
+  ASSERT_EQ(kvs_put(c, "t", "e", 1, "", 0, &vis, nullptr), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(*t.get_copy("e"), "");
+  ASSERT_EQ(kvs_erase(c, "t", key.data(), key.size(), &vis, &tok), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(t.get_copy(key).error().code, Errc::kNotFound);
+
+  // Without "visible", kvs_wait on the token gives read-your-writes.
+  ASSERT_EQ(kvs_put(c, "t", "later", 5, "x", 1, nullptr, &tok), KVS_OK) << kvs_last_error();
+  ASSERT_EQ(kvs_wait(t.native(), &tok, 10000), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(*t.get_copy("later"), "x");
+  ASSERT_EQ(kvs_client_wait(c, "t", &tok, 10000), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(kvs_ping(c, 5000), KVS_OK);
+  kvs_disconnect(c);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+TEST_F(WriteTest, BatchAndPipelinedWritesAllLandInOrderPerKey) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 4));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  kvs_client* c = connect();
+
+  std::vector<std::string> keys, values;
+  for (int i = 0; i < 50; ++i) {
+    keys.push_back("b" + std::to_string(i));
+    values.push_back("batch" + std::to_string(i));
+  }
+  std::vector<kvs_write_op> ops;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ops.push_back({keys[i].data(), keys[i].size(), values[i].data(), values[i].size()});
+  }
+  ops.push_back({keys[0].data(), keys[0].size(), nullptr, 0});  // then erased
+  std::vector<int> results(ops.size(), 99);
+  std::vector<kvs_token> tokens(ops.size());
+  kvs_write_options vis{0, 1};
+  ASSERT_EQ(kvs_write_batch(c, "t", ops.data(), ops.size(), &vis, results.data(), tokens.data()),
+            KVS_OK)
+      << kvs_last_error();
+  for (size_t i = 0; i < ops.size(); ++i) EXPECT_EQ(results[i], KVS_OK) << i;
+  EXPECT_EQ(t.get_copy(keys[0]).error().code, Errc::kNotFound);
+  for (size_t i = 1; i < keys.size(); ++i) EXPECT_EQ(*t.get_copy(keys[i]), values[i]);
+
+  // 2,000 pipelined puts over 20 keys: every callback runs once, and the
+  // table ends with each key's last value.
+  struct Tally {
+    int ok = 0, failed = 0;
+  } tally;
+  auto cb = [](void* ctx, int rc, const kvs_token* tok) {
+    auto* t = static_cast<Tally*>(ctx);
+    if (rc == KVS_OK && tok != nullptr && tok->offset >= 0) {
+      ++t->ok;
+    } else {
+      ++t->failed;
+    }
+  };
+  std::map<std::string, std::string> last;
+  for (int i = 0; i < 2000; ++i) {
+    const std::string k = "p" + std::to_string(i % 20), v = "v" + std::to_string(i);
+    ASSERT_EQ(kvs_put_async(c, "t", k.data(), k.size(), v.data(), v.size(), nullptr, cb, &tally),
+              KVS_OK)
+        << kvs_last_error();
+    last[k] = v;
+  }
+  ASSERT_EQ(kvs_client_flush(c, 60000), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(tally.ok, 2000);
+  EXPECT_EQ(tally.failed, 0);
+  EXPECT_EQ(kvs_client_pending(c), 0u);
+  EXPECT_TRUE(test::wait_until([&] {
+    for (const auto& [k, v] : last) {
+      auto got = t.get_copy(k);
+      if (!got || *got != v) return false;
+    }
+    return true;
+  }));
+  kvs_disconnect(c);
+}
+
+TEST_F(WriteTest, BadRequestsGetClearErrorsAndTheConnectionStaysUsable) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config("max_key_bytes = 16\nmax_value_bytes = 100\n"));
+  Table t = open_ready();
+  kvs_client* c = connect();
+  const std::string big_key(17, 'k'), big_value(101, 'v');
+  EXPECT_EQ(kvs_put(c, "t", big_key.data(), big_key.size(), "v", 1, nullptr, nullptr), KVS_ETOOBIG);
+  EXPECT_NE(std::string(kvs_last_error()).find("key of 17 bytes over max_key_bytes 16"),
+            std::string::npos)
+      << kvs_last_error();
+  EXPECT_EQ(kvs_put(c, "t", "k", 1, big_value.data(), big_value.size(), nullptr, nullptr),
+            KVS_ETOOBIG);
+  EXPECT_NE(std::string(kvs_last_error()).find("value of 101 bytes over max_value_bytes 100"),
+            std::string::npos)
+      << kvs_last_error();
+  EXPECT_EQ(kvs_put(c, "nope", "k", 1, "v", 1, nullptr, nullptr), KVS_EINVAL);
+  EXPECT_NE(std::string(kvs_last_error()).find("table \"nope\" is not served"), std::string::npos)
+      << kvs_last_error();
+  kvs_token far{0, 1000000};
+  EXPECT_EQ(kvs_client_wait(c, "t", &far, 200), KVS_ETIMEDOUT);
+  kvs_token bad_part{7, 0};
+  EXPECT_EQ(kvs_client_wait(c, "t", &bad_part, 200), KVS_EINVAL) << kvs_last_error();
+  EXPECT_EQ(kvs_wait(t.native(), &bad_part, 200), KVS_EINVAL) << kvs_last_error();
+  // Still usable after all of that.
+  kvs_write_options vis{0, 1};
+  ASSERT_EQ(kvs_put(c, "t", "k", 1, "fine", 4, &vis, nullptr), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(*t.get_copy("k"), "fine");
+  char* json = nullptr;
+  ASSERT_EQ(kvs_stats(c, &json), KVS_OK);
+  const std::string stats(json);
+  kvs_free(json);
+  EXPECT_NE(stats.find("\"name\":\"t\""), std::string::npos) << stats;
+  EXPECT_NE(stats.find("\"writes_acked\":1"), std::string::npos) << stats;
+  kvs_disconnect(c);
+}
+
+TEST_F(WriteTest, MalformedAndRandomFramesGetErrorRepliesAndKvsdStaysUp) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+
+  // No handshake: error, then closed.
+  {
+    const int fd = raw_connect();
+    std::string req, buf;
+    protocol::encode_frame(req, protocol::Type::kPing, 0, 5, "x");
+    send_all(fd, req);
+    auto f = read_frame(fd, buf);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->h.type, static_cast<uint8_t>(protocol::Type::kError));
+    EXPECT_EQ(f->h.request_id, 5u);
+    EXPECT_NE(f->body.find("expected hello"), std::string::npos);
+    EXPECT_FALSE(read_frame(fd, buf));
+    ::close(fd);
+  }
+  // Truncated and malformed bodies: an error each, connection usable.
+  {
+    const int fd = raw_connect();
+    std::string buf;
+    send_all(fd, hello());
+    ASSERT_TRUE(read_frame(fd, buf));
+    std::string put;
+    protocol::encode_write(put, 9, false, protocol::Write{"t", 0, "key", "value"});
+    for (size_t cut = 1; cut < put.size() - protocol::kHeaderBytes; ++cut) {
+      std::string body = put.substr(protocol::kHeaderBytes, cut);
+      std::string frame;
+      protocol::encode_frame(frame, protocol::Type::kPut, 0, 100 + cut, body);
+      send_all(fd, frame);
+      auto f = read_frame(fd, buf);
+      ASSERT_TRUE(f) << cut;
+      EXPECT_EQ(f->h.type, static_cast<uint8_t>(protocol::Type::kError)) << cut;
+      EXPECT_EQ(f->h.request_id, 100 + cut);
+      auto e = protocol::decode_error(f->body);
+      ASSERT_TRUE(e);
+      EXPECT_EQ(e->code, KVS_EPROTO);
+      EXPECT_EQ(std::string(e->message).rfind("put: ", 0), 0u) << e->message;
+    }
+    std::string unknown;
+    protocol::encode_frame(unknown, static_cast<protocol::Type>(0x42), 0, 77, "");
+    send_all(fd, unknown);
+    auto f = read_frame(fd, buf);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->body.find("unknown request type 0x42"), std::string::npos);
+    std::string ping;
+    protocol::encode_frame(ping, protocol::Type::kPing, 0, 78, "still here");
+    send_all(fd, ping);
+    f = read_frame(fd, buf);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->h.type, static_cast<uint8_t>(protocol::Type::kPong));
+    EXPECT_EQ(f->body, "still here");
+    // A length beyond the limit cannot be skipped: error, then closed.
+    std::string huge("\xff\xff\xff\x7f\x03\0\0\0", 8);
+    huge += std::string("\x4d\0\0\0\0\0\0\0", 8);
+    send_all(fd, huge);
+    f = read_frame(fd, buf);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->h.request_id, 0x4du);
+    EXPECT_NE(f->body.find("frame length"), std::string::npos);
+    EXPECT_FALSE(read_frame(fd, buf));
+    ::close(fd);
+  }
+  // 10,000 random frames (valid lengths, random types and bodies), each
+  // answered with exactly one reply; kvsd stays up.
+  {
+    const int fd = raw_connect();
+    std::string buf;
+    send_all(fd, hello());
+    ASSERT_TRUE(read_frame(fd, buf));
+    std::mt19937_64 rng(42);
+    constexpr int kFrames = 10000;
+    std::string batch;
+    int answered = 0, errors = 0, sent = 0;
+    std::set<uint64_t> seen;
+    for (int i = 0; i < kFrames; ++i) {
+      std::string body(rng() % 48, '\0');
+      for (auto& ch : body) ch = static_cast<char>(rng());
+      uint8_t type = static_cast<uint8_t>(rng() % 9);
+      if (type == static_cast<uint8_t>(protocol::Type::kHello) ||
+          type == static_cast<uint8_t>(protocol::Type::kPing)) {
+        type = 0x30;  // hello/ping would be answered without an error
+      }
+      protocol::encode_frame(batch, static_cast<protocol::Type>(type), 0,
+                             static_cast<uint64_t>(i + 1), body);
+      if (batch.size() > 32768 || i == kFrames - 1) {
+        send_all(fd, batch);
+        batch.clear();
+        sent = i + 1;
+      }
+      while (answered < sent - 256) {  // keep at most 256 unanswered
+        auto f = read_frame(fd, buf);
+        ASSERT_TRUE(f) << "no reply after " << answered;
+        ++answered;
+        errors += f->h.type == static_cast<uint8_t>(protocol::Type::kError);
+        seen.insert(f->h.request_id);
+      }
+    }
+    while (answered < kFrames) {
+      auto f = read_frame(fd, buf);
+      ASSERT_TRUE(f) << "no reply after " << answered;
+      ++answered;
+      errors += f->h.type == static_cast<uint8_t>(protocol::Type::kError);
+      seen.insert(f->h.request_id);
+    }
+    EXPECT_EQ(seen.size(), static_cast<size_t>(kFrames));
+    // Random bytes are never a valid put: almost all are errors (a random
+    // stats with an empty body is valid).
+    EXPECT_GT(errors, kFrames * 9 / 10);
+    ::close(fd);
+  }
+  EXPECT_TRUE(kvsd->running());
+  kvs_client* c = connect();
+  EXPECT_EQ(kvs_ping(c, 5000), KVS_OK) << kvs_last_error();
+  kvs_disconnect(c);
+}
+
+TEST_F(WriteTest, UnauthorizedPeerIsRefusedAndLogged) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  const uid_t me = ::getuid();
+  const gid_t my_gid = ::getgid();
+  // Allowed: some other uid and gid only.
+  auto kvsd = start_kvsd(write_config("", "allowed_uids = [" + std::to_string(me + 4242) +
+                                              "]\nallowed_gids = [" +
+                                              std::to_string(my_gid + 4242) + "]\n"));
+  Table t = open_ready();
+  kvs_client* c = nullptr;
+  int rc = KVS_ECONN;
+  ASSERT_TRUE(test::wait_until([&] {
+    rc = kvs_connect(socket_path().c_str(), &c);
+    return rc != KVS_ECONN;
+  }));
+  EXPECT_EQ(rc, KVS_EACCES);
+  EXPECT_EQ(c, nullptr);
+  EXPECT_NE(std::string(kvs_last_error()).find("uid " + std::to_string(me)), std::string::npos)
+      << kvs_last_error();
+  EXPECT_TRUE(test::wait_until([&] { return log().find("may not write") != std::string::npos; }));
+  EXPECT_TRUE(kvsd->running());
+}
+
+}  // namespace
+}  // namespace kvs
