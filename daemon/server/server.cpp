@@ -193,6 +193,17 @@ struct Server::Impl {
   void answer(Request& r);
   void maybe_free(Request& r);
   std::string stats_json();
+  std::string no_ack_message(uint32_t timeout_ms) const {
+    std::string why = "no acknowledgement from Kafka within " +
+                      (timeout_ms == cfg.write_timeout_ms ? std::string("write_timeout_ms = ")
+                                                          : std::string("the request's ")) +
+                      std::to_string(timeout_ms) + " ms";
+    if (!last_kafka_error.empty() &&
+        clock::now() - last_kafka_error_at < std::chrono::milliseconds(cfg.write_timeout_ms)) {
+      why += " (brokers unreachable: " + last_kafka_error + ")";
+    }
+    return why;
+  }
 };
 
 namespace {
@@ -923,14 +934,7 @@ void Server::Impl::on_delivery(const rd_kafka_message_t* m) {
     if (m->err) {
       std::string why = std::string("Kafka did not store the record in ") + r.table->topic + ": " +
                         rd_kafka_err2str(m->err);
-      if (errc_of(m->err) == Errc::kTimeout) {
-        why = "no acknowledgement from Kafka within write_timeout_ms = " +
-              std::to_string(cfg.write_timeout_ms) + " ms";
-        if (!last_kafka_error.empty() &&
-            clock::now() - last_kafka_error_at < std::chrono::milliseconds(cfg.write_timeout_ms)) {
-          why += " (brokers unreachable: " + last_kafka_error + ")";
-        }
-      }
+      if (errc_of(m->err) == Errc::kTimeout) why = no_ack_message(cfg.write_timeout_ms);
       op_done(r, ref->index, errc_of(m->err), why);
     } else {
       const proto::Token tok{m->partition, m->offset};
@@ -1007,14 +1011,12 @@ void Server::Impl::expire(clock::time_point now) {
                               std::to_string(res.token.partition) + "] offset " +
                               std::to_string(res.token.offset) + " within " +
                               std::to_string(r.timeout_ms) + " ms"
-                    : acked
-                        ? "stored in Kafka at " + r.table->topic + "[" +
-                              std::to_string(res.token.partition) + "] offset " +
-                              std::to_string(res.token.offset) +
-                              " but not applied to the local table within " +
-                              std::to_string(r.timeout_ms) + " ms"
-                        : "no acknowledgement from Kafka within " + std::to_string(r.timeout_ms) +
-                              " ms; the write may still be applied";
+                    : acked ? "stored in Kafka at " + r.table->topic + "[" +
+                                  std::to_string(res.token.partition) + "] offset " +
+                                  std::to_string(res.token.offset) +
+                                  " but not applied to the local table within " +
+                                  std::to_string(r.timeout_ms) + " ms"
+                            : no_ack_message(r.timeout_ms) + "; the write may still be applied";
         }
       }
       if (res.code == KVS_ETIMEDOUT || res.code == KVS_EQUEUE) ++n_write_errors;

@@ -12,6 +12,7 @@
 #include "protocol/frame.hpp"
 #include "support/kvsd_fixture.hpp"
 #include "support/producer.hpp"
+#include "support/topic_reader.hpp"
 
 namespace kvs {
 namespace {
@@ -350,6 +351,203 @@ TEST_F(WriteTest, UnauthorizedPeerIsRefusedAndLogged) {
       << kvs_last_error();
   EXPECT_TRUE(test::wait_until([&] { return log().find("may not write") != std::string::npos; }));
   EXPECT_TRUE(kvsd->running());
+}
+
+// Java's default partitioner, as kafka-python implements it (murmur2 of the
+// key bytes): a key written through kvsd and by a Java-compatible producer
+// must land in one partition, or compaction would keep two values for it.
+TEST_F(WriteTest, KeysLandInThePartitionJavasPartitionerPicks) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 7));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  kvs_client* c = connect();
+  std::vector<std::string> keys = {"", std::string("\0\1\2", 3), std::string(300, 'L'),
+                                   "caf\xc3\xa9"};
+  for (int i = 0; i < 40; ++i) keys.push_back("key-" + std::to_string(i));
+  std::vector<int32_t> ours;
+  for (const auto& k : keys) {
+    kvs_token tok{};
+    ASSERT_EQ(kvs_put(c, "t", k.data(), k.size(), "kvsd", 4, nullptr, &tok), KVS_OK)
+        << kvs_last_error();
+    ours.push_back(tok.partition);
+  }
+  std::set<int32_t> used(ours.begin(), ours.end());
+  EXPECT_GE(used.size(), 5u) << "keys should spread over the 7 partitions";
+
+  const char* script = R"(
+import sys
+from kafka import KafkaProducer
+p = KafkaProducer(bootstrap_servers=sys.argv[1].split(','), api_version=(2, 5, 0), acks='all')
+for h in sys.argv[3:]:
+    md = p.send(sys.argv[2], key=bytes.fromhex(h[1:]), value=b'python').get(timeout=30)
+    print(md.partition, flush=True)
+p.close()
+)";
+  std::vector<std::string> argv = {"/usr/bin/python3", "-c", script, kafka_.bootstrap(), topic_};
+  for (const auto& k : keys) {
+    std::string hex = "x";
+    for (unsigned char ch : k) {
+      char b[3];
+      std::snprintf(b, sizeof b, "%02x", ch);
+      hex += b;
+    }
+    argv.push_back(hex);
+  }
+  test::Child py(argv, (dir_ / "python.log").string());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string line = py.read_line();
+    ASSERT_FALSE(line.empty()) << "kafka-python: " << test::slurp((dir_ / "python.log").string());
+    EXPECT_EQ(std::stoi(line), ours[i]) << "key #" << i;
+  }
+  EXPECT_EQ(py.wait_for(30s), 0);
+  // The later write (kafka-python's) wins in the table for every key.
+  EXPECT_TRUE(test::wait_until([&] {
+    for (const auto& k : keys) {
+      auto v = t.get_copy(k);
+      if (!v || *v != "python") return false;
+    }
+    return true;
+  }));
+  kvs_disconnect(c);
+}
+
+TEST_F(WriteTest, InjectedProduceErrorsNeitherDuplicateNorLoseAcknowledgedWrites) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "error injection needs the mock cluster";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  kvs_client* c = connect();
+  ASSERT_EQ(kvs_put(c, "t", "warm", 4, "up", 2, nullptr, nullptr), KVS_OK) << kvs_last_error();
+
+  struct Ack {
+    int rc = 1;
+    kvs_token tok{};
+  };
+  constexpr int kWrites = 600;
+  std::vector<Ack> acks(kWrites);
+  auto cb = [](void* ctx, int rc, const kvs_token* tok) {
+    auto* a = static_cast<Ack*>(ctx);
+    a->rc = rc;
+    if (tok) a->tok = *tok;
+  };
+  // Produce (API key 0) answered with retriable errors, between the writes:
+  // NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS(_AFTER_APPEND).
+  const int codes[] = {6, 7, 19, 20};
+  for (int i = 0; i < kWrites; ++i) {
+    if (i % 100 == 0) {
+      ASSERT_TRUE(kafka_.push_request_errors(0, 3, codes[(i / 100) % 4]));
+    }
+    const std::string k = "d" + std::to_string(i), v = std::to_string(i);
+    ASSERT_EQ(kvs_put_async(c, "t", k.data(), k.size(), v.data(), v.size(), nullptr, cb, &acks[i]),
+              KVS_OK)
+        << kvs_last_error();
+    if (i % 50 == 49) {
+      ASSERT_GE(kvs_client_poll(c, 0), 0);
+    }
+  }
+  ASSERT_EQ(kvs_client_flush(c, 120000), KVS_OK) << kvs_last_error();
+  int acked = 0;
+  for (const auto& a : acks) acked += a.rc == KVS_OK;
+  EXPECT_EQ(acked, kWrites) << "retriable errors should be retried, not reported";
+
+  std::map<std::string, std::vector<test::Record>> by_key;
+  for (auto& r : test::read_topic(kafka_.bootstrap(), topic_, 2)) by_key[r.key].push_back(r);
+  for (int i = 0; i < kWrites; ++i) {
+    if (acks[i].rc != KVS_OK) continue;
+    const auto& recs = by_key["d" + std::to_string(i)];
+    ASSERT_EQ(recs.size(), 1u) << "write " << i << " is in the topic " << recs.size() << " times";
+    EXPECT_EQ(recs[0].partition, acks[i].tok.partition);
+    EXPECT_EQ(recs[0].offset, acks[i].tok.offset);
+    EXPECT_EQ(*recs[0].value, std::to_string(i));
+  }
+  kvs_disconnect(c);
+}
+
+TEST_F(WriteTest, BrokerDownFailsWritesWithATimeoutAndKeepsEveryAcknowledgedOne) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "taking brokers down needs the mock cluster";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config("", "write_timeout_ms = 1500\n"));
+  Table t = open_ready();
+  kvs_client* c = connect();
+  std::vector<std::string> acked;
+  kvs_write_options vis{0, 1};
+  for (int i = 0; i < 20; ++i) {
+    const std::string k = "before" + std::to_string(i);
+    ASSERT_EQ(kvs_put(c, "t", k.data(), k.size(), "v", 1, &vis, nullptr), KVS_OK)
+        << kvs_last_error();
+    acked.push_back(k);
+  }
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = kvs_put(c, "t", "during", 6, "v", 1, nullptr, nullptr);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(rc, KVS_ETIMEDOUT) << kvs_last_error();
+  EXPECT_NE(std::string(kvs_last_error()).find("write_timeout_ms = 1500"), std::string::npos)
+      << kvs_last_error();
+  EXPECT_LT(took, 1500ms + 3s) << "the configured timeout bounds the wait";
+  // Readers keep reading meanwhile.
+  EXPECT_EQ(*t.get_copy("before0"), "v");
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, false));
+  // Writes work again once the brokers are back.
+  ASSERT_TRUE(test::wait_until(
+      [&] { return kvs_put(c, "t", "after", 5, "v", 1, &vis, nullptr) == KVS_OK; }, 60s))
+      << kvs_last_error();
+  acked.push_back("after");
+  std::set<std::string> in_topic;
+  for (auto& r : test::read_topic(kafka_.bootstrap(), topic_, 1)) in_topic.insert(r.key);
+  for (const auto& k : acked) EXPECT_TRUE(in_topic.count(k)) << k << " was acknowledged but lost";
+  EXPECT_TRUE(kvsd->running());
+  kvs_disconnect(c);
+}
+
+// Read-your-writes across hosts: the token of a write made through one kvsd
+// is waited for at another that mirrors the same topic (here: the same
+// machine, its own segments and socket).
+TEST_F(WriteTest, ATokenIsWaitedForAtASecondKvsd) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  auto one = start_kvsd(write_config());
+  Table t1 = open_ready();
+  test::ShmScope shm2;
+  std::string cfg2 = test::slurp((dir_ / "kvsd.toml").string());
+  auto replace = [&](const std::string& from, const std::string& to) {
+    const size_t at = cfg2.find(from);
+    ASSERT_NE(at, std::string::npos);
+    cfg2.replace(at, from.size(), to);
+  };
+  const std::string sock2 = (dir_ / "s2.sock").string();
+  replace(socket_path(), sock2);
+  replace("shm_prefix = \"" + shm_.prefix() + "\"", "shm_prefix = \"" + shm2.prefix() + "\"");
+  std::ofstream((dir_ / "kvsd2.toml").string()) << cfg2;
+  auto two = std::make_unique<test::Child>(
+      std::vector<std::string>{test::helper("../kvsd"), "--config", (dir_ / "kvsd2.toml").string()},
+      (dir_ / "kvsd2.log").string());
+  std::optional<Table> t2;
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        auto r = Table::open("t", {shm2.prefix()});
+        if (r) t2.emplace(std::move(*r));
+        return r.has_value();
+      },
+      30s));
+  ASSERT_TRUE(t2->wait_ready(30s));
+
+  two->kill(SIGSTOP);  // the second host lags
+  kvs_client* c = connect();
+  kvs_token tok{};
+  ASSERT_EQ(kvs_put(c, "t", "carried", 7, "token", 5, nullptr, &tok), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(kvs_wait(t2->native(), &tok, 200), KVS_ETIMEDOUT);
+  EXPECT_FALSE(t2->get_copy("carried"));
+  two->kill(SIGCONT);
+  ASSERT_EQ(kvs_wait(t2->native(), &tok, 30000), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(*t2->get_copy("carried"), "token");
+  // The same through the second kvsd's socket.
+  kvs_client* c2 = nullptr;
+  ASSERT_EQ(kvs_connect(sock2.c_str(), &c2), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(kvs_client_wait(c2, "t", &tok, 30000), KVS_OK) << kvs_last_error();
+  kvs_disconnect(c2);
+  kvs_disconnect(c);
+  two->kill(SIGTERM);
+  EXPECT_EQ(two->wait_for(30s), 0);
 }
 
 }  // namespace
