@@ -362,6 +362,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
   auto next_status = clock::now();
   auto next_watchdog = clock::now();
+  auto next_watermarks = clock::now();
 
   // 3. Consume and apply until told to stop.
   constexpr size_t kBatch = 1024;
@@ -510,6 +511,17 @@ int run(const config::Config& cfg, const RunOptions& opts) {
       }
     }
     const auto now = clock::now();
+    if (now >= next_watermarks) {
+      // The lag readers see (kvs_partition_offsets, kvsctl stats) follows
+      // the high watermarks of the fetch responses, not only the start's.
+      next_watermarks = now + std::chrono::seconds(1);
+      for (auto& t : tables) {
+        for (int32_t p = 0; p < t.partitions; ++p) {
+          const int64_t hw = consumer->cached_high_watermark(t.cfg.topic, p);
+          if (hw >= 0) t.active().set_high_watermark(static_cast<uint32_t>(p), hw);
+        }
+      }
+    }
     if (watchdog && now >= next_watchdog) {
       notify("WATCHDOG=1");
       next_watchdog = now + std::chrono::microseconds(watchdog_usec / 2);

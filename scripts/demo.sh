@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # First try: builds kvsd and libkvs, starts kvsd on an embedded Kafka (the
-# librdkafka mock cluster, inside kvsd), writes a record to the table's topic
-# with kcat, and reads it zero-copy from shared memory in another process.
+# librdkafka mock cluster, inside kvsd), writes through kvsd's socket with
+# kvsctl (and, as any Kafka producer can, with kcat straight to the topic),
+# and reads zero-copy from shared memory in other processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake -S . -B build-demo -G Ninja -DKVS_BUILD_TESTS=OFF -DKVS_BUILD_BENCH=OFF >/dev/null
-ninja -C build-demo -j2 kvsd kvs_example_c
+ninja -C build-demo -j2 kvsd kvsctl kvs_example_c
 dir=$(mktemp -d)
 export KVS_SHM_PREFIX="kvsdemo$$."
 cat > "$dir/kvsd.toml" <<TOML
@@ -27,14 +28,23 @@ trap 'kill $kvsd 2>/dev/null; wait $kvsd 2>/dev/null; rm -rf "$dir" /dev/shm/${K
 for _ in $(seq 100); do grep -q bootstrap.servers= "$dir/out" && break; sleep 0.1; done
 bootstrap=$(sed -n 's/.*bootstrap.servers=//p' "$dir/out")
 echo "--- kvsd is up; embedded Kafka at $bootstrap"
-echo "--- write: kcat produces checkout.v2=on to topic 'flags'"
-echo "checkout.v2:on" | kcat -P -b "$bootstrap" -t flags -K:
-echo "--- read: another process looks the key up in /dev/shm/${KVS_SHM_PREFIX}flags, zero-copy"
+kvsctl() { ./build-demo/kvsctl --config "$dir/kvsd.toml" "$@"; }
+kvsctl wait-ready --timeout-ms 30000
+echo "--- write through kvsd: kvsctl put --visible (answers once Kafka acknowledged it"
+echo "    and this host's table shows it; prints the token: partition offset)"
+kvsctl put --visible checkout.v2 on
+echo "--- read with kvsctl get (shared memory, no kvsd involved)"
+kvsctl get checkout.v2; echo
+echo "--- write with kcat straight to topic 'flags', as any Kafka producer can"
+echo "search.beta:off" | kcat -P -b "$bootstrap" -t flags -K:
+echo "--- read: the C example looks keys up in /dev/shm/${KVS_SHM_PREFIX}flags, zero-copy"
 for _ in $(seq 100); do
-  out=$(./build-demo/kvs_example_c flags checkout.v2 missing.key)
-  case "$out" in *"checkout.v2	on"*) break ;; esac
+  out=$(./build-demo/kvs_example_c flags checkout.v2 search.beta missing.key)
+  case "$out" in *"search.beta	off"*) break ;; esac
   sleep 0.1
 done
 echo "$out"
+echo "--- kvsctl stats"
+kvsctl stats
 echo "--- kvsd's log"
 cat "$dir/log"

@@ -135,6 +135,15 @@ Result<std::pair<int64_t, int64_t>> Consumer::watermarks(const std::string& topi
   return std::make_pair(lo, hi);
 }
 
+int64_t Consumer::cached_high_watermark(const std::string& topic, int32_t partition) {
+  int64_t lo = -1, hi = -1;
+  if (rd_kafka_get_watermark_offsets(rk_, topic.c_str(), partition, &lo, &hi) !=
+      RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return -1;
+  }
+  return hi;
+}
+
 Result<void> Consumer::assign(const std::vector<PartitionStart>& starts) {
   rd_kafka_topic_partition_list_t* list =
       rd_kafka_topic_partition_list_new(static_cast<int>(starts.size()));

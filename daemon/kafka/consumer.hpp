@@ -41,6 +41,8 @@ class Consumer {
   // Low and high watermarks. Errors: kTimeout.
   Result<std::pair<int64_t, int64_t>> watermarks(const std::string& topic, int32_t partition,
                                                  int timeout_ms);
+  // The high watermark of the last fetch response (no request); -1 if none.
+  int64_t cached_high_watermark(const std::string& topic, int32_t partition);
   Result<void> assign(const std::vector<PartitionStart>& starts);
   // Moves the given partitions (already assigned) back to the beginning of
   // their logs. Messages fetched before it are dropped by librdkafka.

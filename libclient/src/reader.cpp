@@ -644,6 +644,36 @@ const char* kvs_strerror(int code) {
 
 const char* kvs_last_error(void) { return t_last_error.c_str(); }
 
+int kvs_stat(kvs_table* t, kvs_table_stats* out) {
+  if (t == nullptr || out == nullptr)
+    return fail(Errc::kInvalidArgument, "kvs_stat: NULL argument");
+  kvs_txn* x = nullptr;
+  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) return rc;
+  const Generation& g = *x->gen;
+  const TableHeader& h = *g.header;
+  kvs_table_stats s{};
+  s.entries = h.size.load(std::memory_order_relaxed);
+  s.capacity = h.capacity;
+  s.arena_used_bytes = h.arena_used.load(std::memory_order_relaxed);
+  s.arena_bytes = h.arena_bytes;
+  s.segment_bytes = h.segment_bytes;
+  s.puts = h.puts.load(std::memory_order_relaxed);
+  s.erases = h.erases.load(std::memory_order_relaxed);
+  s.skipped = h.skipped.load(std::memory_order_relaxed);
+  s.writer_attaches = h.writer_attaches.load(std::memory_order_relaxed);
+  s.writer_pid = h.writer_pid.load(std::memory_order_relaxed);
+  s.reader_slots = g.registry.slot_count();
+  for (uint32_t i = 0; i < s.reader_slots; ++i) {
+    const ReaderSlot& slot = g.registry.slot(i);
+    if (slot.owner.load(std::memory_order_relaxed) != 0) ++s.reader_slots_used;
+    if (slot.epoch.load(std::memory_order_relaxed) != 0) ++s.readers_reading;
+  }
+  if (s.readers_reading > 0) --s.readers_reading;  // this call's own guard
+  kvs_read_end(x);
+  *out = s;
+  return KVS_OK;
+}
+
 int kvs_wait(kvs_table* t, const kvs_token* token, int timeout_ms) {
   if (t == nullptr || token == nullptr)
     return fail(Errc::kInvalidArgument, "kvs_wait: NULL argument");

@@ -550,5 +550,97 @@ TEST_F(WriteTest, ATokenIsWaitedForAtASecondKvsd) {
   EXPECT_EQ(two->wait_for(30s), 0);
 }
 
+// kvsctl, as a shell user runs it: the config finds socket and table.
+class KvsctlTest : public WriteTest {
+ protected:
+  struct Run {
+    int exit_code;
+    std::string out, err;
+  };
+  Run kvsctl(const std::vector<std::string>& args, const std::string& config = "") {
+    std::string cmd = "'" + test::helper("../kvsctl") + "' --config '" +
+                      (config.empty() ? (dir_ / "kvsd.toml").string() : config) + "'";
+    for (const auto& a : args) cmd += " '" + a + "'";
+    const std::string out = (dir_ / "kvsctl.out").string(), err = (dir_ / "kvsctl.err").string();
+    cmd += " > '" + out + "' 2> '" + err + "' < /dev/null";
+    const int st = std::system(cmd.c_str());
+    return {WIFEXITED(st) ? WEXITSTATUS(st) : 128, test::slurp(out), test::slurp(err)};
+  }
+};
+
+TEST_F(KvsctlTest, PutGetDelDumpStatsAndExitCodes) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  auto kvsd = start_kvsd(write_config("max_value_bytes = 64\n"));
+  auto r = kvsctl({"wait-ready", "--timeout-ms", "30000"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "t: READY\n");
+
+  // put (through kvsd) then get (another process, shared memory).
+  r = kvsctl({"put", "--visible", "color", "blue"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  int32_t part = -1;
+  long long off = -1;
+  ASSERT_EQ(std::sscanf(r.out.c_str(), "%d %lld", &part, &off), 2) << r.out;
+  r = kvsctl({"get", "color"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "blue");
+  r = kvsctl({"wait", std::to_string(part), std::to_string(off), "--timeout-ms", "5000"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+
+  // Binary key and value (hex on the command line), escaped in dumps.
+  r = kvsctl({"--hex", "put", "--visible", "6b0009", "ff0a"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = kvsctl({"dump"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("color\tblue\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("k\\x00\\t\t\\xff\\n\n"), std::string::npos) << r.out;
+  r = kvsctl({"dump", "--format", "json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("{\"key\":\"color\",\"value\":\"blue\"}\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("{\"key\":\"k\\u0000\\u0009\",\"value\":\"\\u00ff\\u000a\"}"),
+            std::string::npos)
+      << r.out;
+
+  r = kvsctl({"stats"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("table t (topic " + topic_ + "): READY"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("entries         2 of capacity"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("writes_acked 2"), std::string::npos) << r.out;
+  r = kvsctl({"stats", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"entries\":2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"partition\":1"), std::string::npos) << r.out;
+
+  r = kvsctl({"del", "--visible", "color"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = kvsctl({"get", "color"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("key not found"), std::string::npos) << r.err;
+
+  // Exit codes: too large 65, no kvsd 69, usage 64, bad config 78.
+  r = kvsctl({"put", "big", std::string(65, 'x')});
+  EXPECT_EQ(r.exit_code, 65) << r.err;
+  EXPECT_NE(r.err.find("over max_value_bytes 64"), std::string::npos) << r.err;
+  r = kvsctl({"--socket", (dir_ / "nothing.sock").string(), "put", "k", "v"});
+  EXPECT_EQ(r.exit_code, 69) << r.err;
+  EXPECT_NE(r.err.find("is kvsd running?"), std::string::npos) << r.err;
+  r = kvsctl({"frobnicate"});
+  EXPECT_EQ(r.exit_code, 64);
+  std::ofstream((dir_ / "bad.toml").string()) << "[kvsd]\nsocket_pth = 1\n";
+  r = kvsctl({"get", "k"}, (dir_ / "bad.toml").string());
+  EXPECT_EQ(r.exit_code, 78);
+  EXPECT_NE(r.err.find("socket_path"), std::string::npos) << r.err;
+}
+
+TEST_F(KvsctlTest, NeedsATableNameOnlyWhenTheConfigHasSeveral) {
+  write_config("[[table]]\nname = \"u\"\ntopic = \"other\"\n");
+  auto r = kvsctl({"get", "k"});
+  EXPECT_EQ(r.exit_code, 64);
+  EXPECT_NE(r.err.find("several tables (t, u)"), std::string::npos) << r.err;
+  // With a name, the table is looked for (kvsd is not running: 69).
+  r = kvsctl({"-t", "u", "wait-ready", "--timeout-ms", "200"});
+  EXPECT_EQ(r.exit_code, 69) << r.err;
+}
+
 }  // namespace
 }  // namespace kvs

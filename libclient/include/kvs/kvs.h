@@ -158,6 +158,25 @@ KVS_API uint32_t kvs_partition_count(kvs_table *table);
 KVS_API int kvs_partition_offsets(kvs_table *table, uint32_t partition, int64_t *next_offset,
                                   int64_t *high_watermark);
 
+/* What the segment says about itself, for monitoring (kvsctl stats). */
+typedef struct kvs_table_stats {
+  uint64_t entries;           /* live keys */
+  uint64_t capacity;          /* keys the index is sized for */
+  uint64_t arena_used_bytes;  /* bytes of the arena handed out so far (freed blocks are reused) */
+  uint64_t arena_bytes;       /* the arena's size (memory_limit_bytes) */
+  uint64_t segment_bytes;     /* the whole data segment */
+  uint64_t puts, erases;      /* applied since the segment was created */
+  uint64_t skipped;           /* records kvsd could not apply (over the size limits) */
+  uint64_t writer_attaches;   /* kvsd starts on this segment */
+  int32_t writer_pid;         /* kvsd's pid (0: none yet) */
+  uint32_t reader_slots;      /* size of the reader registry */
+  uint32_t reader_slots_used; /* slots owned by reading threads (live or not yet recovered) */
+  uint32_t readers_reading;   /* slots inside a read right now */
+} kvs_table_stats;
+
+/* Fills *out. Errors: KVS_EINVAL (NULL argument), KVS_EREADERS. */
+KVS_API int kvs_stat(kvs_table *table, kvs_table_stats *out);
+
 /* ---- Read-your-writes ------------------------------------------------- */
 
 /* Where Kafka stored a write: the partition and the record's offset. A token

@@ -1,0 +1,465 @@
+// kvsctl: reads kvs tables and writes through kvsd, from the shell.
+//
+// It finds the socket and the tables in kvsd's config (--config, default
+// /etc/kvs/kvsd.toml; a missing default file means kvsd's defaults) or from
+// flags, and needs no table name when the config has one table. Reads go
+// through libkvs (shared memory), writes through kvsd's socket.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <iterator>
+#include <string>
+#include <thread>
+
+#include "config/config.hpp"
+#include "kvs/kvs.h"
+
+namespace {
+
+// sysexits.h
+constexpr int kExitNotFound = 1;
+constexpr int kExitUsage = 64;
+constexpr int kExitData = 65;
+constexpr int kExitUnavailable = 69;
+constexpr int kExitSoftware = 70;
+constexpr int kExitTempFail = 75;
+constexpr int kExitNoPerm = 77;
+constexpr int kExitConfig = 78;
+
+int exit_code_of(int rc) {
+  switch (rc) {
+    case KVS_OK:
+      return 0;
+    case KVS_ENOTFOUND:
+      return kExitNotFound;
+    case KVS_EINVAL:
+    case KVS_ETOOBIG:
+    case KVS_ERANGE:
+      return kExitData;
+    case KVS_ENOTABLE:
+    case KVS_ECONN:
+      return kExitUnavailable;
+    case KVS_ETIMEDOUT:
+    case KVS_EQUEUE:
+    case KVS_EREADERS:
+    case KVS_EBUSY:
+      return kExitTempFail;
+    case KVS_EACCES:
+      return kExitNoPerm;
+    default:
+      return kExitSoftware;
+  }
+}
+
+int fail(int rc, const std::string& what) {
+  std::fprintf(stderr, "kvsctl: %s: %s\n", what.c_str(),
+               *kvs_last_error() ? kvs_last_error() : kvs_strerror(rc));
+  return exit_code_of(rc);
+}
+
+struct Target {
+  std::string socket;
+  std::string shm_prefix;
+  std::string table;
+  std::string topic;  // "" when not from a config
+};
+
+std::string from_hex(const std::string& h, bool* ok) {
+  std::string out;
+  *ok = h.size() % 2 == 0;
+  for (size_t i = 0; *ok && i < h.size(); i += 2) {
+    const std::string byte = h.substr(i, 2);
+    if (byte.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) *ok = false;
+    if (*ok) out.push_back(static_cast<char>(std::stoi(byte, nullptr, 16)));
+  }
+  return out;
+}
+
+// TSV: backslash escapes for \\ \t \n \r and \xHH for other bytes outside
+// printable ASCII, so that any key and value fits one line and reads back.
+std::string tsv_escape(std::string_view s) {
+  std::string o;
+  for (unsigned char c : s) {
+    if (c == '\\') {
+      o += "\\\\";
+    } else if (c == '\t') {
+      o += "\\t";
+    } else if (c == '\n') {
+      o += "\\n";
+    } else if (c == '\r') {
+      o += "\\r";
+    } else if (c < 0x20 || c >= 0x7f) {
+      char b[5];
+      std::snprintf(b, sizeof b, "\\x%02x", c);
+      o += b;
+    } else {
+      o += static_cast<char>(c);
+    }
+  }
+  return o;
+}
+
+// JSON: each byte is one code point (bytes >= 0x80 as \u0080..\u00ff), so
+// binary keys survive: decode the string and take each code point as a byte.
+std::string json_escape(std::string_view s) {
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"') {
+      o += "\\\"";
+    } else if (c == '\\') {
+      o += "\\\\";
+    } else if (c < 0x20 || c >= 0x7f) {
+      char b[7];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else {
+      o += static_cast<char>(c);
+    }
+  }
+  return o + "\"";
+}
+
+int open_table(const Target& t, kvs_table** out) {
+  kvs_open_options o{t.shm_prefix.c_str()};
+  const int rc = kvs_open(t.table.c_str(), &o, out);
+  if (rc != KVS_OK) return fail(rc, "opening table " + t.table);
+  return KVS_OK;
+}
+
+int cmd_get(const Target& t, const std::string& key) {
+  kvs_table* tb = nullptr;
+  if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
+  kvs_txn* x = nullptr;
+  int rc = kvs_read_begin(tb, &x);
+  if (rc == KVS_OK) {
+    const void* v = nullptr;
+    size_t n = 0;
+    rc = kvs_get(x, key.data(), key.size(), &v, &n);
+    if (rc == KVS_OK) std::fwrite(v, 1, n, stdout);
+    kvs_read_end(x);
+  }
+  kvs_close(tb);
+  if (rc == KVS_ENOTFOUND) {
+    std::fprintf(stderr, "kvsctl: %s: key not found\n", t.table.c_str());
+    return kExitNotFound;
+  }
+  return rc == KVS_OK ? 0 : fail(rc, "get");
+}
+
+int cmd_write(const Target& t, const std::string& key, const std::string* value, bool visible,
+              uint32_t timeout_ms) {
+  kvs_client* c = nullptr;
+  if (int rc = kvs_connect(t.socket.c_str(), &c); rc != KVS_OK) return fail(rc, "connecting");
+  kvs_write_options o{timeout_ms, visible ? 1 : 0};
+  kvs_token tok{};
+  const int rc = value ? kvs_put(c, t.table.c_str(), key.data(), key.size(), value->data(),
+                                 value->size(), &o, &tok)
+                       : kvs_erase(c, t.table.c_str(), key.data(), key.size(), &o, &tok);
+  kvs_disconnect(c);
+  if (rc != KVS_OK) return fail(rc, value ? "put" : "del");
+  // The token, to wait for elsewhere: kvsctl wait PARTITION OFFSET.
+  std::printf("%d %lld\n", tok.partition, static_cast<long long>(tok.offset));
+  return 0;
+}
+
+int cmd_dump(const Target& t, const std::string& format) {
+  kvs_table* tb = nullptr;
+  if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
+  kvs_txn* x = nullptr;
+  int rc = kvs_read_begin(tb, &x);
+  if (rc == KVS_OK) {
+    const bool json = format == "json";
+    auto fn = [](void* ctx, const void* k, size_t kl, const void* v, size_t vl) -> int {
+      const bool j = *static_cast<bool*>(ctx);
+      const std::string_view key(static_cast<const char*>(k), kl);
+      const std::string_view val(static_cast<const char*>(v), vl);
+      const std::string line =
+          j ? "{\"key\":" + json_escape(key) + ",\"value\":" + json_escape(val) + "}\n"
+            : tsv_escape(key) + "\t" + tsv_escape(val) + "\n";
+      return std::fwrite(line.data(), 1, line.size(), stdout) == line.size() ? 0 : 1;
+    };
+    bool j = json;
+    rc = kvs_for_each(x, fn, &j);
+    kvs_read_end(x);
+  }
+  kvs_close(tb);
+  if (rc == 1) return fail(KVS_ESYS, "writing to stdout");
+  return rc == KVS_OK ? 0 : fail(rc, "dump");
+}
+
+std::string human_bytes(uint64_t b) {
+  char buf[32];
+  if (b >= (uint64_t{1} << 30)) {
+    std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(b) / (1 << 30));
+  } else if (b >= (1 << 20)) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(b) / 1024);
+  }
+  return buf;
+}
+
+int cmd_stats(const Target& t, bool json) {
+  kvs_table* tb = nullptr;
+  if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
+  kvs_table_stats s{};
+  if (int rc = kvs_stat(tb, &s); rc != KVS_OK) {
+    kvs_close(tb);
+    return fail(rc, "stats");
+  }
+  const bool ready = kvs_state(tb) == KVS_STATE_READY;
+  const uint32_t parts = kvs_partition_count(tb);
+  // kvsd's own counters, when its socket answers.
+  std::string server;
+  kvs_client* c = nullptr;
+  if (kvs_connect(t.socket.c_str(), &c) == KVS_OK) {
+    char* j = nullptr;
+    if (kvs_stats(c, &j) == KVS_OK) {
+      server = j;
+      kvs_free(j);
+    }
+    kvs_disconnect(c);
+  }
+  if (json) {
+    std::printf(
+        "{\"table\":%s,\"state\":\"%s\",\"entries\":%llu,\"capacity\":%llu,"
+        "\"arena_used_bytes\":%llu,\"arena_bytes\":%llu,\"segment_bytes\":%llu,"
+        "\"puts\":%llu,\"erases\":%llu,\"skipped\":%llu,\"writer_pid\":%d,"
+        "\"writer_attaches\":%llu,\"reader_slots\":%u,\"reader_slots_used\":%u,"
+        "\"readers_reading\":%u,\"partitions\":[",
+        json_escape(t.table).c_str(), ready ? "READY" : "BOOTSTRAPPING",
+        static_cast<unsigned long long>(s.entries), static_cast<unsigned long long>(s.capacity),
+        static_cast<unsigned long long>(s.arena_used_bytes),
+        static_cast<unsigned long long>(s.arena_bytes),
+        static_cast<unsigned long long>(s.segment_bytes), static_cast<unsigned long long>(s.puts),
+        static_cast<unsigned long long>(s.erases), static_cast<unsigned long long>(s.skipped),
+        s.writer_pid, static_cast<unsigned long long>(s.writer_attaches), s.reader_slots,
+        s.reader_slots_used, s.readers_reading);
+    for (uint32_t p = 0; p < parts; ++p) {
+      int64_t next = 0, hw = 0;
+      (void)kvs_partition_offsets(tb, p, &next, &hw);
+      std::printf("%s{\"partition\":%u,\"next_offset\":%lld,\"high_watermark\":%lld,\"lag\":%lld}",
+                  p ? "," : "", p, static_cast<long long>(next), static_cast<long long>(hw),
+                  static_cast<long long>(std::max<int64_t>(0, hw - next)));
+    }
+    std::printf("],\"kvsd\":%s}\n", server.empty() ? "null" : server.c_str());
+  } else {
+    std::printf("table %s%s: %s\n", t.table.c_str(),
+                t.topic.empty() ? "" : (" (topic " + t.topic + ")").c_str(),
+                ready ? "READY" : "BOOTSTRAPPING");
+    std::printf("entries         %llu of capacity %llu\n",
+                static_cast<unsigned long long>(s.entries),
+                static_cast<unsigned long long>(s.capacity));
+    std::printf("memory          arena %s of %s used, segment %s\n",
+                human_bytes(s.arena_used_bytes).c_str(), human_bytes(s.arena_bytes).c_str(),
+                human_bytes(s.segment_bytes).c_str());
+    std::printf("readers         %u of %u slots used, %u reading now\n", s.reader_slots_used,
+                s.reader_slots, s.readers_reading);
+    std::printf("applied         %llu puts, %llu erases, %llu skipped\n",
+                static_cast<unsigned long long>(s.puts), static_cast<unsigned long long>(s.erases),
+                static_cast<unsigned long long>(s.skipped));
+    std::printf("kvsd            pid %d, attached %llu times%s\n", s.writer_pid,
+                static_cast<unsigned long long>(s.writer_attaches),
+                server.empty() ? "; socket not reachable" : "");
+    // The "server" object of kvsd's STATS, as "name value" pairs.
+    const size_t a = server.find("\"server\":{"), b = server.find('}', a);
+    if (a != std::string::npos && b != std::string::npos) {
+      std::string pairs = server.substr(a + 10, b - a - 10);
+      std::string out;
+      for (char ch : pairs) {
+        if (ch == '"') continue;
+        out += ch == ':' ? std::string(" ") : ch == ',' ? std::string(", ") : std::string(1, ch);
+      }
+      std::printf("kvsd counters   %s\n", out.c_str());
+    }
+    std::printf("%-10s %15s %15s %10s\n", "partition", "applied", "high_watermark", "lag");
+    for (uint32_t p = 0; p < parts; ++p) {
+      int64_t next = 0, hw = 0;
+      (void)kvs_partition_offsets(tb, p, &next, &hw);
+      std::printf("%-10u %15lld %15lld %10lld\n", p, static_cast<long long>(next),
+                  static_cast<long long>(hw),
+                  static_cast<long long>(std::max<int64_t>(0, hw - next)));
+    }
+  }
+  kvs_close(tb);
+  return 0;
+}
+
+int cmd_wait_ready(const Target& t, int timeout_ms) {
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  kvs_table* tb = nullptr;
+  // kvsd may not have created the table yet.
+  for (;;) {
+    kvs_open_options o{t.shm_prefix.c_str()};
+    const int rc = kvs_open(t.table.c_str(), &o, &tb);
+    if (rc == KVS_OK) break;
+    if (rc != KVS_ENOTABLE || (timeout_ms >= 0 && clock::now() >= deadline)) {
+      return fail(rc, "opening table " + t.table);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  auto last_line = clock::now() - std::chrono::seconds(10);
+  int rc = KVS_OK;
+  for (;;) {
+    if (kvs_state(tb) == KVS_STATE_READY) break;
+    if (timeout_ms >= 0 && clock::now() >= deadline) {
+      rc = KVS_ETIMEDOUT;
+      break;
+    }
+    int64_t done = 0, total = 0;
+    const uint32_t parts = kvs_partition_count(tb);
+    for (uint32_t p = 0; p < parts; ++p) {
+      int64_t next = 0, hw = 0;
+      (void)kvs_partition_offsets(tb, p, &next, &hw);
+      done += std::min(next, hw);
+      total += hw;
+    }
+    const int pct = total > 0 ? static_cast<int>(100 * done / total) : 0;
+    if (tty) {
+      const int w = 30, fill = pct * w / 100;
+      std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld records", t.table.c_str(),
+                   std::string(fill, '#').c_str(), std::string(w - fill, ' ').c_str(), pct,
+                   static_cast<long long>(done), static_cast<long long>(total));
+    } else if (clock::now() - last_line >= std::chrono::seconds(1)) {
+      std::fprintf(stderr, "%s: BOOTSTRAPPING %d%% (%lld of %lld records)\n", t.table.c_str(), pct,
+                   static_cast<long long>(done), static_cast<long long>(total));
+      last_line = clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 100 : 50));
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  kvs_close(tb);
+  if (rc != KVS_OK) {
+    std::fprintf(stderr, "kvsctl: %s not READY after %d ms\n", t.table.c_str(), timeout_ms);
+    return exit_code_of(rc);
+  }
+  std::printf("%s: READY\n", t.table.c_str());
+  return 0;
+}
+
+int cmd_wait(const Target& t, int32_t partition, int64_t offset, int timeout_ms) {
+  kvs_table* tb = nullptr;
+  if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
+  kvs_token tok{partition, offset};
+  const int rc = kvs_wait(tb, &tok, timeout_ms);
+  kvs_close(tb);
+  return rc == KVS_OK ? 0 : fail(rc, "wait");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvsctl: read kvs tables and write through kvsd"};
+  app.require_subcommand(1);
+  app.fallthrough();  // --table, --hex, ... after the subcommand too
+  app.footer(
+      "Exit codes: 0 success; 1 key not found; 64 usage; 65 bad data (too large, no such "
+      "table at kvsd); 69 kvsd or the table unavailable; 75 timed out (retry); 77 permission "
+      "denied; 78 bad config; 70 other.");
+  std::string config_path = "/etc/kvs/kvsd.toml", socket, prefix, table;
+  auto* config_opt =
+      app.add_option("--config", config_path, "kvsd's config file")->capture_default_str();
+  app.add_option("--socket", socket, "kvsd's socket (default: from the config)");
+  app.add_option("--shm-prefix", prefix, "shared-memory prefix (default: from the config)");
+  app.add_option("-t,--table", table, "table (default: the config's only table)");
+  bool hex = false;
+  app.add_flag("--hex", hex, "KEY and VALUE arguments are hex-encoded bytes");
+
+  std::string key, value;
+  bool visible = false;
+  uint32_t write_timeout_ms = 0;
+  auto* get = app.add_subcommand("get", "Print a key's value (raw bytes) from shared memory");
+  get->add_option("KEY", key)->required();
+  auto* put = app.add_subcommand("put", "Write KEY=VALUE through kvsd; prints the token");
+  put->add_option("KEY", key)->required();
+  put->add_option("VALUE", value, "the value; - reads it from stdin")->required();
+  auto* del = app.add_subcommand("del", "Delete KEY through kvsd; prints the token");
+  del->add_option("KEY", key)->required();
+  for (auto* w : {put, del}) {
+    w->add_flag("--visible", visible, "return once this host's table shows the write");
+    w->add_option("--timeout-ms", write_timeout_ms, "kvsd's answer deadline (0: its default)");
+  }
+  std::string format = "tsv";
+  auto* dump = app.add_subcommand("dump", "Print every entry, one per line");
+  dump->add_option("--format", format, "tsv (backslash escapes) or json (JSON lines)")
+      ->check(CLI::IsMember({"tsv", "json"}))
+      ->capture_default_str();
+  bool json = false;
+  auto* stats = app.add_subcommand("stats", "Table and kvsd statistics, lag per partition");
+  stats->add_flag("--json", json, "one JSON object");
+  int timeout_ms = -1;
+  auto* ready = app.add_subcommand("wait-ready", "Wait until the table is READY");
+  ready->add_option("--timeout-ms", timeout_ms, "give up after this long (-1: never)")
+      ->capture_default_str();
+  int32_t partition = 0;
+  int64_t offset = 0;
+  auto* wait =
+      app.add_subcommand("wait", "Wait until the table applied a token (PARTITION OFFSET)");
+  wait->add_option("PARTITION", partition)->required();
+  wait->add_option("OFFSET", offset)->required();
+  wait->add_option("--timeout-ms", timeout_ms, "give up after this long (-1: never)")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+
+  // Socket, prefix and table: flags, else the config, else kvsd's defaults.
+  Target t;
+  kvs::config::Config cfg;
+  const bool explicit_config = config_opt->count() > 0;
+  if (explicit_config || std::filesystem::exists(config_path)) {
+    auto c = kvs::config::load_file(config_path);
+    if (!c) {
+      std::fprintf(stderr, "kvsctl: %s\n", c.error().message.c_str());
+      return kExitConfig;
+    }
+    cfg = std::move(*c);
+  }
+  t.socket = socket.empty() ? cfg.socket_path : socket;
+  t.shm_prefix = prefix.empty() ? cfg.shm_prefix : prefix;
+  if (!table.empty()) {
+    t.table = table;
+  } else if (cfg.tables.size() == 1) {
+    t.table = cfg.tables[0].name;
+  } else {
+    std::string names;
+    for (const auto& tc : cfg.tables) names += (names.empty() ? "" : ", ") + tc.name;
+    std::fprintf(stderr, "kvsctl: %s; name one with --table\n",
+                 cfg.tables.empty() ? "no table in the config"
+                                    : ("the config has several tables (" + names + ")").c_str());
+    return kExitUsage;
+  }
+  for (const auto& tc : cfg.tables) {
+    if (tc.name == t.table) t.topic = tc.topic;
+  }
+  if (hex) {
+    bool ok = true;
+    key = from_hex(key, &ok);
+    if (ok && put->parsed() && value != "-") value = from_hex(value, &ok);
+    if (!ok) {
+      std::fprintf(stderr, "kvsctl: --hex: KEY and VALUE must be pairs of hex digits\n");
+      return kExitUsage;
+    }
+  }
+  if (put->parsed() && value == "-") {
+    value.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  }
+
+  if (get->parsed()) return cmd_get(t, key);
+  if (put->parsed()) return cmd_write(t, key, &value, visible, write_timeout_ms);
+  if (del->parsed()) return cmd_write(t, key, nullptr, visible, write_timeout_ms);
+  if (dump->parsed()) return cmd_dump(t, format);
+  if (stats->parsed()) return cmd_stats(t, json);
+  if (ready->parsed()) return cmd_wait_ready(t, timeout_ms);
+  if (wait->parsed()) return cmd_wait(t, partition, offset, timeout_ms);
+  return kExitUsage;
+}
