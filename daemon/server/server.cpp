@@ -869,11 +869,10 @@ void Server::Impl::produce(Request& r, uint32_t index, std::string_view key,
   const char* vp = value ? (value->empty() ? kEmpty : value->data()) : nullptr;
   const size_t vlen = value ? value->size() : 0;
   ++r.outstanding;
-  const rd_kafka_resp_err_t e = rd_kafka_producev(
-      rk, RD_KAFKA_V_RKT(r.table->rkt), RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
-      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(const_cast<char*>(kp), key.size()),
-      RD_KAFKA_V_VALUE(const_cast<char*>(vp), vlen), RD_KAFKA_V_OPAQUE(&r.refs[index]),
-      RD_KAFKA_V_END);
+  // rd_kafka_produce, not producev: its macros are GNU statement expressions.
+  const int rc = rd_kafka_produce(r.table->rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY,
+                                  const_cast<char*>(vp), vlen, kp, key.size(), &r.refs[index]);
+  const rd_kafka_resp_err_t e = rc == 0 ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_last_error();
   if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return;
   --r.outstanding;
   if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {

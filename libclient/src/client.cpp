@@ -330,7 +330,19 @@ int kvs_connect(const char* socket_path, kvs_client** out) {
   }
 }
 
-void kvs_disconnect(kvs_client* c) { delete c; }
+void kvs_disconnect(kvs_client* c) {
+  if (c == nullptr) return;
+  std::vector<Pending> left;
+  for (auto& [id, p] : c->pending) {
+    if (p.cb) left.push_back(p);
+  }
+  c->pending.clear();
+  delete c;
+  for (const Pending& p : left) {
+    detail::set_last_error(KVS_ECONN, "disconnected before kvsd answered; the write may be applied");
+    p.cb(p.ctx, KVS_ECONN, nullptr);
+  }
+}
 
 int kvs_put(kvs_client* c, const char* table, const void* key, size_t key_len, const void* value,
             size_t value_len, const kvs_write_options* o, kvs_token* token) {

@@ -550,6 +550,55 @@ TEST_F(WriteTest, ATokenIsWaitedForAtASecondKvsd) {
   EXPECT_EQ(two->wait_for(30s), 0);
 }
 
+TEST_F(WriteTest, CppClientWritesBatchesPipelinesAndWaits) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  std::optional<Client> c;
+  ASSERT_TRUE(test::wait_until([&] {
+    auto r = Client::connect(socket_path());
+    if (r) c.emplace(std::move(*r));
+    return r.has_value();
+  }));
+  auto tok = c->put("t", "a", "1", {.visible = true});
+  ASSERT_TRUE(tok) << tok.error().message;
+  EXPECT_EQ(*t.get_copy("a"), "1");
+  auto bad = c->put("t", std::string(5000, 'k'), "v");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kTooLarge);
+  auto b = c->batch("t", {{"b", "2"}, {"a", std::nullopt}});
+  ASSERT_TRUE(b) << b.error().message;
+  ASSERT_EQ(b->size(), 2u);
+  ASSERT_TRUE((*b)[1]);
+  ASSERT_TRUE(t.wait((*b)[1].value(), 10s));
+  EXPECT_EQ(t.get_copy("a").error().code, Errc::kNotFound);
+  EXPECT_EQ(*t.get_copy("b"), "2");
+
+  int done = 0;
+  Token last;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(c->put_async("t", "c", std::to_string(i), {}, [&](Result<Token> r) {
+      ASSERT_TRUE(r) << r.error().message;
+      last = *r;
+      ++done;
+    }));
+  }
+  ASSERT_TRUE(c->flush(60s));
+  EXPECT_EQ(done, 100);
+  EXPECT_EQ(c->pending(), 0u);
+  ASSERT_TRUE(c->wait("t", last, 10s));
+  EXPECT_EQ(*t.get_copy("c"), "99");  // one key: one partition, in order
+  auto stats = c->stats();
+  ASSERT_TRUE(stats);
+  EXPECT_NE(stats->find("\"writes_acked\":103"), std::string::npos) << *stats;
+
+  // Callbacks of writes without an answer run at disconnect.
+  int calls = 0;
+  ASSERT_TRUE(c->put_async("t", "d", "x", {}, [&](Result<Token>) { ++calls; }));
+  c.reset();
+  EXPECT_EQ(calls, 1);
+}
+
 // kvsctl, as a shell user runs it: the config finds socket and table.
 class KvsctlTest : public WriteTest {
  protected:

@@ -234,8 +234,9 @@ typedef struct kvs_write_op {
  * version). On success *out is released with kvs_disconnect(). */
 KVS_API int kvs_connect(const char *socket_path, kvs_client **out);
 
-/* Closes the connection. Async writes without a callback yet get none; kvsd
- * still completes them. NULL is a no-op. */
+/* Closes the connection. Async writes still without an answer get their
+ * callback now, with KVS_ECONN (kvsd still completes them: the write may be
+ * applied). NULL is a no-op. */
 KVS_API void kvs_disconnect(kvs_client *client);
 
 /* Writes key = value to `table` and waits for kvsd's answer. options may be

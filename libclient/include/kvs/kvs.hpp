@@ -1,5 +1,11 @@
 // libkvs for C++: a thin inline layer over kvs.h (one ABI).
 //
+// Writes go through kvsd (kvs::Client); see kvs.h for their contract:
+//
+//   auto c = kvs::Client::connect();                   // /run/kvs/kvsd.sock
+//   auto tok = c->put("flags", "checkout.v2", "on", {.visible = true});
+//   table->wait(*tok, 1s);                             // or on another host
+//
 //   auto table = kvs::Table::open("flags");
 //   if (!table) { std::cerr << table.error().message << "\n"; return 1; }
 //   if (auto guard = table->read()) {
@@ -15,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -118,6 +125,13 @@ class ReadGuard {
   kvs_txn* txn_;
 };
 
+// Where Kafka stored a write (kvs_token).
+struct Token {
+  int32_t partition = -1;
+  int64_t offset = -1;
+  bool operator==(const Token&) const = default;
+};
+
 class Table {
  public:
   // Errors: kNoTable (retriable: kvsd may be starting), kLayoutMismatch,
@@ -181,11 +195,177 @@ class Table {
     return p;
   }
 
+  // Waits until the table has applied `token` (read-your-writes, also for
+  // a token from another host). Errors: kTimeout, kInvalidArgument.
+  Result<void> wait(Token token, std::chrono::milliseconds timeout) const {
+    kvs_token t{token.partition, token.offset};
+    const int rc = kvs_wait(t_, &t, static_cast<int>(timeout.count()));
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return {};
+  }
+
   kvs_table* native() const { return t_; }
 
  private:
   explicit Table(kvs_table* t) : t_(t) {}
   kvs_table* t_;
+};
+
+struct WriteOptions {
+  std::chrono::milliseconds timeout{0};  // 0: kvsd's write_timeout_ms
+  bool visible = false;                  // answer once this host's table shows the write
+};
+
+// A connection to kvsd for writes. Used by one thread at a time; callbacks
+// of async writes run inside poll(), flush() or any later call (kvs.h).
+class Client {
+ public:
+  // socket_path "": $KVS_SOCKET, else /run/kvs/kvsd.sock. Errors:
+  // kConnection (no kvsd), kPermission, kProtocol.
+  static Result<Client> connect(const std::string& socket_path = "") {
+    kvs_client* c = nullptr;
+    const int rc = kvs_connect(socket_path.empty() ? nullptr : socket_path.c_str(), &c);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return Client(c);
+  }
+  Client(Client&& o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+  Client& operator=(Client&& o) noexcept {
+    if (this != &o) {
+      kvs_disconnect(c_);
+      c_ = std::exchange(o.c_, nullptr);
+    }
+    return *this;
+  }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  ~Client() { kvs_disconnect(c_); }
+
+  // Errors: kTooLarge, kInvalidArgument, kTimeout, kQueueFull, kPermission,
+  // kKafka, kConnection.
+  Result<Token> put(const std::string& table, std::string_view key, std::string_view value,
+                    const WriteOptions& o = {}) {
+    kvs_write_options wo = native(o);
+    kvs_token t{};
+    const int rc = kvs_put(c_, table.c_str(), key.data(), key.size(),
+                           value.data() ? value.data() : "", value.size(), &wo, &t);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return Token{t.partition, t.offset};
+  }
+  Result<Token> erase(const std::string& table, std::string_view key, const WriteOptions& o = {}) {
+    kvs_write_options wo = native(o);
+    kvs_token t{};
+    const int rc = kvs_erase(c_, table.c_str(), key.data(), key.size(), &wo, &t);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return Token{t.partition, t.offset};
+  }
+
+  struct Op {
+    std::string_view key;
+    std::optional<std::string_view> value;  // nullopt: erase
+  };
+  // One request; each operation's own outcome (not a transaction).
+  Result<std::vector<Result<Token>>> batch(const std::string& table, const std::vector<Op>& ops,
+                                           const WriteOptions& o = {}) {
+    std::vector<kvs_write_op> w(ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) {
+      w[i] = {ops[i].key.data(), ops[i].key.size(), nullptr, 0};
+      if (ops[i].value) {
+        w[i].value = ops[i].value->data() ? ops[i].value->data() : "";
+        w[i].value_len = ops[i].value->size();
+      }
+    }
+    std::vector<int> rc(ops.size());
+    std::vector<kvs_token> t(ops.size());
+    kvs_write_options wo = native(o);
+    const int r = kvs_write_batch(c_, table.c_str(), w.data(), w.size(), &wo, rc.data(), t.data());
+    if (r != KVS_OK) return detail::last_error(r);
+    std::vector<Result<Token>> out;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (rc[i] == KVS_OK) {
+        out.emplace_back(Token{t[i].partition, t[i].offset});
+      } else {
+        out.emplace_back(Error{static_cast<Errc>(rc[i]), kvs_strerror(rc[i])});
+      }
+    }
+    return out;
+  }
+
+  using Callback = std::function<void(Result<Token>)>;
+  // Pipelined: returns once sent; `done` runs with the outcome later.
+  Result<void> put_async(const std::string& table, std::string_view key, std::string_view value,
+                         const WriteOptions& o, Callback done) {
+    kvs_write_options wo = native(o);
+    auto* f = new Callback(std::move(done));
+    const int rc = kvs_put_async(c_, table.c_str(), key.data(), key.size(),
+                                 value.data() ? value.data() : "", value.size(), &wo, &tramp, f);
+    if (rc != KVS_OK) {
+      delete f;
+      return detail::last_error(rc);
+    }
+    return {};
+  }
+  Result<void> erase_async(const std::string& table, std::string_view key, const WriteOptions& o,
+                           Callback done) {
+    kvs_write_options wo = native(o);
+    auto* f = new Callback(std::move(done));
+    const int rc = kvs_erase_async(c_, table.c_str(), key.data(), key.size(), &wo, &tramp, f);
+    if (rc != KVS_OK) {
+      delete f;
+      return detail::last_error(rc);
+    }
+    return {};
+  }
+  // Runs the callbacks of answers that arrived; returns how many.
+  Result<int> poll(std::chrono::milliseconds timeout) {
+    const int n = kvs_client_poll(c_, static_cast<int>(timeout.count()));
+    if (n < 0) return detail::last_error(n);
+    return n;
+  }
+  // Until every async write has had its callback. Errors: kTimeout.
+  Result<void> flush(std::chrono::milliseconds timeout = std::chrono::milliseconds(-1)) {
+    const int rc = kvs_client_flush(c_, static_cast<int>(timeout.count()));
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return {};
+  }
+  size_t pending() const { return kvs_client_pending(c_); }
+  // kvsd answers once its table applied `token`. Errors: kTimeout, kInvalidArgument.
+  Result<void> wait(const std::string& table, Token token, std::chrono::milliseconds timeout) {
+    kvs_token t{token.partition, token.offset};
+    const int rc = kvs_client_wait(c_, table.c_str(), &t, static_cast<int>(timeout.count()));
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return {};
+  }
+  Result<void> ping(std::chrono::milliseconds timeout) {
+    const int rc = kvs_ping(c_, static_cast<int>(timeout.count()));
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return {};
+  }
+  // kvsd's STATS (JSON).
+  Result<std::string> stats() {
+    char* j = nullptr;
+    const int rc = kvs_stats(c_, &j);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    std::string s(j);
+    kvs_free(j);
+    return s;
+  }
+
+  kvs_client* native_handle() const { return c_; }
+
+ private:
+  explicit Client(kvs_client* c) : c_(c) {}
+  static kvs_write_options native(const WriteOptions& o) {
+    return {static_cast<uint32_t>(o.timeout.count()), o.visible ? 1 : 0};
+  }
+  static void tramp(void* ctx, int rc, const kvs_token* t) {
+    std::unique_ptr<Callback> f(static_cast<Callback*>(ctx));
+    if (rc == KVS_OK) {
+      (*f)(Token{t->partition, t->offset});
+    } else {
+      (*f)(detail::last_error(rc));
+    }
+  }
+  kvs_client* c_;
 };
 
 }  // namespace kvs
