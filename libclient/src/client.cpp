@@ -38,6 +38,7 @@ constexpr const char* kDefaultSocket = "/run/kvs/kvsd.sock";
 // write_timeout_ms (at most an hour); the client gives up only after that.
 constexpr int kNoTimeoutWaitMs = 3600 * 1000 + 5000;
 constexpr int kReplyGraceMs = 5000;  // beyond the request's timeout
+constexpr size_t kSendBatchBytes = 16 * 1024;
 
 int fail(Errc code, std::string message) {
   return detail::set_last_error(static_cast<int>(code), std::move(message));
@@ -152,6 +153,7 @@ struct kvs_client {
   // Waits up to timeout_ms for something to happen.
   int pump(int timeout_ms, int* ran) {
     if (broken) return fail(Errc::kConnection, broken_why);
+    if (int rc = send_some(); rc != KVS_OK) return rc;
     pollfd p{fd, POLLIN, 0};
     if (out.size() > out_off) p.events |= POLLOUT;
     const int n = ::poll(&p, 1, timeout_ms);
@@ -190,6 +192,24 @@ struct kvs_client {
         return broke(r == 0 ? "kvsd closed it" : std::strerror(errno));
       }
       return dispatch(ran);
+    }
+    return KVS_OK;
+  }
+
+  // Sends what the socket takes now, without waiting.
+  int send_some() {
+    while (out.size() > out_off) {
+      const ssize_t w = ::send(fd, out.data() + out_off, out.size() - out_off, MSG_NOSIGNAL);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) break;
+        return broke(std::strerror(errno));
+      }
+      out_off += static_cast<size_t>(w);
+    }
+    if (out_off == out.size()) {
+      out.clear();
+      out_off = 0;
     }
     return KVS_OK;
   }
@@ -339,7 +359,8 @@ void kvs_disconnect(kvs_client* c) {
   c->pending.clear();
   delete c;
   for (const Pending& p : left) {
-    detail::set_last_error(KVS_ECONN, "disconnected before kvsd answered; the write may be applied");
+    detail::set_last_error(KVS_ECONN,
+                           "disconnected before kvsd answered; the write may be applied");
     p.cb(p.ctx, KVS_ECONN, nullptr);
   }
 }
@@ -432,12 +453,14 @@ static int write_async(kvs_client* c, const char* table, const void* key, size_t
       return rc;
     c->pending[id] = Pending{cb, ctx, nullptr};
     ++c->async_pending;
-    // Sent now unless the socket is full; then it goes out with later calls.
-    int ran = 0;
-    if (c->out.size() - c->out_off > (1 << 20)) {
+    // Writes are corked: sent in one syscall once kSendBatchBytes are queued,
+    // else by the next poll, flush or synchronous call (as hiredis pipelines).
+    // Past 1 MiB unsent, this call waits until kvsd takes them (backpressure).
+    const size_t queued = c->out.size() - c->out_off;
+    if (queued > (1 << 20)) {
       if (int rc = c->send_frame(wait_ms_for(o)); rc != KVS_OK) return rc;
-    } else if (int rc = c->pump(0, &ran); rc != KVS_OK) {
-      return rc;
+    } else if (queued >= kSendBatchBytes) {
+      if (int rc = c->send_some(); rc != KVS_OK) return rc;
     }
     return KVS_OK;
   } catch (const std::bad_alloc&) {

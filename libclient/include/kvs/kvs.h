@@ -267,9 +267,12 @@ KVS_API int kvs_write_batch(kvs_client *client, const char *table, const kvs_wri
  * during the call when result is 0. */
 typedef void (*kvs_write_cb)(void *ctx, int result, const kvs_token *token);
 
-/* Sends the write and returns without waiting (pipelining); cb(ctx, ...) runs
- * when the answer is read. The key and value are copied before return.
- * Returns 0 once sent, or an error (the callback then never runs). */
+/* Queues the write and returns without waiting (pipelining); cb(ctx, ...)
+ * runs when the answer is read. The key and value are copied before return.
+ * Writes are sent in batches: once 16 KiB are queued, else by the next
+ * kvs_client_poll, kvs_client_flush or synchronous call on the client; with
+ * 1 MiB unsent, the call waits until kvsd takes some (backpressure).
+ * Returns 0 once queued, or an error (the callback then never runs). */
 KVS_API int kvs_put_async(kvs_client *client, const char *table, const void *key, size_t key_len,
                           const void *value, size_t value_len, const kvs_write_options *options,
                           kvs_write_cb cb, void *ctx);

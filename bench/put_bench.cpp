@@ -1,0 +1,274 @@
+// Writes through kvsd against a bare librdkafka producer with the same
+// settings, on the same Kafka (the mock cluster in its own process, or
+// KVS_TEST_BOOTSTRAP), in the same run.
+//
+//   kvs_put_bench [--puts N] [--latency-puts L] [--clients C] [--rounds R]
+//
+// 1. Round trip, one writer, one put at a time: kvs_put (socket -> kvsd ->
+//    Kafka acks=all -> delivery report -> answer) against produce + wait for
+//    the delivery report. p50 and p99; target p50 ratio <= 1.3.
+// 2. Throughput: C clients (threads, one connection each) pipelining async
+//    puts, against one bare producer fed as fast as it takes them (kvsd has
+//    one producer: that is its ceiling). Target ratio >= 0.8.
+// 3. "visible" round trip (the answer waits until this host's table applied
+//    the write) against the plain one; target: + <= 1 ms at p50.
+// Each pair runs back to back, R rounds; the median ratio is reported.
+//
+// The mock cluster answers a fetch that finds no data only after the whole
+// fetch.wait.max.ms (500 ms by default), even when a record arrives meanwhile;
+// a real broker answers as soon as the record is committed. On the mock the
+// bench therefore gives kvsd's consumer fetch.wait.max.ms = --fetch-wait-ms
+// (default 1), so that "visible" measures kvsd, not the mock's timer. With
+// KVS_TEST_BOOTSTRAP it keeps kvsd's defaults unless the flag is given.
+#include <librdkafka/rdkafka.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvs/kvs.h"
+#include "support/kafka_cluster.hpp"
+#include "support/test_support.hpp"
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+constexpr int kPartitions = 16;
+constexpr size_t kValueBytes = 100;
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "kvs_put_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+std::string key_of(long i) {
+  char k[32];
+  std::snprintf(k, sizeof k, "k%015ld", i % 100000);
+  return k;
+}
+
+double pct(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+double median(std::vector<double> v) { return pct(std::move(v), 0.5); }
+
+// The producer kvsd builds (daemon/server/server.cpp), bare.
+struct Bare {
+  rd_kafka_t* rk = nullptr;
+  rd_kafka_topic_t* rkt = nullptr;
+  std::atomic<long> delivered{0}, failed{0};
+
+  Bare(const std::string& bootstrap, const std::string& topic) {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    for (const auto& [k, v] :
+         std::vector<std::pair<std::string, std::string>>{{"bootstrap.servers", bootstrap},
+                                                          {"linger.ms", "1"},
+                                                          {"queue.buffering.max.kbytes", "65536"},
+                                                          {"enable.idempotence", "true"},
+                                                          {"acks", "all"},
+                                                          {"partitioner", "murmur2_random"},
+                                                          {"message.timeout.ms", "30000"}}) {
+      if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK)
+        die(err);
+    }
+    rd_kafka_conf_set_opaque(conf, this);
+    rd_kafka_conf_set_dr_msg_cb(conf, [](rd_kafka_t*, const rd_kafka_message_t* m, void* o) {
+      auto* b = static_cast<Bare*>(o);
+      (m->err ? b->failed : b->delivered).fetch_add(1);
+    });
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk == nullptr) die(err);
+    rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+  }
+  ~Bare() {
+    rd_kafka_flush(rk, 30000);
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_destroy(rk);
+  }
+  void produce(const std::string& k, const std::string& v) {
+    while (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY,
+                            const_cast<char*>(v.data()), v.size(), k.data(), k.size(),
+                            nullptr) != 0) {
+      rd_kafka_poll(rk, 1);  // queue full: serve delivery reports
+    }
+  }
+  // One message, waited for: microseconds.
+  double round_trip(const std::string& k, const std::string& v) {
+    const long before = delivered + failed;
+    const auto t0 = clock_type::now();
+    produce(k, v);
+    while (delivered + failed == before) rd_kafka_poll(rk, 1000);
+    return std::chrono::duration<double, std::micro>(clock_type::now() - t0).count();
+  }
+  // n messages as fast as they are taken: messages/s.
+  double throughput(long n, long offset) {
+    const long before = delivered + failed;
+    const std::string v(kValueBytes, 'b');
+    const auto t0 = clock_type::now();
+    for (long i = 0; i < n; ++i) {
+      produce(key_of(offset + i), v);
+      rd_kafka_poll(rk, 0);
+    }
+    while (delivered + failed < before + n) rd_kafka_poll(rk, 100);
+    if (failed > 0) die("bare producer: deliveries failed");
+    return static_cast<double>(n) / std::chrono::duration<double>(clock_type::now() - t0).count();
+  }
+};
+
+double kvsd_round_trip(kvs_client* c, const std::string& k, const std::string& v, bool visible) {
+  kvs_write_options o{0, visible ? 1 : 0};
+  const auto t0 = clock_type::now();
+  if (kvs_put(c, "t", k.data(), k.size(), v.data(), v.size(), &o, nullptr) != KVS_OK)
+    die(std::string("kvs_put: ") + kvs_last_error());
+  return std::chrono::duration<double, std::micro>(clock_type::now() - t0).count();
+}
+
+// `clients` threads, a connection each, `n` puts in all, pipelined with up
+// to `window` unanswered per connection: puts/s.
+double kvsd_throughput(const std::string& socket, int clients, long n, long offset) {
+  const int window = 256;
+  std::atomic<long> failed{0};
+  std::vector<kvs_client*> cs(clients);
+  for (auto& c : cs) {
+    if (kvs_connect(socket.c_str(), &c) != KVS_OK) die(kvs_last_error());
+  }
+  const auto t0 = clock_type::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < clients; ++t) {
+    ts.emplace_back([&, t] {
+      kvs_client* c = cs[t];
+      const std::string v(kValueBytes, 'k');
+      auto cb = [](void* ctx, int rc, const kvs_token*) {
+        if (rc != KVS_OK) static_cast<std::atomic<long>*>(ctx)->fetch_add(1);
+      };
+      for (long i = t; i < n; i += clients) {
+        while (kvs_client_pending(c) >= static_cast<size_t>(window)) {
+          if (kvs_client_poll(c, 1000) < 0) die(kvs_last_error());
+        }
+        const std::string k = key_of(offset + i);
+        if (kvs_put_async(c, "t", k.data(), k.size(), v.data(), v.size(), nullptr, cb, &failed) !=
+            KVS_OK)
+          die(kvs_last_error());
+      }
+      if (kvs_client_flush(c, 120000) != KVS_OK) die(kvs_last_error());
+    });
+  }
+  for (auto& th : ts) th.join();
+  const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+  for (auto* c : cs) kvs_disconnect(c);
+  if (failed > 0) die("kvsd: async puts failed");
+  return static_cast<double>(n) / s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  long puts = 40000, latency_puts = 1000;
+  int clients = 16, rounds = 3;
+  long fetch_wait_ms = -1;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--puts")
+      puts = std::atol(argv[i + 1]);
+    else if (a == "--latency-puts")
+      latency_puts = std::atol(argv[i + 1]);
+    else if (a == "--clients")
+      clients = std::atoi(argv[i + 1]);
+    else if (a == "--rounds")
+      rounds = std::atoi(argv[i + 1]);
+    else if (a == "--fetch-wait-ms")
+      fetch_wait_ms = std::atol(argv[i + 1]);
+    else
+      die("usage: kvs_put_bench [--puts N] [--latency-puts L] [--clients C] [--rounds R] "
+          "[--fetch-wait-ms W]");
+  }
+  kvs::test::KafkaCluster kafka(kvs::test::helper("../tests/kvs_mock_kafka"));
+  const std::string topic = kvs::test::KafkaCluster::unique_topic("putbench");
+  const std::string bare_topic = topic + "-bare";
+  if (!kafka.create_topic(topic, kPartitions) || !kafka.create_topic(bare_topic, kPartitions))
+    die("cannot create topics");
+  if (fetch_wait_ms < 0 && kafka.is_mock()) fetch_wait_ms = 1;
+  kvs::test::ShmScope shm;
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kvs-put-bench-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string socket = (dir / "s.sock").string();
+  const std::string config = (dir / "kvsd.toml").string();
+  std::ofstream(config) << "[kvsd]\nsocket_path = \"" << socket << "\"\nshm_prefix = \""
+                        << shm.prefix() << "\"\nlog_level = \"warning\"\n"
+                        << "[kafka]\n\"bootstrap.servers\" = \"" << kafka.bootstrap() << "\"\n"
+                        << (fetch_wait_ms >= 0
+                                ? "\"fetch.wait.max.ms\" = " + std::to_string(fetch_wait_ms) + "\n"
+                                : std::string())
+                        << "[[table]]\nname = \"t\"\ntopic = \"" << topic << "\"\n"
+                        << "capacity = 262144\nmemory_limit_bytes = 67108864\n";
+  kvs::test::Child kvsd({kvs::test::helper("../kvsd"), "--config", config});
+  kvs_client* c = nullptr;
+  if (!kvs::test::wait_until([&] { return kvs_connect(socket.c_str(), &c) == KVS_OK; },
+                             std::chrono::seconds(60)))
+    die(std::string("kvsd: ") + kvs_last_error());
+  Bare bare(kafka.bootstrap(), bare_topic);
+  std::printf(
+      "kvs_put_bench: %s Kafka at %s, %d partitions, 16-byte keys, %zu-byte values, kvsd's "
+      "fetch.wait.max.ms %s\n",
+      kafka.is_mock() ? "mock" : "external", kafka.bootstrap().c_str(), kPartitions, kValueBytes,
+      fetch_wait_ms >= 0 ? std::to_string(fetch_wait_ms).c_str() : "default");
+  const std::string v(kValueBytes, 'v');
+  // Warm-up: connections, metadata, producer ids.
+  for (int i = 0; i < 50; ++i) {
+    bare.round_trip(key_of(i), v);
+    kvsd_round_trip(c, key_of(i), v, false);
+    kvsd_round_trip(c, key_of(i), v, true);
+  }
+
+  std::vector<double> p50_ratio, p99_ratio, tput_ratio, visible_extra;
+  long offset = 0;
+  for (int r = 0; r < rounds; ++r) {
+    std::vector<double> b, k, kv;
+    for (long i = 0; i < latency_puts; ++i, ++offset) {
+      b.push_back(bare.round_trip(key_of(offset), v));
+      k.push_back(kvsd_round_trip(c, key_of(offset), v, false));
+      kv.push_back(kvsd_round_trip(c, key_of(offset), v, true));
+    }
+    const double bp50 = pct(b, 0.5), bp99 = pct(b, 0.99), kp50 = pct(k, 0.5), kp99 = pct(k, 0.99),
+                 vp50 = pct(kv, 0.5), vp99 = pct(kv, 0.99);
+    std::printf(
+        "round %d  round trip (us)  bare p50 %7.0f p99 %7.0f | kvsd p50 %7.0f p99 %7.0f "
+        "(ratio p50 %.2fx p99 %.2fx) | visible p50 %7.0f p99 %7.0f (+%.0f us)\n",
+        r + 1, bp50, bp99, kp50, kp99, kp50 / bp50, kp99 / bp99, vp50, vp99, vp50 - kp50);
+    p50_ratio.push_back(kp50 / bp50);
+    p99_ratio.push_back(kp99 / bp99);
+    visible_extra.push_back(vp50 - kp50);
+
+    const double bt = bare.throughput(puts, offset);
+    const double kt = kvsd_throughput(socket, clients, puts, offset);
+    offset += puts;
+    std::printf(
+        "round %d  throughput (puts/s) bare producer %9.0f | kvsd, %d clients %9.0f (ratio "
+        "%.2fx)\n",
+        r + 1, bt, clients, kt, kt / bt);
+    tput_ratio.push_back(kt / bt);
+  }
+  std::printf(
+      "\nmedian over %d rounds: put p50 %.2fx bare (target <= 1.3x), p99 %.2fx; "
+      "throughput with %d clients %.2fx bare (target >= 0.8x); visible adds %.0f us at p50 "
+      "(target <= 1000 us)\n",
+      rounds, median(p50_ratio), median(p99_ratio), clients, median(tput_ratio),
+      median(visible_extra));
+  kvs_disconnect(c);
+  kvsd.kill(SIGTERM);
+  kvsd.wait_for(std::chrono::seconds(30));
+  std::filesystem::remove_all(dir);
+  return 0;
+}
