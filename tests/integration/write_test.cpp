@@ -500,6 +500,52 @@ TEST_F(WriteTest, BrokerDownFailsWritesWithATimeoutAndKeepsEveryAcknowledgedOne)
   kvs_disconnect(c);
 }
 
+// Backpressure: a connection with max_pending_per_connection unanswered
+// requests is not read further, so kvsd's memory stays bounded however many
+// requests a client sends; they are taken once answers go out.
+TEST_F(WriteTest, AConnectionIsNotReadBeyondItsPendingLimit) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "holding writes back needs the mock cluster";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config("", "max_pending_per_connection = 8\n"));
+  Table t = open_ready();
+  kvs_client* probe = connect();
+  ASSERT_EQ(kvs_put(probe, "t", "warm", 4, "up", 2, nullptr, nullptr), KVS_OK) << kvs_last_error();
+  // No broker: nothing is acknowledged, so requests stay pending.
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
+  const int fd = raw_connect();
+  std::string buf;
+  send_all(fd, hello());
+  ASSERT_TRUE(read_frame(fd, buf));
+  constexpr int kRequests = 200;
+  std::string frames;
+  for (int i = 0; i < kRequests; ++i) {
+    protocol::encode_write(frames, 1000 + i, false,
+                           protocol::Write{"t", 0, "bp" + std::to_string(i), "v"});
+  }
+  send_all(fd, frames);  // 200 small frames fit the socket buffers
+  auto pending = [&]() -> long {
+    char* json = nullptr;
+    if (kvs_stats(probe, &json) != KVS_OK) return -1;
+    const std::string s(json);
+    kvs_free(json);
+    const size_t at = s.find("\"pending\":");
+    return at == std::string::npos ? -1 : std::stol(s.substr(at + 10));
+  };
+  EXPECT_TRUE(test::wait_until([&] { return pending() == 8; }));
+  // It stays at the limit: the other 192 requests wait in the socket.
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(pending(), 8);
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, false));
+  std::set<uint64_t> ok;
+  for (int i = 0; i < kRequests; ++i) {
+    auto f = read_frame(fd, buf);
+    ASSERT_TRUE(f) << "answer " << i;
+    if (f->h.type == static_cast<uint8_t>(protocol::Type::kPutOk)) ok.insert(f->h.request_id);
+  }
+  EXPECT_EQ(ok.size(), static_cast<size_t>(kRequests));
+  ::close(fd);
+  kvs_disconnect(probe);
+}
+
 // Read-your-writes across hosts: the token of a write made through one kvsd
 // is waited for at another that mirrors the same topic (here: the same
 // machine, its own segments and socket).
