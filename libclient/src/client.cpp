@@ -163,19 +163,7 @@ struct kvs_client {
     }
     if (n == 0) return KVS_OK;
     if (p.revents & POLLOUT) {
-      while (out.size() > out_off) {
-        const ssize_t w = ::send(fd, out.data() + out_off, out.size() - out_off, MSG_NOSIGNAL);
-        if (w < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) break;
-          return broke(std::strerror(errno));
-        }
-        out_off += static_cast<size_t>(w);
-      }
-      if (out_off == out.size()) {
-        out.clear();
-        out_off = 0;
-      }
+      if (int rc = send_some(); rc != KVS_OK) return rc;
     }
     if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
       char buf[64 * 1024];
