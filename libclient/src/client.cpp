@@ -54,7 +54,9 @@ struct Outcome {
 };
 
 struct Pending {
-  kvs_write_cb cb = nullptr;  // async write
+  kvs_write_cb cb = nullptr;        // async put or erase
+  kvs_batch_cb batch_cb = nullptr;  // async batch of `count` operations
+  size_t count = 0;
   void* ctx = nullptr;
   Outcome* sync = nullptr;  // a synchronous call waiting for it
 };
@@ -145,7 +147,41 @@ struct kvs_client {
       kvs_token tok{o.token.partition, o.token.offset};
       if (o.code != KVS_OK) detail::set_last_error(o.code, o.message);
       p.cb(p.ctx, o.code, o.code == KVS_OK ? &tok : nullptr);
+    } else if (p.batch_cb) {
+      --async_pending;
+      ++*ran;
+      if (o.code == KVS_OK && o.batch.size() != p.count) {
+        o.code = KVS_EPROTO;
+        o.message = "kvsd answered a batch of " + std::to_string(p.count) + " with " +
+                    std::to_string(o.batch.size()) + " results";
+      }
+      if (o.code != KVS_OK) {
+        detail::set_last_error(o.code, o.message);
+        p.batch_cb(p.ctx, o.code, p.count, nullptr, nullptr);
+      } else {
+        std::vector<int> results(p.count);
+        std::vector<kvs_token> tokens(p.count);
+        for (size_t i = 0; i < p.count; ++i) {
+          results[i] = o.batch[i].code;
+          tokens[i] = {o.batch[i].token.partition, o.batch[i].token.offset};
+        }
+        p.batch_cb(p.ctx, KVS_OK, p.count, results.data(), tokens.data());
+      }
     }
+    return KVS_OK;
+  }
+
+  // Registers an async request (its frame is already in `out`) and sends as
+  // the corking rule says: writes go out in one syscall once kSendBatchBytes
+  // are queued, else with the next poll, flush or synchronous call (as
+  // hiredis pipelines). Past 1 MiB unsent the caller waits until kvsd takes
+  // some (backpressure).
+  int queue_async(uint64_t id, const Pending& p, int wait_ms) {
+    pending[id] = p;
+    ++async_pending;
+    const size_t queued = out.size() - out_off;
+    if (queued > (1 << 20)) return send_frame(wait_ms);
+    if (queued >= kSendBatchBytes) return send_some();
     return KVS_OK;
   }
 
@@ -221,7 +257,7 @@ struct kvs_client {
   // Sends a request and waits for its answer.
   int call(int wait_ms, Outcome* o) {
     const uint64_t id = next_id - 1;
-    pending[id] = Pending{nullptr, nullptr, o};
+    pending[id] = Pending{nullptr, nullptr, 0, nullptr, o};
     const auto deadline = clock::now() + std::chrono::milliseconds(wait_ms);
     int rc = send_frame(wait_ms);
     int ran = 0;
@@ -291,6 +327,54 @@ int encode_write(kvs_client* c, const char* table, const void* key, size_t key_l
   return KVS_OK;
 }
 
+// Encodes a batch into c->out; refuses a frame kvsd would refuse.
+int encode_batch(kvs_client* c, const char* table, const kvs_write_op* ops, size_t count,
+                 const kvs_write_options* o, uint64_t id, const char* fn) {
+  if (int rc = check_write_args(c, table, ops, count, fn); rc != KVS_OK) return rc;
+  if (count == 0) return fail(Errc::kInvalidArgument, std::string(fn) + ": no operations");
+  proto::Batch b;
+  b.table = table;
+  b.timeout_ms = o ? o->timeout_ms : 0;
+  b.ops.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    if ((ops[i].key == nullptr && ops[i].key_len) ||
+        (ops[i].value == nullptr && ops[i].value_len)) {
+      return fail(Errc::kInvalidArgument,
+                  std::string(fn) + ": operation " + std::to_string(i) + " has a NULL pointer");
+    }
+    proto::BatchOp op{bytes(ops[i].key, ops[i].key_len), std::nullopt};
+    if (ops[i].value) op.value = bytes(ops[i].value, ops[i].value_len);
+    b.ops.push_back(op);
+  }
+  const size_t before = c->out.size();
+  proto::encode_batch(c->out, id, o && o->visible, b);
+  if (c->out.size() - before > c->max_frame_bytes) {
+    c->out.resize(before);
+    return fail(Errc::kTooLarge, "a batch of " + std::to_string(count) + " operations is over " +
+                                     "kvsd's " + std::to_string(c->max_frame_bytes) +
+                                     "-byte frame limit; split it");
+  }
+  return KVS_OK;
+}
+
+// A put (is_put) or erase that waits for kvsd's answer.
+int write_sync(kvs_client* c, const char* table, const void* key, size_t key_len, const void* value,
+               size_t value_len, bool is_put, const kvs_write_options* o, kvs_token* token,
+               const char* fn) {
+  if (int rc = check_write_args(c, table, key, key_len, fn); rc != KVS_OK) return rc;
+  try {
+    if (int rc = encode_write(c, table, key, key_len, value, value_len, is_put, o, c->take_id());
+        rc != KVS_OK)
+      return rc;
+    Outcome out;
+    if (int rc = c->call(wait_ms_for(o), &out); rc != KVS_OK) return rc;
+    if (token) *token = {out.token.partition, out.token.offset};
+    return KVS_OK;
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::kNoMemory, std::string(fn) + ": out of memory");
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -342,77 +426,38 @@ void kvs_disconnect(kvs_client* c) {
   if (c == nullptr) return;
   std::vector<Pending> left;
   for (auto& [id, p] : c->pending) {
-    if (p.cb) left.push_back(p);
+    if (p.cb || p.batch_cb) left.push_back(p);
   }
   c->pending.clear();
   delete c;
   for (const Pending& p : left) {
     detail::set_last_error(KVS_ECONN,
                            "disconnected before kvsd answered; the write may be applied");
-    p.cb(p.ctx, KVS_ECONN, nullptr);
+    if (p.cb) {
+      p.cb(p.ctx, KVS_ECONN, nullptr);
+    } else {
+      p.batch_cb(p.ctx, KVS_ECONN, p.count, nullptr, nullptr);
+    }
   }
 }
 
 int kvs_put(kvs_client* c, const char* table, const void* key, size_t key_len, const void* value,
             size_t value_len, const kvs_write_options* o, kvs_token* token) {
-  if (int rc = check_write_args(c, table, key, key_len, "kvs_put"); rc != KVS_OK) return rc;
   if (value == nullptr && value_len > 0) return fail(Errc::kInvalidArgument, "kvs_put: NULL value");
-  try {
-    if (int rc = encode_write(c, table, key, key_len, value, value_len, true, o, c->take_id());
-        rc != KVS_OK)
-      return rc;
-    Outcome out;
-    if (int rc = c->call(wait_ms_for(o), &out); rc != KVS_OK) return rc;
-    if (token) *token = {out.token.partition, out.token.offset};
-    return KVS_OK;
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::kNoMemory, "kvs_put: out of memory");
-  }
+  return write_sync(c, table, key, key_len, value, value_len, true, o, token, "kvs_put");
 }
 
 int kvs_erase(kvs_client* c, const char* table, const void* key, size_t key_len,
               const kvs_write_options* o, kvs_token* token) {
-  if (int rc = check_write_args(c, table, key, key_len, "kvs_erase"); rc != KVS_OK) return rc;
-  try {
-    if (int rc = encode_write(c, table, key, key_len, nullptr, 0, false, o, c->take_id());
-        rc != KVS_OK)
-      return rc;
-    Outcome out;
-    if (int rc = c->call(wait_ms_for(o), &out); rc != KVS_OK) return rc;
-    if (token) *token = {out.token.partition, out.token.offset};
-    return KVS_OK;
-  } catch (const std::bad_alloc&) {
-    return fail(Errc::kNoMemory, "kvs_erase: out of memory");
-  }
+  return write_sync(c, table, key, key_len, nullptr, 0, false, o, token, "kvs_erase");
 }
 
 int kvs_write_batch(kvs_client* c, const char* table, const kvs_write_op* ops, size_t count,
                     const kvs_write_options* o, int* results, kvs_token* tokens) {
-  if (int rc = check_write_args(c, table, ops, count, "kvs_write_batch"); rc != KVS_OK) return rc;
-  if (count == 0) return fail(Errc::kInvalidArgument, "kvs_write_batch: no operations");
   try {
-    proto::Batch b;
-    b.table = table;
-    b.timeout_ms = o ? o->timeout_ms : 0;
-    b.ops.reserve(count);
-    for (size_t i = 0; i < count; ++i) {
-      if ((ops[i].key == nullptr && ops[i].key_len) ||
-          (ops[i].value == nullptr && ops[i].value_len)) {
-        return fail(Errc::kInvalidArgument,
-                    "kvs_write_batch: operation " + std::to_string(i) + " has a NULL pointer");
-      }
-      proto::BatchOp op{bytes(ops[i].key, ops[i].key_len), std::nullopt};
-      if (ops[i].value) op.value = bytes(ops[i].value, ops[i].value_len);
-      b.ops.push_back(op);
-    }
-    const size_t before = c->out.size();
-    proto::encode_batch(c->out, c->take_id(), o && o->visible, b);
-    if (c->out.size() - before > c->max_frame_bytes) {
-      c->out.resize(before);
-      return fail(Errc::kTooLarge, "a batch of " + std::to_string(count) + " operations is over " +
-                                       "kvsd's " + std::to_string(c->max_frame_bytes) +
-                                       "-byte frame limit; split it");
-    }
+    if (int rc = encode_batch(c, table, ops, count, o, c ? c->take_id() : 0, "kvs_write_batch");
+        rc != KVS_OK)
+      return rc;
     Outcome out;
     if (int rc = c->call(wait_ms_for(o), &out); rc != KVS_OK) return rc;
     if (out.batch.size() != count) {
@@ -429,6 +474,19 @@ int kvs_write_batch(kvs_client* c, const char* table, const kvs_write_op* ops, s
   }
 }
 
+int kvs_write_batch_async(kvs_client* c, const char* table, const kvs_write_op* ops, size_t count,
+                          const kvs_write_options* o, kvs_batch_cb cb, void* ctx) {
+  if (cb == nullptr) return fail(Errc::kInvalidArgument, "kvs_write_batch_async: NULL callback");
+  try {
+    const uint64_t id = c ? c->take_id() : 0;
+    if (int rc = encode_batch(c, table, ops, count, o, id, "kvs_write_batch_async"); rc != KVS_OK)
+      return rc;
+    return c->queue_async(id, Pending{nullptr, cb, count, ctx, nullptr}, wait_ms_for(o));
+  } catch (const std::bad_alloc&) {
+    return fail(Errc::kNoMemory, "kvs_write_batch_async: out of memory");
+  }
+}
+
 static int write_async(kvs_client* c, const char* table, const void* key, size_t key_len,
                        const void* value, size_t value_len, bool is_put, const kvs_write_options* o,
                        kvs_write_cb cb, void* ctx, const char* fn) {
@@ -439,18 +497,7 @@ static int write_async(kvs_client* c, const char* table, const void* key, size_t
     if (int rc = encode_write(c, table, key, key_len, value, value_len, is_put, o, id);
         rc != KVS_OK)
       return rc;
-    c->pending[id] = Pending{cb, ctx, nullptr};
-    ++c->async_pending;
-    // Writes are corked: sent in one syscall once kSendBatchBytes are queued,
-    // else by the next poll, flush or synchronous call (as hiredis pipelines).
-    // Past 1 MiB unsent, this call waits until kvsd takes them (backpressure).
-    const size_t queued = c->out.size() - c->out_off;
-    if (queued > (1 << 20)) {
-      if (int rc = c->send_frame(wait_ms_for(o)); rc != KVS_OK) return rc;
-    } else if (queued >= kSendBatchBytes) {
-      if (int rc = c->send_some(); rc != KVS_OK) return rc;
-    }
-    return KVS_OK;
+    return c->queue_async(id, Pending{cb, nullptr, 0, ctx, nullptr}, wait_ms_for(o));
   } catch (const std::bad_alloc&) {
     return fail(Errc::kNoMemory, std::string(fn) + ": out of memory");
   }

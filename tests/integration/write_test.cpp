@@ -140,6 +140,45 @@ TEST_F(WriteTest, BatchAndPipelinedWritesAllLandInOrderPerKey) {
   EXPECT_EQ(t.get_copy(keys[0]).error().code, Errc::kNotFound);
   for (size_t i = 1; i < keys.size(); ++i) EXPECT_EQ(*t.get_copy(keys[i]), values[i]);
 
+  // The same batch pipelined: its callback runs once with every operation's
+  // outcome; one over the table's limits fails the batch as a whole.
+  struct BatchTally {
+    int calls = 0, result = 99;
+    std::vector<int> results;
+    std::vector<kvs_token> tokens;
+  } bt, too_big;
+  auto bcb = [](void* ctx, int rc, size_t n, const int* results, const kvs_token* tokens) {
+    auto* t = static_cast<BatchTally*>(ctx);
+    ++t->calls;
+    t->result = rc;
+    if (results != nullptr) t->results.assign(results, results + n);
+    if (tokens != nullptr) t->tokens.assign(tokens, tokens + n);
+  };
+  ASSERT_EQ(kvs_write_batch_async(c, "t", ops.data(), ops.size() - 1, nullptr, bcb, &bt), KVS_OK)
+      << kvs_last_error();
+  const std::string huge_value(2 << 20, 'x');
+  kvs_write_op huge{"h", 1, huge_value.data(), (1 << 20) + 1};  // over max_value_bytes
+  ASSERT_EQ(kvs_write_batch_async(c, "t", &huge, 1, nullptr, bcb, &too_big), KVS_OK)
+      << kvs_last_error();
+  huge.value_len = huge_value.size();
+  EXPECT_EQ(kvs_write_batch_async(c, "t", &huge, 1, nullptr, bcb, &too_big), KVS_ETOOBIG);
+  EXPECT_EQ(kvs_write_batch_async(c, "t", ops.data(), 0, nullptr, bcb, &bt), KVS_EINVAL);
+  EXPECT_EQ(kvs_client_pending(c), 2u);
+  ASSERT_EQ(kvs_client_flush(c, 60000), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(bt.calls, 1);
+  ASSERT_EQ(bt.result, KVS_OK);
+  ASSERT_EQ(bt.results.size(), ops.size() - 1);
+  for (size_t i = 0; i < bt.results.size(); ++i) {
+    EXPECT_EQ(bt.results[i], KVS_OK) << i;
+    EXPECT_GT(bt.tokens[i].offset, tokens[i].offset) << i;  // written again, later
+    EXPECT_EQ(bt.tokens[i].partition, tokens[i].partition) << i;
+  }
+  ASSERT_EQ(kvs_wait(t.native(), &bt.tokens[0], 10000), KVS_OK) << kvs_last_error();
+  EXPECT_EQ(*t.get_copy(keys[0]), values[0]);
+  EXPECT_EQ(too_big.calls, 1);
+  EXPECT_EQ(too_big.result, KVS_ETOOBIG);
+  EXPECT_TRUE(too_big.results.empty());
+
   // 2,000 pipelined puts over 20 keys: every callback runs once, and the
   // table ends with each key's last value.
   struct Tally {
@@ -638,11 +677,31 @@ TEST_F(WriteTest, CppClientWritesBatchesPipelinesAndWaits) {
   ASSERT_TRUE(stats);
   EXPECT_NE(stats->find("\"writes_acked\":103"), std::string::npos) << *stats;
 
+  std::optional<Result<Client::BatchResult>> async_batch;
+  ASSERT_TRUE(c->batch_async("t", {{"e", "5"}, {"b", std::nullopt}}, {.visible = true},
+                             [&](Result<Client::BatchResult> r) { async_batch = std::move(r); }));
+  ASSERT_TRUE(c->flush(60s));
+  ASSERT_TRUE(async_batch.has_value());
+  ASSERT_TRUE(*async_batch) << async_batch->error().message;
+  ASSERT_EQ((*async_batch)->size(), 2u);
+  EXPECT_TRUE((**async_batch)[0]);
+  EXPECT_TRUE((**async_batch)[1]);
+  EXPECT_EQ(*t.get_copy("e"), "5");  // visible: applied before the answer
+  EXPECT_EQ(t.get_copy("b").error().code, Errc::kNotFound);
+
   // Callbacks of writes without an answer run at disconnect.
-  int calls = 0;
+  int calls = 0, batch_calls = 0;
   ASSERT_TRUE(c->put_async("t", "d", "x", {}, [&](Result<Token>) { ++calls; }));
+  ASSERT_TRUE(c->batch_async("t", {{"d", "y"}}, {}, [&](Result<Client::BatchResult> r) {
+    EXPECT_FALSE(r);
+    if (!r) {
+      EXPECT_EQ(r.error().code, Errc::kConnection);
+    }
+    ++batch_calls;
+  }));
   c.reset();
   EXPECT_EQ(calls, 1);
+  EXPECT_EQ(batch_calls, 1);
 }
 
 // kvsctl, as a shell user runs it: the config finds socket and table.

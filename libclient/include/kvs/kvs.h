@@ -279,6 +279,21 @@ KVS_API int kvs_put_async(kvs_client *client, const char *table, const void *key
 KVS_API int kvs_erase_async(kvs_client *client, const char *table, const void *key, size_t key_len,
                             const kvs_write_options *options, kvs_write_cb cb, void *ctx);
 
+/* Called once per async batch. result 0: kvsd answered, and results[i] (0 or
+ * a KVS_E* code) and tokens[i] tell operation i's outcome, as kvs_write_batch
+ * (both valid during the call). Otherwise the batch failed as a whole
+ * (kvs_write_batch's errors, or KVS_ECONN) and both are NULL. */
+typedef void (*kvs_batch_cb)(void *ctx, int result, size_t count, const int *results,
+                             const kvs_token *tokens);
+
+/* kvs_write_batch, pipelined as kvs_put_async: the operations are copied
+ * before return; cb(ctx, ...) runs once with the outcome. A batch counts as
+ * one in kvs_client_pending. Returns 0 once queued, or an error (KVS_ETOOBIG:
+ * over kvsd's frame limit; the callback then never runs). */
+KVS_API int kvs_write_batch_async(kvs_client *client, const char *table, const kvs_write_op *ops,
+                                  size_t count, const kvs_write_options *options, kvs_batch_cb cb,
+                                  void *ctx);
+
 /* Reads the answers that have arrived (waiting up to timeout_ms for the
  * first, < 0 forever) and runs their callbacks. Returns how many ran (>= 0). */
 KVS_API int kvs_client_poll(kvs_client *client, int timeout_ms);

@@ -263,31 +263,33 @@ class Client {
     std::string_view key;
     std::optional<std::string_view> value;  // nullopt: erase
   };
+  using BatchResult = std::vector<Result<Token>>;
   // One request; each operation's own outcome (not a transaction).
-  Result<std::vector<Result<Token>>> batch(const std::string& table, const std::vector<Op>& ops,
-                                           const WriteOptions& o = {}) {
-    std::vector<kvs_write_op> w(ops.size());
-    for (size_t i = 0; i < ops.size(); ++i) {
-      w[i] = {ops[i].key.data(), ops[i].key.size(), nullptr, 0};
-      if (ops[i].value) {
-        w[i].value = ops[i].value->data() ? ops[i].value->data() : "";
-        w[i].value_len = ops[i].value->size();
-      }
-    }
+  Result<BatchResult> batch(const std::string& table, const std::vector<Op>& ops,
+                            const WriteOptions& o = {}) {
+    std::vector<kvs_write_op> w = native(ops);
     std::vector<int> rc(ops.size());
     std::vector<kvs_token> t(ops.size());
     kvs_write_options wo = native(o);
     const int r = kvs_write_batch(c_, table.c_str(), w.data(), w.size(), &wo, rc.data(), t.data());
     if (r != KVS_OK) return detail::last_error(r);
-    std::vector<Result<Token>> out;
-    for (size_t i = 0; i < ops.size(); ++i) {
-      if (rc[i] == KVS_OK) {
-        out.emplace_back(Token{t[i].partition, t[i].offset});
-      } else {
-        out.emplace_back(Error{static_cast<Errc>(rc[i]), kvs_strerror(rc[i])});
-      }
+    return outcomes(ops.size(), rc.data(), t.data());
+  }
+
+  using BatchCallback = std::function<void(Result<BatchResult>)>;
+  // batch(), pipelined: returns once queued; `done` runs with the outcome later.
+  Result<void> batch_async(const std::string& table, const std::vector<Op>& ops,
+                           const WriteOptions& o, BatchCallback done) {
+    std::vector<kvs_write_op> w = native(ops);
+    kvs_write_options wo = native(o);
+    auto* f = new BatchCallback(std::move(done));
+    const int rc =
+        kvs_write_batch_async(c_, table.c_str(), w.data(), w.size(), &wo, &batch_tramp, f);
+    if (rc != KVS_OK) {
+      delete f;
+      return detail::last_error(rc);
     }
-    return out;
+    return {};
   }
 
   using Callback = std::function<void(Result<Token>)>;
@@ -356,6 +358,37 @@ class Client {
   explicit Client(kvs_client* c) : c_(c) {}
   static kvs_write_options native(const WriteOptions& o) {
     return {static_cast<uint32_t>(o.timeout.count()), o.visible ? 1 : 0};
+  }
+  static std::vector<kvs_write_op> native(const std::vector<Op>& ops) {
+    std::vector<kvs_write_op> w(ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) {
+      w[i] = {ops[i].key.data(), ops[i].key.size(), nullptr, 0};
+      if (ops[i].value) {
+        w[i].value = ops[i].value->data() ? ops[i].value->data() : "";
+        w[i].value_len = ops[i].value->size();
+      }
+    }
+    return w;
+  }
+  static BatchResult outcomes(size_t n, const int* rc, const kvs_token* t) {
+    BatchResult out;
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (rc[i] == KVS_OK) {
+        out.emplace_back(Token{t[i].partition, t[i].offset});
+      } else {
+        out.emplace_back(Error{static_cast<Errc>(rc[i]), kvs_strerror(rc[i])});
+      }
+    }
+    return out;
+  }
+  static void batch_tramp(void* ctx, int rc, size_t n, const int* results, const kvs_token* t) {
+    std::unique_ptr<BatchCallback> f(static_cast<BatchCallback*>(ctx));
+    if (rc == KVS_OK) {
+      (*f)(outcomes(n, results, t));
+    } else {
+      (*f)(detail::last_error(rc));
+    }
   }
   static void tramp(void* ctx, int rc, const kvs_token* t) {
     std::unique_ptr<Callback> f(static_cast<Callback*>(ctx));
