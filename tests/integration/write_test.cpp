@@ -1,6 +1,8 @@
 // Writes through kvsd's socket, end to end: libkvs's client, the real kvsd,
 // Kafka over TCP, and reads of the table from shared memory.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <pty.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include "support/kvsd_fixture.hpp"
 #include "support/producer.hpp"
 #include "support/topic_reader.hpp"
+#include "writer/table_writer.hpp"
 
 namespace kvs {
 namespace {
@@ -794,6 +797,60 @@ TEST_F(KvsctlTest, NeedsATableNameOnlyWhenTheConfigHasSeveral) {
   // With a name, the table is looked for (kvsd is not running: 69).
   r = kvsctl({"-t", "u", "wait-ready", "--timeout-ms", "200"});
   EXPECT_EQ(r.exit_code, 69) << r.err;
+}
+
+// On a terminal, wait-ready redraws one progress line ("\r") with a bar and
+// the records applied; it ends with READY once the table turns READY.
+TEST_F(KvsctlTest, WaitReadyDrawsAProgressBarOnATerminal) {
+  const std::string config = write_config();
+  WriterOptions wo;
+  wo.table = "t";
+  wo.shm_prefix = shm_.prefix();
+  wo.capacity = 1024;
+  wo.arena_bytes = 4 << 20;
+  auto w = TableWriter::open(wo);
+  ASSERT_TRUE(w) << w.error().message;
+  ASSERT_TRUE((*w)->set_partition_count(2));
+  (*w)->set_high_watermark(0, 100);
+  (*w)->set_high_watermark(1, 100);
+  (*w)->set_next_offset(0, 30);
+  (*w)->set_next_offset(1, 10);  // 40 of 200 records: 20%
+  (*w)->set_state(format::TableState::kBootstrapping);
+
+  int master = -1;
+  const std::string exe = test::helper("../kvsctl");
+  const pid_t pid = ::forkpty(&master, nullptr, nullptr, nullptr);
+  ASSERT_GE(pid, 0) << std::strerror(errno);
+  if (pid == 0) {
+    ::execl(exe.c_str(), exe.c_str(), "--config", config.c_str(), "wait-ready", "--timeout-ms",
+            "30000", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  std::string screen;
+  // Reads what kvsctl drew until `what` appears or 20 s pass.
+  auto read_until = [&](const std::string& what) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (screen.find(what) == std::string::npos) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      pollfd p{master, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(master, buf, sizeof buf);
+      if (n <= 0) return screen.find(what) != std::string::npos;  // EIO: kvsctl exited
+      screen.append(buf, static_cast<size_t>(n));
+    }
+    return true;
+  };
+  EXPECT_TRUE(read_until("\rt [######                        ]  20% 40/200 records")) << screen;
+  (*w)->set_next_offset(0, 100);
+  (*w)->set_next_offset(1, 100);
+  (*w)->set_state(format::TableState::kReady);
+  EXPECT_TRUE(read_until("t: READY")) << screen;
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  ::close(master);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_EQ(screen.find("BOOTSTRAPPING"), std::string::npos) << "plain lines on a terminal";
 }
 
 }  // namespace
