@@ -16,7 +16,6 @@
 #include <cstring>
 #include <deque>
 #include <optional>
-#include <queue>
 #include <thread>
 #include <unordered_map>
 
@@ -93,13 +92,24 @@ struct Conn {
 };
 
 struct Request;
+// Names a request across its reuse: the pool slot and the request's sequence
+// number (a slot whose request was freed holds another sequence number).
+struct ReqRef {
+  uint32_t slot = 0;
+  uint64_t seq = 0;
+};
+
 struct MsgRef {  // a produced record's opaque: which operation of which request
   Request* req;
   uint32_t index;
 };
 
+// Requests are pooled (Impl::slots): a write allocates nothing of its own
+// once the pool has warmed up.
 struct Request {
-  uint64_t seq = 0;  // key in Impl::requests
+  uint32_t slot = 0;  // in Impl::slots, for good
+  bool live = false;  // in use; false: on the free list
+  uint64_t seq = 0;   // unique per use of the slot
   uint64_t conn_id = 0;
   uint64_t id = 0;
   proto::Type reply = proto::Type::kPutOk;  // kPutOk, kEraseOk, kBatchOk or kWaitOk
@@ -110,6 +120,7 @@ struct Request {
   uint32_t timeout_ms = 0;
   uint32_t outstanding = 0;  // records produced whose delivery report is still due
   uint32_t remaining = 0;    // operations without an outcome
+  uint32_t parked = 0;       // operations in Impl::parked
   std::vector<proto::BatchResult> results;
   std::string error;  // message of the first failed operation
   std::vector<MsgRef> refs;
@@ -117,7 +128,7 @@ struct Request {
 
 // An operation waiting for producer queue space; owns its bytes.
 struct Parked {
-  uint64_t seq;
+  ReqRef req;
   uint32_t index;
   std::string key;
   std::optional<std::string> value;
@@ -125,7 +136,7 @@ struct Parked {
 
 // A token to be applied: VISIBLE writes and WAIT requests.
 struct Visible {
-  uint64_t seq;
+  ReqRef req;
   uint32_t index;
   Table* table;
   proto::Token token;
@@ -147,13 +158,24 @@ struct Server::Impl {
 
   uint64_t next_conn_id = 1, next_seq = 1;
   std::unordered_map<uint64_t, Conn> conns;
-  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests;
-  std::priority_queue<std::pair<clock::time_point, uint64_t>,
-                      std::vector<std::pair<clock::time_point, uint64_t>>, std::greater<>>
-      deadlines;
+  std::vector<std::unique_ptr<Request>> slots;  // the request pool
+  std::vector<uint32_t> free_slots;
+  size_t unanswered = 0;  // live requests without an answer
+  // Deadlines of unanswered requests. Most use write_timeout_ms, so theirs
+  // come in order: a FIFO; other timeouts go to a heap. Entries of answered
+  // requests are dropped lazily, and both are compacted once they hold more
+  // than twice the unanswered requests: memory follows the requests in
+  // flight, not the request rate times the timeout.
+  using Deadline = std::pair<clock::time_point, ReqRef>;
+  std::deque<Deadline> fifo_deadlines;
+  std::vector<Deadline> heap_deadlines;  // a min-heap (std::push_heap with `later`)
+  static bool later(const Deadline& a, const Deadline& b) { return a.first > b.first; }
   std::deque<Parked> parked;
   std::vector<Visible> visible;
   std::vector<uint64_t> dirty;  // connections with replies to send or input to resume
+  std::vector<uint64_t> todo;   // dirty, taken by the loop
+  clock::time_point now;        // the loop's clock, read once per round
+  std::unique_ptr<char[]> read_buf = std::make_unique<char[]>(kReadChunk);
 
   // Counters for STATS.
   uint64_t n_requests = 0, n_acked = 0, n_write_errors = 0, n_refused = 0, n_protocol_errors = 0;
@@ -182,6 +204,16 @@ struct Server::Impl {
   Table* find_table(std::string_view name);
   Request& new_request(Conn& c, const proto::Header& h, proto::Type reply, Table* t,
                        uint32_t timeout_ms, size_t ops);
+  Request* find(ReqRef ref) const {
+    Request* r = slots[ref.slot].get();
+    return r->live && r->seq == ref.seq ? r : nullptr;
+  }
+  bool pending_deadline(const Deadline& d) const {
+    const Request* r = find(d.second);
+    return r != nullptr && !r->answered;
+  }
+  std::optional<clock::time_point> next_deadline();
+  void compact_deadlines();
   void produce(Request& r, uint32_t index, std::string_view key,
                std::optional<std::string_view> value);
   void op_done(Request& r, uint32_t index, Errc code, const std::string& message);
@@ -433,20 +465,19 @@ void Server::Impl::loop() {
   std::vector<epoll_event> events(256);
   std::optional<clock::time_point> stop_by;
   for (;;) {
-    auto now = clock::now();
+    now = clock::now();
     int timeout_ms = 1000;
-    while (!deadlines.empty() && !requests.count(deadlines.top().second)) deadlines.pop();
-    if (!deadlines.empty()) {
-      const auto d = deadlines.top().first;
-      timeout_ms = d <= now
+    if (const auto d = next_deadline()) {
+      timeout_ms = *d <= now
                        ? 0
                        : static_cast<int>(std::min<int64_t>(
-                             1000, std::chrono::ceil<std::chrono::milliseconds>(d - now).count()));
+                             1000, std::chrono::ceil<std::chrono::milliseconds>(*d - now).count()));
     }
     if (!parked.empty()) timeout_ms = std::min(timeout_ms, 10);  // queue space frees up
     if (stop_by) timeout_ms = std::min(timeout_ms, 10);
     const int n =
         ::epoll_wait(epoll_fd, events.data(), static_cast<int>(events.size()), timeout_ms);
+    now = clock::now();
     for (int i = 0; i < n; ++i) {
       const uint64_t tag = events[i].data.u64;
       if (tag == 0) {
@@ -467,7 +498,7 @@ void Server::Impl::loop() {
     if (!visible.empty()) check_visible();
     now = clock::now();
     expire(now);
-    std::vector<uint64_t> todo;
+    todo.clear();
     todo.swap(dirty);
     std::sort(todo.begin(), todo.end());
     todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
@@ -483,16 +514,12 @@ void Server::Impl::loop() {
       ::epoll_ctl(epoll_fd, EPOLL_CTL_DEL, listen_fd, nullptr);
       for (auto& [id, c] : conns) update_interest(c);
     }
-    if (stop_by) {
-      bool busy = false;
-      for (const auto& [seq, r] : requests) busy = busy || !r->answered;
-      if (!busy || now >= *stop_by) break;
-    }
+    if (stop_by && (unanswered == 0 || now >= *stop_by)) break;
   }
   // Whatever is left is answered with a clear error, then everything closes.
   std::vector<Request*> open;
-  for (auto& [seq, r] : requests) {
-    if (!r->answered) open.push_back(r.get());
+  for (auto& r : slots) {
+    if (r->live && !r->answered) open.push_back(r.get());
   }
   for (Request* r : open) {
     for (uint32_t i = 0; i < r->results.size(); ++i) {
@@ -618,10 +645,8 @@ void Server::Impl::read_from(Conn& c) {
       c.in.clear();
       c.in_off = 0;
     }
-    const size_t old = c.in.size();
-    c.in.resize(old + kReadChunk);
-    const ssize_t n = ::recv(c.fd, c.in.data() + old, kReadChunk, 0);
-    c.in.resize(old + static_cast<size_t>(std::max<ssize_t>(n, 0)));
+    const ssize_t n = ::recv(c.fd, read_buf.get(), kReadChunk, 0);
+    if (n > 0) c.in.append(read_buf.get(), static_cast<size_t>(n));
     if (n == 0) {
       // The peer shut its side: answer what it sent, then close.
       process_input(c);
@@ -827,7 +852,7 @@ void Server::Impl::handle_frame(Conn& c, const proto::Header& h, std::string_vie
       }
       Request& r = new_request(c, h, proto::Type::kWaitOk, t, w->timeout_ms, 1);
       r.results[0].token = w->token;
-      visible.push_back({r.seq, 0, t, w->token});
+      visible.push_back({{r.slot, r.seq}, 0, t, w->token});
       visible_count.store(visible.size());
       // Applied meanwhile? (see Server::applied for the ordering)
       check_visible();
@@ -840,24 +865,67 @@ void Server::Impl::handle_frame(Conn& c, const proto::Header& h, std::string_vie
 
 Request& Server::Impl::new_request(Conn& c, const proto::Header& h, proto::Type reply, Table* t,
                                    uint32_t timeout_ms, size_t ops) {
-  auto r = std::make_unique<Request>();
-  r->seq = next_seq++;
-  r->conn_id = c.id;
-  r->id = h.request_id;
-  r->reply = reply;
-  r->visible = (h.flags & proto::kFlagVisible) != 0 || reply == proto::Type::kWaitOk;
-  r->table = t;
-  r->timeout_ms = timeout_ms != 0 ? timeout_ms : cfg.write_timeout_ms;
-  r->deadline = clock::now() + std::chrono::milliseconds(r->timeout_ms);
-  r->results.assign(ops, proto::BatchResult{1, {}});  // 1: no outcome yet
-  r->remaining = static_cast<uint32_t>(ops);
-  r->refs.reserve(ops);  // stable addresses: librdkafka holds pointers to them
-  for (uint32_t i = 0; i < ops; ++i) r->refs.push_back({r.get(), i});
+  if (free_slots.empty()) {
+    slots.push_back(std::make_unique<Request>());
+    slots.back()->slot = static_cast<uint32_t>(slots.size() - 1);
+    free_slots.push_back(slots.back()->slot);
+  }
+  Request& r = *slots[free_slots.back()];
+  free_slots.pop_back();
+  r.live = true;
+  r.seq = next_seq++;
+  r.conn_id = c.id;
+  r.id = h.request_id;
+  r.reply = reply;
+  r.visible = (h.flags & proto::kFlagVisible) != 0 || reply == proto::Type::kWaitOk;
+  r.answered = false;
+  r.table = t;
+  r.timeout_ms = timeout_ms != 0 ? timeout_ms : cfg.write_timeout_ms;
+  r.deadline = now + std::chrono::milliseconds(r.timeout_ms);
+  r.outstanding = 0;
+  r.remaining = static_cast<uint32_t>(ops);
+  r.parked = 0;
+  r.results.assign(ops, proto::BatchResult{1, {}});  // 1: no outcome yet
+  r.error.clear();
+  // Stable addresses: librdkafka holds pointers to them until every delivery
+  // report is back, and the slot is reused only after that.
+  r.refs.clear();
+  r.refs.reserve(ops);
+  for (uint32_t i = 0; i < ops; ++i) r.refs.push_back({&r, i});
   ++c.pending;
-  deadlines.emplace(r->deadline, r->seq);
-  Request& out = *r;
-  requests.emplace(r->seq, std::move(r));
-  return out;
+  ++unanswered;
+  const Deadline d{r.deadline, {r.slot, r.seq}};
+  if (r.timeout_ms == cfg.write_timeout_ms &&
+      (fifo_deadlines.empty() || fifo_deadlines.back().first <= d.first)) {
+    fifo_deadlines.push_back(d);
+  } else {
+    heap_deadlines.push_back(d);
+    std::push_heap(heap_deadlines.begin(), heap_deadlines.end(), later);
+  }
+  if (fifo_deadlines.size() + heap_deadlines.size() > 2 * unanswered + 1024) compact_deadlines();
+  return r;
+}
+
+std::optional<clock::time_point> Server::Impl::next_deadline() {
+  while (!fifo_deadlines.empty() && !pending_deadline(fifo_deadlines.front())) {
+    fifo_deadlines.pop_front();
+  }
+  while (!heap_deadlines.empty() && !pending_deadline(heap_deadlines.front())) {
+    std::pop_heap(heap_deadlines.begin(), heap_deadlines.end(), later);
+    heap_deadlines.pop_back();
+  }
+  std::optional<clock::time_point> d;
+  if (!fifo_deadlines.empty()) d = fifo_deadlines.front().first;
+  if (!heap_deadlines.empty() && (!d || heap_deadlines.front().first < *d)) {
+    d = heap_deadlines.front().first;
+  }
+  return d;
+}
+
+void Server::Impl::compact_deadlines() {
+  std::erase_if(fifo_deadlines, [&](const Deadline& d) { return !pending_deadline(d); });
+  std::erase_if(heap_deadlines, [&](const Deadline& d) { return !pending_deadline(d); });
+  std::make_heap(heap_deadlines.begin(), heap_deadlines.end(), later);
 }
 
 void Server::Impl::produce(Request& r, uint32_t index, std::string_view key,
@@ -877,8 +945,11 @@ void Server::Impl::produce(Request& r, uint32_t index, std::string_view key,
   --r.outstanding;
   if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
     // Kept until the queue has room; meanwhile no connection is read.
-    parked.push_back({r.seq, index, std::string(key),
+    parked.push_back({{r.slot, r.seq},
+                      index,
+                      std::string(key),
                       value ? std::optional<std::string>(std::string(*value)) : std::nullopt});
+    ++r.parked;
     return;
   }
   op_done(
@@ -889,15 +960,15 @@ void Server::Impl::produce(Request& r, uint32_t index, std::string_view key,
 void Server::Impl::retry_parked() {
   if (parked.empty()) return;
   while (!parked.empty()) {
-    auto it = requests.find(parked.front().seq);
-    if (it == requests.end() || it->second->answered) {
-      parked.pop_front();
-      if (it != requests.end()) maybe_free(*it->second);
-      continue;
-    }
-    Request& r = *it->second;
+    Request* found = find(parked.front().req);  // parked requests are never freed
+    Request& r = *found;
     Parked mine = std::move(parked.front());
     parked.pop_front();
+    --r.parked;
+    if (r.answered) {
+      maybe_free(r);
+      continue;
+    }
     const size_t before = parked.size();
     produce(r, mine.index, mine.key,
             mine.value ? std::optional<std::string_view>(*mine.value) : std::nullopt);
@@ -940,7 +1011,7 @@ void Server::Impl::on_delivery(const rd_kafka_message_t* m) {
       r.results[ref->index].token = tok;
       std::string why;
       if (r.visible && !is_applied(*r.table, tok, &why)) {
-        visible.push_back({r.seq, ref->index, r.table, tok});
+        visible.push_back({{r.slot, r.seq}, ref->index, r.table, tok});
         visible_count.store(visible.size());
       } else {
         op_done(r, ref->index, Errc::kOk, "");
@@ -970,11 +1041,11 @@ void Server::Impl::check_visible() {
   size_t kept = 0;
   for (size_t i = 0; i < visible.size(); ++i) {
     Visible v = visible[i];
-    auto it = requests.find(v.seq);
-    if (it == requests.end() || it->second->answered) continue;
+    Request* found = find(v.req);
+    if (found == nullptr || found->answered) continue;
     std::string why;
     if (is_applied(*v.table, v.token, &why)) {
-      Request& r = *it->second;
+      Request& r = *found;
       op_done(r, v.index, Errc::kOk, "");
       maybe_free(r);
     } else {
@@ -985,15 +1056,23 @@ void Server::Impl::check_visible() {
   visible_count.store(visible.size());
 }
 
-void Server::Impl::expire(clock::time_point now) {
-  while (!deadlines.empty() && deadlines.top().first <= now) {
-    const uint64_t seq = deadlines.top().second;
-    deadlines.pop();
-    auto it = requests.find(seq);
-    if (it == requests.end() || it->second->answered) continue;
-    Request& r = *it->second;
-    bool queued = false;
-    for (const auto& p : parked) queued = queued || p.seq == seq;
+void Server::Impl::expire(clock::time_point t) {
+  for (;;) {
+    ReqRef due;
+    if (!fifo_deadlines.empty() && fifo_deadlines.front().first <= t) {
+      due = fifo_deadlines.front().second;
+      fifo_deadlines.pop_front();
+    } else if (!heap_deadlines.empty() && heap_deadlines.front().first <= t) {
+      due = heap_deadlines.front().second;
+      std::pop_heap(heap_deadlines.begin(), heap_deadlines.end(), later);
+      heap_deadlines.pop_back();
+    } else {
+      break;
+    }
+    Request* found = find(due);
+    if (found == nullptr || found->answered) continue;
+    Request& r = *found;
+    const bool queued = r.parked > 0;
     for (uint32_t i = 0; i < r.results.size(); ++i) {
       auto& res = r.results[i];
       if (res.code != 1) continue;
@@ -1029,6 +1108,7 @@ void Server::Impl::expire(clock::time_point now) {
 void Server::Impl::answer(Request& r) {
   if (r.answered) return;
   r.answered = true;
+  --unanswered;
   auto it = conns.find(r.conn_id);
   if (it == conns.end()) return;  // the client left
   Conn& c = it->second;
@@ -1049,16 +1129,14 @@ void Server::Impl::answer(Request& r) {
 
 void Server::Impl::maybe_free(Request& r) {
   // librdkafka holds &r.refs[i] until each delivery report has come back.
-  if (r.answered && r.outstanding == 0) {
-    bool in_parked = false;
-    for (const auto& p : parked) in_parked = in_parked || p.seq == r.seq;
-    if (!in_parked) requests.erase(r.seq);
+  if (r.live && r.answered && r.outstanding == 0 && r.parked == 0) {
+    r.live = false;
+    free_slots.push_back(r.slot);
   }
 }
 
 std::string Server::Impl::stats_json() {
-  size_t pending = 0;
-  for (const auto& [seq, r] : requests) pending += r->answered ? 0 : 1;
+  const size_t pending = unanswered;
   std::string j = "{\"server\":{\"connections\":" + std::to_string(conns.size()) +
                   ",\"requests\":" + std::to_string(n_requests) +
                   ",\"writes_acked\":" + std::to_string(n_acked) +
