@@ -275,12 +275,27 @@ Result<ErrorReply> decode_error(std::string_view body) {
   return e;
 }
 
+namespace {
+template <typename T>
+char* store_le(char* at, T v) {
+  for (size_t i = 0; i < sizeof(T); ++i)
+    at[i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
+  return at + sizeof(T);
+}
+// The header, in `at` (kHeaderBytes); returns the end.
+char* store_header(char* at, uint32_t length, Type type, uint8_t flags, uint64_t id) {
+  at = store_le<uint32_t>(at, length);
+  at = store_le<uint8_t>(at, static_cast<uint8_t>(type));
+  at = store_le<uint8_t>(at, flags);
+  at = store_le<uint16_t>(at, 0);
+  return store_le<uint64_t>(at, id);
+}
+}  // namespace
+
 void encode_frame(std::string& out, Type type, uint8_t flags, uint64_t id, std::string_view body) {
-  put_le<uint32_t>(out, static_cast<uint32_t>(kMinLength + body.size()));
-  put_le<uint8_t>(out, static_cast<uint8_t>(type));
-  put_le<uint8_t>(out, flags);
-  put_le<uint16_t>(out, 0);
-  put_le<uint64_t>(out, id);
+  char h[kHeaderBytes];
+  store_header(h, static_cast<uint32_t>(kMinLength + body.size()), type, flags, id);
+  out.append(h, sizeof h);
   out.append(body);
 }
 
@@ -346,10 +361,12 @@ void encode_wait(std::string& out, uint64_t id, const Wait& w) {
 }
 
 void encode_token(std::string& out, Type type, uint64_t id, Token t) {
-  const size_t at = begin_frame(out, type, 0, id);
-  put_le(out, t.partition);
-  put_le(out, t.offset);
-  end_frame(out, at);
+  // The most frequent reply: one append.
+  char f[kHeaderBytes + sizeof t.partition + sizeof t.offset];
+  char* at = store_header(f, static_cast<uint32_t>(sizeof f - 4), type, 0, id);
+  at = store_le(at, t.partition);
+  store_le(at, t.offset);
+  out.append(f, sizeof f);
 }
 
 void encode_batch_ok(std::string& out, uint64_t id, const std::vector<BatchResult>& r) {

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <memory_resource>
 #include <new>
 #include <string>
 #include <unordered_map>
@@ -71,7 +72,10 @@ struct kvs_client {
   std::string in;
   std::string out;  // frames not yet sent
   size_t out_off = 0;
-  std::unordered_map<uint64_t, Pending> pending;
+  // Requests without an answer. Their nodes come from a pool: a pipelined
+  // write would otherwise cost a malloc and a free.
+  std::pmr::unsynchronized_pool_resource pool;
+  std::pmr::unordered_map<uint64_t, Pending> pending{&pool};
   size_t async_pending = 0;
   bool broken = false;
   std::string broken_why;

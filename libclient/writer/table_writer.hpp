@@ -81,6 +81,12 @@ class TableWriter {
   void prefetch(std::string_view key) const {
     view_.prefetch_group(format::hash_key(key.data(), key.size()));
   }
+  // The second stage, a few records after prefetch(key): reads the (now
+  // cached) group and prefetches the entry whose tag matches, which an
+  // overwrite or erase compares its key with.
+  void prefetch_entry(std::string_view key) const {
+    (void)view_.first_match(format::hash_key(key.data(), key.size()));
+  }
   // Erases; false if the key was absent (a tombstone for a missing key).
   Result<bool> erase(std::string_view key);
 
