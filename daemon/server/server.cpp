@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/container/small_vector.hpp>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -121,9 +122,11 @@ struct Request {
   uint32_t outstanding = 0;  // records produced whose delivery report is still due
   uint32_t remaining = 0;    // operations without an outcome
   uint32_t parked = 0;       // operations in Impl::parked
-  std::vector<proto::BatchResult> results;
+  // A put or erase has one operation: kept inside the request, as the pool
+  // keeps the requests together, so that the hot path stays in few lines.
+  boost::container::small_vector<proto::BatchResult, 1> results;
   std::string error;  // message of the first failed operation
-  std::vector<MsgRef> refs;
+  boost::container::small_vector<MsgRef, 1> refs;
 };
 
 // An operation waiting for producer queue space; owns its bytes.
@@ -158,7 +161,7 @@ struct Server::Impl {
 
   uint64_t next_conn_id = 1, next_seq = 1;
   std::unordered_map<uint64_t, Conn> conns;
-  std::vector<std::unique_ptr<Request>> slots;  // the request pool
+  std::deque<Request> slots;  // the request pool: stable addresses, in chunks
   std::vector<uint32_t> free_slots;
   size_t unanswered = 0;  // live requests without an answer
   // Deadlines of unanswered requests. Most use write_timeout_ms, so theirs
@@ -205,8 +208,8 @@ struct Server::Impl {
   Request& new_request(Conn& c, const proto::Header& h, proto::Type reply, Table* t,
                        uint32_t timeout_ms, size_t ops);
   Request* find(ReqRef ref) const {
-    Request* r = slots[ref.slot].get();
-    return r->live && r->seq == ref.seq ? r : nullptr;
+    Request& r = const_cast<Request&>(slots[ref.slot]);
+    return r.live && r.seq == ref.seq ? &r : nullptr;
   }
   bool pending_deadline(const Deadline& d) const {
     const Request* r = find(d.second);
@@ -519,7 +522,7 @@ void Server::Impl::loop() {
   // Whatever is left is answered with a clear error, then everything closes.
   std::vector<Request*> open;
   for (auto& r : slots) {
-    if (r->live && !r->answered) open.push_back(r.get());
+    if (r.live && !r.answered) open.push_back(&r);
   }
   for (Request* r : open) {
     for (uint32_t i = 0; i < r->results.size(); ++i) {
@@ -866,11 +869,11 @@ void Server::Impl::handle_frame(Conn& c, const proto::Header& h, std::string_vie
 Request& Server::Impl::new_request(Conn& c, const proto::Header& h, proto::Type reply, Table* t,
                                    uint32_t timeout_ms, size_t ops) {
   if (free_slots.empty()) {
-    slots.push_back(std::make_unique<Request>());
-    slots.back()->slot = static_cast<uint32_t>(slots.size() - 1);
-    free_slots.push_back(slots.back()->slot);
+    slots.emplace_back();
+    slots.back().slot = static_cast<uint32_t>(slots.size() - 1);
+    free_slots.push_back(slots.back().slot);
   }
-  Request& r = *slots[free_slots.back()];
+  Request& r = slots[free_slots.back()];
   free_slots.pop_back();
   r.live = true;
   r.seq = next_seq++;
@@ -1116,7 +1119,7 @@ void Server::Impl::answer(Request& r) {
   if (c.eof && c.pending == 0) c.closing = true;
   const auto& first = r.results[0];
   if (r.reply == proto::Type::kBatchOk) {
-    proto::encode_batch_ok(c.out, r.id, r.results);
+    proto::encode_batch_ok(c.out, r.id, {r.results.data(), r.results.size()});
   } else if (first.code != KVS_OK) {
     proto::encode_error(c.out, r.id, first.code, r.error);
   } else if (r.reply == proto::Type::kWaitOk) {

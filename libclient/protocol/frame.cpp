@@ -369,7 +369,7 @@ void encode_token(std::string& out, Type type, uint64_t id, Token t) {
   out.append(f, sizeof f);
 }
 
-void encode_batch_ok(std::string& out, uint64_t id, const std::vector<BatchResult>& r) {
+void encode_batch_ok(std::string& out, uint64_t id, std::span<const BatchResult> r) {
   const size_t at = begin_frame(out, Type::kBatchOk, 0, id);
   put_le(out, static_cast<uint32_t>(r.size()));
   for (const auto& x : r) {

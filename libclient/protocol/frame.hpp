@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -134,7 +135,7 @@ void encode_write(std::string& out, uint64_t id, bool visible, const Write& w);
 void encode_batch(std::string& out, uint64_t id, bool visible, const Batch& b);
 void encode_wait(std::string& out, uint64_t id, const Wait& w);
 void encode_token(std::string& out, Type type, uint64_t id, Token t);
-void encode_batch_ok(std::string& out, uint64_t id, const std::vector<BatchResult>& r);
+void encode_batch_ok(std::string& out, uint64_t id, std::span<const BatchResult> r);
 void encode_error(std::string& out, uint64_t id, int32_t code, std::string_view message);
 
 }  // namespace kvs::protocol
