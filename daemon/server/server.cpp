@@ -87,6 +87,7 @@ struct Conn {
   bool eof = false;      // the peer sent everything it will send
   uint32_t pending = 0;  // requests without a reply
   uint32_t events = 0;   // epoll interest now registered
+  bool dirty = false;    // in Impl::dirty
   uid_t uid = 0;
   gid_t gid = 0;
   pid_t pid = 0;
@@ -176,8 +177,13 @@ struct Server::Impl {
   std::deque<Parked> parked;
   std::vector<Visible> visible;
   std::vector<uint64_t> dirty;  // connections with replies to send or input to resume
-  std::vector<uint64_t> todo;   // dirty, taken by the loop
-  clock::time_point now;        // the loop's clock, read once per round
+  void mark_dirty(Conn& c) {
+    if (c.dirty) return;
+    c.dirty = true;
+    dirty.push_back(c.id);
+  }
+  std::vector<uint64_t> todo;  // dirty, taken by the loop
+  clock::time_point now;       // the loop's clock, read once per round
   std::unique_ptr<char[]> read_buf = std::make_unique<char[]>(kReadChunk);
 
   // Counters for STATS.
@@ -503,12 +509,11 @@ void Server::Impl::loop() {
     expire(now);
     todo.clear();
     todo.swap(dirty);
-    std::sort(todo.begin(), todo.end());
-    todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
     for (uint64_t id : todo) {
       auto it = conns.find(id);
       if (it == conns.end()) continue;
       Conn& c = it->second;
+      c.dirty = false;
       if (may_read(c) && c.in.size() > c.in_off) process_input(c);
       flush(c);
     }
@@ -666,7 +671,7 @@ void Server::Impl::read_from(Conn& c) {
     process_input(c);
     if (!conns.count(id)) return;
   }
-  dirty.push_back(id);
+  mark_dirty(c);
 }
 
 void Server::Impl::process_input(Conn& c) {
@@ -694,12 +699,12 @@ void Server::Impl::process_input(Conn& c) {
     c.in.erase(0, c.in_off);
     c.in_off = 0;
   }
-  dirty.push_back(c.id);
+  mark_dirty(c);
 }
 
 void Server::Impl::reply_error(Conn& c, uint64_t id, Errc code, const std::string& message) {
   proto::encode_error(c.out, id, static_cast<int32_t>(code), message);
-  dirty.push_back(c.id);
+  mark_dirty(c);
 }
 
 void Server::Impl::flush(Conn& c) {
@@ -763,7 +768,7 @@ void Server::Impl::handle_frame(Conn& c, const proto::Header& h, std::string_vie
     c.hello = true;
     proto::encode_hello_ok(c.out, h.request_id,
                            proto::HelloOk{proto::kVersion, max_frame_bytes, "kvsd 0.1"});
-    dirty.push_back(c.id);
+    mark_dirty(c);
     return;
   }
   auto bad = [&](const std::string& why) {
@@ -796,13 +801,13 @@ void Server::Impl::handle_frame(Conn& c, const proto::Header& h, std::string_vie
   switch (type) {
     case proto::Type::kPing: {
       proto::encode_frame(c.out, proto::Type::kPong, 0, h.request_id, body);
-      dirty.push_back(c.id);
+      mark_dirty(c);
       return;
     }
     case proto::Type::kStats: {
       if (!body.empty()) return bad("stats: a body of " + std::to_string(body.size()) + " bytes");
       proto::encode_frame(c.out, proto::Type::kStatsOk, 0, h.request_id, stats_json());
-      dirty.push_back(c.id);
+      mark_dirty(c);
       return;
     }
     case proto::Type::kPut:
@@ -850,7 +855,7 @@ void Server::Impl::handle_frame(Conn& c, const proto::Header& h, std::string_vie
       if (!why.empty()) return reply_error(c, h.request_id, Errc::kInvalidArgument, why);
       if (done) {
         proto::encode_frame(c.out, proto::Type::kWaitOk, 0, h.request_id, {});
-        dirty.push_back(c.id);
+        mark_dirty(c);
         return;
       }
       Request& r = new_request(c, h, proto::Type::kWaitOk, t, w->timeout_ms, 1);
@@ -984,7 +989,7 @@ void Server::Impl::retry_parked() {
     }
     maybe_free(r);
   }
-  for (auto& [id, c] : conns) dirty.push_back(id);  // reading resumes
+  for (auto& [id, c] : conns) mark_dirty(c);  // reading resumes
 }
 
 void Server::Impl::op_done(Request& r, uint32_t index, Errc code, const std::string& message) {
@@ -1127,7 +1132,7 @@ void Server::Impl::answer(Request& r) {
   } else {
     proto::encode_token(c.out, r.reply, r.id, first.token);
   }
-  dirty.push_back(c.id);
+  mark_dirty(c);
 }
 
 void Server::Impl::maybe_free(Request& r) {
