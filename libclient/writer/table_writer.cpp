@@ -152,6 +152,7 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
       w->data_ = std::move(*data);
       if (auto ok = w->attach_existing(); ok) return w;
       stale = std::move(w->data_);
+      KVS_UNPOISON(stale->data(), stale->size());  // see ~TableWriter
     }
     w->attach_kind_ = AttachKind::kReplaced;
   } else if (data.error().code != Errc::kNoTable && data.error().code != Errc::kCorrupt) {
@@ -238,11 +239,15 @@ uint64_t TableWriter::source_topic() const {
 
 TableWriter::~TableWriter() {
   if (header_) header_->writer_pid.store(0, std::memory_order_relaxed);
+  // ASan keeps the shadow of unmapped memory: a later mapping at this
+  // address would inherit the poison of free blocks.
+  if (data_) KVS_UNPOISON(data_->data(), data_->size());
 }
 
 void TableWriter::init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes) {
   const Geometry g = geometry(capacity, partition_capacity, arena_bytes);
   base_ = data_->data();
+  KVS_UNPOISON(base_, data_->size());  // see ~TableWriter
   header_ = reinterpret_cast<TableHeader*>(base_);
   header_->magic = kTableMagic;
   header_->layout_version = kLayoutVersion;
@@ -271,6 +276,7 @@ void TableWriter::init_new(uint64_t capacity, uint32_t partition_capacity, uint6
 
 Result<void> TableWriter::attach_existing() {
   base_ = data_->data();
+  KVS_UNPOISON(base_, data_->size());  // see ~TableWriter
   header_ = reinterpret_cast<TableHeader*>(base_);
   groups_ = reinterpret_cast<Group*>(base_ + header_->groups_offset);
   partitions_ = reinterpret_cast<PartitionState*>(base_ + header_->partitions_offset);
