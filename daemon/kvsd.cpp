@@ -1,6 +1,5 @@
 #include "kvsd.hpp"
 
-#include <grp.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <systemd/sd-daemon.h>
@@ -44,16 +43,6 @@ struct Table {
   uint64_t skipped = 0;
   bool ready = false;
 };
-
-Result<gid_t> resolve_group(const std::string& g) {
-  if (g.empty()) return static_cast<gid_t>(-1);
-  if (g.find_first_not_of("0123456789") == std::string::npos) {
-    return static_cast<gid_t>(std::stoul(g));
-  }
-  if (const struct group* gr = ::getgrnam(g.c_str())) return gr->gr_gid;
-  return make_error(Errc::kInvalidArgument,
-                    "kvsd.shm_group = \"" + g + "\": no such group; create it or use a number");
-}
 
 // Retries `fn` while it fails with kTimeout (a broker not answering yet),
 // logging each failure, until it succeeds, fails otherwise, or kvsd stops.
@@ -173,7 +162,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         embedded->bootstrap_servers().c_str());
   }
 
-  auto gid = resolve_group(cfg.shm_group);
+  auto gid = config::resolve_group(cfg.shm_group, "shm_group");
   if (!gid) {
     KVS_LOG_ERROR("%s", gid.error().message.c_str());
     return kExitConfig;

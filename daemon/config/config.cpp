@@ -1,5 +1,6 @@
 #include "config/config.hpp"
 
+#include <grp.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -437,6 +438,16 @@ std::string describe_keys() {
   }
   out << "[kafka] any librdkafka property, as a string, integer or boolean\n";
   return out.str();
+}
+
+Result<gid_t> resolve_group(const std::string& group, const char* key) {
+  if (group.empty()) return static_cast<gid_t>(-1);
+  if (group.find_first_not_of("0123456789") == std::string::npos) {
+    return static_cast<gid_t>(std::stoul(group));
+  }
+  if (const struct group* gr = ::getgrnam(group.c_str())) return gr->gr_gid;
+  return make_error(Errc::kInvalidArgument, std::string("kvsd.") + key + " = \"" + group +
+                                                "\": no such group; create it or use a number");
 }
 
 }  // namespace kvs::config

@@ -62,6 +62,11 @@ Result<Config> load_file(const std::string& path);
 
 // The commented example config (etc/kvs/kvsd.toml), generated from kKeys.
 std::string example_toml();
+
+// The gid of `group` (a name or a number) for the setting `key` of [kvsd]
+// (socket_group, shm_group); "" gives -1 (keep the creator's group).
+// Errors: kInvalidArgument, naming the setting.
+Result<gid_t> resolve_group(const std::string& group, const char* key);
 // Every key with type, default, range and help, for --help-config.
 std::string describe_keys();
 

@@ -1,7 +1,6 @@
 #include "server/server.hpp"
 
 #include <fcntl.h>
-#include <grp.h>
 #include <librdkafka/rdkafka.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -35,16 +34,6 @@ constexpr size_t kMaxUnsentBytes = 4 << 20;  // replies a client has not read: s
 constexpr uint32_t kFrameOverhead = 64 * 1024;
 
 std::string errno_text(int e) { return std::strerror(e); }
-
-Result<gid_t> group_id(const std::string& g, const char* key) {
-  if (g.empty()) return static_cast<gid_t>(-1);
-  if (g.find_first_not_of("0123456789") == std::string::npos) {
-    return static_cast<gid_t>(std::stoul(g));
-  }
-  if (const struct group* gr = ::getgrnam(g.c_str())) return gr->gr_gid;
-  return make_error(Errc::kInvalidArgument, std::string("kvsd.") + key + " = \"" + g +
-                                                "\": no such group; create it or use a number");
-}
 
 // Maps a delivery or produce error to a KVS_E* code.
 Errc errc_of(rd_kafka_resp_err_t e) {
@@ -294,7 +283,7 @@ Result<void> Server::Impl::open_socket() {
                                                   " bytes");
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  auto gid = group_id(cfg.socket_group, "socket_group");
+  auto gid = config::resolve_group(cfg.socket_group, "socket_group");
   if (!gid) return std::move(gid).error();
 
   struct stat st {};

@@ -176,5 +176,16 @@ TEST(ConfigTest, EditDistance) {
   EXPECT_EQ(edit_distance("kafka", "kafak"), 2u);
 }
 
+TEST(ConfigTest, GroupsResolveByNameOrNumberAndAnUnknownOneIsNamed) {
+  EXPECT_EQ(*resolve_group("", "socket_group"), static_cast<gid_t>(-1));
+  EXPECT_EQ(*resolve_group("4242", "socket_group"), static_cast<gid_t>(4242));
+  EXPECT_EQ(*resolve_group("root", "shm_group"), static_cast<gid_t>(0));
+  auto bad = resolve_group("no-such-group-kvs", "shm_group");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(bad.error().message,
+            "kvsd.shm_group = \"no-such-group-kvs\": no such group; create it or use a number");
+}
+
 }  // namespace
 }  // namespace kvs::config
