@@ -202,11 +202,11 @@ struct Server::Impl {
   Table* find_table(std::string_view name);
   Request& new_request(Conn& c, const proto::Header& h, proto::Type reply, Table* t,
                        uint32_t timeout_ms, size_t ops);
-  Request* find(ReqRef ref) const {
-    Request& r = const_cast<Request&>(slots[ref.slot]);
+  Request* find(ReqRef ref) {
+    Request& r = slots[ref.slot];
     return r.live && r.seq == ref.seq ? &r : nullptr;
   }
-  bool pending_deadline(const Deadline& d) const {
+  bool pending_deadline(const Deadline& d) {
     const Request* r = find(d.second);
     return r != nullptr && !r->answered;
   }
