@@ -3,7 +3,7 @@
 // KVS_TEST_BOOTSTRAP), in the same run.
 //
 //   kvs_put_bench [--puts N] [--latency-puts L] [--clients C] [--rounds R]
-//                 [--fetch-wait-ms W]
+//                 [--fetch-wait-ms W] [--profile-kvsd 1]
 //
 // 1. Round trip, one writer, one put at a time: kvs_put (socket -> kvsd ->
 //    Kafka acks=all -> delivery report -> answer) against produce + wait for
@@ -14,6 +14,7 @@
 // 3. "visible" round trip (the answer waits until this host's table applied
 //    the write) against the plain one; target: + <= 1 ms at p50.
 // Each pair runs back to back, R rounds; the median ratio is reported.
+// --profile-kvsd 1 runs only step 2's kvsd side, R rounds, for perf.
 //
 // Steps 1 and 2 run kvsd with its default settings. The mock cluster answers
 // a fetch that finds no data only after the whole fetch.wait.max.ms (500 ms
@@ -249,6 +250,7 @@ int main(int argc, char** argv) {
   long puts = 150000, latency_puts = 1000;
   int clients = 16, rounds = 3;
   long fetch_wait_ms = -1;
+  bool profile_kvsd = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--puts")
@@ -261,9 +263,11 @@ int main(int argc, char** argv) {
       rounds = std::atoi(argv[i + 1]);
     else if (a == "--fetch-wait-ms")
       fetch_wait_ms = std::atol(argv[i + 1]);
+    else if (a == "--profile-kvsd")
+      profile_kvsd = std::atoi(argv[i + 1]) != 0;
     else
       die("usage: kvs_put_bench [--puts N] [--latency-puts L] [--clients C] [--rounds R] "
-          "[--fetch-wait-ms W]");
+          "[--fetch-wait-ms W] [--profile-kvsd 1]");
   }
   kvs::test::KafkaCluster kafka(kvs::test::helper("../tests/kvs_mock_kafka"));
   const std::string topic = kvs::test::KafkaCluster::unique_topic("putbench");
@@ -288,6 +292,7 @@ int main(int argc, char** argv) {
       kafka.is_mock() ? "mock" : "external", kafka.bootstrap().c_str(), kPartitions, kValueBytes,
       fetch_wait_ms >= 0 ? std::to_string(fetch_wait_ms).c_str() : "default");
   const std::string v(kValueBytes, 'v');
+  long offset_start = 0;
   // Warm-up: connections, metadata, producer ids.
   for (int i = 0; i < 50; ++i) {
     bare.round_trip(key_of(i), v);
@@ -295,6 +300,17 @@ int main(int argc, char** argv) {
     kvsd_round_trip(kvsd->c, key_of(i), v, false);
   }
 
+  if (profile_kvsd) {
+    for (int r = 0; r < rounds; ++r, offset_start += puts) {
+      const double kt = kvsd_throughput(kvsd->socket, clients, puts, offset_start, kvsd_written);
+      wait_applied(table, kvsd_written);
+      std::printf("round %d  kvsd, %d clients %9.0f puts/s\n", r + 1, clients, kt);
+    }
+    kvs_close(table);
+    kvsd.reset();
+    std::filesystem::remove_all(dir);
+    return 0;
+  }
   std::vector<double> p50_ratio, p99_ratio, tput_ratio, tput_shared_ratio, visible_extra;
   long offset = 0;
   for (int r = 0; r < rounds; ++r) {
