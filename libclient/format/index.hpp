@@ -82,18 +82,24 @@ class TableView {
     return Lookup::kCorrupt;  // every group claims overflow: not a table we wrote
   }
 
-  // Batched lookups in three passes, so that the misses of all keys overlap:
-  // prefetch_group(), then first_match() (which prefetches the candidate
-  // entry), then resolve().
-  void prefetch_group(uint64_t hash) const {
-    __builtin_prefetch(&groups_[home_group(hash, group_count_)]);
+  // Batched lookups in passes, so that the misses of all keys overlap: every
+  // key's home group is prefetched, then its candidate entry (or, when the
+  // group overflowed without a match, the next group, then the candidate
+  // there), then the keys are compared. A key that none of this settles
+  // (a tag collision, a key two groups away) goes through find().
+  uint64_t home(uint64_t hash) const { return home_group(hash, group_count_); }
+  uint64_t next_group(uint64_t g) const { return g + 1 == group_count_ ? 0 : g + 1; }
+  void prefetch_group_at(uint64_t g) const { __builtin_prefetch(&groups_[g]); }
+  void prefetch_group(uint64_t hash) const { prefetch_group_at(home(hash)); }
+  bool overflowed(uint64_t g) const {
+    return groups_[g].overflow.load(std::memory_order_seq_cst) != 0;
   }
 
-  // The first slot word of the home group whose tag matches, or 0 if there
-  // is none. Prefetches that entry's first two lines (header, key and the
+  // The first slot word of group g whose tag is the hash's, or 0 if there is
+  // none. Prefetches that entry's first two lines (header, key and the
   // start of the value).
-  uint64_t first_match(uint64_t hash) const {
-    const Group& grp = groups_[home_group(hash, group_count_)];
+  uint64_t match_in(uint64_t g, uint64_t hash) const {
+    const Group& grp = groups_[g];
     const uint16_t tag = hash_tag(hash);
     for (int i = 0; i < kSlotsPerGroup; ++i) {
       const uint64_t w = grp.slots[i].load(std::memory_order_seq_cst);
@@ -108,20 +114,25 @@ class TableView {
     }
     return 0;
   }
+  uint64_t first_match(uint64_t hash) const { return match_in(home(hash), hash); }
+
+  // Finishes a lookup whose candidate slot word is `candidate`: found if its
+  // entry holds the key, else the whole probe of find().
+  Lookup resolve_candidate(const void* key, size_t key_len, uint64_t hash, uint64_t candidate,
+                           EntryRef* out) const {
+    if (!entry_at(slot_offset(candidate), out)) return Lookup::kCorrupt;
+    if (out->key_len == key_len && std::memcmp(out->key, key, key_len) == 0) {
+      return Lookup::kFound;
+    }
+    return find(key, key_len, hash, out);
+  }
 
   // Finishes a lookup begun with first_match(): the common cases (the match
   // is the key; no match and no overflow) need no second probe.
   Lookup resolve(const void* key, size_t key_len, uint64_t hash, uint64_t first,
                  EntryRef* out) const {
-    if (first != 0) {
-      if (!entry_at(slot_offset(first), out)) return Lookup::kCorrupt;
-      if (out->key_len == key_len && std::memcmp(out->key, key, key_len) == 0) {
-        return Lookup::kFound;
-      }
-    } else if (groups_[home_group(hash, group_count_)].overflow.load(std::memory_order_seq_cst) ==
-               0) {
-      return Lookup::kAbsent;
-    }
+    if (first != 0) return resolve_candidate(key, key_len, hash, first, out);
+    if (!overflowed(home(hash))) return Lookup::kAbsent;
     return find(key, key_len, hash, out);
   }
 

@@ -459,25 +459,64 @@ int kvs_multi_get(kvs_txn* x, size_t count, const void* const* keys, const size_
   }
   const TableView& view = x->gen->view;
   constexpr size_t kBatch = 32;
+  constexpr int kGroupPasses = 8;  // groups probed in passes; then find()
   uint64_t hashes[kBatch];
-  uint64_t firsts[kBatch];
+  uint64_t groups[kBatch];      // the group a key's probe is at
+  uint64_t candidates[kBatch];  // slot word of the candidate entry; 0: none
+  uint8_t active[kBatch];       // keys still probing groups
   for (size_t base = 0; base < count; base += kBatch) {
     const size_t n = std::min(kBatch, count - base);
-    // Three passes so that the cache misses of all keys overlap: the group
-    // lines, then the candidate entries, then the comparisons.
+    // Passes over all keys, so that their cache misses overlap: the home
+    // groups; then in each pass, every key still probing loads its group's
+    // slots, and either has a candidate (its entry is prefetched), is absent
+    // (no match and the group never overflowed) or moves on to the next
+    // group (prefetched). At the table's load about one key in 16 needs a
+    // second group. Then the keys are compared. A key not settled so (a tag
+    // collision, a long overflow chain) gets the full probe of find().
+    size_t n_active = n;
     for (size_t i = 0; i < n; ++i) {
       hashes[i] = hash_key(keys[base + i], key_lens[base + i]);
-      view.prefetch_group(hashes[i]);
+      groups[i] = view.home(hashes[i]);
+      view.prefetch_group_at(groups[i]);
+      view.prefetch_group_at(view.next_group(groups[i]));
+      active[i] = static_cast<uint8_t>(i);
     }
-    for (size_t i = 0; i < n; ++i) firsts[i] = view.first_match(hashes[i]);
+    for (int pass = 0; pass < kGroupPasses && n_active > 0; ++pass) {
+      size_t still = 0;
+      for (size_t j = 0; j < n_active; ++j) {
+        const size_t i = active[j];
+        candidates[i] = view.match_in(groups[i], hashes[i]);
+        if (candidates[i] == 0 && view.overflowed(groups[i])) {
+          groups[i] = view.next_group(groups[i]);
+          view.prefetch_group_at(groups[i]);
+          active[still++] = static_cast<uint8_t>(i);
+        }
+      }
+      n_active = still;
+    }
+    // Keys still probing get find(): mark them with a candidate of 0 and a
+    // group of ~0.
+    for (size_t j = 0; j < n_active; ++j) groups[active[j]] = ~uint64_t{0};
     for (size_t i = 0; i < n; ++i) {
       EntryRef e;
       const size_t k = base + i;
-      switch (view.resolve(keys[k], key_lens[k], hashes[i], firsts[i], &e)) {
+      Lookup l;
+      if (candidates[i] != 0) {
+        l = view.resolve_candidate(keys[k], key_lens[k], hashes[i], candidates[i], &e);
+      } else if (groups[i] != ~uint64_t{0}) {
+        l = Lookup::kAbsent;  // no match in a group that never overflowed
+      } else {
+        l = view.find(keys[k], key_lens[k], hashes[i], &e);
+      }
+      switch (l) {
         case Lookup::kFound:
           if (values) values[k] = e.value;
           if (value_lens) value_lens[k] = e.value_len;
           results[k] = KVS_OK;
+          // The value's last line, which the candidate prefetch did not
+          // cover when the value is longer: the caller's reads of all the
+          // values then overlap too.
+          if (e.value_len > 0) __builtin_prefetch(e.value + e.value_len - 1);
           break;
         case Lookup::kAbsent:
           results[k] = KVS_ENOTFOUND;
