@@ -45,6 +45,17 @@ class WriteTest : public KvsdTest {
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
   }
+  // A raw connection past the handshake, or -1 if kvsd did not answer it;
+  // `buf` keeps what was read beyond the answer.
+  int raw_connect_past_hello(std::string& buf) {
+    const int fd = raw_connect();
+    send_all(fd, hello());
+    if (!read_frame(fd, buf)) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  }
   static void send_all(int fd, const std::string& bytes) {
     size_t off = 0;
     while (off < bytes.size()) {
@@ -278,10 +289,9 @@ TEST_F(WriteTest, MalformedAndRandomFramesGetErrorRepliesAndKvsdStaysUp) {
   }
   // Truncated and malformed bodies: an error each, connection usable.
   {
-    const int fd = raw_connect();
     std::string buf;
-    send_all(fd, hello());
-    ASSERT_TRUE(read_frame(fd, buf));
+    const int fd = raw_connect_past_hello(buf);
+    ASSERT_GE(fd, 0);
     std::string put;
     protocol::encode_write(put, 9, false, protocol::Write{"t", 0, "key", "value"});
     for (size_t cut = 1; cut < put.size() - protocol::kHeaderBytes; ++cut) {
@@ -325,10 +335,9 @@ TEST_F(WriteTest, MalformedAndRandomFramesGetErrorRepliesAndKvsdStaysUp) {
   // 10,000 random frames (valid lengths, random types and bodies), each
   // answered with exactly one reply; kvsd stays up.
   {
-    const int fd = raw_connect();
     std::string buf;
-    send_all(fd, hello());
-    ASSERT_TRUE(read_frame(fd, buf));
+    const int fd = raw_connect_past_hello(buf);
+    ASSERT_GE(fd, 0);
     std::mt19937_64 rng(42);
     constexpr int kFrames = 10000;
     std::string batch;
@@ -558,10 +567,9 @@ TEST_F(WriteTest, AConnectionIsNotReadBeyondItsPendingLimit) {
   ASSERT_EQ(kvs_put(probe, "t", "warm", 4, "up", 2, nullptr, nullptr), KVS_OK) << kvs_last_error();
   // No broker: nothing is acknowledged, so requests stay pending.
   for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
-  const int fd = raw_connect();
   std::string buf;
-  send_all(fd, hello());
-  ASSERT_TRUE(read_frame(fd, buf));
+  const int fd = raw_connect_past_hello(buf);
+  ASSERT_GE(fd, 0);
   constexpr int kRequests = 200;
   std::string frames;
   for (int i = 0; i < kRequests; ++i) {
@@ -608,10 +616,9 @@ TEST_F(WriteTest, WritesThatFindTheProducerQueueFullWaitAndKeepTheirOrder) {
   kvs_client* probe = connect();
   ASSERT_EQ(kvs_put(probe, "t", "warm", 4, "up", 2, nullptr, nullptr), KVS_OK) << kvs_last_error();
   for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
-  const int fd = raw_connect();
   std::string buf;
-  send_all(fd, hello());
-  ASSERT_TRUE(read_frame(fd, buf));
+  const int fd = raw_connect_past_hello(buf);
+  ASSERT_GE(fd, 0);
   constexpr int kRequests = 200;
   std::string frames;
   for (int i = 0; i < kRequests; ++i) {
