@@ -342,10 +342,13 @@ void BM(benchmark::State& state) {
 // Time(a) / time(b), measured in alternating chunks within one window, so
 // that drift of the machine's speed affects both sides alike. The targets are
 // judged on these ratios.
+double g_last_a_ns = 0, g_last_b_ns = 0;  // per call of a and b in the last paired_ratio
+
 double paired_ratio(Chunk a, Chunk b, int n,
                     std::chrono::milliseconds window = std::chrono::milliseconds(1500)) {
   using clock = std::chrono::steady_clock;
   double ta = 0, tb = 0;
+  uint64_t calls = 0;
   uint64_t ia = 1, ib = 7;
   const auto end = clock::now() + window;
   while (clock::now() < end) {
@@ -356,7 +359,10 @@ double paired_ratio(Chunk a, Chunk b, int n,
     const auto t2 = clock::now();
     ta += std::chrono::duration<double>(t1 - t0).count();
     tb += std::chrono::duration<double>(t2 - t1).count();
+    calls += static_cast<uint64_t>(n);
   }
+  g_last_a_ns = ta * 1e9 / static_cast<double>(calls);
+  g_last_b_ns = tb * 1e9 / static_cast<double>(calls);
   benchmark::DoNotOptimize(ia + ib);
   return ta / tb;
 }
@@ -431,9 +437,12 @@ void cleanup() {
 
 int main(int argc, char** argv) {
   std::vector<char*> args;
+  int multi_only = 0;  // > 0: only that many multi_get ratio windows (for tuning)
   for (int i = 0; i < argc; ++i) {
     if (std::strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
       g_keys = std::strtoull(argv[++i], nullptr, 10);
+    } else if (std::strcmp(argv[i], "--multi-only") == 0 && i + 1 < argc) {
+      multi_only = std::atoi(argv[++i]);
     } else {
       args.push_back(argv[i]);
     }
@@ -450,9 +459,11 @@ int main(int argc, char** argv) {
                static_cast<unsigned long long>(g_keys));
   g_writer = ::fork();
   if (g_writer == 0) writer_main();
-  build_absl();
-  build_lmdb();
-  build_chase();
+  if (multi_only == 0) {
+    build_absl();
+    build_lmdb();
+    build_chase();
+  }
   while (!g_ctl->ready.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   kvs_open_options o{kPrefix.c_str()};
   if (kvs_open("bench", &o, &g_table) != KVS_OK) {
@@ -461,6 +472,18 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  if (multi_only > 0) {
+    std::vector<double> r;
+    for (int i = 0; i < multi_only; ++i) {
+      r.push_back(paired_ratio(multi16_chunk, single16_chunk, 200));
+      std::printf("multi_get of 16 keys %.0f ns / 16 independent gets %.0f ns: %.3fx\n",
+                  g_last_a_ns, g_last_b_ns, r.back());
+    }
+    std::sort(r.begin(), r.end());
+    std::printf("median %.3fx of %d windows\n", r[r.size() / 2], multi_only);
+    cleanup();
+    return 0;
+  }
   auto reg = [](const char* name, void (*fn)(benchmark::State&), int64_t rate = 0) {
     benchmark::RegisterBenchmark(name, fn)->Arg(rate);
   };
