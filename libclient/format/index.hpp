@@ -11,7 +11,12 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "format/layout.hpp"
+#include "format/sanitizers.hpp"
 
 namespace kvs::format {
 
@@ -29,6 +34,40 @@ struct SlotRef {
 };
 
 enum class Lookup { kFound, kAbsent, kCorrupt };
+
+// Bit i set: slot i of the group may hold `tag` (a hint: the caller loads
+// the slot word and checks it, as an empty slot has tag 0 and a slot may
+// change meanwhile). Without branches, so a batch of probes pays no
+// misprediction for where in its group each key sits. With SSE2 the 7 tags
+// are compared in 16-bit lanes; these vector loads of the slot words are
+// only a filter (x86 loads each aligned word whole), and every word that is
+// used is loaded again as an atomic. ThreadSanitizer builds take the scalar
+// loop of atomic loads, which needs no such argument.
+inline uint32_t tag_candidates(const Group& grp, uint16_t tag) {
+#if defined(__SSE2__) && !defined(KVS_TSAN)
+  const auto* p = reinterpret_cast<const __m128i*>(&grp);
+  const __m128i t = _mm_set1_epi16(static_cast<short>(tag));
+  const __m128i a = _mm_packs_epi16(_mm_cmpeq_epi16(_mm_load_si128(p), t),
+                                    _mm_cmpeq_epi16(_mm_load_si128(p + 1), t));
+  const __m128i b = _mm_packs_epi16(_mm_cmpeq_epi16(_mm_load_si128(p + 2), t),
+                                    _mm_cmpeq_epi16(_mm_load_si128(p + 3), t));
+  // A word's tag is its 16-bit lane 3, so after the packs the slots' results
+  // are bytes 3, 7, 11, 15 of a (slots 0-3) and of b (slots 4-6, then the
+  // control word). Gather bits 3, 7, ..., 27 into bits 0..6.
+  const uint32_t bytes = static_cast<uint32_t>(_mm_movemask_epi8(a)) |
+                         (static_cast<uint32_t>(_mm_movemask_epi8(b)) << 16);
+  uint32_t m = (bytes >> 3) & 0x1111111u;  // slot i at bit 4i
+  m |= m >> 3;                             // slots in pairs: bits 0-1, 8-9, ...
+  m |= m >> 6;                             // in fours: bits 0-3, 16-19
+  return (m & 0xFu) | ((m >> 12) & 0x70u);
+#else
+  uint32_t m = 0;
+  for (int i = 0; i < kSlotsPerGroup; ++i) {
+    m |= static_cast<uint32_t>(slot_tag(grp.slots[i].load(std::memory_order_seq_cst)) == tag) << i;
+  }
+  return m;
+#endif
+}
 
 class TableView {
  public:
@@ -84,9 +123,9 @@ class TableView {
 
   // Batched lookups in passes, so that the misses of all keys overlap: every
   // key's home group is prefetched, then its candidate entry (or, when the
-  // group overflowed without a match, the next group, then the candidate
-  // there), then the keys are compared. A key that none of this settles
-  // (a tag collision, a key two groups away) goes through find().
+  // group overflowed without a match, the next group, up to a limit), then
+  // the keys are compared. A key that none of this settles (a tag
+  // collision, a long overflow chain) goes through find().
   uint64_t home(uint64_t hash) const { return home_group(hash, group_count_); }
   uint64_t next_group(uint64_t g) const { return g + 1 == group_count_ ? 0 : g + 1; }
   void prefetch_group_at(uint64_t g) const { __builtin_prefetch(&groups_[g]); }
@@ -101,8 +140,8 @@ class TableView {
   uint64_t match_in(uint64_t g, uint64_t hash) const {
     const Group& grp = groups_[g];
     const uint16_t tag = hash_tag(hash);
-    for (int i = 0; i < kSlotsPerGroup; ++i) {
-      const uint64_t w = grp.slots[i].load(std::memory_order_seq_cst);
+    for (uint32_t m = tag_candidates(grp, tag); m != 0; m &= m - 1) {
+      const uint64_t w = grp.slots[__builtin_ctz(m)].load(std::memory_order_seq_cst);
       if (w != 0 && slot_tag(w) == tag) {
         const uint64_t off = slot_offset(w);
         if (off >= arena_begin_ && off < arena_end_ - kCacheLine) {
@@ -124,15 +163,6 @@ class TableView {
     if (out->key_len == key_len && std::memcmp(out->key, key, key_len) == 0) {
       return Lookup::kFound;
     }
-    return find(key, key_len, hash, out);
-  }
-
-  // Finishes a lookup begun with first_match(): the common cases (the match
-  // is the key; no match and no overflow) need no second probe.
-  Lookup resolve(const void* key, size_t key_len, uint64_t hash, uint64_t first,
-                 EntryRef* out) const {
-    if (first != 0) return resolve_candidate(key, key_len, hash, first, out);
-    if (!overflowed(home(hash))) return Lookup::kAbsent;
     return find(key, key_len, hash, out);
   }
 

@@ -12,20 +12,8 @@
 #include <random>
 #include <unordered_map>
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KVS_ASAN 1
-#endif
-#if __has_feature(thread_sanitizer)
-#define KVS_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define KVS_ASAN 1
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define KVS_TSAN 1
-#endif
+#include "format/sanitizers.hpp"
+
 #ifdef KVS_ASAN
 #include <sanitizer/asan_interface.h>
 #define KVS_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))

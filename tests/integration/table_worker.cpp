@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,23 +89,55 @@ int read_mode(const std::string& prefix, const std::string& table, uint64_t keys
   std::vector<uint64_t> last(keys, 0);
   uint64_t n = 0, bad = 0, absent = 0;
   bool announced = false;
+  std::vector<uint64_t> ks(16);
+  std::vector<std::string> names(16);
+  std::vector<std::string_view> views(16);
+  std::vector<std::optional<std::string_view>> batch;
   while (n < reads) {
     auto g = t->read();
     if (!g) {
       std::fprintf(stderr, "table_worker read: %s\n", g.error().message.c_str());
       return 2;
     }
-    for (int i = 0; i < 16; ++i, ++n) {
-      const uint64_t k = (n * 40503u + static_cast<uint64_t>(::getpid())) % keys;
-      const std::string key = kvs::test::make_key(k);
-      auto v = g->get(key);
-      if (!v) {
-        if (v.error().code != kvs::Errc::kNotFound) ++bad;
-        ++absent;
+    // Every other guard reads its 16 keys with one multi_get (its batched
+    // probe), the others with get.
+    const bool batched = (n / 16) % 2 == 1;
+    for (int i = 0; i < 16; ++i) {
+      ks[i] = ((n + i) * 40503u + static_cast<uint64_t>(::getpid())) % keys;
+      names[i] = kvs::test::make_key(ks[i]);
+      views[i] = names[i];
+    }
+    if (batched) {
+      auto r = g->multi_get(views);
+      if (!r) {
+        std::fprintf(stderr, "table_worker read: %s\n", r.error().message.c_str());
+        ++bad;
+        n += 16;
         continue;
       }
+      batch = std::move(*r);
+    }
+    for (int i = 0; i < 16; ++i, ++n) {
+      const uint64_t k = ks[i];
+      const std::string& key = names[i];
+      std::string_view value;
+      if (batched) {
+        if (!batch[i]) {
+          ++absent;
+          continue;
+        }
+        value = *batch[i];
+      } else {
+        auto v = g->get(key);
+        if (!v) {
+          if (v.error().code != kvs::Errc::kNotFound) ++bad;
+          ++absent;
+          continue;
+        }
+        value = *v;
+      }
       uint64_t ver = 0;
-      if (!kvs::test::check_value(key, *v, &ver) || ver < last[k]) {
+      if (!kvs::test::check_value(key, value, &ver) || ver < last[k]) {
         if (bad < 5)
           std::fprintf(stderr, "bad read of key %llu\n", static_cast<unsigned long long>(k));
         ++bad;
