@@ -3,18 +3,23 @@
 // KVS_TEST_BOOTSTRAP), in the same run.
 //
 //   kvs_put_bench [--puts N] [--latency-puts L] [--clients C] [--rounds R]
-//                 [--fetch-wait-ms W] [--profile-kvsd 1]
+//                 [--window W] [--fetch-wait-ms W] [--profile-kvsd 1]
 //
 // 1. Round trip, one writer, one put at a time: kvs_put (socket -> kvsd ->
 //    Kafka acks=all -> delivery report -> answer) against produce + wait for
 //    the delivery report. p50 and p99; target p50 ratio <= 1.3.
 // 2. Throughput: C clients (threads, one connection each) pipelining async
 //    puts, against one bare producer fed as fast as it takes them (kvsd has
-//    one producer: that is its ceiling). Target ratio >= 0.8.
+//    one producer: that is its ceiling). Target ratio >= 0.8. N puts per
+//    side and round (default 300,000: with 150,000 the bare producer's
+//    start-up weighed on its rate, 1.5-1.7M/s against 2.1-2.3M/s). Each
+//    side's line also shows how idle the machine was while it ran.
 // 3. "visible" round trip (the answer waits until this host's table applied
 //    the write) against the plain one; target: + <= 1 ms at p50.
 // Each pair runs back to back, R rounds; the median ratio is reported.
-// --profile-kvsd 1 runs only step 2's kvsd side, R rounds, for perf.
+// --window W: unanswered puts per client connection (default 256).
+// --profile-kvsd 1 runs only step 2's kvsd side, R rounds, for perf, and
+// prints the CPU share of each kvsd thread during each round.
 //
 // Steps 1 and 2 run kvsd with its default settings. The mock cluster answers
 // a fetch that finds no data only after the whole fetch.wait.max.ms (500 ms
@@ -36,8 +41,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -169,10 +176,11 @@ double kvsd_round_trip(kvs_client* c, const std::string& k, const std::string& v
 }
 
 // `clients` threads, a connection each, `n` puts in all, pipelined with up
-// to `window` unanswered per connection: puts/s.
+// to `g_window` unanswered per connection: puts/s.
+int g_window = 256;
+
 double kvsd_throughput(const std::string& socket, int clients, long n, long offset,
                        Written& written) {
-  const int window = 256;
   struct Tally {
     std::atomic<long> failed{0};
     Written* written;
@@ -196,7 +204,7 @@ double kvsd_throughput(const std::string& socket, int clients, long n, long offs
         }
       };
       for (long i = t; i < n; i += clients) {
-        while (kvs_client_pending(c) >= static_cast<size_t>(window)) {
+        while (kvs_client_pending(c) >= static_cast<size_t>(g_window)) {
           if (kvs_client_poll(c, 1000) < 0) die(kvs_last_error());
         }
         const std::string k = key_of(offset + i);
@@ -212,6 +220,53 @@ double kvsd_throughput(const std::string& socket, int clients, long n, long offs
   for (auto* c : cs) kvs_disconnect(c);
   if (tally.failed > 0) die("kvsd: async puts failed");
   return static_cast<double>(n) / s;
+}
+
+// The machine's CPU time (all CPUs, in clock ticks) from /proc/stat.
+struct CpuTimes {
+  uint64_t idle = 0, total = 0;
+};
+CpuTimes cpu_times() {
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  f >> cpu;
+  CpuTimes t;
+  for (int i = 0; i < 10; ++i) {
+    uint64_t v = 0;
+    if (!(f >> v)) break;
+    t.total += v;
+    if (i == 3 || i == 4) t.idle += v;  // idle, iowait
+  }
+  return t;
+}
+// CPU ticks of each thread of process `pid`, "name:tid" -> ticks.
+std::map<std::string, uint64_t> thread_ticks(pid_t pid) {
+  std::map<std::string, uint64_t> out;
+  const auto dir = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::ifstream f(e.path() / "stat");
+    std::string line;
+    std::getline(f, line);
+    const auto close = line.rfind(')');
+    const auto open = line.find('(');
+    if (close == std::string::npos || open == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    std::string field;
+    uint64_t utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+      if (i == 14) utime = std::stoull(field);
+      if (i == 15) stime = std::stoull(field);
+    }
+    out[line.substr(open + 1, close - open - 1) + ":" + e.path().filename().string()] =
+        utime + stime;
+  }
+  return out;
+}
+
+double idle_percent(const CpuTimes& a, const CpuTimes& b) {
+  return 100.0 * static_cast<double>(b.idle - a.idle) /
+         static_cast<double>(std::max<uint64_t>(1, b.total - a.total));
 }
 
 // A kvsd on `topic` in its own directory under `dir`, connected.
@@ -247,7 +302,7 @@ struct Kvsd {
 }  // namespace
 
 int main(int argc, char** argv) {
-  long puts = 150000, latency_puts = 1000;
+  long puts = 300000, latency_puts = 1000;
   int clients = 16, rounds = 3;
   long fetch_wait_ms = -1;
   bool profile_kvsd = false;
@@ -259,6 +314,8 @@ int main(int argc, char** argv) {
       latency_puts = std::atol(argv[i + 1]);
     else if (a == "--clients")
       clients = std::atoi(argv[i + 1]);
+    else if (a == "--window")
+      g_window = std::atoi(argv[i + 1]);
     else if (a == "--rounds")
       rounds = std::atoi(argv[i + 1]);
     else if (a == "--fetch-wait-ms")
@@ -302,9 +359,23 @@ int main(int argc, char** argv) {
 
   if (profile_kvsd) {
     for (int r = 0; r < rounds; ++r, offset_start += puts) {
+      const CpuTimes before = cpu_times();
+      const auto threads_before = thread_ticks(kvsd->child->pid());
+      const auto t0 = clock_type::now();
       const double kt = kvsd_throughput(kvsd->socket, clients, puts, offset_start, kvsd_written);
+      const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+      const CpuTimes after = cpu_times();
+      const auto threads_after = thread_ticks(kvsd->child->pid());
       wait_applied(table, kvsd_written);
-      std::printf("round %d  kvsd, %d clients %9.0f puts/s\n", r + 1, clients, kt);
+      std::printf("round %d  kvsd, %d clients %9.0f puts/s, machine %.0f%% idle; kvsd threads:",
+                  r + 1, clients, kt, idle_percent(before, after));
+      const double hz = static_cast<double>(::sysconf(_SC_CLK_TCK));
+      for (const auto& [name, ticks] : threads_after) {
+        const auto b = threads_before.find(name);
+        const uint64_t d = ticks - (b == threads_before.end() ? 0 : b->second);
+        if (d > 0) std::printf(" %s %.0f%%", name.c_str(), 100.0 * d / hz / secs);
+      }
+      std::printf("\n");
     }
     kvs_close(table);
     kvsd.reset();
@@ -328,16 +399,20 @@ int main(int argc, char** argv) {
     p99_ratio.push_back(kp99 / bp99);
 
     wait_applied(table, shared.written);
+    const CpuTimes c0 = cpu_times();
     const double bt = bare.throughput(puts, offset);
+    const CpuTimes c1 = cpu_times();
     const double bs = shared.throughput(puts, offset);
     wait_applied(table, shared.written);
+    const CpuTimes c2 = cpu_times();
     const double kt = kvsd_throughput(kvsd->socket, clients, puts, offset, kvsd_written);
+    const CpuTimes c3 = cpu_times();
     wait_applied(table, kvsd_written);
     offset += puts;
     std::printf(
         "round %d  throughput (puts/s) bare producer %9.0f, into the table's topic %9.0f | "
-        "kvsd, %d clients %9.0f (ratio %.2fx, %.2fx)\n",
-        r + 1, bt, bs, clients, kt, kt / bt, kt / bs);
+        "kvsd, %d clients %9.0f (ratio %.2fx, %.2fx; machine idle %.0f%%, %.0f%%)\n",
+        r + 1, bt, bs, clients, kt, kt / bt, kt / bs, idle_percent(c0, c1), idle_percent(c2, c3));
     tput_ratio.push_back(kt / bt);
     tput_shared_ratio.push_back(kt / bs);
   }
