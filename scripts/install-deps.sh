@@ -15,6 +15,7 @@ packages=(
   libtomlplusplus-dev         # config
   libcli11-dev                # kvsctl / kvsd command lines
   libxxhash-dev               # XXH3: the table's key hash (stable since 0.8)
+  libgoogle-perftools-dev     # tcmalloc_minimal: kvsd's allocator
   libfmt-dev libspdlog-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
