@@ -264,6 +264,41 @@ std::map<std::string, uint64_t> thread_ticks(pid_t pid) {
   return out;
 }
 
+// CPU ticks (user + system) of process `pid`, all threads; 0 if none.
+uint64_t process_ticks(pid_t pid) {
+  if (pid <= 0) return 0;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  const auto close = line.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  uint64_t ticks = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stoull(field);
+  }
+  return ticks;
+}
+
+// CPU ticks of this program, kvsd and the mock broker.
+struct Usage {
+  uint64_t self = 0, kvsd = 0, mock = 0;
+};
+Usage usage(pid_t kvsd, pid_t mock) {
+  return {process_ticks(::getpid()), process_ticks(kvsd), process_ticks(mock)};
+}
+// "this program X, kvsd Y, mock Z": microseconds of CPU per put.
+std::string cpu_per_put(const Usage& a, const Usage& b, long puts) {
+  const double us = 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK)) / static_cast<double>(puts);
+  char s[128];
+  std::snprintf(s, sizeof s, "this program %.2f, kvsd %.2f, mock %.2f",
+                us * static_cast<double>(b.self - a.self),
+                us * static_cast<double>(b.kvsd - a.kvsd),
+                us * static_cast<double>(b.mock - a.mock));
+  return s;
+}
+
 double idle_percent(const CpuTimes& a, const CpuTimes& b) {
   return 100.0 * static_cast<double>(b.idle - a.idle) /
          static_cast<double>(std::max<uint64_t>(1, b.total - a.total));
@@ -399,20 +434,27 @@ int main(int argc, char** argv) {
     p99_ratio.push_back(kp99 / bp99);
 
     wait_applied(table, shared.written);
+    const pid_t kpid = kvsd->child->pid(), mpid = kafka.mock_pid();
     const CpuTimes c0 = cpu_times();
+    const Usage u0 = usage(kpid, mpid);
     const double bt = bare.throughput(puts, offset);
     const CpuTimes c1 = cpu_times();
+    const Usage u1 = usage(kpid, mpid);
     const double bs = shared.throughput(puts, offset);
     wait_applied(table, shared.written);
     const CpuTimes c2 = cpu_times();
+    const Usage u2 = usage(kpid, mpid);
     const double kt = kvsd_throughput(kvsd->socket, clients, puts, offset, kvsd_written);
     const CpuTimes c3 = cpu_times();
+    const Usage u3 = usage(kpid, mpid);
     wait_applied(table, kvsd_written);
     offset += puts;
     std::printf(
         "round %d  throughput (puts/s) bare producer %9.0f, into the table's topic %9.0f | "
         "kvsd, %d clients %9.0f (ratio %.2fx, %.2fx; machine idle %.0f%%, %.0f%%)\n",
         r + 1, bt, bs, clients, kt, kt / bt, kt / bs, idle_percent(c0, c1), idle_percent(c2, c3));
+    std::printf("round %d  CPU us per put: bare producer phase: %s | kvsd phase: %s\n", r + 1,
+                cpu_per_put(u0, u1, puts).c_str(), cpu_per_put(u2, u3, puts).c_str());
     tput_ratio.push_back(kt / bt);
     tput_shared_ratio.push_back(kt / bs);
   }

@@ -38,6 +38,8 @@ class KafkaCluster {
 
   const std::string& bootstrap() const { return bootstrap_; }
   bool is_mock() const { return mock_ != nullptr; }
+  // The mock cluster's process; 0 with an external cluster.
+  pid_t mock_pid() const { return mock_ ? mock_->pid() : 0; }
 
   // A topic name no other test run uses.
   static std::string unique_topic(const std::string& base) {
