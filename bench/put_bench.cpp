@@ -239,45 +239,44 @@ CpuTimes cpu_times() {
   }
   return t;
 }
+// A /proc stat file's command name and CPU ticks (user + system); false if
+// it cannot be read (the process or thread is gone).
+bool read_stat(const std::filesystem::path& stat, std::string* name, uint64_t* ticks) {
+  std::ifstream f(stat);
+  std::string line;
+  std::getline(f, line);
+  const auto close = line.rfind(')');
+  const auto open = line.find('(');
+  if (close == std::string::npos || open == std::string::npos) return false;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  *ticks = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14 || i == 15) *ticks += std::stoull(field);
+  }
+  *name = line.substr(open + 1, close - open - 1);
+  return true;
+}
+
 // CPU ticks of each thread of process `pid`, "name:tid" -> ticks.
 std::map<std::string, uint64_t> thread_ticks(pid_t pid) {
   std::map<std::string, uint64_t> out;
   const auto dir = "/proc/" + std::to_string(pid) + "/task";
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    std::ifstream f(e.path() / "stat");
-    std::string line;
-    std::getline(f, line);
-    const auto close = line.rfind(')');
-    const auto open = line.find('(');
-    if (close == std::string::npos || open == std::string::npos) continue;
-    std::istringstream rest(line.substr(close + 2));
-    std::string field;
-    uint64_t utime = 0, stime = 0;
-    for (int i = 3; i <= 15 && rest >> field; ++i) {
-      if (i == 14) utime = std::stoull(field);
-      if (i == 15) stime = std::stoull(field);
-    }
-    out[line.substr(open + 1, close - open - 1) + ":" + e.path().filename().string()] =
-        utime + stime;
+    std::string name;
+    uint64_t ticks = 0;
+    if (read_stat(e.path() / "stat", &name, &ticks))
+      out[name + ":" + e.path().filename().string()] = ticks;
   }
   return out;
 }
 
-// CPU ticks (user + system) of process `pid`, all threads; 0 if none.
+// CPU ticks of process `pid`, all its threads; 0 if none.
 uint64_t process_ticks(pid_t pid) {
-  if (pid <= 0) return 0;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(f, line);
-  const auto close = line.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream rest(line.substr(close + 2));
-  std::string field;
+  std::string name;
   uint64_t ticks = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stoull(field);
-  }
+  if (pid <= 0 || !read_stat("/proc/" + std::to_string(pid) + "/stat", &name, &ticks)) return 0;
   return ticks;
 }
 
