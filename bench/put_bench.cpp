@@ -358,7 +358,7 @@ int main(int argc, char** argv) {
       profile_kvsd = std::atoi(argv[i + 1]) != 0;
     else
       die("usage: kvs_put_bench [--puts N] [--latency-puts L] [--clients C] [--rounds R] "
-          "[--fetch-wait-ms W] [--profile-kvsd 1]");
+          "[--window W] [--fetch-wait-ms W] [--profile-kvsd 1]");
   }
   kvs::test::KafkaCluster kafka(kvs::test::helper("../tests/kvs_mock_kafka"));
   const std::string topic = kvs::test::KafkaCluster::unique_topic("putbench");
