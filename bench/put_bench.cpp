@@ -19,7 +19,9 @@
 // Each pair runs back to back, R rounds; the median ratio is reported.
 // --window W: unanswered puts per client connection (default 256).
 // --profile-kvsd 1 runs only step 2's kvsd side, R rounds, for perf, and
-// prints the CPU share of each kvsd thread during each round.
+// prints for each round how idle each CPU was and, for each thread of kvsd
+// and of the mock broker, the share of the round it ran and the share it was
+// runnable but waited for a CPU (/proc/PID/task/TID/schedstat).
 //
 // Steps 1 and 2 run kvsd with its default settings. The mock cluster answers
 // a fetch that finds no data only after the whole fetch.wait.max.ms (500 ms
@@ -226,10 +228,11 @@ double kvsd_throughput(const std::string& socket, int clients, long n, long offs
 struct CpuTimes {
   uint64_t idle = 0, total = 0;
 };
-CpuTimes cpu_times() {
+CpuTimes cpu_times(int which = -1) {
   std::ifstream f("/proc/stat");
-  std::string cpu;
-  f >> cpu;
+  std::string cpu, line;
+  const std::string want = which < 0 ? "cpu" : "cpu" + std::to_string(which);
+  while (f >> cpu && cpu != want) std::getline(f, line);
   CpuTimes t;
   for (int i = 0; i < 10; ++i) {
     uint64_t v = 0;
@@ -258,16 +261,37 @@ bool read_stat(const std::filesystem::path& stat, std::string* name, uint64_t* t
   return true;
 }
 
-// CPU ticks of each thread of process `pid`, "name:tid" -> ticks.
-std::map<std::string, uint64_t> thread_ticks(pid_t pid) {
-  std::map<std::string, uint64_t> out;
+// Per thread of process `pid`, "name:tid" -> {nanoseconds run, nanoseconds
+// runnable but waiting for a CPU}, from /proc/PID/task/TID/schedstat.
+struct Sched {
+  uint64_t run_ns = 0, wait_ns = 0;
+};
+std::map<std::string, Sched> thread_sched(pid_t pid) {
+  std::map<std::string, Sched> out;
   const auto dir = "/proc/" + std::to_string(pid) + "/task";
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     std::string name;
-    uint64_t ticks = 0;
-    if (read_stat(e.path() / "stat", &name, &ticks))
-      out[name + ":" + e.path().filename().string()] = ticks;
+    std::getline(std::ifstream(e.path() / "comm"), name);
+    Sched s;
+    if (std::ifstream(e.path() / "schedstat") >> s.run_ns >> s.wait_ns)
+      out[name + ":" + e.path().filename().string()] = s;
+  }
+  return out;
+}
+// " name run R% wait W%" for each thread that ran, over `secs` seconds.
+std::string sched_report(const std::map<std::string, Sched>& a,
+                         const std::map<std::string, Sched>& b, double secs) {
+  std::string out;
+  for (const auto& [name, s] : b) {
+    const auto i = a.find(name);
+    const Sched s0 = i == a.end() ? Sched{} : i->second;
+    if (s.run_ns == s0.run_ns) continue;
+    char line[160];
+    std::snprintf(line, sizeof line, " %s run %.0f%% wait %.0f%%", name.c_str(),
+                  static_cast<double>(s.run_ns - s0.run_ns) / 1e7 / secs,
+                  static_cast<double>(s.wait_ns - s0.wait_ns) / 1e7 / secs);
+    out += line;
   }
   return out;
 }
@@ -394,22 +418,30 @@ int main(int argc, char** argv) {
   if (profile_kvsd) {
     for (int r = 0; r < rounds; ++r, offset_start += puts) {
       const CpuTimes before = cpu_times();
-      const auto threads_before = thread_ticks(kvsd->child->pid());
+      const int ncpu = static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+      std::vector<CpuTimes> per_cpu;
+      for (int i = 0; i < ncpu; ++i) per_cpu.push_back(cpu_times(i));
+      const auto kvsd_before = thread_sched(kvsd->child->pid());
+      const auto mock_before = thread_sched(kafka.mock_pid());
       const auto t0 = clock_type::now();
       const double kt = kvsd_throughput(kvsd->socket, clients, puts, offset_start, kvsd_written);
+
       const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
       const CpuTimes after = cpu_times();
-      const auto threads_after = thread_ticks(kvsd->child->pid());
+      std::string idle_each;  // a machine can be idle in part while threads wait for a CPU
+      for (int i = 0; i < ncpu; ++i)
+        idle_each +=
+            (i ? ", " : "") +
+            std::to_string(static_cast<int>(idle_percent(per_cpu[i], cpu_times(i)) + 0.5)) + "%";
+      const auto kvsd_after = thread_sched(kvsd->child->pid());
+      const auto mock_after = thread_sched(kafka.mock_pid());
       wait_applied(table, kvsd_written);
-      std::printf("round %d  kvsd, %d clients %9.0f puts/s, machine %.0f%% idle; kvsd threads:",
-                  r + 1, clients, kt, idle_percent(before, after));
-      const double hz = static_cast<double>(::sysconf(_SC_CLK_TCK));
-      for (const auto& [name, ticks] : threads_after) {
-        const auto b = threads_before.find(name);
-        const uint64_t d = ticks - (b == threads_before.end() ? 0 : b->second);
-        if (d > 0) std::printf(" %s %.0f%%", name.c_str(), 100.0 * d / hz / secs);
-      }
-      std::printf("\n");
+      std::printf(
+          "round %d  kvsd, %d clients %9.0f puts/s, machine %.0f%% idle (per CPU %s)\n"
+          "  kvsd threads, share of the round run and runnable but waiting:%s\n  mock:%s\n",
+          r + 1, clients, kt, idle_percent(before, after), idle_each.c_str(),
+          sched_report(kvsd_before, kvsd_after, secs).c_str(),
+          sched_report(mock_before, mock_after, secs).c_str());
     }
     kvs_close(table);
     kvsd.reset();
