@@ -14,15 +14,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <memory_resource>
 #include <new>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "kvs/kvs.h"
 #include "kvs/result.hpp"
 #include "protocol/frame.hpp"
+#include "protocol/request_table.hpp"
 
 namespace kvs::detail {
 int set_last_error(int code, std::string message);  // reader.cpp
@@ -72,10 +71,7 @@ struct kvs_client {
   std::string in;
   std::string out;  // frames not yet sent
   size_t out_off = 0;
-  // Requests without an answer. Their nodes come from a pool: a pipelined
-  // write would otherwise cost a malloc and a free.
-  std::pmr::unsynchronized_pool_resource pool;
-  std::pmr::unordered_map<uint64_t, Pending> pending{&pool};
+  proto::RequestTable<Pending> pending;  // requests without an answer
   size_t async_pending = 0;
   bool broken = false;
   std::string broken_why;
@@ -139,10 +135,8 @@ struct kvs_client {
     } else {
       o.body.assign(body);
     }
-    auto it = pending.find(h.request_id);
-    if (it == pending.end()) return KVS_OK;  // a call that gave up on it
-    Pending p = it->second;
-    pending.erase(it);
+    Pending p;
+    if (!pending.take(h.request_id, &p)) return KVS_OK;  // a call that gave up on it
     if (p.sync) {
       *p.sync = std::move(o);
     } else if (p.cb) {
@@ -181,7 +175,7 @@ struct kvs_client {
   // hiredis pipelines). Past 1 MiB unsent the caller waits until kvsd takes
   // some (backpressure).
   int queue_async(uint64_t id, const Pending& p, int wait_ms) {
-    pending[id] = p;
+    pending.insert(id, p);
     ++async_pending;
     const size_t queued = out.size() - out_off;
     if (queued > (1 << 20)) return send_frame(wait_ms);
@@ -261,7 +255,7 @@ struct kvs_client {
   // Sends a request and waits for its answer.
   int call(int wait_ms, Outcome* o) {
     const uint64_t id = next_id - 1;
-    pending[id] = Pending{nullptr, nullptr, 0, nullptr, o};
+    pending.insert(id, Pending{nullptr, nullptr, 0, nullptr, o});
     const auto deadline = clock::now() + std::chrono::milliseconds(wait_ms);
     int rc = send_frame(wait_ms);
     int ran = 0;
@@ -428,13 +422,10 @@ int kvs_connect(const char* socket_path, kvs_client** out) {
 
 void kvs_disconnect(kvs_client* c) {
   if (c == nullptr) return;
-  std::vector<Pending> left;
-  for (auto& [id, p] : c->pending) {
-    if (p.cb || p.batch_cb) left.push_back(p);
-  }
-  c->pending.clear();
+  const std::vector<Pending> left = c->pending.take_all();
   delete c;
   for (const Pending& p : left) {
+    if (p.cb == nullptr && p.batch_cb == nullptr) continue;
     detail::set_last_error(KVS_ECONN,
                            "disconnected before kvsd answered; the write may be applied");
     if (p.cb) {
