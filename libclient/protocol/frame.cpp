@@ -1,16 +1,42 @@
 #include "protocol/frame.hpp"
 
+#include <bit>
 #include <cstdio>
 #include <cstring>
 
 namespace kvs::protocol {
 namespace {
 
+// Little-endian fields: one move on a little-endian host (a byte at a time
+// would be stored as bytes and then read back as a word, stalling the
+// store-to-load forwarding of the frame's single append).
+template <class T>
+char* store_le(char* at, T v) {
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(at, &v, sizeof v);
+  } else {
+    for (size_t i = 0; i < sizeof(T); ++i)
+      at[i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
+  }
+  return at + sizeof(T);
+}
+template <class T>
+T load_le(const char* at) {
+  T v;
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(&v, at, sizeof v);
+  } else {
+    uint64_t x = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) x |= uint64_t{static_cast<uint8_t>(at[i])} << (8 * i);
+    v = static_cast<T>(x);
+  }
+  return v;
+}
+
 template <class T>
 void put_le(std::string& out, T v) {
   char b[sizeof(T)];
-  for (size_t i = 0; i < sizeof(T); ++i)
-    b[i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
+  store_le(b, v);
   out.append(b, sizeof(T));
 }
 
@@ -33,9 +59,7 @@ class Reader {
   bool num(const char* field, T* v) {
     if (!ok_) return false;
     if (rest_.size() < sizeof(T)) return fail(field, sizeof(T));
-    uint64_t x = 0;
-    for (size_t i = 0; i < sizeof(T); ++i) x |= uint64_t{static_cast<uint8_t>(rest_[i])} << (8 * i);
-    *v = static_cast<T>(x);
+    *v = load_le<T>(rest_.data());
     rest_.remove_prefix(sizeof(T));
     return true;
   }
@@ -276,12 +300,6 @@ Result<ErrorReply> decode_error(std::string_view body) {
 }
 
 namespace {
-template <typename T>
-char* store_le(char* at, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i)
-    at[i] = static_cast<char>((static_cast<uint64_t>(v) >> (8 * i)) & 0xff);
-  return at + sizeof(T);
-}
 // The header, in `at` (kHeaderBytes); returns the end.
 char* store_header(char* at, uint32_t length, Type type, uint8_t flags, uint64_t id) {
   at = store_le<uint32_t>(at, length);
@@ -307,8 +325,7 @@ size_t begin_frame(std::string& out, Type type, uint8_t flags, uint64_t id) {
   return at;
 }
 void end_frame(std::string& out, size_t at) {
-  const auto length = static_cast<uint32_t>(out.size() - at - 4);
-  for (size_t i = 0; i < 4; ++i) out[at + i] = static_cast<char>((length >> (8 * i)) & 0xff);
+  store_le(out.data() + at, static_cast<uint32_t>(out.size() - at - 4));
 }
 }  // namespace
 
@@ -329,13 +346,26 @@ void encode_hello_ok(std::string& out, uint64_t id, const HelloOk& h) {
 }
 
 void encode_write(std::string& out, uint64_t id, bool visible, const Write& w) {
-  const size_t at =
-      begin_frame(out, w.value ? Type::kPut : Type::kErase, visible ? kFlagVisible : 0, id);
-  put_str16(out, w.table);
-  put_le(out, w.timeout_ms);
-  put_bytes32(out, w.key);
-  if (w.value) put_bytes32(out, *w.value);
-  end_frame(out, at);
+  // The most frequent request: sized first, then filled in place.
+  const size_t body = 2 + w.table.size() + sizeof w.timeout_ms + 4 + w.key.size() +
+                      (w.value ? 4 + w.value->size() : 0);
+  const size_t at = out.size();
+  out.resize(at + kHeaderBytes + body);
+  char* p = store_header(out.data() + at, static_cast<uint32_t>(kMinLength + body),
+                         w.value ? Type::kPut : Type::kErase, visible ? kFlagVisible : 0, id);
+  auto bytes = [&p](std::string_view b) {
+    if (!b.empty()) std::memcpy(p, b.data(), b.size());
+    p += b.size();
+  };
+  p = store_le(p, static_cast<uint16_t>(w.table.size()));
+  bytes(w.table);
+  p = store_le(p, w.timeout_ms);
+  p = store_le(p, static_cast<uint32_t>(w.key.size()));
+  bytes(w.key);
+  if (w.value) {
+    p = store_le(p, static_cast<uint32_t>(w.value->size()));
+    bytes(*w.value);
+  }
 }
 
 void encode_batch(std::string& out, uint64_t id, bool visible, const Batch& b) {
