@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -23,6 +24,9 @@ volatile sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
 
 using clock = std::chrono::steady_clock;
+
+// The consumer's fetch wait on the embedded Kafka, unless [kafka] sets it.
+constexpr std::pair<const char*, const char*> kEmbeddedFetchWait{"fetch.wait.max.ms", "10"};
 
 struct Table {
   config::TableConfig cfg;
@@ -154,6 +158,16 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     }
     std::erase_if(properties, [](const auto& p) { return p.first == "bootstrap.servers"; });
     properties.emplace_back("bootstrap.servers", embedded->bootstrap_servers());
+    // The mock cluster answers a fetch that finds no new record only when
+    // fetch.wait.max.ms (librdkafka's default: 500 ms) has passed, even if a
+    // record arrives meanwhile; a real broker answers as soon as one does.
+    // With the default, every "visible" write and kvs_wait would take up to
+    // half a second here. A short wait costs an empty fetch every 10 ms
+    // while idle. [kafka] may still set it.
+    if (std::none_of(properties.begin(), properties.end(),
+                     [](const auto& p) { return p.first == kEmbeddedFetchWait.first; })) {
+      properties.emplace_back(kEmbeddedFetchWait.first, kEmbeddedFetchWait.second);
+    }
     std::printf("embedded Kafka: bootstrap.servers=%s\n", embedded->bootstrap_servers().c_str());
     std::fflush(stdout);
     KVS_LOG_WARN(
