@@ -518,6 +518,48 @@ TEST_F(WriteTest, InjectedProduceErrorsNeitherDuplicateNorLoseAcknowledgedWrites
   kvs_disconnect(c);
 }
 
+// Errors Kafka does not retry reach the writer as what they are, naming the
+// topic and Kafka's reason; kvsd stays up and later writes succeed.
+TEST_F(WriteTest, KafkaRefusalsAreClearErrorsAndLaterWritesSucceed) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "error injection needs the mock cluster";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  kvs_client* c = connect();
+  ASSERT_EQ(kvs_put(c, "t", "warm", 4, "up", 2, nullptr, nullptr), KVS_OK) << kvs_last_error();
+  struct Case {
+    int kafka_code;
+    int want;
+    const char* reason;  // in Kafka's wording (rd_kafka_err2str)
+  };
+  // TOPIC_AUTHORIZATION_FAILED, MESSAGE_TOO_LARGE, INVALID_RECORD.
+  const Case cases[] = {{29, KVS_EACCES, "Topic authorization failed"},
+                        {10, KVS_ETOOBIG, "Message size too large"},
+                        {87, KVS_EKAFKA, "Broker failed to validate record"}};
+  for (const Case& k : cases) {
+    ASSERT_TRUE(kafka_.push_request_errors(0, 1, k.kafka_code));
+    const std::string key = "refused" + std::to_string(k.kafka_code);
+    EXPECT_EQ(kvs_put(c, "t", key.data(), key.size(), "v", 1, nullptr, nullptr), k.want)
+        << "Kafka error " << k.kafka_code << ": " << kvs_last_error();
+    const std::string why = kvs_last_error();
+    EXPECT_NE(why.find(topic_), std::string::npos) << why;
+    EXPECT_NE(why.find(k.reason), std::string::npos) << why;
+    // librdkafka keeps a topic it was refused (authorization) in that state
+    // until it has fetched the topic's metadata again (about 1 s here, also
+    // with the default topic.metadata.refresh.interval.ms): writes fail fast
+    // meanwhile, then work again.
+    const std::string after = "after" + std::to_string(k.kafka_code);
+    kvs_write_options vis{0, 1};
+    EXPECT_TRUE(test::wait_until(
+        [&] { return kvs_put(c, "t", after.data(), after.size(), "ok", 2, &vis, nullptr) == 0; },
+        30s))
+        << kvs_last_error();
+    EXPECT_TRUE(t.get_copy(after).has_value());
+  }
+  EXPECT_TRUE(kvsd->running());
+  kvs_disconnect(c);
+}
+
 TEST_F(WriteTest, BrokerDownFailsWritesWithATimeoutAndKeepsEveryAcknowledgedOne) {
   if (!kafka_.is_mock()) GTEST_SKIP() << "taking brokers down needs the mock cluster";
   ASSERT_TRUE(kafka_.create_topic(topic_, 1));
