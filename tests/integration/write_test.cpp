@@ -708,6 +708,66 @@ TEST_F(WriteTest, WritesThatFindTheProducerQueueFullWaitAndKeepTheirOrder) {
   kvs_disconnect(probe);
 }
 
+// A full producer queue that stays full: each write waiting in kvsd for
+// room is answered KVS_EQUEUE at its timeout and is never produced later;
+// the ones librdkafka held time out (brokers unreachable). kvsd stays up and
+// writes work once Kafka is back.
+TEST_F(WriteTest, WritesWaitingForAFullQueuePastTheirTimeoutGetEqueueAndAreNotWritten) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "holding writes back needs the mock cluster";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  const std::string cfg = write_config("", "write_timeout_ms = 1500\n");
+  std::string text = test::slurp(cfg);  // a producer queue of 16 records
+  text.replace(text.find("[kafka]\n"), 8, "[kafka]\n\"queue.buffering.max.messages\" = 16\n");
+  std::ofstream(cfg) << text;
+  auto kvsd = start_kvsd(cfg);
+  Table t = open_ready();
+  kvs_client* probe = connect();
+  ASSERT_EQ(kvs_put(probe, "t", "warm", 4, "up", 2, nullptr, nullptr), KVS_OK) << kvs_last_error();
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
+  std::string buf;
+  const int fd = raw_connect_past_hello(buf);
+  ASSERT_GE(fd, 0);
+  constexpr int kRequests = 64;
+  std::string frames;
+  for (int i = 0; i < kRequests; ++i) {
+    protocol::encode_write(frames, 1000 + i, false,
+                           protocol::Write{"t", 0, "q" + std::to_string(i), "v"});
+  }
+  send_all(fd, frames);
+  std::set<std::string> not_written;
+  int equeue = 0, timedout = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    auto f = read_frame(fd, buf);
+    ASSERT_TRUE(f) << "answer " << i;
+    ASSERT_EQ(f->h.type, static_cast<uint8_t>(protocol::Type::kError)) << "answer " << i;
+    auto e = protocol::decode_error(f->body);
+    ASSERT_TRUE(e) << "answer " << i;
+    if (e->code == KVS_EQUEUE) {
+      ++equeue;
+      EXPECT_NE(e->message.find("producer queue stayed full for 1500 ms"), std::string::npos)
+          << e->message;
+      not_written.insert("q" + std::to_string(f->h.request_id - 1000));
+    } else {
+      ++timedout;
+      EXPECT_EQ(e->code, KVS_ETIMEDOUT) << e->message;
+      EXPECT_NE(e->message.find("write_timeout_ms = 1500"), std::string::npos) << e->message;
+    }
+  }
+  EXPECT_GE(equeue, kRequests - 2 * 16) << "most writes never found room in the queue";
+  EXPECT_GE(timedout, 16) << "the queued ones time out";
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, false));
+  kvs_write_options vis{0, 1};
+  ASSERT_TRUE(test::wait_until(
+      [&] { return kvs_put(probe, "t", "after", 5, "v", 1, &vis, nullptr) == KVS_OK; }, 60s))
+      << kvs_last_error();
+  for (auto& r : test::read_topic(kafka_.bootstrap(), topic_, 1)) {
+    EXPECT_FALSE(not_written.count(r.key)) << r.key << " was answered KVS_EQUEUE but written";
+  }
+  EXPECT_TRUE(kvsd->running());
+  ::close(fd);
+  kvs_disconnect(probe);
+}
+
 // Read-your-writes across hosts: the token of a write made through one kvsd
 // is waited for at another that mirrors the same topic (here: the same
 // machine, its own segments and socket).
