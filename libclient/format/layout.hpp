@@ -91,7 +91,7 @@ enum class TableState : uint32_t { kBootstrapping = 1, kReady = 2 };
 
 struct PartitionState {
   std::atomic<int64_t> next_offset;     // one past the last applied offset
-  std::atomic<int64_t> high_watermark;  // last high watermark kvsd saw
+  std::atomic<int64_t> high_watermark;  // last one kvsd saw, >= next_offset
 };
 static_assert(sizeof(PartitionState) == 16);
 

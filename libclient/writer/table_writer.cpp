@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -570,13 +571,22 @@ Result<void> TableWriter::set_partition_count(uint32_t count) {
 }
 
 void TableWriter::set_next_offset(uint32_t partition, int64_t next_offset) {
+  auto& ps = partitions_[partition];
   // release: every record below next_offset is visible before the offset is
   // (DESIGN.md invariant 3).
-  partitions_[partition].next_offset.store(next_offset, std::memory_order_release);
+  ps.next_offset.store(next_offset, std::memory_order_release);
+  // The log holds at least what was applied: the high watermark readers see
+  // never trails the applied offset, though kvsd learns the broker's only
+  // now and then. (Single writer: load and store need no CAS.)
+  if (ps.high_watermark.load(std::memory_order_relaxed) < next_offset)
+    ps.high_watermark.store(next_offset, std::memory_order_release);
 }
 
 void TableWriter::set_high_watermark(uint32_t partition, int64_t high_watermark) {
-  partitions_[partition].high_watermark.store(high_watermark, std::memory_order_release);
+  auto& ps = partitions_[partition];
+  high_watermark =
+      std::max(high_watermark, ps.next_offset.load(std::memory_order_relaxed));  // as above
+  ps.high_watermark.store(high_watermark, std::memory_order_release);
 }
 
 int64_t TableWriter::next_offset(uint32_t partition) const {

@@ -435,6 +435,27 @@ TEST_F(TableWriterTest, PartitionOffsetsAndState) {
   EXPECT_TRUE(t.wait_ready(std::chrono::milliseconds(1000)));
 }
 
+// kvsd refreshes the broker's high watermark once a second; meanwhile a
+// reader saw "applied 2, high watermark 0" for a partition just written to.
+TEST_F(TableWriterTest, HighWatermarkNeverTrailsTheAppliedOffset) {
+  auto w = open_writer(options());
+  auto t = open_reader();
+  ASSERT_TRUE(w->set_partition_count(2));
+  w->set_high_watermark(1, 0);
+  w->set_next_offset(1, 2);
+  auto p = t.partition_offsets(1);
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->next_offset, 2);
+  EXPECT_EQ(p->high_watermark, 2);
+  w->set_high_watermark(1, 1);  // a stale figure from an older fetch response
+  EXPECT_EQ(t.partition_offsets(1)->high_watermark, 2);
+  w->set_high_watermark(1, 9);  // the broker is ahead: lag 7
+  EXPECT_EQ(t.partition_offsets(1)->high_watermark, 9);
+  w->set_next_offset(1, 5);
+  EXPECT_EQ(t.partition_offsets(1)->high_watermark, 9);
+  EXPECT_EQ(t.partition_offsets(1)->next_offset, 5);
+}
+
 TEST_F(TableWriterTest, InvalidOptionsNameTheProblem) {
   auto o = options();
   o.capacity = 0;

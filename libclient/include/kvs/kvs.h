@@ -153,8 +153,9 @@ KVS_API uint32_t kvs_partition_count(kvs_table *table);
 
 /* Per partition: *next_offset is one past the last offset applied to the
  * table (Kafka's "position"), *high_watermark the last high watermark kvsd
- * saw; their difference is the lag. Errors: KVS_EINVAL (partition out of
- * range). Either output may be NULL. */
+ * saw (refreshed about once a second, never below *next_offset); their
+ * difference is the lag. Errors: KVS_EINVAL (partition out of range). Either
+ * output may be NULL. */
 KVS_API int kvs_partition_offsets(kvs_table *table, uint32_t partition, int64_t *next_offset,
                                   int64_t *high_watermark);
 
