@@ -69,15 +69,14 @@ uint64_t hash_of(const std::string& s) { return format::hash_key(s.data(), s.siz
 // targets to reach and in `into`. Returns (low, high) per partition.
 Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Table& t, kafka::Consumer& c,
                                                                  TableWriter& into) {
-  std::vector<std::pair<int64_t, int64_t>> out;
+  auto wms = with_retry("fetching watermarks",
+                        [&] { return c.watermarks(t.cfg.topic, t.partitions, 5000); });
+  if (!wms) return std::move(wms).error();
   for (int32_t p = 0; p < t.partitions; ++p) {
-    auto wm = with_retry("fetching watermarks", [&] { return c.watermarks(t.cfg.topic, p, 5000); });
-    if (!wm) return std::move(wm).error();
-    t.target[p] = wm->second;
-    into.set_high_watermark(static_cast<uint32_t>(p), wm->second);
-    out.push_back(*wm);
+    t.target[p] = (*wms)[p].second;
+    into.set_high_watermark(static_cast<uint32_t>(p), (*wms)[p].second);
   }
-  return out;
+  return wms;
 }
 
 // Starts filling a new segment for `t` from the beginning of its topic.

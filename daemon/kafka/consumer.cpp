@@ -123,16 +123,43 @@ Result<int32_t> Consumer::partition_count(const std::string& topic, int timeout_
   return out;
 }
 
-Result<std::pair<int64_t, int64_t>> Consumer::watermarks(const std::string& topic,
-                                                         int32_t partition, int timeout_ms) {
-  int64_t lo = 0, hi = 0;
-  const rd_kafka_resp_err_t e =
-      rd_kafka_query_watermark_offsets(rk_, topic.c_str(), partition, &lo, &hi, timeout_ms);
-  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    return make_error(Errc::kTimeout, "watermarks of " + topic + "[" + std::to_string(partition) +
-                                          "]: " + rd_kafka_err2str(e));
+Result<std::vector<std::pair<int64_t, int64_t>>> Consumer::watermarks(const std::string& topic,
+                                                                      int32_t partitions,
+                                                                      int timeout_ms) {
+  // ListOffsets with the timestamps -2 (earliest) and -1 (latest): what
+  // rd_kafka_query_watermark_offsets asks, for all partitions per request.
+  std::vector<std::pair<int64_t, int64_t>> out(static_cast<size_t>(partitions));
+  for (const int64_t which : {int64_t{-2}, int64_t{-1}}) {
+    rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(partitions);
+    for (int32_t p = 0; p < partitions; ++p)
+      rd_kafka_topic_partition_list_add(list, topic.c_str(), p)->offset = which;
+    const rd_kafka_resp_err_t e = rd_kafka_offsets_for_times(rk_, list, timeout_ms);
+    std::string why;
+    Errc code = Errc::kTimeout;
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) why = rd_kafka_err2str(e);
+    for (int i = 0; i < list->cnt && why.empty(); ++i) {
+      const rd_kafka_topic_partition_t& tp = list->elems[i];
+      if (tp.err != RD_KAFKA_RESP_ERR_NO_ERROR || tp.offset < 0) {
+        why = "partition " + std::to_string(tp.partition) + ": " +
+              (tp.err ? rd_kafka_err2str(tp.err) : "no offset in the answer");
+        const bool transient = tp.err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
+                               tp.err == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
+                               tp.err == RD_KAFKA_RESP_ERR__TIMED_OUT ||
+                               tp.err == RD_KAFKA_RESP_ERR__TRANSPORT ||
+                               tp.err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+        if (!transient) code = Errc::kKafka;
+        break;
+      }
+      auto& [lo, hi] = out[static_cast<size_t>(tp.partition)];
+      (which == -2 ? lo : hi) = tp.offset;
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+    if (!why.empty()) {
+      return make_error(code, std::string(which == -2 ? "earliest" : "latest") + " offsets of " +
+                                  topic + ": " + why);
+    }
   }
-  return std::make_pair(lo, hi);
+  return out;
 }
 
 int64_t Consumer::cached_high_watermark(const std::string& topic, int32_t partition) {

@@ -38,9 +38,12 @@ class Consumer {
   // Partition count of `topic`. Errors: kNotFound (the topic does not
   // exist), kTimeout (no broker answered within timeout_ms).
   Result<int32_t> partition_count(const std::string& topic, int timeout_ms);
-  // Low and high watermarks. Errors: kTimeout.
-  Result<std::pair<int64_t, int64_t>> watermarks(const std::string& topic, int32_t partition,
-                                                 int timeout_ms);
+  // Low and high watermarks of partitions 0..partitions-1, asked of every
+  // leader at once (two ListOffsets requests per broker, not two per
+  // partition). Errors: kTimeout (a broker did not answer, or a partition's
+  // leader is not known yet), kKafka (a partition's error, named).
+  Result<std::vector<std::pair<int64_t, int64_t>>> watermarks(const std::string& topic,
+                                                              int32_t partitions, int timeout_ms);
   // The high watermark of the last fetch response (no request); -1 if none.
   int64_t cached_high_watermark(const std::string& topic, int32_t partition);
   Result<void> assign(const std::vector<PartitionStart>& starts);
