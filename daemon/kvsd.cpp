@@ -506,6 +506,19 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         }
       }
       t.active().reclaim();
+      if (auto walk = t.writer->take_attach_walk_report()) {
+        if (!walk->corrupt) {
+          if (walk->leaked_blocks > 0) {
+            KVS_LOG_INFO("table %s: %s", t.cfg.name.c_str(), walk->message.c_str());
+          }
+        } else if (!t.rebuild) {
+          if (auto ok = start_rebuild(t, *consumer, walk->message, /*seek=*/true); !ok) {
+            KVS_LOG_ERROR("%s", ok.error().message.c_str());
+            exit_code = 1;
+            g_stop = 1;
+          }
+        }
+      }
     }
     (*server)->applied();
     update_all_ready();

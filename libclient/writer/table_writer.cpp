@@ -12,6 +12,7 @@
 #include <limits>
 #include <random>
 #include <unordered_map>
+#include <utility>
 
 #include "format/sanitizers.hpp"
 
@@ -285,7 +286,9 @@ uint32_t TableWriter::block_bytes(uint64_t offset) const {
 
 // Rebuilds free space from the live set: every slot's block is live; every
 // other carved block may still be seen by a reader of the previous writer, so
-// it is retired at the current epoch rather than freed.
+// it is retired rather than freed. Here only the index is read (it must be
+// sound before anything is written); the arena is walked later, a slice per
+// reclaim() (continue_attach_walk).
 Result<void> TableWriter::rebuild_allocator() {
   const uint64_t begin = header_->arena_offset;
   const uint64_t used = header_->arena_used.load(std::memory_order_acquire);
@@ -303,6 +306,7 @@ Result<void> TableWriter::rebuild_allocator() {
       if (w == 0) continue;
       const uint64_t off = slot_offset(w);
       if (off < begin || off >= begin + used) return corrupt("a slot points outside the arena");
+      if ((off - begin) % kBlockAlign != 0) return corrupt("a slot points between blocks");
       const uint64_t u = (off - begin) / kBlockAlign;
       if (live[u / 64] & (uint64_t{1} << (u % 64))) return corrupt("two slots share a block");
       live[u / 64] |= uint64_t{1} << (u % 64);
@@ -313,32 +317,73 @@ Result<void> TableWriter::rebuild_allocator() {
   retired_.clear();
   free_bytes_ = retired_bytes_ = 0;
   leaked_at_attach_ = 0;
-  const uint64_t epoch = header_->epoch.load(std::memory_order_relaxed);
-  for (uint64_t pos = begin; pos < begin + used;) {
-    const uint32_t bb = block_bytes(pos);
-    if (bb < block_bytes_for(0, 0) || bb % kBlockAlign != 0 || pos + bb > begin + used) {
-      return corrupt("arena block at " + std::to_string(pos) + " has size " + std::to_string(bb));
-    }
-    const uint64_t u = (pos - begin) / kBlockAlign;
-    if (live[u / 64] & (uint64_t{1} << (u % 64))) {
-      live[u / 64] &= ~(uint64_t{1} << (u % 64));
-      BlockHeader h;
-      std::memcpy(&h, base_ + pos, sizeof h);
-      if (sizeof(BlockHeader) + uint64_t{h.key_len} + h.value_len > bb) {
-        return corrupt("entry at " + std::to_string(pos) + " overflows its block");
-      }
-    } else {
-      retired_.push_back({pos, epoch});
-      retired_bytes_ += bb;
-      ++leaked_at_attach_;
-    }
-    pos += bb;
-  }
-  for (uint64_t word : live) {
-    if (word != 0) return corrupt("a slot points into the middle of a block");
-  }
+  walk_ = AttachWalk{std::move(live), begin, begin + used, {}, 0, {}};
+  walk_report_.reset();
   header_->size.store(count, std::memory_order_relaxed);
   return {};
+}
+
+// Blocks are never split or merged once carved, and [walk_.pos, walk_.end)
+// was carved before this writer attached, so the chain of block sizes there
+// is fixed: it can be walked at any time. A block whose bit is set was live
+// at attach (it may have been retired, freed and reused since: all through
+// this writer, which knows it); any other block is one the previous writer
+// had free or retired. Those are retired only when the whole walk has met
+// every live bit at a block's start: a chain that is off would otherwise
+// hand out bytes of a live entry.
+bool TableWriter::continue_attach_walk(uint64_t max_bytes) {
+  if (!walk_.pending()) return false;
+  const uint64_t begin = header_->arena_offset;
+  const uint64_t stop = walk_.end - walk_.pos <= max_bytes ? walk_.end : walk_.pos + max_bytes;
+  auto fail = [&](const std::string& what) {
+    walk_report_ = AttachWalkReport{true, 0, 0,
+                                    shm::path_of(data_->name) + ": " + what + "; the " +
+                                        std::to_string(walk_.leaked.size() + walk_.held.size()) +
+                                        " blocks found unreferenced or replaced since, and the " +
+                                        std::to_string(walk_.end - walk_.pos) +
+                                        " bytes not walked, stay unused"};
+    walk_ = AttachWalk{};
+    return false;
+  };
+  while (walk_.pos < stop) {
+    const uint64_t pos = walk_.pos;
+    const uint32_t bb = block_bytes(pos);
+    if (bb < block_bytes_for(0, 0) || bb % kBlockAlign != 0 || bb > walk_.end - pos) {
+      return fail("arena block at " + std::to_string(pos) + " has size " + std::to_string(bb));
+    }
+    const uint64_t u = (pos - begin) / kBlockAlign;
+    uint64_t& word = walk_.live[u / 64];
+    const uint64_t bit = uint64_t{1} << (u % 64);
+    if (word & bit) {
+      word &= ~bit;
+    } else {
+      walk_.leaked.push_back(pos);
+      walk_.leaked_bytes += bb;
+    }
+    walk_.pos = pos + bb;
+  }
+  if (walk_.pending()) return true;
+  for (uint64_t word : walk_.live) {
+    if (word != 0) return fail("a slot points into the middle of a block");
+  }
+  const uint64_t epoch = header_->epoch.load(std::memory_order_relaxed);
+  for (uint64_t off : walk_.leaked) retired_.push_back({off, epoch});
+  retired_bytes_ += walk_.leaked_bytes;
+  for (uint64_t off : walk_.held) {
+    retired_.push_back({off, epoch});
+    retired_bytes_ += block_bytes(off);
+  }
+  leaked_at_attach_ = walk_.leaked.size();
+  walk_report_ = AttachWalkReport{false, walk_.leaked.size(), walk_.leaked_bytes,
+                                  std::to_string(walk_.leaked.size()) + " unreferenced blocks (" +
+                                      std::to_string(walk_.leaked_bytes) +
+                                      " bytes) left by the previous writer are reusable"};
+  walk_ = AttachWalk{};
+  return false;
+}
+
+std::optional<AttachWalkReport> TableWriter::take_attach_walk_report() {
+  return std::exchange(walk_report_, std::nullopt);
 }
 
 uint64_t TableWriter::allocate(uint64_t bytes) {
@@ -368,6 +413,10 @@ uint64_t TableWriter::allocate(uint64_t bytes) {
 }
 
 void TableWriter::retire(uint64_t offset) {
+  if (offset < walk_.end) {
+    walk_.held.push_back(offset);
+    return;
+  }
   const uint32_t bb = block_bytes(offset);
   retired_.push_back({offset, header_->epoch.load(std::memory_order_relaxed)});
   retired_bytes_ += bb;
@@ -418,6 +467,8 @@ Result<void> TableWriter::put(std::string_view key, std::string_view value) {
   const uint64_t need = block_bytes_for(key.size(), value.size());
   uint64_t off = allocate(need);
   if (off == 0) {
+    // The arena's end is reached: what an attach walk would find is needed now.
+    continue_attach_walk(UINT64_MAX);
     reclaim();
     off = allocate(need);
   }
@@ -522,6 +573,7 @@ uint64_t TableWriter::reclaim() {
     next_sweep_ = now + kFullSweepInterval;
     sweep_dead_readers();
   }
+  continue_attach_walk(opts_.attach_walk_bytes);
   if (retired_.empty()) return 0;
   // Readers that start from here on announce a newer epoch than anything
   // retired so far, and (acquire on their side) see the cleared slots.
@@ -608,6 +660,7 @@ WriterStats TableWriter::stats() const {
   s.retired_bytes = retired_bytes_;
   s.dead_readers_recovered = dead_readers_recovered_;
   s.leaked_blocks_at_attach = leaked_at_attach_;
+  s.attach_walk_pending_bytes = walk_.end - walk_.pos;
   return s;
 }
 

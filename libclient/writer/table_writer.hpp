@@ -7,7 +7,13 @@
 // may die at any instruction (DESIGN.md invariants 1-3). Allocator state
 // (free lists, the retire queue) lives in this process only; a writer that
 // attaches to an existing segment rebuilds it from the index, treating every
-// block that no slot references as retired now.
+// block that no slot references as retired. Attaching walks the index only;
+// the walk of the arena that finds the unreferenced blocks runs a slice at a
+// time in reclaim() (attach_walk_bytes each), so that a restart costs the
+// index, not every page of the arena. Until it is done, new blocks come from
+// the arena's unused end (or blocks carved since); unreferenced blocks, and
+// the older blocks that writes replaced meanwhile, are retired only once
+// the whole walk agrees with the index.
 #pragma once
 
 #include <sys/types.h>
@@ -17,6 +23,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,6 +50,16 @@ struct WriterOptions {
   gid_t group = static_cast<gid_t>(-1);  // -1: keep the creator's group
   // How often a reader that blocks reuse is checked for being dead.
   std::chrono::milliseconds dead_reader_check{50};
+  // Arena bytes the attach walk covers per reclaim() (see above).
+  uint64_t attach_walk_bytes = 2 << 20;
+};
+
+// How the arena walk of an attach ended; see TableWriter::take_attach_walk_report.
+struct AttachWalkReport {
+  bool corrupt = false;        // the arena disagrees with the index: rebuild the table
+  uint64_t leaked_blocks = 0;  // unreferenced blocks found, retired for reuse
+  uint64_t leaked_bytes = 0;
+  std::string message;  // what was found, for the log
 };
 
 enum class AttachKind {
@@ -58,7 +75,8 @@ struct WriterStats {
   uint64_t free_bytes = 0;     // carved, free for reuse now
   uint64_t retired_bytes = 0;  // carved, waiting for readers to move on
   uint64_t dead_readers_recovered = 0;
-  uint64_t leaked_blocks_at_attach = 0;  // unreferenced blocks found on attach
+  uint64_t leaked_blocks_at_attach = 0;    // unreferenced blocks the attach walk found
+  uint64_t attach_walk_pending_bytes = 0;  // arena the attach walk has still to cover
 };
 
 class TableWriter {
@@ -100,9 +118,14 @@ class TableWriter {
   // Counts a record that could not be applied (kvs_stats and kvsctl show it).
   void count_skipped();
 
-  // Ends a batch: advances the epoch and frees what no reader can still see.
+  // Ends a batch: advances the epoch and frees what no reader can still see;
+  // walks the next slice of the arena while an attach walk is pending.
   // Returns the bytes still waiting for readers.
   uint64_t reclaim();
+  // Once, when the attach walk has ended: what it found. A corrupt arena
+  // keeps every unreferenced block out of use (leaked, never handed out
+  // twice); the caller should rebuild the table.
+  std::optional<AttachWalkReport> take_attach_walk_report();
   // Releases registry slots whose process has died (inside a read or not).
   // reclaim() calls it every few seconds; returns the slots released.
   uint32_t sweep_dead_readers();
@@ -132,6 +155,8 @@ class TableWriter {
   Result<void> attach_existing();
   void init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes);
   Result<void> rebuild_allocator();
+  // Walks up to `max_bytes` more of the arena; true while more is pending.
+  bool continue_attach_walk(uint64_t max_bytes);
   // Creates a segment under a temporary name for this writer (not renamed).
   Result<void> create_temp(const std::string& segment);
   // Removes temporary segments that earlier writers left behind.
@@ -169,6 +194,19 @@ class TableWriter {
   std::chrono::steady_clock::time_point next_sweep_{};
   uint64_t dead_readers_recovered_ = 0;
   uint64_t leaked_at_attach_ = 0;
+  struct AttachWalk {
+    // One bit per kBlockAlign unit of the arena: a slot referenced the block
+    // starting there when this writer attached.
+    std::vector<uint64_t> live;
+    uint64_t pos = 0, end = 0;     // arena offsets still to walk
+    std::vector<uint64_t> leaked;  // unreferenced blocks found so far
+    uint64_t leaked_bytes = 0;
+    // Blocks carved before the attach that this writer retired meanwhile:
+    // their sizes are trusted only once the walk has checked the chain.
+    std::vector<uint64_t> held;
+    bool pending() const { return pos < end; }
+  } walk_;
+  std::optional<AttachWalkReport> walk_report_;
 };
 
 }  // namespace kvs

@@ -324,10 +324,17 @@ TEST_F(TableWriterTest, ReattachKeepsDataAndRebuildsFreeSpace) {
   auto w = open_writer(options());
   EXPECT_EQ(w->attach_kind(), AttachKind::kAttached);
   EXPECT_EQ(w->stats().size, 150u);
-  EXPECT_EQ(w->stats().leaked_blocks_at_attach, 50u);
   EXPECT_EQ(w->next_offset(0), 250);
   const uint64_t used = w->stats().arena_used;
-  w->reclaim();
+  EXPECT_EQ(w->stats().attach_walk_pending_bytes, used);  // attaching read the index only
+  w->reclaim();                                           // the whole arena is under one slice
+  EXPECT_EQ(w->stats().attach_walk_pending_bytes, 0u);
+  EXPECT_EQ(w->stats().leaked_blocks_at_attach, 50u);
+  auto report = w->take_attach_walk_report();
+  ASSERT_TRUE(report);
+  EXPECT_FALSE(report->corrupt);
+  EXPECT_EQ(report->leaked_blocks, 50u);
+  EXPECT_FALSE(w->take_attach_walk_report());  // reported once
   EXPECT_EQ(w->stats().retired_bytes, 0u);
   for (int i = 0; i < 50; ++i)
     ASSERT_TRUE(w->put("k" + std::to_string(i), "v" + std::to_string(i)));
@@ -336,6 +343,162 @@ TEST_F(TableWriterTest, ReattachKeepsDataAndRebuildsFreeSpace) {
   EXPECT_EQ(t.state(), State::kReady);
   for (int i = 0; i < 200; ++i)
     EXPECT_EQ(read(t, "k" + std::to_string(i)), "v" + std::to_string(i));
+}
+
+// The attach walk runs a slice per reclaim(). Meanwhile writes take new
+// blocks from the arena's end and retire what they replace as usual; once
+// the walk is whole, exactly the blocks the previous writer left
+// unreferenced become reusable, and no live entry's block is handed out.
+TEST_F(TableWriterTest, AttachWalkInSlicesReusesExactlyTheUnreferencedBlocks) {
+  std::map<std::string, std::string> model;
+  const auto value = [](int i, int round) {
+    return std::string(16 + (i * 7 + round) % 200, 'a' + (i + round) % 26);
+  };
+  {
+    auto w = open_writer(options(4096, 4 << 20));
+    for (int i = 0; i < 2000; ++i) {
+      const std::string k = "k" + std::to_string(i);
+      ASSERT_TRUE(w->put(k, value(i, 0)));
+      model[k] = value(i, 0);
+    }
+    for (int i = 0; i < 500; ++i) {
+      ASSERT_TRUE(w->erase("k" + std::to_string(i)));
+      model.erase("k" + std::to_string(i));
+    }
+    for (int i = 500; i < 1000; ++i) {
+      ASSERT_TRUE(w->put("k" + std::to_string(i), value(i, 1)));
+      model["k" + std::to_string(i)] = value(i, 1);
+    }
+    // Dies without reclaim(): 1,000 blocks are retired in its memory only.
+  }
+  auto o = options(4096, 4 << 20);
+  o.attach_walk_bytes = 4096;
+  auto w = open_writer(o);
+  ASSERT_EQ(w->attach_kind(), AttachKind::kAttached);
+  auto t = open_reader();
+  uint64_t pending = w->stats().attach_walk_pending_bytes;
+  ASSERT_GT(pending, 10 * o.attach_walk_bytes);
+  uint64_t used = w->stats().arena_used;
+  std::optional<AttachWalkReport> report;
+  int round = 2, slices = 0;
+  while (!report) {
+    for (int i = 1000 + round % 50; i < 2000; i += 50) {  // overwrites and new keys
+      const std::string k = "k" + std::to_string(i + (round % 3) * 1000);
+      ASSERT_TRUE(w->put(k, value(i, round)));
+      model[k] = value(i, round);
+    }
+    // Nothing the previous writer left is reused before the walk is whole.
+    ASSERT_GE(w->stats().arena_used, used);
+    used = w->stats().arena_used;
+    w->reclaim();
+    report = w->take_attach_walk_report();
+    if (!report) {
+      ASSERT_LT(w->stats().attach_walk_pending_bytes, pending);
+      pending = w->stats().attach_walk_pending_bytes;
+    }
+    ++round;
+    ASSERT_LT(++slices, 100000);
+  }
+  EXPECT_GT(slices, 10);
+  EXPECT_FALSE(report->corrupt) << report->message;
+  EXPECT_EQ(report->leaked_blocks, 1000u);
+  EXPECT_EQ(w->stats().leaked_blocks_at_attach, 1000u);
+  // From here the arena stops growing: churn takes the freed blocks.
+  w->reclaim();
+  const uint64_t settled = w->stats().arena_used;
+  for (int r = 0; r < 20; ++r, ++round) {
+    for (int i = 1000; i < 1400; ++i) {
+      const std::string k = "k" + std::to_string(i);
+      ASSERT_TRUE(w->put(k, value(i, 0)));
+      model[k] = value(i, 0);
+    }
+    w->reclaim();
+  }
+  EXPECT_EQ(w->stats().arena_used, settled);
+  EXPECT_EQ(t.size(), model.size());
+  for (const auto& [k, v] : model) ASSERT_EQ(read(t, k), v) << k;
+}
+
+// The arena's chain of block sizes disagrees with the index (a stray write):
+// attaching still works from the index, the walk says so, and no block the
+// walk found or a write replaced meanwhile is ever handed out (they stay
+// leaked until a rebuild). Were the replaced k0 reused at the size its
+// header claims, it would cover k1.
+TEST_F(TableWriterTest, AttachWalkThatFindsTheArenaOffReusesNothing) {
+  {
+    auto w = open_writer(options());
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(w->put("k" + std::to_string(i), "value"));
+    for (int i = 5; i < 10; ++i) ASSERT_TRUE(w->erase("k" + std::to_string(i)));
+  }
+  uint32_t claimed = 0;
+  {
+    // The first block (k0, live) claims to be twice its size: the chain
+    // skips the start of the second (k1, live).
+    auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadWrite);
+    ASSERT_TRUE(m);
+    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+    std::memcpy(&claimed, (*m)->data() + h->arena_offset, sizeof claimed);
+    claimed *= 2;
+    std::memcpy((*m)->data() + h->arena_offset, &claimed, sizeof claimed);
+  }
+  auto o = options();
+  o.attach_walk_bytes = 8;
+  auto w = open_writer(o);
+  ASSERT_EQ(w->attach_kind(), AttachKind::kAttached);  // the index is sound
+  ASSERT_TRUE(w->put("k0", "other"));                  // replaces the oversized block
+  std::optional<AttachWalkReport> report;
+  for (int i = 0; i < 1000 && !report; ++i) {
+    w->reclaim();
+    report = w->take_attach_walk_report();
+  }
+  ASSERT_TRUE(report);
+  EXPECT_TRUE(report->corrupt);
+  EXPECT_NE(report->message.find("middle of a block"), std::string::npos) << report->message;
+  EXPECT_EQ(w->stats().leaked_blocks_at_attach, 0u);
+  EXPECT_EQ(w->stats().attach_walk_pending_bytes, 0u);
+  uint64_t used = w->stats().arena_used;
+  // Entries the size k0's block claims, then the size of the erased ones.
+  const std::string fits_claimed(claimed - format::block_bytes_for(1, 0), 'c');
+  ASSERT_EQ(format::block_bytes_for(1, fits_claimed.size()), claimed);
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(w->put(std::to_string(i), fits_claimed));
+    ASSERT_TRUE(w->put("n" + std::to_string(i), "value"));
+    w->reclaim();
+    EXPECT_GT(w->stats().arena_used, used);
+    used = w->stats().arena_used;
+  }
+  auto t = open_reader();
+  EXPECT_EQ(read(t, "k0"), "other");
+  for (int i = 1; i < 5; ++i) EXPECT_EQ(read(t, "k" + std::to_string(i)), "value");
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(read(t, std::to_string(i)), fits_claimed);
+    EXPECT_EQ(read(t, "n" + std::to_string(i)), "value");
+  }
+}
+
+// A full arena does not wait for the slices: a put that finds no room
+// finishes the attach walk and takes what it found.
+TEST_F(TableWriterTest, FullArenaFinishesThePendingAttachWalk) {
+  const std::string big(1000, 'x');
+  int stored = 0;
+  {
+    auto w = open_writer(options(1024, /*arena=*/8192));
+    while (w->put("k" + std::to_string(stored), big)) ++stored;
+    ASSERT_GT(stored, 4);
+    ASSERT_TRUE(w->erase("k0"));
+    ASSERT_TRUE(w->erase("k1"));
+  }
+  auto o = options(1024, 8192);
+  o.attach_walk_bytes = 8;  // one block per reclaim() at most
+  auto w = open_writer(o);
+  ASSERT_GT(w->stats().attach_walk_pending_bytes, 0u);
+  EXPECT_TRUE(w->put("zz", big)) << "no room found";
+  EXPECT_TRUE(w->put("zy", big)) << "no room found";
+  EXPECT_EQ(w->stats().attach_walk_pending_bytes, 0u);
+  EXPECT_EQ(w->stats().leaked_blocks_at_attach, 2u);
+  auto t = open_reader();
+  EXPECT_EQ(read(t, "zz"), big);
+  EXPECT_EQ(read(t, "k" + std::to_string(stored - 1)), big);
 }
 
 TEST_F(TableWriterTest, CorruptSegmentIsReplaced) {
