@@ -318,6 +318,7 @@ Result<void> TableWriter::rebuild_allocator() {
   free_bytes_ = retired_bytes_ = 0;
   leaked_at_attach_ = 0;
   walk_ = AttachWalk{std::move(live), begin, begin + used, {}, 0, {}};
+  unchecked_end_ = begin + used;
   walk_report_.reset();
   header_->size.store(count, std::memory_order_relaxed);
   return {};
@@ -374,6 +375,7 @@ bool TableWriter::continue_attach_walk(uint64_t max_bytes) {
     retired_bytes_ += block_bytes(off);
   }
   leaked_at_attach_ = walk_.leaked.size();
+  unchecked_end_ = 0;
   walk_report_ = AttachWalkReport{false, walk_.leaked.size(), walk_.leaked_bytes,
                                   std::to_string(walk_.leaked.size()) + " unreferenced blocks (" +
                                       std::to_string(walk_.leaked_bytes) +
@@ -413,8 +415,8 @@ uint64_t TableWriter::allocate(uint64_t bytes) {
 }
 
 void TableWriter::retire(uint64_t offset) {
-  if (offset < walk_.end) {
-    walk_.held.push_back(offset);
+  if (offset < unchecked_end_) {
+    if (walk_.pending()) walk_.held.push_back(offset);
     return;
   }
   const uint32_t bb = block_bytes(offset);

@@ -207,6 +207,11 @@ class TableWriter {
     bool pending() const { return pos < end; }
   } walk_;
   std::optional<AttachWalkReport> walk_report_;
+  // Blocks below this arena offset were carved before the attach and are
+  // not reused until a walk has checked their sizes: the whole carved
+  // arena at attach, 0 once the walk agreed with the index. After a walk
+  // that did not, replaced blocks there stay leaked (kvsd rebuilds).
+  uint64_t unchecked_end_ = 0;
 };
 
 }  // namespace kvs

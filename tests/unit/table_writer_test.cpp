@@ -421,58 +421,66 @@ TEST_F(TableWriterTest, AttachWalkInSlicesReusesExactlyTheUnreferencedBlocks) {
 
 // The arena's chain of block sizes disagrees with the index (a stray write):
 // attaching still works from the index, the walk says so, and no block the
-// walk found or a write replaced meanwhile is ever handed out (they stay
-// leaked until a rebuild). Were the replaced k0 reused at the size its
-// header claims, it would cover k1.
+// walk found, nor one carved before the attach that a write replaces, during
+// the walk or after it, is ever handed out (they stay leaked until a
+// rebuild). Were the replaced k0 reused at the size its header claims, it
+// would cover k1.
 TEST_F(TableWriterTest, AttachWalkThatFindsTheArenaOffReusesNothing) {
-  {
-    auto w = open_writer(options());
-    for (int i = 0; i < 10; ++i) ASSERT_TRUE(w->put("k" + std::to_string(i), "value"));
-    for (int i = 5; i < 10; ++i) ASSERT_TRUE(w->erase("k" + std::to_string(i)));
-  }
-  uint32_t claimed = 0;
-  {
-    // The first block (k0, live) claims to be twice its size: the chain
-    // skips the start of the second (k1, live).
-    auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadWrite);
-    ASSERT_TRUE(m);
-    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
-    std::memcpy(&claimed, (*m)->data() + h->arena_offset, sizeof claimed);
-    claimed *= 2;
-    std::memcpy((*m)->data() + h->arena_offset, &claimed, sizeof claimed);
-  }
-  auto o = options();
-  o.attach_walk_bytes = 8;
-  auto w = open_writer(o);
-  ASSERT_EQ(w->attach_kind(), AttachKind::kAttached);  // the index is sound
-  ASSERT_TRUE(w->put("k0", "other"));                  // replaces the oversized block
-  std::optional<AttachWalkReport> report;
-  for (int i = 0; i < 1000 && !report; ++i) {
-    w->reclaim();
-    report = w->take_attach_walk_report();
-  }
-  ASSERT_TRUE(report);
-  EXPECT_TRUE(report->corrupt);
-  EXPECT_NE(report->message.find("middle of a block"), std::string::npos) << report->message;
-  EXPECT_EQ(w->stats().leaked_blocks_at_attach, 0u);
-  EXPECT_EQ(w->stats().attach_walk_pending_bytes, 0u);
-  uint64_t used = w->stats().arena_used;
-  // Entries the size k0's block claims, then the size of the erased ones.
-  const std::string fits_claimed(claimed - format::block_bytes_for(1, 0), 'c');
-  ASSERT_EQ(format::block_bytes_for(1, fits_claimed.size()), claimed);
-  for (int i = 0; i < 5; ++i) {
-    ASSERT_TRUE(w->put(std::to_string(i), fits_claimed));
-    ASSERT_TRUE(w->put("n" + std::to_string(i), "value"));
-    w->reclaim();
-    EXPECT_GT(w->stats().arena_used, used);
-    used = w->stats().arena_used;
-  }
-  auto t = open_reader();
-  EXPECT_EQ(read(t, "k0"), "other");
-  for (int i = 1; i < 5; ++i) EXPECT_EQ(read(t, "k" + std::to_string(i)), "value");
-  for (int i = 0; i < 5; ++i) {
-    EXPECT_EQ(read(t, std::to_string(i)), fits_claimed);
-    EXPECT_EQ(read(t, "n" + std::to_string(i)), "value");
+  for (const bool replace_during_walk : {true, false}) {
+    SCOPED_TRACE(replace_during_walk ? "k0 replaced during the walk" : "k0 replaced after it");
+    test::ShmScope shm;
+    auto o = options();
+    o.shm_prefix = shm.prefix();
+    {
+      auto w = open_writer(o);
+      for (int i = 0; i < 10; ++i) ASSERT_TRUE(w->put("k" + std::to_string(i), "value"));
+      for (int i = 5; i < 10; ++i) ASSERT_TRUE(w->erase("k" + std::to_string(i)));
+    }
+    uint32_t claimed = 0;
+    {
+      // The first block (k0, live) claims to be twice its size: the chain
+      // skips the start of the second (k1, live).
+      auto m = shm::open_segment(shm.prefix() + "t", shm::Access::kReadWrite);
+      ASSERT_TRUE(m);
+      auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+      std::memcpy(&claimed, (*m)->data() + h->arena_offset, sizeof claimed);
+      claimed *= 2;
+      std::memcpy((*m)->data() + h->arena_offset, &claimed, sizeof claimed);
+    }
+    o.attach_walk_bytes = 8;
+    auto w = open_writer(o);
+    ASSERT_EQ(w->attach_kind(), AttachKind::kAttached);  // the index is sound
+    if (replace_during_walk) ASSERT_TRUE(w->put("k0", "other"));
+    std::optional<AttachWalkReport> report;
+    for (int i = 0; i < 1000 && !report; ++i) {
+      w->reclaim();
+      report = w->take_attach_walk_report();
+    }
+    ASSERT_TRUE(report);
+    EXPECT_TRUE(report->corrupt);
+    EXPECT_NE(report->message.find("middle of a block"), std::string::npos) << report->message;
+    EXPECT_EQ(w->stats().leaked_blocks_at_attach, 0u);
+    EXPECT_EQ(w->stats().attach_walk_pending_bytes, 0u);
+    if (!replace_during_walk) ASSERT_TRUE(w->put("k0", "other"));
+    uint64_t used = w->stats().arena_used;
+    // Entries the size k0's block claims, then the size of the erased ones.
+    const std::string fits_claimed(claimed - format::block_bytes_for(1, 0), 'c');
+    ASSERT_EQ(format::block_bytes_for(1, fits_claimed.size()), claimed);
+    for (int i = 0; i < 5; ++i) {
+      ASSERT_TRUE(w->put(std::to_string(i), fits_claimed));
+      ASSERT_TRUE(w->put("n" + std::to_string(i), "value"));
+      w->reclaim();
+      EXPECT_GT(w->stats().arena_used, used);
+      used = w->stats().arena_used;
+    }
+    auto t = Table::open("t", {shm.prefix()});
+    ASSERT_TRUE(t);
+    EXPECT_EQ(read(*t, "k0"), "other");
+    for (int i = 1; i < 5; ++i) EXPECT_EQ(read(*t, "k" + std::to_string(i)), "value");
+    for (int i = 0; i < 5; ++i) {
+      EXPECT_EQ(read(*t, std::to_string(i)), fits_claimed);
+      EXPECT_EQ(read(*t, "n" + std::to_string(i)), "value");
+    }
   }
 }
 
