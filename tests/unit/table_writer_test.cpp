@@ -450,7 +450,9 @@ TEST_F(TableWriterTest, AttachWalkThatFindsTheArenaOffReusesNothing) {
     o.attach_walk_bytes = 8;
     auto w = open_writer(o);
     ASSERT_EQ(w->attach_kind(), AttachKind::kAttached);  // the index is sound
-    if (replace_during_walk) ASSERT_TRUE(w->put("k0", "other"));
+    if (replace_during_walk) {
+      ASSERT_TRUE(w->put("k0", "other"));
+    }
     std::optional<AttachWalkReport> report;
     for (int i = 0; i < 1000 && !report; ++i) {
       w->reclaim();
@@ -461,7 +463,9 @@ TEST_F(TableWriterTest, AttachWalkThatFindsTheArenaOffReusesNothing) {
     EXPECT_NE(report->message.find("middle of a block"), std::string::npos) << report->message;
     EXPECT_EQ(w->stats().leaked_blocks_at_attach, 0u);
     EXPECT_EQ(w->stats().attach_walk_pending_bytes, 0u);
-    if (!replace_during_walk) ASSERT_TRUE(w->put("k0", "other"));
+    if (!replace_during_walk) {
+      ASSERT_TRUE(w->put("k0", "other"));
+    }
     uint64_t used = w->stats().arena_used;
     // Entries the size k0's block claims, then the size of the erased ones.
     const std::string fits_claimed(claimed - format::block_bytes_for(1, 0), 'c');
