@@ -1,4 +1,6 @@
 // kvsd: keeps compacted Kafka topics as shared-memory tables on this host.
+#include <sys/resource.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
@@ -7,6 +9,16 @@
 #include "kvsd.hpp"
 
 namespace {
+// kvsd keeps a descriptor open per reader file of each table (reader_slots
+// per table): the soft limit (often 1024) goes up to the hard one.
+void raise_fd_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
 // sysexits.h: EX_USAGE, EX_CONFIG.
 constexpr int kExitUsage = 64;
 constexpr int kExitConfig = kvs::daemon::kExitConfig;
@@ -46,5 +58,6 @@ int main(int argc, char** argv) {
                 cfg->tables.size() == 1 ? "" : "s");
     return 0;
   }
+  raise_fd_limit();
   return kvs::daemon::run(*cfg, kvs::daemon::RunOptions{embedded});
 }

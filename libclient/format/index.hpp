@@ -192,7 +192,11 @@ inline HeaderVerdict check_header(const uint8_t* base, uint64_t mapped_bytes) {
   if (h.fingerprint != layout_fingerprint() || h.header_bytes != sizeof(TableHeader)) {
     return {HeaderCheck::kLayout, h.layout_version};
   }
-  // Geometry must describe exactly this mapping.
+  // Geometry must be within the writer's bounds (so that computing it cannot
+  // overflow) and describe exactly this mapping.
+  if (!geometry_in_bounds(h.capacity, h.partition_capacity, h.arena_bytes)) {
+    return {HeaderCheck::kCorrupt, h.layout_version};
+  }
   const Geometry g = geometry(h.capacity, h.partition_capacity, h.arena_bytes);
   if (h.segment_bytes != mapped_bytes || g.segment_bytes != h.segment_bytes ||
       g.groups_offset != h.groups_offset || g.group_count != h.group_count ||

@@ -11,8 +11,9 @@
 //   Group[G]               the index: 64-byte groups of 7 slots + control
 //   arena                  variable-size entry blocks, 8-byte aligned
 //
-// Reader registry (/dev/shm/<prefix><table>.readers): RegistryHeader, then
-// ReaderSlot[N], each on its own cache line.
+// Reader registry (/dev/shm/<prefix><table>.readers/): a directory that kvsd
+// owns, in which each reader process keeps its own file (ReaderFileHeader,
+// then ReaderSlot[kReaderFileSlots], each on its own cache line).
 #pragma once
 
 #include <atomic>
@@ -28,8 +29,8 @@
 namespace kvs::format {
 
 inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;     // ".kvstab1"
-inline constexpr uint64_t kRegistryMagic = 0x3164727373766b2eULL;  // ".kvssrd1"
-inline constexpr uint32_t kLayoutVersion = 1;
+inline constexpr uint64_t kReaderFileMagic = 0x3272647273766b2eULL;  // ".kvsrdr2"
+inline constexpr uint32_t kLayoutVersion = 2;
 inline constexpr size_t kCacheLine = 64;
 
 // ---------------------------------------------------------------- slot word
@@ -134,37 +135,57 @@ struct alignas(kCacheLine) TableHeader {
   std::atomic<uint64_t> erases;
   std::atomic<uint64_t> writer_attaches;
   std::atomic<uint64_t> skipped;  // records kvsd could not apply (over the size limits)
+  // Line 4: what kvsd last saw in the reader registry (refreshed about once a
+  // second), so that monitoring needs no access to the registry.
+  alignas(kCacheLine) std::atomic<uint32_t> reader_processes;  // live reader files
+  std::atomic<uint32_t> reader_slots_used;                     // their threads' slots
+  std::atomic<uint32_t> readers_reading;                       // slots inside a read
+  std::atomic<uint32_t> reader_files_unchecked;  // files kvsd could not read (counted alive)
+  std::atomic<uint64_t> reader_stats_unix_ns;    // when kvsd counted
+  std::atomic<uint32_t> reader_slot_limit;       // reader_slots in kvsd.toml
+  uint32_t reserved4a;
+  uint64_t reserved4[4];
 };
-static_assert(sizeof(TableHeader) == 4 * kCacheLine);
+static_assert(sizeof(TableHeader) == 5 * kCacheLine);
 static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);
 static_assert(offsetof(TableHeader, state) == 3 * kCacheLine);
 
 // ---------------------------------------------------------------- registry
-// A reader slot is owned by one thread of one process. `owner` packs the pid
-// and the low 32 bits of the process start time (/proc/<pid>/stat field 22),
-// so a recycled pid is not mistaken for the dead owner. `epoch` is 0 when the
-// owner is not inside a read, else the global epoch it announced.
+// Each reader process keeps one file per segment it reads (more when over
+// kReaderFileSlots threads read at once) in the table's registry directory:
+// only its owner can write or shrink it, so a reader can never touch another
+// reader's announcements. The owner holds an OFD write lock on the whole file
+// for as long as it lives: the kernel drops it when the process dies, in any
+// pid namespace and without /proc, so kvsd tests liveness with F_OFD_GETLK.
+// The header is written before the file gets its final name ("r.<hex>",
+// renamed from "t.<hex>") and never changes afterwards.
+inline constexpr uint32_t kReaderFileSlots = 63;
+
+struct alignas(kCacheLine) ReaderFileHeader {
+  uint64_t magic;  // kReaderFileMagic
+  uint32_t layout_version;
+  uint32_t slot_count;  // kReaderFileSlots
+  uint64_t fingerprint;
+  uint64_t incarnation;  // of the data segment whose epochs the slots announce
+  int32_t pid;           // in the reader's own pid namespace: for people, not for liveness
+  uint32_t slots_handed_out;  // the owner's count (atomic stores), for monitoring only
+  uint64_t created_unix_ns;
+  uint64_t reserved[2];
+};
+static_assert(sizeof(ReaderFileHeader) == kCacheLine);
+static_assert(std::is_trivially_copyable_v<ReaderFileHeader>);
+
+// A slot belongs to one thread of the file's process. `epoch` is 0 when the
+// thread is not inside a read, else the global epoch it announced.
 struct alignas(kCacheLine) ReaderSlot {
-  std::atomic<uint64_t> owner;
   std::atomic<uint64_t> epoch;
-  uint64_t reserved[6];
+  uint64_t reserved[7];
 };
 static_assert(sizeof(ReaderSlot) == kCacheLine);
 
-struct alignas(kCacheLine) RegistryHeader {
-  uint64_t magic;
-  uint32_t layout_version;
-  uint32_t slot_count;
-  uint64_t fingerprint;
-  uint64_t reserved[5];
-};
-static_assert(sizeof(RegistryHeader) == kCacheLine);
-
-constexpr uint64_t make_owner(uint32_t pid, uint64_t start_time) {
-  return (uint64_t(uint32_t(start_time)) << 32) | pid;
-}
-constexpr uint32_t owner_pid(uint64_t owner) { return uint32_t(owner); }
-constexpr uint32_t owner_start(uint64_t owner) { return uint32_t(owner >> 32); }
+inline constexpr uint64_t kReaderFileBytes =
+    sizeof(ReaderFileHeader) + uint64_t{kReaderFileSlots} * sizeof(ReaderSlot);
+static_assert(kReaderFileBytes == 4096);
 
 // Anything that changes how the bytes above are read. Compared on attach in
 // addition to the version number, so that a build with other struct sizes
@@ -175,7 +196,7 @@ constexpr uint64_t layout_fingerprint() {
        {uint64_t{kLayoutVersion}, uint64_t{sizeof(TableHeader)}, uint64_t{sizeof(Group)},
         uint64_t{kSlotsPerGroup}, uint64_t{sizeof(BlockHeader)}, uint64_t{kBlockAlign},
         uint64_t{kTagShift}, uint64_t{sizeof(PartitionState)}, uint64_t{sizeof(ReaderSlot)},
-        uint64_t{sizeof(RegistryHeader)}, uint64_t{offsetof(TableHeader, epoch)},
+        uint64_t{sizeof(ReaderFileHeader)}, uint64_t{kReaderFileSlots}, uint64_t{offsetof(TableHeader, epoch)},
         uint64_t{offsetof(TableHeader, state)}, uint64_t{XXH_VERSION_MAJOR}}) {
     h = (h ^ v) * 1099511628211ULL;
   }
@@ -194,7 +215,15 @@ inline uint64_t home_group(uint64_t hash, uint64_t group_count) {
 }
 inline uint16_t hash_tag(uint64_t hash) { return uint16_t(hash); }
 
-// Geometry for a table of `capacity` entries.
+// The bounds of a table's geometry. The writer refuses options outside them
+// and readers refuse headers outside them, so that the sizes computed below
+// never overflow 64 bits (DESIGN.md invariant 5).
+inline constexpr uint64_t kMaxCapacity = uint64_t{1} << 40;
+inline constexpr uint32_t kMaxPartitions = 65536;
+inline constexpr uint64_t kMinArenaBytes = 4096;
+inline constexpr uint64_t kMaxArenaBytes = (kOffsetMask * kBlockAlign) / 2;  // 2^50
+
+// Groups for a table of `capacity` (1..kMaxCapacity) entries.
 inline uint64_t groups_for_capacity(uint64_t capacity) {
   uint64_t slots = uint64_t(double(capacity) / kMaxSlotLoad) + 1;
   uint64_t groups = (slots + kSlotsPerGroup - 1) / kSlotsPerGroup;
@@ -207,6 +236,14 @@ struct Geometry {
   uint64_t partitions_offset, groups_offset, group_count, arena_offset, arena_bytes, segment_bytes;
 };
 
+inline bool geometry_in_bounds(uint64_t capacity, uint32_t partition_capacity,
+                               uint64_t arena_bytes) {
+  return capacity >= 1 && capacity <= kMaxCapacity && partition_capacity >= 1 &&
+         partition_capacity <= kMaxPartitions && arena_bytes >= kMinArenaBytes &&
+         arena_bytes <= kMaxArenaBytes;
+}
+
+// Within geometry_in_bounds every term is below 2^51, so nothing overflows.
 inline Geometry geometry(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes) {
   Geometry g{};
   g.partitions_offset = sizeof(TableHeader);

@@ -7,11 +7,20 @@
 // outermost read_begin, and an old Generation is unmapped once none of this
 // process's threads reads it.
 //
-// Per thread and table, a kvs_txn owns one slot of the current Generation's
-// reader registry. The fast path of kvs_read_begin is: compare the thread's
-// last txn with the table and its generation, load the global epoch, exchange
-// it into the slot (a full barrier), check that the generation is still the
-// current one and not replaced.
+// Per thread and table, a kvs_txn owns one slot in one of this process's
+// reader files for the current Generation (src/registry.hpp). The fast path
+// of kvs_read_begin is: compare the thread's last txn with the table and its
+// generation, exchange 1 into the slot (a full barrier), check that the
+// generation is still the current one and not replaced, then store the
+// global epoch into the slot.
+//
+// fork(): the child must not announce in its parent's files (the parent
+// clears them, and the parent's lock says nothing of the child's life).
+// pthread_atfork handlers hold every lock across the fork, and in the child
+// drop the parent's files and this thread's guards: the child claims files
+// of its own at its next read. Views of a guard open across fork() are not
+// valid in the child.
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -64,25 +73,34 @@ std::atomic<uint64_t> g_next_table_id{1};
 // instance one of another layout version); it keeps reading the old segment.
 constexpr auto kReopenRetry = std::chrono::seconds(1);
 
-// Registry slots this process claimed in one Generation. Threads that exit
-// give their slot back here for the next thread. `retired`: the generation
-// was replaced, slots given back are released instead. `closed`: every slot
-// was released (kvs_close, or the generation is gone).
+// This process's reader files in one Generation's registry, and the slots
+// in them. Threads that exit give their slot back here for the next thread.
+// `retired`: the generation was replaced, slots given back are not reused.
+// `closed`: the files were removed (kvs_close, or the generation is gone).
 struct SlotPool {
   std::mutex mu;
+  std::vector<std::unique_ptr<registry::ReaderFile>> files;
   std::vector<ReaderSlot*> free;
-  std::vector<ReaderSlot*> claimed;
+  uint32_t held = 0;  // slots bound to a thread's txn
   bool retired = false;
   bool closed = false;
+
+  bool any_reading() const {
+    for (const auto& f : files) {
+      for (uint32_t i = 0; i < kReaderFileSlots; ++i) {
+        if (f->slot(i).epoch.load(std::memory_order_seq_cst) != 0) return true;
+      }
+    }
+    return false;
+  }
 };
 
 // One mapped segment of a table.
 struct Generation {
   std::unique_ptr<shm::Mapping> data;
-  std::unique_ptr<shm::Mapping> registry_map;
   const TableHeader* header = nullptr;
   TableView view;
-  RegistryView registry;
+  std::string registry_dir;
   std::shared_ptr<SlotPool> pool = std::make_shared<SlotPool>();
 };
 
@@ -99,7 +117,7 @@ struct kvs_table {
 };
 
 struct kvs_txn {
-  const Generation* gen = nullptr;
+  const Generation* gen = nullptr;  // null: not bound (new, or reset in a forked child)
   ReaderSlot* slot = nullptr;
   uint32_t depth = 0;
   uint64_t table_id = 0;
@@ -114,10 +132,11 @@ int64_t steady_ns() {
       .count();
 }
 
-// Releases `slot`, claimed from `pool`, in the registry.
-void release_slot(SlotPool& pool, ReaderSlot* slot) {
-  RegistryView::release(slot);
-  std::erase(pool.claimed, slot);
+// Gives back the slot of `x` to its pool (under the pool's lock).
+void give_back_locked(SlotPool& pool, ReaderSlot* slot) {
+  if (pool.closed) return;
+  --pool.held;
+  if (!pool.retired) pool.free.push_back(slot);
 }
 
 // This thread's guards, one per table it reads.
@@ -125,16 +144,10 @@ struct ThreadTxns {
   std::vector<std::unique_ptr<kvs_txn>> txns;
 
   ~ThreadTxns() {
-    for (auto& t : txns) give_back(*t);
-  }
-  static void give_back(kvs_txn& t) {
-    if (!t.pool) return;
-    std::lock_guard lock(t.pool->mu);
-    if (t.pool->closed) return;
-    if (t.pool->retired) {
-      release_slot(*t.pool, t.slot);
-    } else {
-      t.pool->free.push_back(t.slot);
+    for (auto& t : txns) {
+      if (!t->pool) continue;
+      std::lock_guard lock(t->pool->mu);
+      give_back_locked(*t->pool, t->slot);
     }
   }
 };
@@ -168,19 +181,19 @@ Result<void> check_table(const shm::Mapping& m) {
                                         " bytes); kvsd rebuilds it on its next start");
 }
 
-// Maps the segment called `segment` and its reader registry.
+// Maps the segment called `segment` and checks it and its registry.
 Result<std::unique_ptr<Generation>> open_generation(const std::string& segment) {
   auto g = std::make_unique<Generation>();
   auto data = shm::open_segment(segment, shm::Access::kReadOnly);
   if (!data) return std::move(data).error();
   g->data = std::move(*data);
   if (auto ok = check_table(*g->data); !ok) return std::move(ok).error();
-  auto reg = shm::open_segment(shm::registry_name(segment), shm::Access::kReadWrite);
-  if (!reg) return std::move(reg).error();
-  g->registry_map = std::move(*reg);
-  auto rv = RegistryView::attach(*g->registry_map);
-  if (!rv) return std::move(rv).error();
-  g->registry = *rv;
+  uid_t owner = 0;
+  if (auto ok = shm::check_not_shared_writable(*g->data, &owner); !ok) {
+    return std::move(ok).error();
+  }
+  g->registry_dir = registry::dir_path(segment);
+  if (auto ok = registry::check_dir(g->registry_dir, owner); !ok) return std::move(ok).error();
   g->header = reinterpret_cast<const TableHeader*>(g->data->data());
   g->view = TableView(g->data->data(), *g->header);
   // Map the used part now, so that first reads do not take page faults
@@ -216,7 +229,8 @@ void maybe_reopen(kvs_table* t) {
 }
 
 // Under t->mu: unmaps generations that are no longer current and that no
-// thread of this process reads; forgets them once no thread holds a slot.
+// thread of this process reads; removes their reader files once no thread
+// holds a slot in them.
 void collect(kvs_table* t) {
   Generation* cur = t->cur.load(std::memory_order_relaxed);
   std::erase_if(t->gens, [&](std::unique_ptr<Generation>& g) {
@@ -224,55 +238,51 @@ void collect(kvs_table* t) {
     std::lock_guard lock(g->pool->mu);
     if (!g->pool->retired) {
       g->pool->retired = true;
-      for (ReaderSlot* s : g->pool->free) release_slot(*g->pool, s);
       g->pool->free.clear();
     }
     if (g->data) {
-      for (ReaderSlot* s : g->pool->claimed) {
-        if (s->epoch.load(std::memory_order_seq_cst) != 0) return false;  // inside a read
-      }
+      if (g->pool->any_reading()) return false;  // a thread is inside a read
       g->data.reset();
     }
-    if (!g->pool->claimed.empty()) return false;  // idle threads still own slots
+    if (g->pool->held > 0) return false;  // idle threads still own slots
     g->pool->closed = true;
+    g->pool->files.clear();
     return true;
   });
 }
 
-// Binds `x` to generation `g`: gives up its old slot, claims one in g.
+// A slot of `pool` for a thread: one given back, else one never used, else
+// one in a new file. Under pool.mu.
+Result<ReaderSlot*> take_slot(SlotPool& pool, const Generation& g) {
+  if (!pool.free.empty()) {
+    ReaderSlot* s = pool.free.back();
+    pool.free.pop_back();
+    return s;
+  }
+  for (auto& f : pool.files) {
+    if (ReaderSlot* s = f->take_unused()) return s;
+  }
+  auto f = registry::ReaderFile::create(g.registry_dir, g.header->incarnation);
+  if (!f) return std::move(f).error();
+  pool.files.push_back(std::move(*f));
+  return pool.files.back()->take_unused();
+}
+
+// Binds `x` to generation `g`: gives up its old slot, takes one in g.
 int bind(kvs_txn* x, Generation* g) {
   if (x->pool) {
     std::lock_guard lock(x->pool->mu);
-    if (!x->pool->closed) release_slot(*x->pool, x->slot);
+    give_back_locked(*x->pool, x->slot);
   }
   x->gen = nullptr;
   x->slot = nullptr;
   x->pool.reset();
-  ReaderSlot* slot = nullptr;
-  {
-    std::lock_guard lock(g->pool->mu);
-    if (!g->pool->free.empty()) {
-      slot = g->pool->free.back();
-      g->pool->free.pop_back();
-    }
-  }
-  if (slot == nullptr) {
-    const uint64_t owner = make_owner(static_cast<uint32_t>(::getpid()), shm::self_start_time());
-    const auto hint =
-        static_cast<uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id()));
-    slot = g->registry.claim(owner, hint);
-    if (slot == nullptr) {
-      return fail(Errc::kRegistryFull,
-                  shm::path_of(g->registry_map->name) + ": all " +
-                      std::to_string(g->registry.slot_count()) +
-                      " reader slots are in use; raise the table's reader_slots in kvsd.toml "
-                      "or find stuck readers with 'kvsctl stats'");
-    }
-    std::lock_guard lock(g->pool->mu);
-    g->pool->claimed.push_back(slot);
-  }
+  std::lock_guard lock(g->pool->mu);
+  auto slot = take_slot(*g->pool, *g);
+  if (!slot) return fail(slot.error());
+  ++g->pool->held;
   x->gen = g;
-  x->slot = slot;
+  x->slot = *slot;
   x->pool = g->pool;
   return KVS_OK;
 }
@@ -349,14 +359,61 @@ int read_begin_slow(kvs_table* t, kvs_txn** out) {
   }
 }
 
-// Runs fn(generation) inside a read guard (the generation stays mapped).
+// Every open table, for the fork handlers. Lock order: g_tables_mu, then a
+// table's mu, then its generations' pool mu.
+std::mutex g_tables_mu;
+std::vector<kvs_table*> g_tables;
+
+void before_fork() {
+  g_tables_mu.lock();
+  for (kvs_table* t : g_tables) {
+    t->mu.lock();
+    for (auto& g : t->gens) g->pool->mu.lock();
+  }
+}
+
+void after_fork_in_parent() {
+  for (kvs_table* t : g_tables) {
+    for (auto& g : t->gens) g->pool->mu.unlock();
+    t->mu.unlock();
+  }
+  g_tables_mu.unlock();
+}
+
+// In the child, on the thread that forked (the only one): the parent's files
+// are the parent's; this thread's guards end (their views are not valid).
+void after_fork_in_child() {
+  for (kvs_table* t : g_tables) {
+    for (auto& g : t->gens) {
+      SlotPool& old = *g->pool;
+      for (auto& f : old.files) f->abandon();
+      old.files.clear();
+      old.free.clear();
+      old.closed = true;
+      old.mu.unlock();
+      g->pool = std::make_shared<SlotPool>();
+    }
+    t->mu.unlock();
+  }
+  for (auto& x : t_txns.txns) {
+    x->gen = nullptr;
+    x->slot = nullptr;
+    x->pool.reset();
+    x->depth = 0;
+  }
+  t_last = nullptr;
+  g_tables_mu.unlock();
+}
+
+// Runs fn(current generation) under the table's lock, following a
+// replacement: for what lives in the header and partition states, which are
+// never reused, so no guard (and no reader slot) is needed.
 template <class F>
-auto guarded(kvs_table* t, F fn) -> decltype(fn(std::declval<const Generation&>())) {
-  kvs_txn* x = nullptr;
-  if (kvs_read_begin(t, &x) != KVS_OK) return {};
-  auto r = fn(*x->gen);
-  kvs_read_end(x);
-  return r;
+auto with_current(kvs_table* t, F fn) -> decltype(fn(std::declval<const Generation&>())) {
+  std::lock_guard lock(t->mu);
+  maybe_reopen(t);
+  collect(t);
+  return fn(*t->cur.load(std::memory_order_relaxed));
 }
 
 }  // namespace
@@ -370,6 +427,10 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
   const std::string prefix = options && options->shm_prefix ? options->shm_prefix : "kvs.";
   auto seg = shm::segment_name(prefix, name);
   if (!seg) return fail(seg.error());
+  static std::once_flag fork_handlers;
+  std::call_once(fork_handlers, [] {
+    ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+  });
   try {
     auto t = std::make_unique<kvs_table>();
     t->segment = *seg;
@@ -378,6 +439,8 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
     t->gens.push_back(std::move(*g));
     t->cur.store(t->gens.back().get(), std::memory_order_release);
     t->id = g_next_table_id.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard lock(g_tables_mu);
+    g_tables.push_back(t.get());
     *out = t.release();
     return KVS_OK;
   } catch (const std::bad_alloc&) {
@@ -388,12 +451,15 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
 void kvs_close(kvs_table* t) {
   if (t == nullptr) return;
   {
+    std::lock_guard tables_lock(g_tables_mu);
+    std::erase(g_tables, t);
+  }
+  {
     std::lock_guard table_lock(t->mu);
     for (auto& g : t->gens) {
       std::lock_guard lock(g->pool->mu);
       g->pool->closed = true;
-      for (ReaderSlot* s : g->pool->claimed) RegistryView::release(s);
-      g->pool->claimed.clear();
+      g->pool->files.clear();
       g->pool->free.clear();
     }
   }
@@ -562,7 +628,9 @@ int kvs_for_each(kvs_txn* x,
   const TableView& view = x->gen->view;
   for (uint64_t g = 0; g < view.group_count(); ++g) {
     for (int i = 0; i < kSlotsPerGroup; ++i) {
-      const uint64_t w = view.group(g).slots[i].load(std::memory_order_acquire);
+      // seq_cst, as in find(): the slot loads follow the announcement in the
+      // order the writer's reclamation argument needs (format/index.hpp).
+      const uint64_t w = view.group(g).slots[i].load(std::memory_order_seq_cst);
       if (w == 0) continue;
       EntryRef e;
       if (!view.entry_at(slot_offset(w), &e)) {
@@ -577,14 +645,14 @@ int kvs_for_each(kvs_txn* x,
 
 uint64_t kvs_size(kvs_table* t) {
   if (t == nullptr) return 0;
-  return guarded(t, [](const Generation& g) -> uint64_t {
+  return with_current(t, [](const Generation& g) -> uint64_t {
     return g.header->size.load(std::memory_order_relaxed);
   });
 }
 
 int kvs_state(kvs_table* t) {
-  if (t == nullptr) return 0;
-  return guarded(t, [](const Generation& g) -> int {
+  if (t == nullptr) return fail(Errc::kInvalidArgument, "kvs_state: NULL table");
+  return with_current(t, [](const Generation& g) -> int {
     return static_cast<int>(g.header->state.load(std::memory_order_acquire));
   });
 }
@@ -610,30 +678,27 @@ int kvs_wait_ready(kvs_table* t, int timeout_ms) {
 
 uint32_t kvs_partition_count(kvs_table* t) {
   if (t == nullptr) return 0;
-  return guarded(t, [](const Generation& g) -> uint32_t {
-    return g.header->partition_count.load(std::memory_order_acquire);
+  return with_current(t, [](const Generation& g) -> uint32_t {
+    return std::min(g.header->partition_count.load(std::memory_order_acquire),
+                    g.header->partition_capacity);
   });
 }
 
 int kvs_partition_offsets(kvs_table* t, uint32_t partition, int64_t* next_offset,
                           int64_t* high_watermark) {
   if (t == nullptr) return fail(Errc::kInvalidArgument, "kvs_partition_offsets: NULL table");
-  kvs_txn* x = nullptr;
-  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) return rc;
-  const Generation& g = *x->gen;
-  int rc = KVS_OK;
-  if (partition >= g.header->partition_capacity) {
-    rc = fail(Errc::kInvalidArgument,
-              "kvs_partition_offsets: no partition " + std::to_string(partition));
-  } else {
+  return with_current(t, [&](const Generation& g) -> int {
+    if (partition >= g.header->partition_capacity) {
+      return fail(Errc::kInvalidArgument,
+                  "kvs_partition_offsets: no partition " + std::to_string(partition));
+    }
     const auto* ps =
         reinterpret_cast<const PartitionState*>(g.data->data() + g.header->partitions_offset);
     if (next_offset) *next_offset = ps[partition].next_offset.load(std::memory_order_acquire);
     if (high_watermark)
       *high_watermark = ps[partition].high_watermark.load(std::memory_order_acquire);
-  }
-  kvs_read_end(x);
-  return rc;
+    return KVS_OK;
+  });
 }
 
 const char* kvs_strerror(int code) {
@@ -688,30 +753,24 @@ const char* kvs_last_error(void) { return t_last_error.c_str(); }
 int kvs_stat(kvs_table* t, kvs_table_stats* out) {
   if (t == nullptr || out == nullptr)
     return fail(Errc::kInvalidArgument, "kvs_stat: NULL argument");
-  kvs_txn* x = nullptr;
-  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) return rc;
-  const Generation& g = *x->gen;
-  const TableHeader& h = *g.header;
-  kvs_table_stats s{};
-  s.entries = h.size.load(std::memory_order_relaxed);
-  s.capacity = h.capacity;
-  s.arena_used_bytes = h.arena_used.load(std::memory_order_relaxed);
-  s.arena_bytes = h.arena_bytes;
-  s.segment_bytes = h.segment_bytes;
-  s.puts = h.puts.load(std::memory_order_relaxed);
-  s.erases = h.erases.load(std::memory_order_relaxed);
-  s.skipped = h.skipped.load(std::memory_order_relaxed);
-  s.writer_attaches = h.writer_attaches.load(std::memory_order_relaxed);
-  s.writer_pid = h.writer_pid.load(std::memory_order_relaxed);
-  s.reader_slots = g.registry.slot_count();
-  for (uint32_t i = 0; i < s.reader_slots; ++i) {
-    const ReaderSlot& slot = g.registry.slot(i);
-    if (slot.owner.load(std::memory_order_relaxed) != 0) ++s.reader_slots_used;
-    if (slot.epoch.load(std::memory_order_relaxed) != 0) ++s.readers_reading;
-  }
-  if (s.readers_reading > 0) --s.readers_reading;  // this call's own guard
-  kvs_read_end(x);
-  *out = s;
+  *out = with_current(t, [](const Generation& g) {
+    const TableHeader& h = *g.header;
+    kvs_table_stats s{};
+    s.entries = h.size.load(std::memory_order_relaxed);
+    s.capacity = h.capacity;
+    s.arena_used_bytes = h.arena_used.load(std::memory_order_relaxed);
+    s.arena_bytes = h.arena_bytes;
+    s.segment_bytes = h.segment_bytes;
+    s.puts = h.puts.load(std::memory_order_relaxed);
+    s.erases = h.erases.load(std::memory_order_relaxed);
+    s.skipped = h.skipped.load(std::memory_order_relaxed);
+    s.writer_attaches = h.writer_attaches.load(std::memory_order_relaxed);
+    s.writer_pid = h.writer_pid.load(std::memory_order_relaxed);
+    s.reader_slots = h.reader_slot_limit.load(std::memory_order_relaxed);
+    s.reader_slots_used = h.reader_slots_used.load(std::memory_order_relaxed);
+    s.readers_reading = h.readers_reading.load(std::memory_order_relaxed);
+    return s;
+  });
   return KVS_OK;
 }
 

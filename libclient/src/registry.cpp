@@ -1,64 +1,156 @@
 #include "src/registry.hpp"
 
-#include <string>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-namespace kvs {
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "src/shm.hpp"
+
+namespace kvs::registry {
 using namespace format;
 
-uint64_t registry_bytes(uint32_t slot_count) {
-  return sizeof(RegistryHeader) + uint64_t{slot_count} * sizeof(ReaderSlot);
+std::string dir_path(const std::string& segment) { return shm::path_of(segment) + ".readers"; }
+
+mode_t dir_mode(mode_t registry_mode) {
+  mode_t m = S_ISVTX | S_IRWXU;
+  if (registry_mode & S_IWGRP) m |= S_IWGRP | S_IXGRP;
+  if (registry_mode & S_IWOTH) m |= S_IWOTH | S_IXOTH;
+  return m;
 }
 
-void init_registry(uint8_t* base, uint32_t slot_count) {
-  auto* h = reinterpret_cast<RegistryHeader*>(base);
-  h->magic = kRegistryMagic;
-  h->layout_version = kLayoutVersion;
-  h->slot_count = slot_count;
-  h->fingerprint = layout_fingerprint();
-}
-
-Result<RegistryView> RegistryView::attach(const shm::Mapping& m) {
-  const std::string path = shm::path_of(m.name);
-  if (m.size() < sizeof(RegistryHeader)) {
-    return make_error(Errc::kCorrupt, path + " is too small to be a reader registry");
-  }
-  const auto* h = reinterpret_cast<const RegistryHeader*>(m.data());
-  if (h->magic != kRegistryMagic) {
-    return make_error(Errc::kCorrupt, path + " is not a kvs reader registry (bad magic)");
-  }
-  if (h->layout_version != kLayoutVersion || h->fingerprint != layout_fingerprint()) {
-    return make_error(Errc::kLayoutMismatch,
-                      path + " has layout " + std::to_string(h->layout_version) +
-                          ", this libkvs reads " + std::to_string(kLayoutVersion) +
-                          "; upgrade libkvs or kvsd so they match");
-  }
-  if (h->slot_count == 0 || registry_bytes(h->slot_count) > m.size()) {
-    return make_error(Errc::kCorrupt, path + " claims " + std::to_string(h->slot_count) +
-                                          " slots but holds " + std::to_string(m.size()) +
-                                          " bytes");
-  }
-  RegistryView v;
-  v.slots_ = reinterpret_cast<ReaderSlot*>(m.data() + sizeof(RegistryHeader));
-  v.count_ = h->slot_count;
-  return v;
-}
-
-ReaderSlot* RegistryView::claim(uint64_t owner, uint32_t hint) const {
-  for (uint32_t n = 0; n < count_; ++n) {
-    ReaderSlot& s = slots_[(hint + n) % count_];
-    uint64_t expected = 0;
-    if (s.owner.load(std::memory_order_relaxed) == 0 &&
-        s.owner.compare_exchange_strong(expected, owner, std::memory_order_acq_rel)) {
-      s.epoch.store(0, std::memory_order_release);
-      return &s;
+Result<void> check_dir(const std::string& dir, uid_t owner) {
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return make_error(Errc::kNoTable, dir + " does not exist (is kvsd running?)");
     }
+    return make_error(Errc::kPermission, dir + ": " + std::strerror(errno));
   }
-  return nullptr;
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  if (!S_ISDIR(st.st_mode)) {
+    return make_error(Errc::kLayoutMismatch,
+                      dir + " is not a directory: a registry of an older layout; "
+                            "restart kvsd with this version");
+  }
+  if (st.st_uid != owner || !(st.st_mode & S_ISVTX)) {
+    return make_error(Errc::kPermission, dir + " (owner uid " + std::to_string(st.st_uid) +
+                                             ", mode " + mode +
+                                             ") was not made by the table's owner (uid " +
+                                             std::to_string(owner) +
+                                             ") as kvsd makes it; refusing to read the table");
+  }
+  return {};
 }
 
-void RegistryView::release(ReaderSlot* s) {
-  s->epoch.store(0, std::memory_order_release);
-  s->owner.store(0, std::memory_order_release);
+namespace {
+
+Error create_error(const std::string& dir, const std::string& what, int err) {
+  const std::string base = "cannot register as a reader in " + dir + ": " + what + ": " +
+                           std::strerror(err);
+  switch (err) {
+    case ENOENT:
+      return Error{Errc::kNoTable, base + " (is kvsd running?)"};
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      return Error{Errc::kPermission, base + "; add this user to the table's group"};
+    case ENOSPC:
+    case ENOMEM:
+    case EDQUOT:
+      return Error{Errc::kNoMemory, base + " (/dev/shm is full)"};
+    case EMFILE:
+    case ENFILE:
+      return Error{Errc::kSystem, base + " (raise RLIMIT_NOFILE: a reader needs one descriptor "
+                                         "per table it reads)"};
+    default:
+      return Error{Errc::kSystem, base};
+  }
 }
 
-}  // namespace kvs
+std::string random_hex() {
+  uint64_t r = 0;
+  if (::getrandom(&r, sizeof r, 0) != sizeof r) {
+    r = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+        (static_cast<uint64_t>(::getpid()) << 32);
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(r));
+  return buf;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ReaderFile>> ReaderFile::create(const std::string& dir,
+                                                       uint64_t incarnation) {
+  const std::string id = random_hex();
+  const std::string tmp = dir + "/t." + id;
+  std::unique_ptr<ReaderFile> f(new ReaderFile());
+  f->fd_ = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (f->fd_ < 0) return create_error(dir, "create", errno);
+  f->path_ = tmp;  // the destructor unlinks whatever name it has
+  // 0644 whatever the umask: kvsd, another user, must read it.
+  if (::fchmod(f->fd_, 0644) != 0) return create_error(dir, "chmod", errno);
+  // Allocated now: a full /dev/shm is an error here, not a SIGBUS later.
+  if (int err = ::posix_fallocate(f->fd_, 0, kReaderFileBytes); err != 0) {
+    return create_error(dir, "allocate", err);
+  }
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  if (::fcntl(f->fd_, F_OFD_SETLK, &lk) != 0) return create_error(dir, "lock", errno);
+  void* p = ::mmap(nullptr, kReaderFileBytes, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd_, 0);
+  if (p == MAP_FAILED) return create_error(dir, "map", errno);
+  f->map_ = static_cast<uint8_t*>(p);
+  ReaderFileHeader h{};
+  h.magic = kReaderFileMagic;
+  h.layout_version = kLayoutVersion;
+  h.slot_count = kReaderFileSlots;
+  h.fingerprint = layout_fingerprint();
+  h.incarnation = incarnation;
+  h.pid = static_cast<int32_t>(::getpid());
+  h.created_unix_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  std::memcpy(f->map_, &h, sizeof h);
+  // kvsd reads only final names: it sees the header complete and the lock held.
+  const std::string final_path = dir + "/r." + id;
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) return create_error(dir, "rename", errno);
+  f->path_ = final_path;
+  return f;
+}
+
+ReaderFile::~ReaderFile() {
+  if (fd_ < 0) return;
+  ::unlink(path_.c_str());
+  if (map_) ::munmap(map_, kReaderFileBytes);
+  ::close(fd_);
+}
+
+ReaderSlot& ReaderFile::slot(uint32_t i) const {
+  return reinterpret_cast<ReaderSlot*>(map_ + sizeof(ReaderFileHeader))[i];
+}
+
+ReaderSlot* ReaderFile::take_unused() {
+  if (used_ == kReaderFileSlots) return nullptr;
+  auto* h = reinterpret_cast<ReaderFileHeader*>(map_);
+  __atomic_store_n(&h->slots_handed_out, used_ + 1, __ATOMIC_RELAXED);
+  return &slot(used_++);
+}
+
+void ReaderFile::abandon() {
+  if (map_) ::munmap(map_, kReaderFileBytes);
+  if (fd_ >= 0) ::close(fd_);
+  map_ = nullptr;
+  fd_ = -1;
+}
+
+}  // namespace kvs::registry

@@ -1,34 +1,62 @@
-// The reader registry: one cache-line slot per reading thread, in which the
-// thread announces the epoch it reads in (DESIGN.md invariant 4).
+// The reader registry: the directory /dev/shm/<segment>.readers/ that kvsd
+// owns, and this process's reader files in it (format/layout.hpp says what
+// a file holds). This file owns creating, locking and removing a reader's
+// own file; it never touches another process's file. kvsd's side, which
+// reads every file, is writer/reader_roster.*.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "format/layout.hpp"
 #include "kvs/result.hpp"
-#include "src/shm.hpp"
 
-namespace kvs {
+namespace kvs::registry {
 
-class RegistryView {
+// "/dev/shm/<segment>.readers"
+std::string dir_path(const std::string& segment);
+
+// The mode kvsd gives the registry directory for a configured registry_mode:
+// sticky (a reader cannot remove another's file), owner rwx, and "wx" (create
+// files, no listing) for the group and others where registry_mode lets them
+// write. Without read permission nobody but kvsd can open (and so flock) the
+// directory.
+mode_t dir_mode(mode_t registry_mode);
+
+// Checks that the registry directory of a data segment owned by `owner` was
+// made by that owner as kvsd makes it (a directory, sticky, not writable by
+// others unless sticky, same owner). Errors: kNoTable (absent), kPermission.
+Result<void> check_dir(const std::string& dir, uid_t owner);
+
+// This process's file in a registry directory: created under a temporary
+// name, sized, locked (OFD write lock, held until the file is closed or the
+// process dies), mapped read-write, its header written, then renamed to its
+// final name. Errors: kNoTable (no directory), kPermission, kNoMemory
+// (/dev/shm full), kSystem (e.g. no file descriptor left).
+class ReaderFile {
  public:
-  // Validates a mapped registry. Errors: kLayoutMismatch, kCorrupt.
-  static Result<RegistryView> attach(const shm::Mapping& m);
+  static Result<std::unique_ptr<ReaderFile>> create(const std::string& dir, uint64_t incarnation);
+  ~ReaderFile();  // unlinks the file, unmaps and closes it (dropping the lock)
+  ReaderFile(const ReaderFile&) = delete;
+  ReaderFile& operator=(const ReaderFile&) = delete;
 
-  uint32_t slot_count() const { return count_; }
-  format::ReaderSlot& slot(uint32_t i) const { return slots_[i]; }
-
-  // Claims a free slot for `owner` (format::make_owner). nullptr if all are
-  // taken. `hint` spreads concurrent claimers over the array.
-  format::ReaderSlot* claim(uint64_t owner, uint32_t hint) const;
-  static void release(format::ReaderSlot* s);
+  format::ReaderSlot& slot(uint32_t i) const;
+  // Hands out the next slot never used before; nullptr when all were.
+  format::ReaderSlot* take_unused();
+  // In a forked child: forgets the parent's file without unlinking it or
+  // writing to it, and closes this process's copy of its descriptor so that
+  // the parent's lock no longer depends on the child. Async-signal-safe.
+  void abandon();
 
  private:
-  format::ReaderSlot* slots_ = nullptr;
-  uint32_t count_ = 0;
+  ReaderFile() = default;
+  int fd_ = -1;
+  uint8_t* map_ = nullptr;
+  std::string path_;
+  uint32_t used_ = 0;
 };
 
-uint64_t registry_bytes(uint32_t slot_count);
-void init_registry(uint8_t* base, uint32_t slot_count);
-
-}  // namespace kvs
+}  // namespace kvs::registry

@@ -8,8 +8,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 namespace kvs::shm {
 namespace bip = boost::interprocess;
@@ -59,7 +57,6 @@ Result<std::string> segment_name(const std::string& prefix, const std::string& t
   return prefix + table;
 }
 
-std::string registry_name(const std::string& segment) { return segment + ".readers"; }
 std::string path_of(const std::string& segment) { return "/dev/shm/" + segment; }
 
 Result<std::unique_ptr<Mapping>> open_segment(const std::string& name, Access access) {
@@ -122,35 +119,21 @@ Result<void> rename_segment(const std::string& from, const std::string& to) {
 
 void remove_segment(const std::string& name) { bip::shared_memory_object::remove(name.c_str()); }
 
-uint64_t process_start_time(pid_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
-  std::ifstream in(path);
-  if (!in) return 0;
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  // Field 2 (comm) may contain spaces and ')': parse from the last ')'.
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos) return 0;
-  std::istringstream fields(stat.substr(close + 2));
-  std::string field;
-  // After comm: field 3 (state) is the first; start time is field 22.
-  for (int i = 3; i <= 22; ++i) {
-    if (!(fields >> field)) return 0;
+Result<void> check_not_shared_writable(const Mapping& m, uid_t* owner) {
+  struct stat st {};
+  if (::fstat(m.fd(), &st) != 0) {
+    return make_error(Errc::kSystem, path_of(m.name) + ": fstat: " + std::strerror(errno));
   }
-  return std::strtoull(field.c_str(), nullptr, 10);
-}
-
-uint64_t self_start_time() {
-  // Not cached: a forked child has its own start time.
-  return process_start_time(::getpid());
-}
-
-bool process_alive(uint32_t pid, uint32_t start_low32) {
-  if (pid == 0) return false;
-  if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return false;
-  const uint64_t start = process_start_time(static_cast<pid_t>(pid));
-  if (start == 0) return false;  // gone between the two checks
-  return static_cast<uint32_t>(start) == start_low32;
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return make_error(Errc::kPermission,
+                      path_of(m.name) + " is writable by others than its owner (uid " +
+                          std::to_string(st.st_uid) + ", mode " + mode +
+                          "); kvsd never makes it so: refusing to read it");
+  }
+  if (owner) *owner = st.st_uid;
+  return {};
 }
 
 }  // namespace kvs::shm

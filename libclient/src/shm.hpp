@@ -15,7 +15,6 @@ namespace kvs::shm {
 
 // "kvs." + "users" -> "kvs.users"; checks the table name and the prefix.
 Result<std::string> segment_name(const std::string& prefix, const std::string& table);
-std::string registry_name(const std::string& segment);  // "<segment>.readers"
 std::string path_of(const std::string& segment);        // "/dev/shm/<segment>"
 
 // A named segment mapped into this process.
@@ -44,13 +43,9 @@ Result<std::unique_ptr<Mapping>> create_segment(const std::string& name, uint64_
 Result<void> rename_segment(const std::string& from, const std::string& to);
 void remove_segment(const std::string& name);
 
-// Start time of a process in clock ticks since boot (/proc/<pid>/stat field
-// 22), or 0 if the process does not exist.
-uint64_t process_start_time(pid_t pid);
-uint64_t self_start_time();
-
-// True if `pid` runs and started at `start_low32` (low 32 bits of its start
-// time): a pid reused by another process counts as dead.
-bool process_alive(uint32_t pid, uint32_t start_low32);
+// Refuses a segment that is writable by anyone but its owner: kvsd never
+// makes one so, and readers must not trust bytes that others can change.
+// Sets *owner to the segment's owner. Errors: kPermission, kSystem.
+Result<void> check_not_shared_writable(const Mapping& m, uid_t* owner);
 
 }  // namespace kvs::shm

@@ -30,7 +30,7 @@ using namespace format;
 
 namespace {
 
-constexpr auto kFullSweepInterval = std::chrono::seconds(5);
+constexpr auto kSweepInterval = std::chrono::seconds(1);
 
 uint64_t now_unix_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -42,13 +42,13 @@ Result<void> validate(const WriterOptions& o) {
   auto bad = [&](const std::string& what) {
     return make_error(Errc::kInvalidArgument, "table " + o.table + ": " + what);
   };
-  if (o.capacity < 1 || o.capacity > (uint64_t{1} << 40)) {
+  if (o.capacity < 1 || o.capacity > kMaxCapacity) {
     return bad("capacity = " + std::to_string(o.capacity) + ", must be 1..2^40");
   }
-  if (o.arena_bytes < 4096 || o.arena_bytes > (kOffsetMask * kBlockAlign) / 2) {
-    return bad("arena_bytes = " + std::to_string(o.arena_bytes) + ", must be >= 4096");
+  if (o.arena_bytes < kMinArenaBytes || o.arena_bytes > kMaxArenaBytes) {
+    return bad("arena_bytes = " + std::to_string(o.arena_bytes) + ", must be 4096..2^50");
   }
-  if (o.partition_capacity < 1 || o.partition_capacity > 65536) {
+  if (o.partition_capacity < 1 || o.partition_capacity > kMaxPartitions) {
     return bad("partition_capacity = " + std::to_string(o.partition_capacity) +
                ", must be 1..65536");
   }
@@ -58,6 +58,9 @@ Result<void> validate(const WriterOptions& o) {
   if (o.max_key_bytes < 1 || o.max_value_bytes > (1u << 30)) {
     return bad("max_key_bytes must be >= 1 and max_value_bytes <= 1 GiB");
   }
+  if (o.data_mode & (S_IWGRP | S_IWOTH)) {
+    return bad("data_mode must not let the group or others write: readers refuse such a table");
+  }
   if (block_bytes_for(o.max_key_bytes, o.max_value_bytes) > o.arena_bytes) {
     return bad("arena_bytes = " + std::to_string(o.arena_bytes) +
                " cannot hold one entry of the maximum key and value size");
@@ -65,14 +68,20 @@ Result<void> validate(const WriterOptions& o) {
   return {};
 }
 
-// Locks `m` for writing; kBusy if another process holds it.
-Result<void> lock_exclusive(const shm::Mapping& m, const std::string& table) {
-  if (::flock(m.fd(), LOCK_EX | LOCK_NB) == 0) return {};
-  if (errno == EWOULDBLOCK) {
-    return make_error(Errc::kBusy, "table " + table + " is held by another writer (" +
-                                       shm::path_of(m.name) + " is locked); stop the other kvsd");
+// Refuses a data segment this user did not create (planted in /dev/shm by
+// another user before kvsd started).
+Result<void> check_owner(const shm::Mapping& m) {
+  struct stat st {};
+  if (::fstat(m.fd(), &st) != 0) {
+    return make_error(Errc::kSystem, "fstat " + shm::path_of(m.name) + ": " + std::strerror(errno));
   }
-  return make_error(Errc::kSystem, "flock " + shm::path_of(m.name) + ": " + std::strerror(errno));
+  if (st.st_uid != ::geteuid()) {
+    return make_error(Errc::kPermission,
+                      shm::path_of(m.name) + " belongs to uid " + std::to_string(st.st_uid) +
+                          ", not to kvsd (uid " + std::to_string(::geteuid()) +
+                          "): another user made it; remove it (as root) and restart kvsd");
+  }
+  return {};
 }
 
 std::string temp_name(const std::string& name) {
@@ -90,45 +99,11 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
   w->opts_ = options;
 
   // 1. The reader registry, which also carries the writer's lock: it outlives
-  //    data segments, so two writers always contend for the same file.
-  const std::string reg_name = shm::registry_name(*seg);
-  for (int attempt = 0;; ++attempt) {
-    auto reg = shm::open_segment(reg_name, shm::Access::kReadWrite);
-    bool usable = false;
-    if (reg) {
-      if (auto lk = lock_exclusive(**reg, options.table); !lk) return std::move(lk).error();
-      // The name may have been replaced between open and lock.
-      struct stat by_fd {
-      }, by_name{};
-      const bool same = ::fstat((*reg)->fd(), &by_fd) == 0 &&
-                        ::stat(shm::path_of(reg_name).c_str(), &by_name) == 0 &&
-                        by_fd.st_ino == by_name.st_ino;
-      if (!same) continue;
-      usable = RegistryView::attach(**reg).has_value();
-      if (usable) {
-        w->registry_map_ = std::move(*reg);
-        break;
-      }
-    } else if (reg.error().code != Errc::kNoTable && reg.error().code != Errc::kCorrupt) {
-      return std::move(reg).error().context("opening reader registry");
-    }
-    if (attempt > 3) {
-      return make_error(Errc::kBusy, shm::path_of(reg_name) + " keeps changing; another kvsd?");
-    }
-    // Absent or unusable: build a new one under a temporary name, then swap.
-    const std::string tmp = temp_name(reg_name);
-    auto created = shm::create_segment(tmp, registry_bytes(options.reader_slots),
-                                       options.registry_mode, options.group);
-    if (!created) return std::move(created).error().context("creating reader registry");
-    init_registry((*created)->data(), options.reader_slots);
-    if (auto ok = shm::rename_segment(tmp, reg_name); !ok) {
-      shm::remove_segment(tmp);
-      return std::move(ok).error();
-    }
-  }
-  auto rv = RegistryView::attach(*w->registry_map_);
-  if (!rv) return std::move(rv).error();
-  w->registry_ = *rv;
+  //    data segments, so two writers always contend for the same directory.
+  auto roster = ReaderRoster::open(*seg, options.registry_mode, options.group,
+                                   options.reader_slots);
+  if (!roster) return std::move(roster).error().context("table " + options.table);
+  w->roster_ = std::move(*roster);
 
   w->segment_ = *seg;
   w->remove_stale_temps(*seg);
@@ -137,6 +112,7 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
   std::unique_ptr<shm::Mapping> stale;  // ours, but inconsistent
   auto data = shm::open_segment(*seg, shm::Access::kReadWrite);
   if (data) {
+    if (auto ok = check_owner(**data); !ok) return std::move(ok).error();
     const HeaderVerdict v = check_header((*data)->data(), (*data)->size());
     if (v.check == HeaderCheck::kOk) {
       w->data_ = std::move(*data);
@@ -175,36 +151,26 @@ Result<void> TableWriter::create_temp(const std::string& segment) {
 }
 
 void TableWriter::remove_stale_temps(const std::string& segment) {
-  // "<segment>.new.<pid>.<random>", see temp_name(). The caller holds the
-  // writer lock, so no other writer of this table is creating one now.
+  // "<segment>.new.<pid>.<random>", see temp_name(). Called from open(),
+  // under the writer lock and before this writer began any replacement: every
+  // one there is a leftover of a writer that is gone.
   const std::string prefix = segment + ".new.";
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
     const std::string name = e.path().filename().string();
-    if (!name.starts_with(prefix)) continue;
-    const std::string rest = name.substr(prefix.size());
-    const size_t dot = rest.find('.');
-    if (dot == std::string::npos || dot == 0 ||
-        rest.find_first_not_of("0123456789.") != std::string::npos) {
-      continue;
-    }
-    const auto pid = static_cast<pid_t>(std::stol(rest.substr(0, dot)));
-    if (pid == ::getpid() || shm::process_start_time(pid) == 0) shm::remove_segment(name);
+    if (name.starts_with(prefix)) shm::remove_segment(name);
   }
 }
 
 Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement() {
   std::unique_ptr<TableWriter> w(new TableWriter());
   w->opts_ = opts_;
-  w->registry_map_ = registry_map_;
-  w->registry_ = registry_;
+  w->roster_ = roster_;
   w->segment_ = segment_;
   if (auto ok = w->create_temp(segment_); !ok) return std::move(ok).error();
   w->init_new(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
-  // Readers still in this segment announce its epochs in the shared
-  // registry: starting above them keeps their announcements conservative.
-  w->header_->epoch.store(header_->epoch.load(std::memory_order_relaxed) + 1,
-                          std::memory_order_relaxed);
+  // Readers announce epochs per segment (their files name its incarnation),
+  // so the new segment's epochs start afresh.
   return w;
 }
 
@@ -258,6 +224,7 @@ void TableWriter::init_new(uint64_t capacity, uint32_t partition_capacity, uint6
                        std::memory_order_relaxed);
   header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
   header_->writer_attaches.store(1, std::memory_order_relaxed);
+  header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
   groups_ = reinterpret_cast<Group*>(base_ + g.groups_offset);
   partitions_ = reinterpret_cast<PartitionState*>(base_ + g.partitions_offset);
   view_ = TableView(base_, *header_);
@@ -274,6 +241,7 @@ Result<void> TableWriter::attach_existing() {
   if (auto ok = rebuild_allocator(); !ok) return ok;
   header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
   header_->writer_attaches.fetch_add(1, std::memory_order_relaxed);
+  header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
   attach_kind_ = AttachKind::kAttached;
   return {};
 }
@@ -552,60 +520,46 @@ Result<bool> TableWriter::erase(std::string_view key) {
   return true;
 }
 
-uint32_t TableWriter::sweep_dead_readers() {
-  std::unordered_map<uint64_t, bool> alive;  // owner -> alive, one /proc read each
-  uint32_t released = 0;
-  for (uint32_t i = 0; i < registry_.slot_count(); ++i) {
-    ReaderSlot& s = registry_.slot(i);
-    const uint64_t owner = s.owner.load(std::memory_order_acquire);
-    if (owner == 0) continue;
-    auto [it, fresh] = alive.try_emplace(owner, true);
-    if (fresh) it->second = shm::process_alive(owner_pid(owner), owner_start(owner));
-    if (it->second) continue;
-    s.epoch.store(0, std::memory_order_relaxed);
-    uint64_t expected = owner;
-    if (s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) ++released;
-  }
-  dead_readers_recovered_ += released;
-  return released;
+uint32_t TableWriter::sweep_dead_readers() { return roster_->sweep(); }
+
+void TableWriter::publish_reader_counts() {
+  const ReaderCounts c = roster_->counts(header_->incarnation);
+  header_->reader_processes.store(c.processes, std::memory_order_relaxed);
+  header_->reader_slots_used.store(c.slots_used, std::memory_order_relaxed);
+  header_->readers_reading.store(c.reading, std::memory_order_relaxed);
+  header_->reader_files_unchecked.store(c.unchecked, std::memory_order_relaxed);
+  header_->reader_stats_unix_ns.store(now_unix_ns(), std::memory_order_relaxed);
+  header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
+}
+
+// Readers may copy an epoch out of their file byte by byte (kvsd reads the
+// files with pread, whose copy has no atomicity): epochs never end in a
+// zero byte, so a copy that mixes the bytes of the pin (1) and of an epoch e
+// is never above e (docs/format.md).
+void TableWriter::advance_epoch() {
+  uint64_t e = header_->epoch.load(std::memory_order_relaxed) + 1;
+  if ((e & 0xFF) == 0) ++e;
+  header_->epoch.store(e, std::memory_order_seq_cst);
 }
 
 uint64_t TableWriter::reclaim() {
-  if (const auto now = std::chrono::steady_clock::now(); now >= next_sweep_) {
-    next_sweep_ = now + kFullSweepInterval;
+  const auto now = std::chrono::steady_clock::now();
+  if (now >= next_sweep_) {
+    next_sweep_ = now + kSweepInterval;
     sweep_dead_readers();
+    publish_reader_counts();
   }
   continue_attach_walk(opts_.attach_walk_bytes);
   if (retired_.empty()) return 0;
   // Readers that start from here on announce a newer epoch than anything
   // retired so far, and (acquire on their side) see the cleared slots.
-  header_->epoch.fetch_add(1, std::memory_order_seq_cst);
+  advance_epoch();
   full_fence();
 
-  const auto now = std::chrono::steady_clock::now();
   const bool check_dead = now >= next_dead_check_;
   if (check_dead) next_dead_check_ = now + opts_.dead_reader_check;
-  const uint64_t oldest = retired_.front().epoch;
-  uint64_t min_active = std::numeric_limits<uint64_t>::max();
-  for (uint32_t i = 0; i < registry_.slot_count(); ++i) {
-    ReaderSlot& s = registry_.slot(i);
-    // acquire: pairs with the reader's release in kvs_read_end, so its reads
-    // of blocks happen before we reuse them.
-    const uint64_t e = s.epoch.load(std::memory_order_acquire);
-    if (e == 0) continue;
-    if (e <= oldest && check_dead) {
-      const uint64_t owner = s.owner.load(std::memory_order_acquire);
-      if (!shm::process_alive(owner_pid(owner), owner_start(owner))) {
-        // The owner died inside a read; its epoch no longer protects anyone.
-        s.epoch.store(0, std::memory_order_relaxed);
-        uint64_t expected = owner;
-        s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
-        ++dead_readers_recovered_;
-        continue;
-      }
-    }
-    if (e < min_active) min_active = e;
-  }
+  const uint64_t min_active =
+      roster_->min_announced(header_->incarnation, retired_.front().epoch, check_dead);
   while (!retired_.empty() && retired_.front().epoch < min_active) {
     free_block(retired_.front().offset);
     retired_.pop_front();
@@ -660,7 +614,7 @@ WriterStats TableWriter::stats() const {
   s.arena_bytes = header_->arena_bytes;
   s.free_bytes = free_bytes_;
   s.retired_bytes = retired_bytes_;
-  s.dead_readers_recovered = dead_readers_recovered_;
+  s.dead_readers_recovered = roster_->dead_removed();
   s.leaked_blocks_at_attach = leaked_at_attach_;
   s.attach_walk_pending_bytes = walk_.end - walk_.pos;
   return s;

@@ -31,7 +31,7 @@
 #include "format/index.hpp"
 #include "format/layout.hpp"
 #include "kvs/result.hpp"
-#include "src/registry.hpp"
+#include "writer/reader_roster.hpp"
 #include "src/shm.hpp"
 
 namespace kvs {
@@ -42,7 +42,10 @@ struct WriterOptions {
   uint64_t capacity = 1 << 20;        // entries the index is sized for
   uint64_t arena_bytes = 256 << 20;   // bytes for keys, values and block headers
   uint32_t partition_capacity = 256;  // Kafka partitions the header can track
-  uint32_t reader_slots = 1024;       // threads that can read at once
+  // Reader files kvsd tracks (one per reading process and segment, one more
+  // per 63 threads reading at once); past it, reuse waits, as for a reader
+  // it cannot see. kvsd keeps a descriptor open per file.
+  uint32_t reader_slots = 1024;
   uint32_t max_key_bytes = 4096;
   uint32_t max_value_bytes = 1 << 20;
   mode_t data_mode = 0640;
@@ -126,8 +129,8 @@ class TableWriter {
   // keeps every unreferenced block out of use (leaked, never handed out
   // twice); the caller should rebuild the table.
   std::optional<AttachWalkReport> take_attach_walk_report();
-  // Releases registry slots whose process has died (inside a read or not).
-  // reclaim() calls it every few seconds; returns the slots released.
+  // Removes the registry files of reader processes that died (inside a read
+  // or not). reclaim() calls it every second; returns the files removed.
   uint32_t sweep_dead_readers();
 
   // The hashes of the Kafka cluster id and topic the data comes from (0:
@@ -168,12 +171,13 @@ class TableWriter {
   void free_block(uint64_t offset);
   uint32_t block_bytes(uint64_t offset) const;
   void full_fence();
+  void advance_epoch();
+  void publish_reader_counts();
 
   WriterOptions opts_;
   std::unique_ptr<shm::Mapping> data_;
-  std::shared_ptr<shm::Mapping> registry_map_;  // shared with a replacement
-  std::string segment_;                         // the table's segment name
-  RegistryView registry_;
+  std::shared_ptr<ReaderRoster> roster_;  // shared with a replacement; the writer lock
+  std::string segment_;                   // the table's segment name
   format::TableHeader* header_ = nullptr;
   format::Group* groups_ = nullptr;
   format::PartitionState* partitions_ = nullptr;
@@ -192,7 +196,6 @@ class TableWriter {
   uint64_t retired_bytes_ = 0;
   std::chrono::steady_clock::time_point next_dead_check_{};
   std::chrono::steady_clock::time_point next_sweep_{};
-  uint64_t dead_readers_recovered_ = 0;
   uint64_t leaked_at_attach_ = 0;
   struct AttachWalk {
     // One bit per kBlockAlign unit of the arena: a slot referenced the block

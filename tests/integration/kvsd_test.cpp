@@ -528,8 +528,10 @@ TEST_F(KvsdTest, EmbeddedKafkaServesWritesReadsAndOtherKafkaClients) {
   const std::string prefix = "embedded Kafka: bootstrap.servers=";
   ASSERT_EQ(line.rfind(prefix, 0), 0u) << line << "\n" << log();
   const std::string bootstrap = line.substr(prefix.size());
-  EXPECT_NE(log().find("its data lives only as long as this kvsd process"), std::string::npos)
-      << log();
+  // kvsd prints the address on stdout before it logs the warning on stderr.
+  EXPECT_TRUE(test::wait_until([&] {
+    return log().find("its data lives only as long as this kvsd process") != std::string::npos;
+  })) << log();
   Table t = open_ready();
   auto c = Client::connect(socket_path());
   ASSERT_TRUE(c) << c.error().message;

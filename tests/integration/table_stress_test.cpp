@@ -124,7 +124,8 @@ TEST_F(TableStressTest, WriterKilledMidChurnLeavesAReadableTableToReattach) {
   uint64_t version = ~0ull >> 1;  // above every wall-clock version
   for (uint64_t op = 0; op < 50000; ++op) {
     const uint64_t k = (op * 7) % kKeys;
-    ASSERT_TRUE((*w)->put(test::make_key(k), test::make_value(k, ++version)));
+    auto put = (*w)->put(test::make_key(k), test::make_value(k, ++version));
+    ASSERT_TRUE(put) << put.error().message;
     if (op % 64 == 0) (*w)->reclaim();
   }
   const ReadReport a = parse_report(r1.read_line());

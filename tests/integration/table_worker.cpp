@@ -169,6 +169,68 @@ int hold_mode(const std::string& prefix, const std::string& table) {
   for (;;) ::pause();  // until killed, guard open
 }
 
+// Reads `key` inside one guard and keeps the guard: prints "pinned", then at
+// each line on stdin prints "same" if the view still holds the bytes it held,
+// else "changed". If the read is refused, prints "refused <code> <error>".
+// `pinned_fd` (if >= 0) gets a byte once the key is pinned.
+int pin_and_check(kvs_table* t, const std::string& key, int pinned_fd) {
+  kvs_txn* x = nullptr;
+  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) {
+    std::printf("refused %d %s\n", rc, kvs_last_error());
+    return 0;
+  }
+  const void* v = nullptr;
+  size_t len = 0;
+  if (kvs_get(x, key.data(), key.size(), &v, &len) != KVS_OK) return 2;
+  const std::string copy(static_cast<const char*>(v), len);
+  std::printf("pinned\n");
+  std::fflush(stdout);
+  if (pinned_fd >= 0 && ::write(pinned_fd, "p", 1) != 1) return 2;
+  char c;
+  while (::read(0, &c, 1) == 1) {
+    if (c != '\n') continue;
+    std::printf("%s\n", std::string(static_cast<const char*>(v), len) == copy ? "same" : "changed");
+    std::fflush(stdout);
+  }
+  kvs_read_end(x);
+  return 0;
+}
+
+// pin: pin_and_check. fork-pin: reads once, then forks; the child pins while
+// the parent reads again and exits (what a pre-forking server does).
+// pin-no-fds: uses up every file descriptor first.
+int pin_mode(const std::string& mode, const std::string& prefix, const std::string& table,
+             const std::string& key) {
+  kvs_open_options o{prefix.c_str()};
+  kvs_table* t = nullptr;
+  if (kvs_open(table.c_str(), &o, &t) != KVS_OK) {
+    std::fprintf(stderr, "table_worker pin: %s\n", kvs_last_error());
+    return 2;
+  }
+  if (mode == "pin-no-fds") {
+    while (::dup(2) >= 0) {
+    }
+  }
+  if (mode != "fork-pin") return pin_and_check(t, key, -1);
+  kvs_txn* x = nullptr;
+  if (kvs_read_begin(t, &x) != KVS_OK) return 2;
+  kvs_read_end(x);
+  int sync[2];
+  if (::pipe(sync) != 0) return 2;
+  const pid_t child = ::fork();
+  if (child < 0) return 2;
+  if (child == 0) {
+    ::close(sync[0]);
+    return pin_and_check(t, key, sync[1]);
+  }
+  ::close(sync[1]);
+  char c;
+  if (::read(sync[0], &c, 1) != 1) return 2;
+  if (kvs_read_begin(t, &x) != KVS_OK) return 2;
+  kvs_read_end(x);
+  return 0;
+}
+
 int open_as_nobody(const std::string& prefix, const std::string& table) {
   if (::getuid() != 0) return 77;  // cannot drop privileges: skip
   if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 2;
@@ -191,6 +253,9 @@ int main(int argc, char** argv) {
   }
   if (a.size() == 3 && a[0] == "hold") return hold_mode(a[1], a[2]);
   if (a.size() == 3 && a[0] == "open-as-nobody") return open_as_nobody(a[1], a[2]);
+  if (a.size() == 4 && (a[0] == "pin" || a[0] == "fork-pin" || a[0] == "pin-no-fds")) {
+    return pin_mode(a[0], a[1], a[2], a[3]);
+  }
   std::fprintf(stderr, "usage: table_worker write|read|hold|open-as-nobody PREFIX TABLE ...\n");
   return 2;
 }

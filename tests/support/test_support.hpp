@@ -35,7 +35,7 @@ class ShmScope {
     for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
       if (e.path().filename().string().rfind(prefix_, 0) == 0) {
         std::error_code ec;
-        std::filesystem::remove(e.path(), ec);
+        std::filesystem::remove_all(e.path(), ec);
       }
     }
   }

@@ -1,0 +1,323 @@
+#include "writer/reader_roster.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/inotify.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <set>
+
+#include "format/layout.hpp"
+#include "format/sanitizers.hpp"
+#include "src/registry.hpp"
+#include "src/shm.hpp"
+
+namespace kvs {
+using namespace format;
+
+namespace {
+
+// A reader that died between creating its file and renaming it leaves "t.*"
+// behind; one this old without a lock is such a leftover.
+constexpr int64_t kTempLeftoverAge_s = 60;
+
+bool is_reader_name(const char* name) { return name[0] == 'r' && name[1] == '.'; }
+bool is_temp_name(const char* name) { return name[0] == 't' && name[1] == '.'; }
+
+Error sys_error(const std::string& what, int err) {
+  return Error{err == EACCES || err == EPERM ? Errc::kPermission : Errc::kSystem,
+               what + ": " + std::strerror(err)};
+}
+
+// An OFD write lock test: true if any other open file description holds a
+// lock on the file, or if the kernel cannot tell (uncertainty counts as alive).
+bool locked(int fd) {
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  if (::fcntl(fd, F_OFD_GETLK, &lk) != 0) return true;
+  return lk.l_type != F_UNLCK;
+}
+
+// Makes `dir` a directory of this user's, replacing a registry file of
+// layout 1 this user left; refuses anything another user made.
+Result<void> make_dir(const std::string& dir) {
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0) {
+      if (errno != ENOENT) return sys_error(dir, errno);
+      if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return sys_error("mkdir " + dir, errno);
+      continue;
+    }
+    if (st.st_uid != ::geteuid()) {
+      return make_error(Errc::kPermission,
+                        dir + " belongs to uid " + std::to_string(st.st_uid) +
+                            ", not to kvsd (uid " + std::to_string(::geteuid()) +
+                            "): another user made it; remove it (as root) and restart kvsd");
+    }
+    if (S_ISDIR(st.st_mode)) return {};
+    if (::unlink(dir.c_str()) != 0) return sys_error("unlink " + dir, errno);
+  }
+  return make_error(Errc::kBusy, dir + " keeps changing; another kvsd?");
+}
+
+}  // namespace
+
+Result<std::shared_ptr<ReaderRoster>> ReaderRoster::open(const std::string& segment,
+                                                         mode_t registry_mode, gid_t group,
+                                                         uint32_t max_files) {
+  std::shared_ptr<ReaderRoster> r(new ReaderRoster());
+  r->dir_ = registry::dir_path(segment);
+  r->max_files_ = max_files;
+  if (auto ok = make_dir(r->dir_); !ok) return std::move(ok).error();
+  r->dir_fd_ = ::open(r->dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (r->dir_fd_ < 0) return sys_error("open " + r->dir_, errno);
+  struct stat st {};
+  if (::fstat(r->dir_fd_, &st) != 0 || st.st_uid != ::geteuid()) {
+    return make_error(Errc::kPermission, r->dir_ + " changed owner while kvsd opened it");
+  }
+  // The writer's lock. Readers cannot open the directory (no read
+  // permission), so no reader can take or hold it.
+  if (::flock(r->dir_fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return make_error(Errc::kBusy, "the table is held by another writer (" + r->dir_ +
+                                         " is locked); stop the other kvsd");
+    }
+    return sys_error("flock " + r->dir_, errno);
+  }
+  if (group != static_cast<gid_t>(-1) && st.st_gid != group &&
+      ::fchown(r->dir_fd_, static_cast<uid_t>(-1), group) != 0) {
+    return make_error(Errc::kPermission, r->dir_ + ": cannot give it group " +
+                                             std::to_string(group) + ": " + std::strerror(errno));
+  }
+  if (::fchmod(r->dir_fd_, registry::dir_mode(registry_mode)) != 0) {
+    return sys_error("chmod " + r->dir_, errno);
+  }
+  r->inotify_fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (r->inotify_fd_ >= 0 &&
+      ::inotify_add_watch(r->inotify_fd_, r->dir_.c_str(),
+                          IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR) < 0) {
+    ::close(r->inotify_fd_);
+    r->inotify_fd_ = -1;
+  }
+  r->relist();
+  return r;
+}
+
+ReaderRoster::~ReaderRoster() {
+  while (!files_.empty()) forget(files_.begin());
+  if (inotify_fd_ >= 0) ::close(inotify_fd_);
+  if (dir_fd_ >= 0) ::close(dir_fd_);
+}
+
+void ReaderRoster::add(const std::string& name) {
+  if (files_.count(name)) return;
+  if (files_.size() >= max_files_) {
+    incomplete_ = true;
+    return;
+  }
+  const int fd =
+      ::openat(dir_fd_, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) {
+    // Gone already, or not a file (a symlink): neither announces anything.
+    // Anything else (no descriptor left) may be a reader we cannot see.
+    if (errno != ENOENT && errno != ELOOP) incomplete_ = true;
+    return;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return;
+  }
+  File f;
+  f.fd = fd;
+  ReaderFileHeader h{};
+  if (::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
+      h.magic == kReaderFileMagic && h.layout_version == kLayoutVersion &&
+      h.fingerprint == layout_fingerprint() && h.slot_count == kReaderFileSlots) {
+    f.header_ok = true;
+    f.incarnation = h.incarnation;
+  }
+#ifdef KVS_TSAN
+  if (f.header_ok && st.st_size >= static_cast<off_t>(kReaderFileBytes)) {
+    void* p = ::mmap(nullptr, kReaderFileBytes, PROT_READ, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) f.map = static_cast<const uint8_t*>(p);
+  }
+#endif
+  files_.emplace(name, f);
+}
+
+void ReaderRoster::remove(std::map<std::string, File>::iterator it) {
+  ::unlinkat(dir_fd_, it->first.c_str(), 0);
+  forget(it);
+}
+
+void ReaderRoster::forget(std::map<std::string, File>::iterator it) {
+  if (it->second.map) ::munmap(const_cast<uint8_t*>(it->second.map), kReaderFileBytes);
+  ::close(it->second.fd);
+  files_.erase(it);
+}
+
+void ReaderRoster::relist() {
+  incomplete_ = false;
+  const int fd = ::openat(dir_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
+  if (d == nullptr) {
+    if (fd >= 0) ::close(fd);
+    incomplete_ = true;
+    return;
+  }
+  std::set<std::string> seen;
+  while (const dirent* e = ::readdir(d)) {
+    if (!is_reader_name(e->d_name)) continue;
+    seen.insert(e->d_name);
+    add(e->d_name);
+  }
+  ::closedir(d);
+  for (auto it = files_.begin(); it != files_.end();) {
+    if (seen.count(it->first)) {
+      ++it;
+    } else {
+      forget(it++);
+    }
+  }
+}
+
+void ReaderRoster::refresh() {
+  if (inotify_fd_ < 0) return relist();
+  bool overflow = false;
+  alignas(inotify_event) char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(inotify_fd_, buf, sizeof buf);
+    if (n <= 0) break;
+    for (ssize_t off = 0; off < n;) {
+      const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
+      off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+      if (ev->mask & IN_Q_OVERFLOW) overflow = true;
+      if (ev->len == 0 || !is_reader_name(ev->name)) continue;
+      if (ev->mask & (IN_CREATE | IN_MOVED_TO)) {
+        add(ev->name);
+      } else if (auto it = files_.find(ev->name); it != files_.end()) {
+        forget(it);
+      }
+    }
+  }
+  if (overflow || incomplete_) relist();
+}
+
+bool ReaderRoster::alive(const File& f) const { return locked(f.fd); }
+
+bool ReaderRoster::read_slots(const File& f, uint8_t* buf) const {
+  if (f.map) {
+    std::memcpy(buf, f.map, sizeof(ReaderFileHeader));
+    for (uint32_t i = 0; i < kReaderFileSlots; ++i) {
+      const auto* slot = reinterpret_cast<const ReaderSlot*>(f.map + sizeof(ReaderFileHeader)) + i;
+      const uint64_t e = slot->epoch.load(std::memory_order_acquire);
+      std::memcpy(buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), &e, sizeof e);
+    }
+    return true;
+  }
+  return ::pread(f.fd, buf, kReaderFileBytes, 0) == static_cast<ssize_t>(kReaderFileBytes);
+}
+
+uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retired,
+                                     bool check_dead) {
+  refresh();
+  uint64_t min_epoch = incomplete_ ? 1 : std::numeric_limits<uint64_t>::max();
+  alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
+  for (auto it = files_.begin(); it != files_.end();) {
+    const File& f = it->second;
+    if (f.header_ok && f.incarnation != incarnation) {
+      ++it;  // a reader of another segment of this table (a rebuild)
+      continue;
+    }
+    // A file that is not one libkvs writes, or that its owner shrank, is
+    // read as announcing 1 for as long as its owner lives.
+    uint64_t file_min = std::numeric_limits<uint64_t>::max();
+    if (!f.header_ok || !read_slots(f, buf)) {
+      file_min = 1;
+    } else {
+      for (uint32_t i = 0; i < kReaderFileSlots; ++i) {
+        uint64_t e;
+        std::memcpy(&e, buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), sizeof e);
+        if (e != 0) file_min = std::min(file_min, e);
+      }
+    }
+    if (file_min <= oldest_retired && check_dead && !alive(f)) {
+      ++dead_removed_;
+      remove(it++);
+      continue;
+    }
+    min_epoch = std::min(min_epoch, file_min);
+    ++it;
+  }
+  return min_epoch;
+}
+
+uint32_t ReaderRoster::sweep() {
+  relist();
+  uint32_t removed = 0;
+  for (auto it = files_.begin(); it != files_.end();) {
+    if (alive(it->second)) {
+      ++it;
+    } else {
+      ++removed;
+      remove(it++);
+    }
+  }
+  dead_removed_ += removed;
+  // Leftovers of readers that died while creating their file.
+  const int fd = ::openat(dir_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
+  if (d == nullptr) {
+    if (fd >= 0) ::close(fd);
+    return removed;
+  }
+  const time_t now = ::time(nullptr);
+  while (const dirent* e = ::readdir(d)) {
+    if (!is_temp_name(e->d_name)) continue;
+    const int tfd = ::openat(dir_fd_, e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (tfd < 0) continue;
+    struct stat st {};
+    if (::fstat(tfd, &st) == 0 && S_ISREG(st.st_mode) &&
+        now - st.st_ctime > kTempLeftoverAge_s && !locked(tfd)) {
+      ::unlinkat(dir_fd_, e->d_name, 0);
+    }
+    ::close(tfd);
+  }
+  ::closedir(d);
+  return removed;
+}
+
+ReaderCounts ReaderRoster::counts(uint64_t incarnation) {
+  refresh();
+  ReaderCounts c;
+  if (incomplete_) ++c.unchecked;
+  alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
+  for (const auto& [name, f] : files_) {
+    if (!f.header_ok || !read_slots(f, buf)) {
+      ++c.unchecked;
+      continue;
+    }
+    if (f.incarnation != incarnation) continue;
+    ++c.processes;
+    ReaderFileHeader h;
+    std::memcpy(&h, buf, sizeof h);
+    c.slots_used += std::min(h.slots_handed_out, kReaderFileSlots);
+    for (uint32_t i = 0; i < kReaderFileSlots; ++i) {
+      uint64_t e;
+      std::memcpy(&e, buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), sizeof e);
+      if (e != 0) ++c.reading;
+    }
+  }
+  return c;
+}
+
+}  // namespace kvs

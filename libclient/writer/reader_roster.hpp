@@ -1,0 +1,93 @@
+// kvsd's view of a table's reader registry: the directory it owns (and locks:
+// the writer's lock) and every reader file in it. Internal to the writer.
+//
+// Everything in the directory is untrusted input: readers write their own
+// files, and any process in the readers' group can create entries. So the
+// roster only reads (pread, never a mapping another process could shrink),
+// never writes a reader's file, treats what it cannot read or check as a
+// live reader announcing epoch 1 (which only holds reuse back), removes files
+// only when no process holds their lock, and bounds how many files it opens.
+//
+// Discovery is ordered with the epoch protocol: the writer increments the
+// epoch and fences before min_announced(), which first drains inotify. A
+// file renamed into place after that drain belongs to a reader whose first
+// announcement follows the increment, so it cannot see what was retired
+// before (docs/format.md).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "kvs/result.hpp"
+
+namespace kvs {
+
+struct ReaderCounts {
+  uint32_t processes = 0;   // live reader files of the incarnation
+  uint32_t slots_used = 0;  // slots their owners handed to threads
+  uint32_t reading = 0;     // slots inside a read
+  uint32_t unchecked = 0;   // files (or entries) kvsd could not read: counted alive
+};
+
+class ReaderRoster {
+ public:
+  // Creates the directory for `segment` (or takes over the one this user
+  // made before, fixing its mode and group), then locks it for this writer.
+  // A regular file there (the registry of layout 1) is replaced. Errors:
+  // kBusy (another writer holds it), kPermission (made by another user),
+  // kSystem.
+  static Result<std::shared_ptr<ReaderRoster>> open(const std::string& segment,
+                                                    mode_t registry_mode, gid_t group,
+                                                    uint32_t max_files);
+  ~ReaderRoster();
+  ReaderRoster(const ReaderRoster&) = delete;
+  ReaderRoster& operator=(const ReaderRoster&) = delete;
+
+  // The smallest epoch announced by a reader of segment `incarnation`
+  // (UINT64_MAX if none). A reader announcing an epoch <= `oldest_retired`
+  // is checked for life when `check_dead`; a dead one is removed and does
+  // not count. Call after the epoch increment and a full fence.
+  uint64_t min_announced(uint64_t incarnation, uint64_t oldest_retired, bool check_dead);
+  // Lists the directory again and removes the files of dead readers and
+  // leftovers of readers that died while creating theirs. Returns the
+  // reader files removed.
+  uint32_t sweep();
+  ReaderCounts counts(uint64_t incarnation);
+  uint64_t dead_removed() const { return dead_removed_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  ReaderRoster() = default;
+  struct File {
+    int fd = -1;
+    bool header_ok = false;  // ours, of this layout
+    uint64_t incarnation = 0;
+    // ThreadSanitizer builds only: the file mapped read-only, so that the
+    // slots are read as atomics and TSan sees the readers' release stores
+    // synchronise with the writer (it cannot see through pread).
+    const uint8_t* map = nullptr;
+  };
+  void refresh();
+  void relist();
+  void add(const std::string& name);
+  void remove(std::map<std::string, File>::iterator it);
+  void forget(std::map<std::string, File>::iterator it);  // closes, keeps the file
+  bool alive(const File& f) const;
+  // Reads a file's slots into buf; false if it is short (its owner shrank it).
+  bool read_slots(const File& f, uint8_t* buf) const;
+
+  std::string dir_;
+  int dir_fd_ = -1;
+  int inotify_fd_ = -1;  // -1: relist at every refresh
+  uint32_t max_files_ = 0;
+  std::map<std::string, File> files_;  // "r.*" entries
+  bool incomplete_ = false;            // an entry could not be opened: assume it reads
+  uint64_t dead_removed_ = 0;
+};
+
+}  // namespace kvs
