@@ -28,7 +28,7 @@
 
 namespace kvs::format {
 
-inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;     // ".kvstab1"
+inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;       // ".kvstab1"
 inline constexpr uint64_t kReaderFileMagic = 0x3272647273766b2eULL;  // ".kvsrdr2"
 inline constexpr uint32_t kLayoutVersion = 2;
 inline constexpr size_t kCacheLine = 64;
@@ -166,8 +166,8 @@ struct alignas(kCacheLine) ReaderFileHeader {
   uint32_t layout_version;
   uint32_t slot_count;  // kReaderFileSlots
   uint64_t fingerprint;
-  uint64_t incarnation;  // of the data segment whose epochs the slots announce
-  int32_t pid;           // in the reader's own pid namespace: for people, not for liveness
+  uint64_t incarnation;       // of the data segment whose epochs the slots announce
+  int32_t pid;                // in the reader's own pid namespace: for people, not for liveness
   uint32_t slots_handed_out;  // the owner's count (atomic stores), for monitoring only
   uint64_t created_unix_ns;
   uint64_t reserved[2];
@@ -196,8 +196,9 @@ constexpr uint64_t layout_fingerprint() {
        {uint64_t{kLayoutVersion}, uint64_t{sizeof(TableHeader)}, uint64_t{sizeof(Group)},
         uint64_t{kSlotsPerGroup}, uint64_t{sizeof(BlockHeader)}, uint64_t{kBlockAlign},
         uint64_t{kTagShift}, uint64_t{sizeof(PartitionState)}, uint64_t{sizeof(ReaderSlot)},
-        uint64_t{sizeof(ReaderFileHeader)}, uint64_t{kReaderFileSlots}, uint64_t{offsetof(TableHeader, epoch)},
-        uint64_t{offsetof(TableHeader, state)}, uint64_t{XXH_VERSION_MAJOR}}) {
+        uint64_t{sizeof(ReaderFileHeader)}, uint64_t{kReaderFileSlots},
+        uint64_t{offsetof(TableHeader, epoch)}, uint64_t{offsetof(TableHeader, state)},
+        uint64_t{XXH_VERSION_MAJOR}}) {
     h = (h ^ v) * 1099511628211ULL;
   }
   return h;

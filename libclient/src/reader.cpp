@@ -189,7 +189,7 @@ Result<std::unique_ptr<Generation>> open_generation(const std::string& segment) 
   g->data = std::move(*data);
   if (auto ok = check_table(*g->data); !ok) return std::move(ok).error();
   uid_t owner = 0;
-  if (auto ok = shm::check_not_shared_writable(*g->data, &owner); !ok) {
+  if (auto ok = shm::check_segment_owner(*g->data, &owner); !ok) {
     return std::move(ok).error();
   }
   g->registry_dir = registry::dir_path(segment);
@@ -428,9 +428,8 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
   auto seg = shm::segment_name(prefix, name);
   if (!seg) return fail(seg.error());
   static std::once_flag fork_handlers;
-  std::call_once(fork_handlers, [] {
-    ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
-  });
+  std::call_once(fork_handlers,
+                 [] { ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child); });
   try {
     auto t = std::make_unique<kvs_table>();
     t->segment = *seg;

@@ -37,15 +37,15 @@ Result<void> check_dir(const std::string& dir, uid_t owner) {
   std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
   if (!S_ISDIR(st.st_mode)) {
     return make_error(Errc::kLayoutMismatch,
-                      dir + " is not a directory: a registry of an older layout; "
-                            "restart kvsd with this version");
+                      dir +
+                          " is not a directory: a registry of an older layout; "
+                          "restart kvsd with this version");
   }
   if (st.st_uid != owner || !(st.st_mode & S_ISVTX)) {
-    return make_error(Errc::kPermission, dir + " (owner uid " + std::to_string(st.st_uid) +
-                                             ", mode " + mode +
-                                             ") was not made by the table's owner (uid " +
-                                             std::to_string(owner) +
-                                             ") as kvsd makes it; refusing to read the table");
+    return make_error(Errc::kPermission,
+                      dir + " (owner uid " + std::to_string(st.st_uid) + ", mode " + mode +
+                          ") was not made by the table's owner (uid " + std::to_string(owner) +
+                          ") as kvsd makes it; refusing to read the table");
   }
   return {};
 }
@@ -53,8 +53,8 @@ Result<void> check_dir(const std::string& dir, uid_t owner) {
 namespace {
 
 Error create_error(const std::string& dir, const std::string& what, int err) {
-  const std::string base = "cannot register as a reader in " + dir + ": " + what + ": " +
-                           std::strerror(err);
+  const std::string base =
+      "cannot register as a reader in " + dir + ": " + what + ": " + std::strerror(err);
   switch (err) {
     case ENOENT:
       return Error{Errc::kNoTable, base + " (is kvsd running?)"};
@@ -68,8 +68,9 @@ Error create_error(const std::string& dir, const std::string& what, int err) {
       return Error{Errc::kNoMemory, base + " (/dev/shm is full)"};
     case EMFILE:
     case ENFILE:
-      return Error{Errc::kSystem, base + " (raise RLIMIT_NOFILE: a reader needs one descriptor "
-                                         "per table it reads)"};
+      return Error{Errc::kSystem, base +
+                                      " (raise RLIMIT_NOFILE: a reader needs one descriptor "
+                                      "per table it reads)"};
     default:
       return Error{Errc::kSystem, base};
   }
@@ -116,10 +117,9 @@ Result<std::unique_ptr<ReaderFile>> ReaderFile::create(const std::string& dir,
   h.fingerprint = layout_fingerprint();
   h.incarnation = incarnation;
   h.pid = static_cast<int32_t>(::getpid());
-  h.created_unix_ns = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  h.created_unix_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                std::chrono::system_clock::now().time_since_epoch())
+                                                .count());
   std::memcpy(f->map_, &h, sizeof h);
   // kvsd reads only final names: it sees the header complete and the lock held.
   const std::string final_path = dir + "/r." + id;

@@ -1,12 +1,14 @@
 #include "src/shm.hpp"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace kvs::shm {
@@ -119,20 +121,50 @@ Result<void> rename_segment(const std::string& from, const std::string& to) {
 
 void remove_segment(const std::string& name) { bip::shared_memory_object::remove(name.c_str()); }
 
-Result<void> check_not_shared_writable(const Mapping& m, uid_t* owner) {
+namespace {
+// The uid of the user "kvs" (kvsd's user in its unit), or -1.
+uid_t kvs_user_uid() {
+  static const uid_t uid = [] {
+    passwd pw{};
+    passwd* found = nullptr;
+    char buf[1024];
+    if (::getpwnam_r("kvs", &pw, buf, sizeof buf, &found) == 0 && found) return found->pw_uid;
+    return static_cast<uid_t>(-1);
+  }();
+  return uid;
+}
+
+uid_t env_trusted_uid() {
+  const char* s = std::getenv("KVS_TRUSTED_UID");
+  if (s == nullptr || *s == '\0') return static_cast<uid_t>(-1);
+  char* end = nullptr;
+  const unsigned long v = std::strtoul(s, &end, 10);
+  return *end == '\0' && v < 0xFFFFFFFFul ? static_cast<uid_t>(v) : static_cast<uid_t>(-1);
+}
+}  // namespace
+
+Result<void> check_segment_owner(const Mapping& m, uid_t* owner) {
   struct stat st {};
   if (::fstat(m.fd(), &st) != 0) {
     return make_error(Errc::kSystem, path_of(m.name) + ": fstat: " + std::strerror(errno));
   }
+  char mode[8];
+  std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
   if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return make_error(Errc::kPermission,
-                      path_of(m.name) + " is writable by others than its owner (uid " +
-                          std::to_string(st.st_uid) + ", mode " + mode +
-                          "); kvsd never makes it so: refusing to read it");
+    return make_error(Errc::kPermission, path_of(m.name) +
+                                             " is writable by others than its owner (uid " +
+                                             std::to_string(st.st_uid) + ", mode " + mode +
+                                             "); kvsd never makes it so: refusing to read it");
   }
-  if (owner) *owner = st.st_uid;
+  const uid_t u = st.st_uid;
+  if (u != 0 && u != ::geteuid() && u != kvs_user_uid() && u != env_trusted_uid()) {
+    return make_error(Errc::kPermission,
+                      path_of(m.name) + " belongs to uid " + std::to_string(u) +
+                          ", which is neither root, this user, nor the user 'kvs': not a table "
+                          "kvsd made; refusing to read it (if kvsd runs as uid " +
+                          std::to_string(u) + ", set KVS_TRUSTED_UID=" + std::to_string(u) + ")");
+  }
+  if (owner) *owner = u;
   return {};
 }
 

@@ -15,7 +15,7 @@ namespace kvs::shm {
 
 // "kvs." + "users" -> "kvs.users"; checks the table name and the prefix.
 Result<std::string> segment_name(const std::string& prefix, const std::string& table);
-std::string path_of(const std::string& segment);        // "/dev/shm/<segment>"
+std::string path_of(const std::string& segment);  // "/dev/shm/<segment>"
 
 // A named segment mapped into this process.
 struct Mapping {
@@ -43,9 +43,11 @@ Result<std::unique_ptr<Mapping>> create_segment(const std::string& name, uint64_
 Result<void> rename_segment(const std::string& from, const std::string& to);
 void remove_segment(const std::string& name);
 
-// Refuses a segment that is writable by anyone but its owner: kvsd never
-// makes one so, and readers must not trust bytes that others can change.
+// Checks a data segment before a reader trusts it: its owner must be one
+// kvsd may run as (root, this process's user, the user "kvs", or the uid in
+// the environment variable KVS_TRUSTED_UID), so that a segment another user
+// planted in /dev/shm is refused; and nobody but the owner may write it.
 // Sets *owner to the segment's owner. Errors: kPermission, kSystem.
-Result<void> check_not_shared_writable(const Mapping& m, uid_t* owner);
+Result<void> check_segment_owner(const Mapping& m, uid_t* owner);
 
 }  // namespace kvs::shm

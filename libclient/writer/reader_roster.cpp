@@ -53,7 +53,8 @@ Result<void> make_dir(const std::string& dir) {
     struct stat st {};
     if (::lstat(dir.c_str(), &st) != 0) {
       if (errno != ENOENT) return sys_error(dir, errno);
-      if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return sys_error("mkdir " + dir, errno);
+      if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+        return sys_error("mkdir " + dir, errno);
       continue;
     }
     if (st.st_uid != ::geteuid()) {
@@ -262,7 +263,6 @@ uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retir
 }
 
 uint32_t ReaderRoster::sweep() {
-  relist();
   uint32_t removed = 0;
   for (auto it = files_.begin(); it != files_.end();) {
     if (alive(it->second)) {
@@ -272,27 +272,33 @@ uint32_t ReaderRoster::sweep() {
       remove(it++);
     }
   }
-  dead_removed_ += removed;
-  // Leftovers of readers that died while creating their file.
+  // Then every entry not tracked: files of dead readers past the tracking
+  // limit, and leftovers of readers that died while creating their file.
   const int fd = ::openat(dir_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
   if (d == nullptr) {
     if (fd >= 0) ::close(fd);
+    dead_removed_ += removed;
     return removed;
   }
   const time_t now = ::time(nullptr);
   while (const dirent* e = ::readdir(d)) {
-    if (!is_temp_name(e->d_name)) continue;
-    const int tfd = ::openat(dir_fd_, e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (tfd < 0) continue;
+    const bool reader = is_reader_name(e->d_name);
+    if ((!reader && !is_temp_name(e->d_name)) || (reader && files_.count(e->d_name))) continue;
+    const int efd = ::openat(dir_fd_, e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (efd < 0) continue;
     struct stat st {};
-    if (::fstat(tfd, &st) == 0 && S_ISREG(st.st_mode) &&
-        now - st.st_ctime > kTempLeftoverAge_s && !locked(tfd)) {
+    const bool file = ::fstat(efd, &st) == 0 && S_ISREG(st.st_mode);
+    const bool old_enough = reader || now - st.st_ctime > kTempLeftoverAge_s;
+    if (file && old_enough && !locked(efd)) {
       ::unlinkat(dir_fd_, e->d_name, 0);
+      removed += reader;
     }
-    ::close(tfd);
+    ::close(efd);
   }
   ::closedir(d);
+  dead_removed_ += removed;
+  relist();  // track what is left, up to the limit
   return removed;
 }
 

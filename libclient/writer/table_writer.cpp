@@ -100,8 +100,8 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
 
   // 1. The reader registry, which also carries the writer's lock: it outlives
   //    data segments, so two writers always contend for the same directory.
-  auto roster = ReaderRoster::open(*seg, options.registry_mode, options.group,
-                                   options.reader_slots);
+  auto roster =
+      ReaderRoster::open(*seg, options.registry_mode, options.group, options.reader_slots);
   if (!roster) return std::move(roster).error().context("table " + options.table);
   w->roster_ = std::move(*roster);
 

@@ -31,8 +31,8 @@
 #include "format/index.hpp"
 #include "format/layout.hpp"
 #include "kvs/result.hpp"
-#include "writer/reader_roster.hpp"
 #include "src/shm.hpp"
+#include "writer/reader_roster.hpp"
 
 namespace kvs {
 

@@ -30,7 +30,9 @@ constexpr gid_t kTableGid = 5002;  // the readers' group in the hostile tests
 constexpr uid_t kHostileUid = 5001;
 constexpr uid_t kVictimUid = 5003;
 
-std::string value_of(int i) { return std::string(200, static_cast<char>('a' + i % 26)) + std::to_string(i); }
+std::string value_of(int i) {
+  return std::string(200, static_cast<char>('a' + i % 26)) + std::to_string(i);
+}
 
 bool have_root() { return ::geteuid() == 0; }
 
@@ -141,6 +143,125 @@ TEST_F(ReaderSafetyTest, ReaderOutOfDescriptorsIsRefusedNotUnprotected) {
   }
   EXPECT_EQ(line.rfind("refused " + std::to_string(KVS_ESYS), 0), 0u) << line;
   EXPECT_NE(line.find("RLIMIT_NOFILE"), std::string::npos) << line;
+}
+
+// Short-lived readers that die without kvs_close (killed inside a guard):
+// each is let in at once, whatever the dead before it left behind, and the
+// writer removes what they left and reuses their memory.
+TEST_F(ReaderSafetyTest, ReadersKilledInsideGuardsNeverLockOutTheNextOnes) {
+  WriterOptions o;
+  o.table = "s";
+  o.shm_prefix = shm_.prefix();
+  o.capacity = 1024;
+  o.arena_bytes = 256 << 10;
+  o.reader_slots = 16;  // fewer than the readers alive at once below
+  o.max_value_bytes = 4096;
+  o.dead_reader_check = std::chrono::milliseconds(1);
+  auto w = TableWriter::open(o);
+  ASSERT_TRUE(w) << w.error().message;
+  ASSERT_TRUE((*w)->put("k", value_of(0)));
+  constexpr int kRounds = 8, kAtOnce = 25;
+  int let_in = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<std::unique_ptr<Child>> readers;
+    for (int i = 0; i < kAtOnce; ++i) {
+      readers.push_back(std::make_unique<Child>(
+          std::vector<std::string>{helper("table_worker"), "hold", shm_.prefix(), "s"}));
+    }
+    for (auto& r : readers) let_in += r->read_line() == "holding";
+    for (auto& r : readers) r->kill(SIGKILL);
+    for (auto& r : readers) EXPECT_EQ(r->wait(), 128 + SIGKILL);
+    ASSERT_TRUE((*w)->put("k", value_of(round + 1)));
+    (*w)->reclaim();
+  }
+  EXPECT_EQ(let_in, kRounds * kAtOnce);
+  EXPECT_TRUE(test::wait_until([&] { return (*w)->reclaim() == 0; }, std::chrono::seconds(5)))
+      << "the dead readers' announcements still hold memory back";
+  (*w)->sweep_dead_readers();
+  EXPECT_EQ(test::reader_files(shm_.path("s") + ".readers").size(), 0u)
+      << "files of dead readers stay in the registry";
+  EXPECT_GE((*w)->stats().dead_readers_recovered, static_cast<uint64_t>(kRounds * kAtOnce));
+}
+
+std::vector<std::string> as_user(uid_t uid, gid_t group, std::vector<std::string> argv) {
+  std::vector<std::string> out = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
+                                  "--regid=" + std::to_string(uid),
+                                  "--groups=" + std::to_string(group), "--"};
+  out.insert(out.end(), argv.begin(), argv.end());
+  return out;
+}
+
+// A process with a reader's permissions (the readers' group, another uid)
+// attacks the table: it may delay the reuse of what it can see, nothing
+// more. It cannot lock kvsd out, touch another reader's announcements, forge
+// a reader, or crash kvsd.
+TEST_F(ReaderSafetyTest, HostileReaderCannotExposeOthersOrStopTheWriter) {
+  if (!have_root()) GTEST_SKIP() << "needs root to run processes as other users (setpriv)";
+  auto w = open_writer(kTableGid);
+  ASSERT_TRUE(w->put("k", value_of(0)));
+  Child victim(as_user(kVictimUid, kTableGid, worker("pin")));
+  ASSERT_EQ(victim.read_line(), "pinned");
+  const std::string dir = shm_.path("s") + ".readers";
+  const auto files = test::reader_files(dir, victim.pid());
+  ASSERT_EQ(files.size(), 1u);
+
+  // The hostile process strikes while kvsd is down (a restart).
+  w.reset();
+  Child hostile(as_user(kHostileUid, kTableGid,
+                        {helper("table_worker"), "hostile", shm_.prefix(), "s", files[0].path}));
+  std::vector<std::string> attempts;
+  for (std::string l = hostile.read_line(); l != "attacked" && !l.empty();
+       l = hostile.read_line()) {
+    attempts.push_back(l);
+  }
+  ASSERT_EQ(attempts.size(), 6u);
+  EXPECT_EQ(attempts[0].rfind("lock-registry: refused", 0), 0u) << attempts[0];
+  EXPECT_EQ(attempts[2].rfind("zero-registry: refused", 0), 0u) << attempts[2];
+  EXPECT_EQ(attempts[3].rfind("write-victim: refused", 0), 0u) << attempts[3];
+  EXPECT_EQ(attempts[4].rfind("truncate-victim: refused", 0), 0u) << attempts[4];
+
+  // kvsd starts while the hostile process holds whatever it could lock.
+  w = open_writer(kTableGid);
+  ASSERT_TRUE(w) << "a reader locked the writer out";
+  // The victim's pinned value holds while the writer churns.
+  churn(*w);
+  victim.write_line("check");
+  EXPECT_EQ(victim.read_line(), "same") << "the writer reused memory under the victim's guard";
+
+  // Once the victim lets go, the forged reader (no process holds its lock)
+  // does not hold reuse back.
+  victim.close_stdin();
+  EXPECT_EQ(victim.wait_for(std::chrono::seconds(10)), 0);
+  ASSERT_TRUE(w->put("k", value_of(1)));
+  EXPECT_TRUE(test::wait_until([&] { return w->reclaim() == 0; }, std::chrono::seconds(5)))
+      << "retired memory stays held back after every real reader let go";
+  hostile.close_stdin();
+  EXPECT_EQ(hostile.wait_for(std::chrono::seconds(10)), 0);
+}
+
+// A user who may read the segment but not register as a reader (the
+// registry gives its group no create right) is refused a guard with a clear
+// error, and can still monitor the table: kvs_stat needs no reader slot.
+TEST_F(ReaderSafetyTest, ReaderThatCannotRegisterIsRefusedButCanMonitor) {
+  if (!have_root()) GTEST_SKIP() << "needs root to run processes as other users (setpriv)";
+  WriterOptions o;
+  o.table = "s";
+  o.shm_prefix = shm_.prefix();
+  o.capacity = 1024;
+  o.arena_bytes = 256 << 10;
+  o.max_value_bytes = 4096;
+  o.group = kTableGid;
+  o.registry_mode = 0600;  // the group may read the table, not register
+  auto w = TableWriter::open(o);
+  ASSERT_TRUE(w) << w.error().message;
+  ASSERT_TRUE((*w)->put("k", value_of(0)));
+  Child c(as_user(kVictimUid, kTableGid,
+                  {helper("table_worker"), "stat-then-read", shm_.prefix(), "s"}));
+  EXPECT_EQ(c.read_line(), "stat 0 1");
+  const std::string read = c.read_line();
+  EXPECT_EQ(read.rfind("read " + std::to_string(KVS_EACCES), 0), 0u) << read;
+  EXPECT_NE(read.find("cannot register as a reader"), std::string::npos) << read;
+  EXPECT_EQ(c.wait(), 0);
 }
 
 }  // namespace

@@ -7,12 +7,17 @@
 //
 // Values are test::make_value(key id, version); versions grow across writer
 // restarts because they start from the wall clock.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <thread>
@@ -231,6 +236,89 @@ int pin_mode(const std::string& mode, const std::string& prefix, const std::stri
   return 0;
 }
 
+// What a process with only a reader's permissions (the readers' group) can
+// try against a table: one line per attempt, "NAME: done" or "NAME: refused
+// <errno text>". Keeps what it locked until stdin closes.
+void report(const char* name, bool done, int err) {
+  std::printf("%s: %s%s\n", name, done ? "done" : "refused ", done ? "" : std::strerror(err));
+}
+
+int hostile_mode(const std::string& prefix, const std::string& table,
+                 const std::string& victim_file) {
+  const std::string data = "/dev/shm/" + prefix + table;
+  const std::string reg = data + ".readers";
+  // Lock the writer out: the registry, and the data segment.
+  int fd = ::open(reg.c_str(), O_RDONLY | O_CLOEXEC);
+  report("lock-registry", fd >= 0 && ::flock(fd, LOCK_EX | LOCK_NB) == 0, errno);
+  int dfd = ::open(data.c_str(), O_RDONLY | O_CLOEXEC);
+  report("lock-data", dfd >= 0 && ::flock(dfd, LOCK_EX | LOCK_NB) == 0, errno);
+  // Zero every announcement in the registry (and keep zeroing them).
+  int rw = ::open(reg.c_str(), O_RDWR | O_CLOEXEC);
+  struct stat st {};
+  void* map = MAP_FAILED;
+  if (rw >= 0 && ::fstat(rw, &st) == 0 && st.st_size > 0) {
+    map = ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, rw, 0);
+  }
+  report("zero-registry", map != MAP_FAILED, rw < 0 ? errno : EINVAL);
+  // Another reader's file: write it, shrink it.
+  int vfd = ::open(victim_file.c_str(), O_RDWR | O_CLOEXEC);
+  report("write-victim", vfd >= 0, errno);
+  report("truncate-victim", ::truncate(victim_file.c_str(), 0) == 0, errno);
+  // A forged reader file announcing epoch 1, with no process behind it.
+  const std::string forged = reg + "/r.forged" + std::to_string(::getpid());
+  int ffd = ::open(forged.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  bool forged_ok = false;
+  if (ffd >= 0) {
+    kvs::format::ReaderFileHeader h{};
+    h.magic = kvs::format::kReaderFileMagic;
+    h.layout_version = kvs::format::kLayoutVersion;
+    h.slot_count = kvs::format::kReaderFileSlots;
+    h.fingerprint = kvs::format::layout_fingerprint();
+    std::vector<uint8_t> bytes(kvs::format::kReaderFileBytes, 0);
+    std::memcpy(bytes.data(), &h, sizeof h);
+    for (uint32_t i = 0; i < kvs::format::kReaderFileSlots; ++i) {
+      const uint64_t one = 1;
+      std::memcpy(bytes.data() + 64 * (i + 1), &one, sizeof one);
+    }
+    forged_ok = ::write(ffd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
+    ::close(ffd);
+  }
+  report("forge-reader", forged_ok, errno);
+  std::printf("attacked\n");
+  std::fflush(stdout);
+  // Until stdin closes, keep zeroing what could be zeroed.
+  ::fcntl(0, F_SETFL, O_NONBLOCK);
+  for (;;) {
+    char c;
+    const ssize_t n = ::read(0, &c, 1);
+    if (n == 0 || (n < 0 && errno != EAGAIN)) break;
+    if (map != MAP_FAILED) std::memset(map, 0, st.st_size);
+    if (vfd >= 0) ::ftruncate(vfd, 0);
+    ::usleep(100);
+  }
+  return 0;
+}
+
+// Monitoring a table without registering as a reader: prints
+// "stat <rc> <entries>", then "read <rc> <error>" for a read guard.
+int stat_then_read(const std::string& prefix, const std::string& table) {
+  kvs_open_options o{prefix.c_str()};
+  kvs_table* t = nullptr;
+  if (kvs_open(table.c_str(), &o, &t) != KVS_OK) {
+    std::printf("open %s\n", kvs_last_error());
+    return 2;
+  }
+  kvs_table_stats st{};
+  const int rc = kvs_stat(t, &st);
+  std::printf("stat %d %llu\n", rc, static_cast<unsigned long long>(st.entries));
+  kvs_txn* x = nullptr;
+  const int rrc = kvs_read_begin(t, &x);
+  std::printf("read %d %s\n", rrc, rrc == KVS_OK ? "" : kvs_last_error());
+  if (rrc == KVS_OK) kvs_read_end(x);
+  kvs_close(t);
+  return 0;
+}
+
 int open_as_nobody(const std::string& prefix, const std::string& table) {
   if (::getuid() != 0) return 77;  // cannot drop privileges: skip
   if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 2;
@@ -253,6 +341,8 @@ int main(int argc, char** argv) {
   }
   if (a.size() == 3 && a[0] == "hold") return hold_mode(a[1], a[2]);
   if (a.size() == 3 && a[0] == "open-as-nobody") return open_as_nobody(a[1], a[2]);
+  if (a.size() == 3 && a[0] == "stat-then-read") return stat_then_read(a[1], a[2]);
+  if (a.size() == 4 && a[0] == "hostile") return hostile_mode(a[1], a[2], a[3]);
   if (a.size() == 4 && (a[0] == "pin" || a[0] == "fork-pin" || a[0] == "pin-no-fds")) {
     return pin_mode(a[0], a[1], a[2], a[3]);
   }

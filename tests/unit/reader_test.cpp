@@ -1,6 +1,7 @@
 // libkvs's read API: errors on open, guards, batched and copying reads, the
 // read-only mapping, and reads racing a writer thread (run under TSan in CI).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -69,6 +70,72 @@ TEST_F(ReaderTest, CorruptHeaderIsRefused) {
   auto t = Table::open("r", {shm_.prefix()});
   ASSERT_FALSE(t);
   EXPECT_EQ(t.error().code, Errc::kCorrupt);
+}
+
+// A header whose capacity makes the group array's size wrap around 2^64 to
+// exactly the real one: every size it implies matches the mapping, but a
+// probe would index groups far outside it.
+TEST_F(ReaderTest, CapacityThatWrapsTheGeometryIsRefused) {
+  auto w = make_table();
+  format::TableHeader* h = writable_header();
+  const format::Geometry real =
+      format::geometry(h->capacity, h->partition_capacity, h->arena_bytes);
+  const uint64_t target = real.group_count + (uint64_t{1} << 58);  // * 64 wraps to the same
+  const auto approx = static_cast<uint64_t>(static_cast<double>(target) * 7 * format::kMaxSlotLoad);
+  uint64_t crafted = 0;
+  for (int64_t i = -200000; i <= 200000 && crafted == 0; ++i) {
+    const uint64_t c = approx + static_cast<uint64_t>(i * 64);
+    const format::Geometry g = format::geometry(c, h->partition_capacity, h->arena_bytes);
+    if (g.arena_offset == real.arena_offset && g.segment_bytes == real.segment_bytes) crafted = c;
+  }
+  ASSERT_NE(crafted, 0u) << "no wrapping capacity found near " << approx;
+  h->capacity = crafted;
+  h->group_count = format::groups_for_capacity(crafted);
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_FALSE(t) << "a header with " << h->group_count << " groups in a " << h->segment_bytes
+                  << "-byte segment was accepted";
+  EXPECT_EQ(t.error().code, Errc::kCorrupt);
+}
+
+// Readers trust only segments that nobody but a trusted owner can write.
+TEST_F(ReaderTest, SegmentWritableByOthersIsRefused) {
+  auto w = make_table();
+  ASSERT_EQ(::chmod(shm_.path("r").c_str(), 0666), 0);
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kPermission);
+  EXPECT_NE(t.error().message.find("writable by others than its owner"), std::string::npos)
+      << t.error().message;
+}
+
+// A segment (or registry) planted by another user before kvsd started is
+// used neither by kvsd nor by readers.
+TEST_F(ReaderTest, SegmentPlantedByAnotherUserIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a segment another owner";
+  auto w = make_table();
+  ASSERT_EQ(::chown(shm_.path("r").c_str(), 5001, 5001), 0);
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kPermission);
+  EXPECT_NE(t.error().message.find("belongs to uid 5001"), std::string::npos) << t.error().message;
+  w.reset();
+  WriterOptions o;
+  o.table = "r";
+  o.shm_prefix = shm_.prefix();
+  auto again = TableWriter::open(o);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, Errc::kPermission);
+  EXPECT_NE(again.error().message.find("another user made it"), std::string::npos)
+      << again.error().message;
+  // The same for a planted registry directory.
+  ASSERT_EQ(::chown(shm_.path("r").c_str(), 0, 0), 0);
+  ASSERT_EQ(::chown((shm_.path("r") + ".readers").c_str(), 5001, 5001), 0);
+  again = TableWriter::open(o);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, Errc::kPermission);
+  t = Table::open("r", {shm_.prefix()});
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kPermission);
 }
 
 TEST_F(ReaderTest, ForeignSegmentIsRefused) {
@@ -187,6 +254,24 @@ TEST_F(ReaderTest, GetCopyReportsTheSizeNeeded) {
   auto cpp = Table::open("r", {shm_.prefix()});
   ASSERT_TRUE(cpp);
   EXPECT_EQ(*cpp->get_copy("k"), "twelve bytes");
+}
+
+// kvs_stat shows the readers as kvsd last counted them, from the header.
+TEST_F(ReaderTest, StatsShowTheReadersTheWriterCounted) {
+  auto w = make_table();
+  kvs_open_options o{shm_.prefix().c_str()};
+  kvs_table* t = nullptr;
+  ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
+  kvs_txn* x = nullptr;
+  ASSERT_EQ(kvs_read_begin(t, &x), KVS_OK);
+  w->reclaim();  // its first call counts
+  kvs_table_stats s{};
+  ASSERT_EQ(kvs_stat(t, &s), KVS_OK);
+  EXPECT_EQ(s.reader_slots, 8u);
+  EXPECT_EQ(s.reader_slots_used, 1u);
+  EXPECT_EQ(s.readers_reading, 1u);
+  kvs_read_end(x);
+  kvs_close(t);
 }
 
 // Readers have no table-wide slot limit: each process keeps its own files

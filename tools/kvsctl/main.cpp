@@ -257,8 +257,10 @@ int cmd_stats(const Target& t, bool json) {
     std::printf("memory          arena %s of %s used, segment %s\n",
                 human_bytes(s.arena_used_bytes).c_str(), human_bytes(s.arena_bytes).c_str(),
                 human_bytes(s.segment_bytes).c_str());
-    std::printf("readers         %u of %u slots used, %u reading now\n", s.reader_slots_used,
-                s.reader_slots, s.readers_reading);
+    std::printf(
+        "readers         %u threads with a slot, %u reading now (kvsd tracks up to %u "
+        "reader files)\n",
+        s.reader_slots_used, s.readers_reading, s.reader_slots);
     std::printf("applied         %llu puts, %llu erases, %llu skipped\n",
                 static_cast<unsigned long long>(s.puts), static_cast<unsigned long long>(s.erases),
                 static_cast<unsigned long long>(s.skipped));

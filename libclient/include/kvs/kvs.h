@@ -24,8 +24,16 @@
  *    the kvs_read_end() that closes the outermost guard, and must not be
  *    written (the mapping is read-only: a write crashes the process).
  *  - Hold guards briefly: while one is open, kvsd cannot reuse memory that the
- *    guard may still see. A process that dies holding a guard is detected by
- *    pid and start time and stops delaying reuse.
+ *    guard may still see. A process that dies holding a guard stops delaying
+ *    reuse within milliseconds (kvsd sees the kernel drop its file lock), in
+ *    any pid namespace, with or without /proc.
+ *  - Each thread reading a table holds one reader slot, from its first read
+ *    until it exits (not only while a guard is open). The slots live in a
+ *    file of this process's in /dev/shm/<prefix><table>.readers/, which needs
+ *    one file descriptor per table, and which kvs_close() removes.
+ *  - fork(): the child gets reader files of its own at its first read. A
+ *    guard open across fork() is not valid in the child: the child must not
+ *    use views from it (it may call kvs_read_end on it, which does nothing).
  *  - Keys and values are arbitrary bytes. Values have no alignment guarantee.
  *  - A table handle must outlive its guards; kvs_close() with a guard still
  *    open is a bug.
@@ -62,7 +70,7 @@ extern "C" {
 #define KVS_EACCES (-5)    /* no permission for the segment; not retriable: fix group */
 #define KVS_EINVAL (-6)    /* invalid argument; not retriable */
 #define KVS_ETIMEDOUT (-7) /* a wait ran out; retriable */
-#define KVS_EREADERS (-8)  /* reader registry full; retriable once other readers exit */
+#define KVS_EREADERS (-8)  /* reserved (layout 1: reader registry full); not returned */
 #define KVS_ERANGE (-9)    /* buffer too small; *value_len holds the size needed */
 #define KVS_EFULL (-10)    /* table or arena full (writer side); retriable after deletes */
 #define KVS_ETOOBIG (-11)  /* key or value over the configured limit; not retriable */
@@ -98,8 +106,13 @@ KVS_API int kvs_open(const char *name, const kvs_open_options *options, kvs_tabl
 KVS_API void kvs_close(kvs_table *table);
 
 /* Begins a read: pins the memory that later reads see until kvs_read_end().
- * Cost: a thread-local lookup and one atomic exchange; no syscall.
- * Errors: KVS_EREADERS (every reader slot is taken), KVS_ENOMEM. */
+ * Cost: a thread-local lookup and one atomic exchange; no syscall (but for a
+ * thread's first read of a table, which may create this process's reader
+ * file). A reader that cannot register is refused, never left unprotected.
+ * Errors: KVS_EACCES (may not create a file in the table's registry: join the
+ * table's group), KVS_ESYS (no file descriptor left: raise RLIMIT_NOFILE),
+ * KVS_ENOMEM (/dev/shm or process memory full), KVS_ENOTABLE (kvsd removed
+ * the registry). All are retriable once the cause is gone. */
 KVS_API int kvs_read_begin(kvs_table *table, kvs_txn **out);
 
 /* Ends the guard begun by kvs_read_begin (nested guards: the outermost end
@@ -124,7 +137,8 @@ KVS_API int kvs_multi_get(kvs_txn *txn, size_t count, const void *const *keys,
 
 /* Copies the value of `key` into buf (no guard needed). *value_len receives
  * the value's length in every case but KVS_ENOTFOUND. Errors: KVS_ENOTFOUND,
- * KVS_ERANGE (buf_len < *value_len; nothing copied), KVS_EREADERS, KVS_EINVAL. */
+ * KVS_ERANGE (buf_len < *value_len; nothing copied), KVS_EINVAL, and those of
+ * kvs_read_begin. */
 KVS_API int kvs_get_copy(kvs_table *table, const void *key, size_t key_len, void *buf,
                          size_t buf_len, size_t *value_len);
 
@@ -138,17 +152,20 @@ KVS_API int kvs_for_each(kvs_txn *txn,
                                    size_t value_len),
                          void *ctx);
 
-/* Number of entries (exact when kvsd is idle). */
+/* Number of entries (exact when kvsd is idle); 0 for a NULL table. Reads the
+ * segment's header: needs no guard and no reader slot, so it cannot fail. */
 KVS_API uint64_t kvs_size(kvs_table *table);
 
-/* KVS_STATE_BOOTSTRAPPING or KVS_STATE_READY. */
+/* KVS_STATE_BOOTSTRAPPING or KVS_STATE_READY; KVS_EINVAL for a NULL table.
+ * Needs no guard and no reader slot. */
 KVS_API int kvs_state(kvs_table *table);
 
 /* Waits until the table is READY. timeout_ms < 0 waits forever.
  * Errors: KVS_ETIMEDOUT. */
 KVS_API int kvs_wait_ready(kvs_table *table, int timeout_ms);
 
-/* Number of Kafka partitions the table follows (0 until kvsd knows). */
+/* Number of Kafka partitions the table follows (0 until kvsd knows, or for a
+ * NULL table). Needs no guard and no reader slot. */
 KVS_API uint32_t kvs_partition_count(kvs_table *table);
 
 /* Per partition: *next_offset is one past the last offset applied to the
@@ -161,21 +178,23 @@ KVS_API int kvs_partition_offsets(kvs_table *table, uint32_t partition, int64_t 
 
 /* What the segment says about itself, for monitoring (kvsctl stats). */
 typedef struct kvs_table_stats {
-  uint64_t entries;           /* live keys */
-  uint64_t capacity;          /* keys the index is sized for */
-  uint64_t arena_used_bytes;  /* bytes of the arena handed out so far (freed blocks are reused) */
-  uint64_t arena_bytes;       /* the arena's size (memory_limit_bytes) */
-  uint64_t segment_bytes;     /* the whole data segment */
-  uint64_t puts, erases;      /* applied since the segment was created */
-  uint64_t skipped;           /* records kvsd could not apply (over the size limits) */
-  uint64_t writer_attaches;   /* kvsd starts on this segment */
-  int32_t writer_pid;         /* kvsd's pid (0: none yet) */
-  uint32_t reader_slots;      /* size of the reader registry */
-  uint32_t reader_slots_used; /* slots owned by reading threads (live or not yet recovered) */
-  uint32_t readers_reading;   /* slots inside a read right now */
+  uint64_t entries;          /* live keys */
+  uint64_t capacity;         /* keys the index is sized for */
+  uint64_t arena_used_bytes; /* bytes of the arena handed out so far (freed blocks are reused) */
+  uint64_t arena_bytes;      /* the arena's size (memory_limit_bytes) */
+  uint64_t segment_bytes;    /* the whole data segment */
+  uint64_t puts, erases;     /* applied since the segment was created */
+  uint64_t skipped;          /* records kvsd could not apply (over the size limits) */
+  uint64_t writer_attaches;  /* kvsd starts on this segment */
+  int32_t writer_pid;        /* kvsd's pid (0: none yet) */
+  /* Readers, as kvsd last counted them (about once a second): */
+  uint32_t reader_slots;      /* reader files kvsd tracks at most (reader_slots in kvsd.toml) */
+  uint32_t reader_slots_used; /* slots live reader processes handed to their threads */
+  uint32_t readers_reading;   /* slots inside a read */
 } kvs_table_stats;
 
-/* Fills *out. Errors: KVS_EINVAL (NULL argument), KVS_EREADERS. */
+/* Fills *out from the segment's header (no guard, no reader slot: works
+ * whatever the registry holds). Errors: KVS_EINVAL (NULL argument). */
 KVS_API int kvs_stat(kvs_table *table, kvs_table_stats *out);
 
 /* ---- Read-your-writes ------------------------------------------------- */
