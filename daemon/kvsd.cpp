@@ -198,6 +198,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     wo.registry_mode = cfg.registry_mode;
     wo.group = *gid;
     wo.dead_reader_check = std::chrono::milliseconds(cfg.dead_reader_check_ms);
+    wo.reader_scan_interval = std::chrono::milliseconds(1);
     if (embedded) {
       // A new embedded cluster starts empty: offsets recorded against an
       // earlier one mean nothing. Readers of the old segment keep it mapped.

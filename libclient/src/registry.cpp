@@ -142,7 +142,9 @@ ReaderSlot& ReaderFile::slot(uint32_t i) const {
 ReaderSlot* ReaderFile::take_unused() {
   if (used_ == kReaderFileSlots) return nullptr;
   auto* h = reinterpret_cast<ReaderFileHeader*>(map_);
-  __atomic_store_n(&h->slots_handed_out, used_ + 1, __ATOMIC_RELAXED);
+  // release: the count is visible before the new slot's first announcement
+  // (kvsd reads only the slots counted; see writer/reader_roster.cpp).
+  __atomic_store_n(&h->slots_handed_out, used_ + 1, __ATOMIC_RELEASE);
   return &slot(used_++);
 }
 

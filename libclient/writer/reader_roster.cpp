@@ -215,7 +215,13 @@ void ReaderRoster::refresh() {
 
 bool ReaderRoster::alive(const File& f) const { return locked(f.fd); }
 
-bool ReaderRoster::read_slots(const File& f, uint8_t* buf) const {
+// A reader's threads take slots in order, and the owner publishes how many
+// it handed out (release) before a new slot's thread announces anything. So
+// a read that sees the count N and stops after slot N misses no slot that
+// could hold an announcement older than the read (on x86, a store to slot
+// N+1 is not visible before the count that precedes it). Reading only those
+// slots makes a reader process with one reading thread cost a 128-byte copy.
+int ReaderRoster::read_slots(File& f, uint8_t* buf) const {
   if (f.map) {
     std::memcpy(buf, f.map, sizeof(ReaderFileHeader));
     for (uint32_t i = 0; i < kReaderFileSlots; ++i) {
@@ -223,9 +229,20 @@ bool ReaderRoster::read_slots(const File& f, uint8_t* buf) const {
       const uint64_t e = slot->epoch.load(std::memory_order_acquire);
       std::memcpy(buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), &e, sizeof e);
     }
-    return true;
+    return static_cast<int>(kReaderFileSlots);
   }
-  return ::pread(f.fd, buf, kReaderFileBytes, 0) == static_cast<ssize_t>(kReaderFileBytes);
+  const auto line = static_cast<ssize_t>(kCacheLine);
+  ssize_t want = line * (1 + std::min(f.slots_seen, kReaderFileSlots));
+  if (::pread(f.fd, buf, want, 0) != want) return -1;
+  ReaderFileHeader h;
+  std::memcpy(&h, buf, sizeof h);
+  const uint32_t handed_out = std::min(h.slots_handed_out, kReaderFileSlots);
+  if (line * (1 + handed_out) > want) {
+    const ssize_t more = line * (1 + handed_out) - want;
+    if (::pread(f.fd, buf + want, more, want) != more) return -1;
+  }
+  f.slots_seen = std::max<uint32_t>(handed_out, 1);
+  return static_cast<int>(handed_out);
 }
 
 uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retired,
@@ -234,7 +251,7 @@ uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retir
   uint64_t min_epoch = incomplete_ ? 1 : std::numeric_limits<uint64_t>::max();
   alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
   for (auto it = files_.begin(); it != files_.end();) {
-    const File& f = it->second;
+    File& f = it->second;
     if (f.header_ok && f.incarnation != incarnation) {
       ++it;  // a reader of another segment of this table (a rebuild)
       continue;
@@ -242,10 +259,11 @@ uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retir
     // A file that is not one libkvs writes, or that its owner shrank, is
     // read as announcing 1 for as long as its owner lives.
     uint64_t file_min = std::numeric_limits<uint64_t>::max();
-    if (!f.header_ok || !read_slots(f, buf)) {
+    const int slots = f.header_ok ? read_slots(f, buf) : -1;
+    if (slots < 0) {
       file_min = 1;
     } else {
-      for (uint32_t i = 0; i < kReaderFileSlots; ++i) {
+      for (int i = 0; i < slots; ++i) {
         uint64_t e;
         std::memcpy(&e, buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), sizeof e);
         if (e != 0) file_min = std::min(file_min, e);
@@ -307,8 +325,9 @@ ReaderCounts ReaderRoster::counts(uint64_t incarnation) {
   ReaderCounts c;
   if (incomplete_) ++c.unchecked;
   alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
-  for (const auto& [name, f] : files_) {
-    if (!f.header_ok || !read_slots(f, buf)) {
+  for (auto& [name, f] : files_) {
+    const int slots = f.header_ok ? read_slots(f, buf) : -1;
+    if (slots < 0) {
       ++c.unchecked;
       continue;
     }
@@ -317,7 +336,7 @@ ReaderCounts ReaderRoster::counts(uint64_t incarnation) {
     ReaderFileHeader h;
     std::memcpy(&h, buf, sizeof h);
     c.slots_used += std::min(h.slots_handed_out, kReaderFileSlots);
-    for (uint32_t i = 0; i < kReaderFileSlots; ++i) {
+    for (int i = 0; i < slots; ++i) {
       uint64_t e;
       std::memcpy(&e, buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), sizeof e);
       if (e != 0) ++c.reading;

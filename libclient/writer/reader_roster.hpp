@@ -71,6 +71,7 @@ class ReaderRoster {
     // slots are read as atomics and TSan sees the readers' release stores
     // synchronise with the writer (it cannot see through pread).
     const uint8_t* map = nullptr;
+    uint32_t slots_seen = 1;  // slots_handed_out at the last read: sizes the next
   };
   void refresh();
   void relist();
@@ -78,8 +79,10 @@ class ReaderRoster {
   void remove(std::map<std::string, File>::iterator it);
   void forget(std::map<std::string, File>::iterator it);  // closes, keeps the file
   bool alive(const File& f) const;
-  // Reads a file's slots into buf; false if it is short (its owner shrank it).
-  bool read_slots(const File& f, uint8_t* buf) const;
+  // Reads a file's header and the slots its owner handed out into buf;
+  // returns how many slots were read, or -1 if the file is short (its owner
+  // shrank it).
+  int read_slots(File& f, uint8_t* buf) const;
 
   std::string dir_;
   int dir_fd_ = -1;

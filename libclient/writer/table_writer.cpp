@@ -31,6 +31,8 @@ using namespace format;
 namespace {
 
 constexpr auto kSweepInterval = std::chrono::seconds(1);
+// Retired bytes past which reclaim() reads the registry whenever it is called.
+constexpr uint64_t kScanBytes = 1 << 20;
 
 uint64_t now_unix_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -439,7 +441,7 @@ Result<void> TableWriter::put(std::string_view key, std::string_view value) {
   if (off == 0) {
     // The arena's end is reached: what an attach walk would find is needed now.
     continue_attach_walk(UINT64_MAX);
-    reclaim();
+    scan_and_free(std::chrono::steady_clock::now());
     off = allocate(need);
   }
   if (off == 0 && retired_bytes_ >= need) {
@@ -551,6 +553,13 @@ uint64_t TableWriter::reclaim() {
   }
   continue_attach_walk(opts_.attach_walk_bytes);
   if (retired_.empty()) return 0;
+  if (now < next_scan_ && retired_bytes_ < kScanBytes) return retired_bytes_;
+  return scan_and_free(now);
+}
+
+uint64_t TableWriter::scan_and_free(std::chrono::steady_clock::time_point now) {
+  if (retired_.empty()) return 0;
+  next_scan_ = now + opts_.reader_scan_interval;
   // Readers that start from here on announce a newer epoch than anything
   // retired so far, and (acquire on their side) see the cleared slots.
   advance_epoch();

@@ -53,6 +53,11 @@ struct WriterOptions {
   gid_t group = static_cast<gid_t>(-1);  // -1: keep the creator's group
   // How often a reader that blocks reuse is checked for being dead.
   std::chrono::milliseconds dead_reader_check{50};
+  // reclaim() reads the reader registry (a pread per reader process) at most
+  // this often while less than kScanBytes wait for reuse; 0: at every call.
+  // kvsd uses 1 ms: reuse then waits at most that long, and a table with many
+  // reader processes costs its applier a bounded number of reads per second.
+  std::chrono::microseconds reader_scan_interval{0};
   // Arena bytes the attach walk covers per reclaim() (see above).
   uint64_t attach_walk_bytes = 2 << 20;
 };
@@ -121,10 +126,15 @@ class TableWriter {
   // Counts a record that could not be applied (kvs_stats and kvsctl show it).
   void count_skipped();
 
-  // Ends a batch: advances the epoch and frees what no reader can still see;
-  // walks the next slice of the arena while an attach walk is pending.
-  // Returns the bytes still waiting for readers.
+  // Ends a batch: frees what no reader can still see (advancing the epoch
+  // and reading the registry, when reader_scan_interval has passed or much
+  // waits); walks the next slice of the arena while an attach walk is
+  // pending; every second, removes dead readers' files and publishes reader
+  // counts. Returns the bytes still waiting for readers.
   uint64_t reclaim();
+  // reclaim()'s registry read and frees now, whatever reader_scan_interval
+  // says (for put() when it needs room, and benchmarks).
+  uint64_t reclaim_now() { return scan_and_free(std::chrono::steady_clock::now()); }
   // Once, when the attach walk has ended: what it found. A corrupt arena
   // keeps every unreferenced block out of use (leaked, never handed out
   // twice); the caller should rebuild the table.
@@ -172,6 +182,9 @@ class TableWriter {
   uint32_t block_bytes(uint64_t offset) const;
   void full_fence();
   void advance_epoch();
+  // Frees what no reader can still see: advances the epoch, reads the
+  // registry. reclaim() calls it when due; put() when it needs room.
+  uint64_t scan_and_free(std::chrono::steady_clock::time_point now);
   void publish_reader_counts();
 
   WriterOptions opts_;
@@ -196,6 +209,7 @@ class TableWriter {
   uint64_t retired_bytes_ = 0;
   std::chrono::steady_clock::time_point next_dead_check_{};
   std::chrono::steady_clock::time_point next_sweep_{};
+  std::chrono::steady_clock::time_point next_scan_{};
   uint64_t leaked_at_attach_ = 0;
   struct AttachWalk {
     // One bit per kBlockAlign unit of the arena: a slot referenced the block
