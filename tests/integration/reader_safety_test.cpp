@@ -18,6 +18,7 @@
 #include "kvs/kvs.hpp"
 #include "support/registry_files.hpp"
 #include "support/test_support.hpp"
+#include "support/verified_value.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs {
@@ -113,6 +114,37 @@ TEST_F(ReaderSafetyTest, ReaderWithoutProcIsSeenAlive) {
   for (auto& a : worker("pin")) argv.push_back(a);
   Child c(argv);
   expect_pin_holds(*w, c);
+}
+
+// kvsd under hidepid or without /proc (as an unprivileged service sees it):
+// a writer process that cannot read /proc still sees live readers alive.
+TEST_F(ReaderSafetyTest, WriterWithoutProcSeesLiveReadersAlive) {
+  if (!have_root() || std::system("unshare -m true 2>/dev/null") != 0) {
+    GTEST_SKIP() << "needs root and unshare(1) to make a mount namespace";
+  }
+  Child writer({"/usr/bin/unshare", "-m", "/bin/sh", "-c", "umount -l /proc && exec \"$0\" \"$@\"",
+                helper("table_worker"), "write", shm_.prefix(), "s", "200", "0", "131072"});
+  ASSERT_EQ(writer.read_line(), "ready");
+  // Pin a key the churning writer overwrites.
+  Child c({helper("table_worker"), "pin", shm_.prefix(), "s", test::make_key(7)});
+  ASSERT_EQ(c.read_line(), "pinned");
+  // Once the writer has carved its whole arena (128 KiB for 200 keys), every
+  // put must reuse a block: let it overwrite every key a thousand times (it
+  // stalls instead, with nothing reusable, until the deadline).
+  kvs_open_options o{shm_.prefix().c_str()};
+  kvs_table* t = nullptr;
+  ASSERT_EQ(kvs_open("s", &o, &t), KVS_OK);
+  kvs_table_stats st{};
+  ASSERT_TRUE(test::wait_until([&] {
+    return kvs_stat(t, &st) == KVS_OK && st.arena_used_bytes + 4096 > st.arena_bytes;
+  })) << "the writer never filled its arena";
+  const uint64_t puts = st.puts;
+  test::wait_until([&] { return kvs_stat(t, &st) == KVS_OK && st.puts > puts + 200000; },
+                   std::chrono::seconds(1));
+  kvs_close(t);
+  ASSERT_TRUE(writer.running());
+  c.write_line("check");
+  EXPECT_EQ(c.read_line(), "same") << "a writer without /proc reused memory under a live reader";
 }
 
 // fork(): the child reads in its own guard while the parent reads again and

@@ -38,12 +38,14 @@ uint64_t wall_ns() {
                                    .count());
 }
 
-int write_mode(const std::string& prefix, const std::string& table, uint64_t keys, uint64_t ops) {
+int write_mode(const std::string& prefix, const std::string& table, uint64_t keys, uint64_t ops,
+               uint64_t arena_bytes) {
   kvs::WriterOptions o;
   o.table = table;
   o.shm_prefix = prefix;
   o.capacity = keys * 2;
-  o.arena_bytes = keys * 512 + (1 << 20);
+  o.arena_bytes = arena_bytes ? arena_bytes : keys * 512 + (1 << 20);
+  o.max_value_bytes = 4096;
   o.reader_slots = 64;
   o.dead_reader_check = std::chrono::milliseconds(10);
   auto w = kvs::TableWriter::open(o);
@@ -344,8 +346,9 @@ int open_as_nobody(const std::string& prefix, const std::string& table) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> a(argv + 1, argv + argc);
-  if (a.size() == 5 && a[0] == "write") {
-    return write_mode(a[1], a[2], std::stoull(a[3]), std::stoull(a[4]));
+  if ((a.size() == 5 || a.size() == 6) && a[0] == "write") {
+    return write_mode(a[1], a[2], std::stoull(a[3]), std::stoull(a[4]),
+                      a.size() == 6 ? std::stoull(a[5]) : 0);
   }
   if (a.size() == 5 && a[0] == "read") {
     return read_mode(a[1], a[2], std::stoull(a[3]), std::stoull(a[4]));
