@@ -184,14 +184,21 @@ int hold_mode(const std::string& prefix, const std::string& table) {
 // `pinned_fd` (if >= 0) gets a byte once the key is pinned.
 int pin_and_check(kvs_table* t, const std::string& key, int pinned_fd) {
   kvs_txn* x = nullptr;
-  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) {
-    std::printf("refused %d %s\n", rc, kvs_last_error());
-    std::fflush(stdout);
-    return 0;
-  }
   const void* v = nullptr;
   size_t len = 0;
-  if (kvs_get(x, key.data(), key.size(), &v, &len) != KVS_OK) return 2;
+  // A churning writer also erases: retry until the key is there.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) {
+      std::printf("refused %d %s\n", rc, kvs_last_error());
+      std::fflush(stdout);
+      return 0;
+    }
+    const int rc = kvs_get(x, key.data(), key.size(), &v, &len);
+    if (rc == KVS_OK) break;
+    kvs_read_end(x);
+    if (rc != KVS_ENOTFOUND || std::chrono::steady_clock::now() > deadline) return 2;
+  }
   const std::string copy(static_cast<const char*>(v), len);
   std::printf("pinned\n");
   std::fflush(stdout);
