@@ -493,18 +493,22 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         } else {
           ++t.applied;
         }
-        t.pending[p] = m->offset + 1;
+        // Published per record, right after it is visible: a kvsd killed
+        // here replays from the record after it, so readers never see a key
+        // go back to an older value (the replay is of records they have not
+        // seen yet, or of this one).
+        t.active().set_next_offset(static_cast<uint32_t>(p), m->offset + 1);
         if (m->offset + 1 >= t.target[p]) t.reached[p] = true;
       }
       kafka::Consumer::release(m);
     }
-    // Publish offsets only now: every record below them is visible.
+    // Positions learnt from partition EOFs (offsets of control records and
+    // compacted gaps): every record below them is visible.
     for (auto& t : tables) {
       for (int32_t p = 0; p < t.partitions; ++p) {
-        if (t.pending[p] >= 0) {
-          t.active().set_next_offset(static_cast<uint32_t>(p), t.pending[p]);
-          t.pending[p] = -1;
-        }
+        const auto up = static_cast<uint32_t>(p);
+        if (t.pending[p] > t.active().next_offset(up)) t.active().set_next_offset(up, t.pending[p]);
+        t.pending[p] = -1;
       }
       t.active().reclaim();
       if (auto walk = t.writer->take_attach_walk_report()) {

@@ -157,6 +157,62 @@ TEST_F(KvsdTest, RestartAfterSigkillResumesWithoutRereadingWhileReadersRead) {
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
 
+// A replay after a crash never shows a reader an older value than it saw:
+// each record of one key carries its own offset; when kvsd is killed while
+// it applies them, the value readers see must not be past the offset the
+// segment says is applied, because the next kvsd replays from there.
+TEST_F(KvsdTest, ReplayAfterSigkillNeverShowsAnOlderValue) {
+  constexpr int kRecords = 60000;  // one partition, within the mock's ~5 MB
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < kRecords; ++i) p.send(topic_, 0, "k", std::to_string(i));
+    ASSERT_TRUE(p.flush(120000));
+  }
+  const std::string cfg = write_config();
+  auto kvsd = start_kvsd(cfg);
+  std::optional<Table> t;
+  ASSERT_TRUE(test::wait_until([&] {
+    auto r = Table::open("t", {shm_.prefix()});
+    if (r) t.emplace(std::move(*r));
+    return r.has_value();
+  }));
+  auto seen = [&] {
+    auto v = t->get_copy("k");
+    return v ? std::stoll(*v) : -1;
+  };
+  ASSERT_TRUE(test::wait_until([&] { return seen() >= 1000; }, 60s));
+  kvsd->kill(SIGKILL);
+  EXPECT_EQ(kvsd->wait_for(30s), 128 + SIGKILL);
+  const long long visible = seen();
+  auto off = t->partition_offsets(0);
+  ASSERT_TRUE(off);
+  EXPECT_LT(off->next_offset, kRecords) << "kvsd had applied everything before the kill";
+  EXPECT_LE(visible, off->next_offset)
+      << "readers see the record at offset " << visible << " but the segment says "
+      << off->next_offset << " is next: the replay would show them older values";
+
+  // The restarted kvsd replays from there; readers never see the value go back.
+  std::atomic<bool> stop{false};
+  std::atomic<long long> back{0};
+  std::thread reader([&] {
+    long long last = visible;
+    while (!stop) {
+      const long long v = seen();
+      if (v < last) back = last;
+      last = std::max(last, v);
+    }
+  });
+  kvsd = start_kvsd(cfg);
+  EXPECT_TRUE(t->wait_ready(60s));
+  stop = true;
+  reader.join();
+  EXPECT_EQ(back.load(), 0) << "a reader saw the value go back from offset " << back.load();
+  EXPECT_EQ(seen(), kRecords - 1);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 TEST_F(KvsdTest, OversizedRecordsAreSkippedLoggedAndCounted) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 1));
   {

@@ -354,6 +354,24 @@ TEST_F(ReaderTest, OpenTableFollowsAReplacedSegment) {
   EXPECT_EQ(removed_mappings(shm_.prefix()), 0) << "the old segment is still mapped";
 }
 
+// During a rebuild, a reader of the old segment holds back reuse in the old
+// segment only: the new segment's writer frees what its own readers no
+// longer see (epochs of two segments are never compared).
+TEST_F(ReaderTest, ReaderOfTheOldSegmentDoesNotHoldBackTheRebuild) {
+  auto w = make_table();
+  ASSERT_TRUE(w->put("k", "old"));
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  auto g = t->read();  // held on the old segment throughout
+  ASSERT_TRUE(g);
+  auto next = w->begin_replacement();
+  ASSERT_TRUE(next) << next.error().message;
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE((*next)->put("k", "new" + std::to_string(i)));
+  EXPECT_EQ((*next)->reclaim(), 0u) << "the rebuild's retired blocks wait for a reader of the "
+                                       "old segment";
+  EXPECT_EQ(*g->get("k"), "old");
+}
+
 // Many replacements with reader threads: every read sees one whole
 // generation (all keys carry the generation number), generations never go
 // back, and neither mappings nor registry slots pile up.
