@@ -13,6 +13,7 @@
 
 #include "kafka/consumer.hpp"
 #include "kafka/embedded_kafka.hpp"
+#include "kafka/topic_wait.hpp"
 #include "log.hpp"
 #include "server/server.hpp"
 #include "writer/table_writer.hpp"
@@ -62,6 +63,69 @@ auto with_retry(const char* what, F fn) -> decltype(fn()) {
 }
 
 void notify(const std::string& msg) { sd_notify(0, msg.c_str()); }
+
+// At start: the topic's partition count, retried while the cluster does not
+// answer or calls the topic unknown, up to `bound` (kafka/topic_wait.hpp),
+// creating it where the config says so; STATUS= and the log say what kvsd
+// waits for.
+Result<int32_t> wait_for_topic(const Table& t, kafka::Consumer& c, std::chrono::seconds bound) {
+  using Clock = kafka::TopicWait::Clock;
+  const auto start = Clock::now();
+  kafka::TopicWait wait(bound, t.cfg.create_topic, start);
+  auto next_log = start;
+  for (;;) {
+    // Each metadata request waits at most what is left of the bound.
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(start + bound - Clock::now());
+    const auto timeout = std::clamp<int64_t>(left.count(), 500, 5000);
+    auto n = c.partition_count(t.cfg.topic, static_cast<int>(timeout));
+    const auto now = Clock::now();
+    switch (wait.after(n, now)) {
+      case kafka::TopicWait::Next::kUse:
+        return n;
+      case kafka::TopicWait::Next::kGiveUp:
+        if (n.error().code == Errc::kNotFound) {
+          return make_error(Errc::kNotFound,
+                            n.error().message + " (still, after " + std::to_string(bound.count()) +
+                                " s: topic_wait_s); create it with cleanup.policy=compact" +
+                                (t.cfg.create_topic ? "" : ", or set create_topic = true"));
+        }
+        return make_error(n.error().code, "no usable answer from Kafka within " +
+                                              std::to_string(bound.count()) +
+                                              " s (topic_wait_s): " + n.error().message);
+      case kafka::TopicWait::Next::kCreate: {
+        KVS_LOG_INFO(
+            "table %s: topic %s stays unknown to the cluster; creating it (%d "
+            "partitions, cleanup.policy=compact)",
+            t.cfg.name.c_str(), t.cfg.topic.c_str(), t.cfg.create_partitions);
+        auto made = c.create_topic(t.cfg.topic, t.cfg.create_partitions,
+                                   t.cfg.create_replication_factor, 10000);
+        if (!made && made.error().code != Errc::kTimeout) {
+          return std::move(made).error().context(
+              "create the topic yourself "
+              "(cleanup.policy=compact)");
+        }
+        continue;  // metadata lags behind creation for a moment
+      }
+      case kafka::TopicWait::Next::kRetry:
+        break;
+    }
+    if (g_stop) return n;
+    const std::string what =
+        wait.unknown() ? "topic " + t.cfg.topic + " to be known to the cluster" : "Kafka to answer";
+    notify("STATUS=table " + t.cfg.name + ": waiting for " + what);
+    if (now >= next_log) {
+      KVS_LOG_WARN("table %s: waiting for %s (%s); giving up after %lld s", t.cfg.name.c_str(),
+                   what.c_str(), n.error().message.c_str(), static_cast<long long>(bound.count()));
+      next_log = now + std::chrono::seconds(10);
+    }
+    const auto pause = wait.backoff();
+    for (auto slept = std::chrono::milliseconds(0); slept < pause && !g_stop;
+         slept += std::chrono::milliseconds(50)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+}
 
 uint64_t hash_of(const std::string& s) { return format::hash_key(s.data(), s.size()); }
 
@@ -230,33 +294,10 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   }
   std::vector<kafka::PartitionStart> starts;
   for (auto& t : tables) {
-    auto n = with_retry("fetching metadata",
-                        [&] { return consumer->partition_count(t.cfg.topic, 5000); });
+    auto n = wait_for_topic(t, *consumer, std::chrono::seconds(cfg.topic_wait_s));
     if (g_stop) return 0;
-    if (!n && n.error().code == Errc::kNotFound && t.cfg.create_topic) {
-      KVS_LOG_INFO("table %s: creating topic %s (%d partitions, cleanup.policy=compact)",
-                   t.cfg.name.c_str(), t.cfg.topic.c_str(), t.cfg.create_partitions);
-      auto made = with_retry("creating the topic", [&] {
-        return consumer->create_topic(t.cfg.topic, t.cfg.create_partitions,
-                                      t.cfg.create_replication_factor, 10000);
-      });
-      if (!made) {
-        KVS_LOG_ERROR("table %s: %s; create the topic yourself (cleanup.policy=compact)",
-                      t.cfg.name.c_str(), made.error().message.c_str());
-        return 1;
-      }
-      // Metadata lags behind creation for a moment.
-      for (int i = 0; i < 50 && !g_stop; ++i) {
-        n = consumer->partition_count(t.cfg.topic, 5000);
-        if (n || n.error().code != Errc::kNotFound) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
-    }
     if (!n) {
-      KVS_LOG_ERROR(
-          "table %s: %s; create it with cleanup.policy=compact%s", t.cfg.name.c_str(),
-          n.error().message.c_str(),
-          t.cfg.create_topic ? "" : ", or set create_topic = true in the table's section");
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), n.error().message.c_str());
       return 1;
     }
     if (auto ok = t.writer->set_partition_count(static_cast<uint32_t>(*n)); !ok) {

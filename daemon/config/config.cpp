@@ -71,6 +71,10 @@ const Key kKeys[] = {
      [](Config& c, TableConfig&, const Val& v) {
        c.dead_reader_check_ms = static_cast<uint32_t>(v.i);
      }},
+    {"kvsd", "topic_wait_s", Kind::kInt, "60", 0, 86400,
+     "At start, how long kvsd retries a cluster that does not answer or that calls a topic "
+     "unknown (a broker that just started does so for a moment) before it gives up.",
+     [](Config& c, TableConfig&, const Val& v) { c.topic_wait_s = static_cast<uint32_t>(v.i); }},
     {"kvsd", "poll_timeout_ms", Kind::kInt, "100", 1, 10000,
      "Longest wait for Kafka records before kvsd does its housekeeping.",
      [](Config& c, TableConfig&, const Val& v) { c.poll_timeout_ms = static_cast<uint32_t>(v.i); }},

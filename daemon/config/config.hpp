@@ -48,6 +48,7 @@ struct Config {
   std::string log_level = "info";
   uint32_t dead_reader_check_ms = 50;
   uint32_t poll_timeout_ms = 100;
+  uint32_t topic_wait_s = 60;  // at start: unknown topic or silent cluster, retried this long
   uint32_t write_timeout_ms = 30000;  // librdkafka message.timeout.ms of writes
   uint32_t max_connections = 1024;
   uint32_t max_pending_per_connection = 4096;

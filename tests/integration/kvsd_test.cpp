@@ -522,7 +522,7 @@ TEST_F(KvsdTest, MissingTopicIsAClearError) {
   if (kafka_.is_mock()) {
     GTEST_SKIP() << "librdkafka 2.0.2's mock cluster creates any topic a metadata request names";
   }
-  auto kvsd = start_kvsd(write_config());
+  auto kvsd = start_kvsd(write_config("", "topic_wait_s = 2\n"));
   EXPECT_EQ(kvsd->wait_for(30s), 1);
   EXPECT_NE(log().find("topic '" + topic_ + "' does not exist"), std::string::npos) << log();
   EXPECT_NE(log().find("create_topic = true"), std::string::npos) << log();
@@ -553,6 +553,39 @@ TEST_F(KvsdTest, TopicThatIsNotCompactedGetsAWarning) {
                                                 : "topic " + topic_ + " has cleanup.policy=delete";
   EXPECT_TRUE(test::wait_until([&] { return log().find(expected) != std::string::npos; }, 30s))
       << log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// Started while no broker answers: kvsd waits (saying so) up to
+// topic_wait_s, then exits with a clear error rather than hanging or
+// claiming the topic does not exist.
+TEST_F(KvsdTest, ClusterSilentAtStartIsWaitedForUpToTheBound) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "needs the mock cluster's fault injection";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
+  auto kvsd = start_kvsd(write_config("", "topic_wait_s = 6\n"));
+  EXPECT_EQ(kvsd->wait_for(60s), 1) << log();
+  EXPECT_NE(log().find("waiting for Kafka to answer"), std::string::npos) << log();
+  EXPECT_NE(log().find("no usable answer from Kafka within 6 s (topic_wait_s)"), std::string::npos)
+      << log();
+  EXPECT_EQ(log().find("does not exist"), std::string::npos) << log();
+}
+
+// A real broker that has just started calls every topic unknown for a
+// moment; a topic created while kvsd waits is followed, not refused.
+TEST_F(KvsdTest, TopicCreatedWhileKvsdWaitsIsFollowed) {
+  if (kafka_.is_mock()) {
+    GTEST_SKIP() << "librdkafka 2.0.2's mock cluster creates any topic a metadata request names";
+  }
+  auto kvsd = start_kvsd(write_config());
+  ASSERT_TRUE(
+      test::wait_until([&] { return log().find("waiting for topic") != std::string::npos; }, 30s))
+      << log();
+  ASSERT_TRUE(kvsd->running()) << log();
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  Table t = open_ready(60s);
+  EXPECT_EQ(t.partition_count(), 2u);
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
