@@ -13,6 +13,7 @@
 
 #include "kafka/consumer.hpp"
 #include "kafka/embedded_kafka.hpp"
+#include "kafka/topic_checks.hpp"
 #include "kafka/topic_wait.hpp"
 #include "log.hpp"
 #include "server/server.hpp"
@@ -94,12 +95,21 @@ Result<int32_t> wait_for_topic(const Table& t, kafka::Consumer& c, std::chrono::
                                               std::to_string(bound.count()) +
                                               " s (topic_wait_s): " + n.error().message);
       case kafka::TopicWait::Next::kCreate: {
+        // Durability: acks=all protects a write only with at least two
+        // in-sync replicas, and only if no replica that missed it can lead.
+        std::map<std::string, std::string> configs{{"unclean.leader.election.enable", "false"}};
+        const int32_t rf = t.cfg.create_replication_factor;
+        if (rf >= 2) {
+          configs["min.insync.replicas"] =
+              std::to_string(std::min(t.cfg.create_min_insync_replicas, rf));
+        }
         KVS_LOG_INFO(
-            "table %s: topic %s stays unknown to the cluster; creating it (%d "
-            "partitions, cleanup.policy=compact)",
-            t.cfg.name.c_str(), t.cfg.topic.c_str(), t.cfg.create_partitions);
-        auto made = c.create_topic(t.cfg.topic, t.cfg.create_partitions,
-                                   t.cfg.create_replication_factor, 10000);
+            "table %s: creating topic %s (%d partitions, cleanup.policy=compact%s%s): it "
+            "stayed unknown to the cluster",
+            t.cfg.name.c_str(), t.cfg.topic.c_str(), t.cfg.create_partitions,
+            rf >= 2 ? ", min.insync.replicas=" : "",
+            rf >= 2 ? configs["min.insync.replicas"].c_str() : "");
+        auto made = c.create_topic(t.cfg.topic, t.cfg.create_partitions, rf, configs, 10000);
         if (!made && made.error().code != Errc::kTimeout) {
           return std::move(made).error().context(
               "create the topic yourself "
@@ -342,7 +352,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   {
     std::vector<std::string> topics;
     for (const auto& t : tables) topics.push_back(t.cfg.topic);
-    consumer->request_cleanup_policies(topics, 5000);
+    consumer->request_topic_configs(topics, 5000);
   }
   if (auto ok = consumer->assign(starts); !ok) {
     KVS_LOG_ERROR("%s", ok.error().message.c_str());
@@ -568,18 +578,15 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     }
     (*server)->applied();
     update_all_ready();
-    if (auto policies = consumer->poll_cleanup_policies()) {
-      for (const auto& [topic, policy] : *policies) {
-        if (!policy) {
-          KVS_LOG_INFO("cannot tell whether topic %s is compacted (%s)", topic.c_str(),
-                       policy.error().message.c_str());
-        } else if (policy->find("compact") == std::string::npos) {
-          KVS_LOG_WARN(
-              "topic %s has cleanup.policy=%s, not compact: retention deletes records of keys "
-              "that are still current, and kvs tables can only hold what is left; set "
-              "cleanup.policy=compact on the topic",
-              topic.c_str(), policy->c_str());
+    if (auto configs = consumer->poll_topic_configs()) {
+      for (const auto& [topic, cfgs] : *configs) {
+        if (!cfgs) {
+          KVS_LOG_INFO("cannot tell whether topic %s is compacted and durable (%s)", topic.c_str(),
+                       cfgs.error().message.c_str());
+          continue;
         }
+        for (const auto& w : kafka::topic_warnings(topic, cfgs.value()))
+          KVS_LOG_WARN("%s", w.c_str());
       }
     }
     const auto now = clock::now();

@@ -131,6 +131,12 @@ const Key kKeys[] = {
      [](Config&, TableConfig& t, const Val& v) {
        t.create_replication_factor = static_cast<int32_t>(v.i);
      }},
+    {"table", "create_min_insync_replicas", Kind::kInt, "2", 1, 32767,
+     "min.insync.replicas of a topic kvsd creates (at most its replication factor; set only with "
+     "a replication factor of 2 or more). kvsd also sets unclean.leader.election.enable=false.",
+     [](Config&, TableConfig& t, const Val& v) {
+       t.create_min_insync_replicas = static_cast<int32_t>(v.i);
+     }},
 };
 
 std::string where(const std::string& source, const toml::source_region& r) {

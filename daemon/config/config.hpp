@@ -31,6 +31,7 @@ struct TableConfig {
   bool create_topic = false;
   int32_t create_partitions = 1;
   int32_t create_replication_factor = -1;  // -1: the broker's default
+  int32_t create_min_insync_replicas = 2;  // set when the replication factor is >= 2
   int line = 0;                            // where the [[table]] starts, for messages
 };
 

@@ -205,7 +205,9 @@ Result<void> Consumer::reassign_from_beginning(const std::string& topic, int32_t
 }
 
 Result<void> Consumer::create_topic(const std::string& topic, int32_t partitions,
-                                    int32_t replication_factor, int timeout_ms) {
+                                    int32_t replication_factor,
+                                    const std::map<std::string, std::string>& configs,
+                                    int timeout_ms) {
   char err[512];
   rd_kafka_NewTopic_t* nt =
       rd_kafka_NewTopic_new(topic.c_str(), partitions, replication_factor, err, sizeof err);
@@ -213,6 +215,7 @@ Result<void> Consumer::create_topic(const std::string& topic, int32_t partitions
     return make_error(Errc::kInvalidArgument, "creating topic " + topic + ": " + err);
   }
   rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact");
+  for (const auto& [k, v] : configs) rd_kafka_NewTopic_set_config(nt, k.c_str(), v.c_str());
   rd_kafka_AdminOptions_t* opts = rd_kafka_AdminOptions_new(rk_, RD_KAFKA_ADMIN_OP_CREATETOPICS);
   rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, err, sizeof err);
   rd_kafka_AdminOptions_set_operation_timeout(opts, timeout_ms, err, sizeof err);
@@ -247,7 +250,7 @@ Result<void> Consumer::create_topic(const std::string& topic, int32_t partitions
   return out;
 }
 
-void Consumer::request_cleanup_policies(const std::vector<std::string>& topics, int timeout_ms) {
+void Consumer::request_topic_configs(const std::vector<std::string>& topics, int timeout_ms) {
   if (topics.empty()) return;
   char err[512];
   std::vector<rd_kafka_ConfigResource_t*> res;
@@ -263,12 +266,12 @@ void Consumer::request_cleanup_policies(const std::vector<std::string>& topics, 
   policy_topics_ = topics;
 }
 
-std::optional<std::vector<std::pair<std::string, Result<std::string>>>>
-Consumer::poll_cleanup_policies() {
+std::optional<std::vector<std::pair<std::string, Result<Consumer::TopicConfigs>>>>
+Consumer::poll_topic_configs() {
   if (admin_queue_ == nullptr || policy_topics_.empty()) return std::nullopt;
   rd_kafka_event_t* ev = rd_kafka_queue_poll(admin_queue_, 0);
   if (ev == nullptr) return std::nullopt;
-  std::vector<std::pair<std::string, Result<std::string>>> out;
+  std::vector<std::pair<std::string, Result<TopicConfigs>>> out;
   const rd_kafka_resp_err_t all = rd_kafka_event_error(ev);
   const std::string all_what = all ? rd_kafka_event_error_string(ev) : "";
   size_t n = 0;
@@ -276,7 +279,7 @@ Consumer::poll_cleanup_policies() {
                                              : rd_kafka_DescribeConfigs_result_resources(
                                                    rd_kafka_event_DescribeConfigs_result(ev), &n);
   for (const auto& topic : policy_topics_) {
-    Result<std::string> r = make_error(
+    Result<TopicConfigs> r = make_error(
         admin_errc(all), "describing topic " + topic + ": " + (all ? all_what : "no answer"));
     for (size_t i = 0; i < n; ++i) {
       if (topic != rd_kafka_ConfigResource_name(rs[i])) continue;
@@ -289,13 +292,12 @@ Consumer::poll_cleanup_policies() {
       }
       size_t cn = 0;
       const rd_kafka_ConfigEntry_t** entries = rd_kafka_ConfigResource_configs(rs[i], &cn);
-      r = make_error(Errc::kUnsupported, "describing topic " + topic + ": no cleanup.policy");
+      TopicConfigs values;
       for (size_t j = 0; j < cn; ++j) {
-        if (std::string(rd_kafka_ConfigEntry_name(entries[j])) == "cleanup.policy") {
-          const char* v = rd_kafka_ConfigEntry_value(entries[j]);
-          r = std::string(v ? v : "");
-        }
+        const char* v = rd_kafka_ConfigEntry_value(entries[j]);
+        values[rd_kafka_ConfigEntry_name(entries[j])] = v ? v : "";
       }
+      r = std::move(values);
     }
     out.emplace_back(topic, std::move(r));
   }

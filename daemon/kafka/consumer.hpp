@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -54,14 +55,17 @@ class Consumer {
   // broker's default). A topic that exists already is not an error. Errors:
   // kUnsupported (the cluster has no CreateTopics), kPermission, kTimeout,
   // kSystem.
+  // `configs` are set on the new topic besides cleanup.policy=compact.
   Result<void> create_topic(const std::string& topic, int32_t partitions,
-                            int32_t replication_factor, int timeout_ms);
-  // Asks for the cleanup.policy ("compact", "delete", "compact,delete") of
-  // `topics` without waiting; poll_cleanup_policies() returns the answers
-  // once they are there (an error per topic: kUnsupported without
-  // DescribeConfigs, kPermission, kTimeout).
-  void request_cleanup_policies(const std::vector<std::string>& topics, int timeout_ms);
-  std::optional<std::vector<std::pair<std::string, Result<std::string>>>> poll_cleanup_policies();
+                            int32_t replication_factor,
+                            const std::map<std::string, std::string>& configs, int timeout_ms);
+  // Asks for the configs `names` of `topics` without waiting;
+  // poll_topic_configs() returns the answers once they are there (the
+  // values the cluster described, or an error per topic: kUnsupported
+  // without DescribeConfigs, kPermission, kTimeout).
+  void request_topic_configs(const std::vector<std::string>& topics, int timeout_ms);
+  using TopicConfigs = std::map<std::string, std::string>;
+  std::optional<std::vector<std::pair<std::string, Result<TopicConfigs>>>> poll_topic_configs();
   // The cluster id the brokers report. Errors: kTimeout.
   Result<std::string> cluster_id(int timeout_ms);
 

@@ -1,0 +1,30 @@
+// What kvsd warns about in a topic's configuration (daemon/kafka/topic_checks.hpp).
+#include "kafka/topic_checks.hpp"
+
+#include <gtest/gtest.h>
+
+namespace kvs::kafka {
+namespace {
+
+TEST(TopicChecksTest, ACompactedDurableTopicGetsNoWarning) {
+  EXPECT_TRUE(topic_warnings("t", {{"cleanup.policy", "compact"},
+                                   {"min.insync.replicas", "2"},
+                                   {"unclean.leader.election.enable", "false"}})
+                  .empty());
+  EXPECT_TRUE(topic_warnings("t", {{"cleanup.policy", "compact,delete"}}).empty());
+  EXPECT_TRUE(topic_warnings("t", {}).empty()) << "what the cluster did not describe is not judged";
+}
+
+TEST(TopicChecksTest, EachSettingThatBreaksAPromiseIsNamed) {
+  const auto w = topic_warnings("t", {{"cleanup.policy", "delete"},
+                                      {"min.insync.replicas", "1"},
+                                      {"unclean.leader.election.enable", "true"}});
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_NE(w[0].find("topic t has cleanup.policy=delete"), std::string::npos) << w[0];
+  EXPECT_NE(w[1].find("topic t has min.insync.replicas=1"), std::string::npos) << w[1];
+  EXPECT_NE(w[1].find("set min.insync.replicas=2"), std::string::npos) << w[1];
+  EXPECT_NE(w[2].find("unclean.leader.election.enable=true"), std::string::npos) << w[2];
+}
+
+}  // namespace
+}  // namespace kvs::kafka
