@@ -6,6 +6,7 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "kafka/properties.hpp"
 #include "kvsd.hpp"
 
 namespace {
@@ -53,6 +54,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "<3>kvsd: %s\n", cfg.error().message.c_str());
     return kExitConfig;
   }
+  auto warnings = kvs::kafka::check_properties(*cfg);
+  if (!warnings) {
+    std::fprintf(stderr, "<3>kvsd: %s\n", warnings.error().message.c_str());
+    return kExitConfig;
+  }
+  for (const auto& w : *warnings) std::fprintf(stderr, "<4>kvsd: %s\n", w.c_str());
   if (check) {
     std::printf("%s: OK (%zu table%s)\n", config_path.c_str(), cfg->tables.size(),
                 cfg->tables.size() == 1 ? "" : "s");

@@ -1,10 +1,13 @@
 #include "config/config.hpp"
 
 #include <grp.h>
+#include <sys/stat.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -263,6 +266,7 @@ Result<void> apply_section(std::string_view section, const toml::table& tbl, Con
     auto v = read_value(*key, node, source, label);
     if (!v) return std::move(v).error();
     key->set(c, t, *v);
+    c.where[label] = where(source, node.source());
   }
   // Required keys.
   for (const auto& k : kKeys) {
@@ -288,6 +292,36 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   }
   return prev[b.size()];
 }
+
+namespace {
+// Modes that would expose a table: a data segment anyone but kvsd may write
+// (readers refuse it anyway), or that kvsd could not reopen after a restart;
+// a registry or a socket that every local user may write.
+Result<void> check_modes(const Config& c) {
+  auto bad = [&](const char* key, mode_t m, const char* why) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(m));
+    return make_error(Errc::kInvalidArgument,
+                      c.at(std::string("kvsd.") + key) + " = \"" + mode + "\": " + why);
+  };
+  if (c.data_mode & (S_IWGRP | S_IWOTH)) {
+    return bad("data_mode", c.data_mode,
+               "lets others than kvsd write the table; readers refuse such a table (use 0640)");
+  }
+  if ((c.data_mode & 0600) != 0600) {
+    return bad("data_mode", c.data_mode, "kvsd needs to read and write its tables (use 0640)");
+  }
+  if (c.registry_mode & S_IWOTH) {
+    return bad("registry_mode", c.registry_mode,
+               "lets every local user register as a reader; give the readers a group (0660)");
+  }
+  if (c.socket_mode & S_IWOTH) {
+    return bad("socket_mode", c.socket_mode,
+               "lets every local user write to the tables; give the writers a group (0660)");
+  }
+  return {};
+}
+}  // namespace
 
 Result<Config> parse(std::string_view text, const std::string& source) {
   toml::table root;
@@ -323,6 +357,7 @@ Result<Config> parse(std::string_view text, const std::string& source) {
                           " must be a string, integer or boolean (librdkafka takes text)");
         }
         c.kafka.emplace_back(std::string(k.str()), value);
+        c.where["kafka." + std::string(k.str())] = where(source, v.source());
       }
     } else if (n == "table") {
       if (!node.is_array_of_tables()) {
@@ -356,8 +391,23 @@ Result<Config> parse(std::string_view text, const std::string& source) {
   if (c.socket_path.empty() || c.socket_path[0] != '/') {
     return whole("kvsd.socket_path = \"" + c.socket_path + "\" must be an absolute path");
   }
+  if (auto ok = check_modes(c); !ok) return std::move(ok).error();
+  for (const char* key : {"shm_group", "socket_group"}) {
+    const std::string& group = std::string(key) == "shm_group" ? c.shm_group : c.socket_group;
+    if (auto gid = resolve_group(group, key); !gid) {
+      return make_error(Errc::kInvalidArgument,
+                        c.location(std::string("kvsd.") + key) + ": " + gid.error().message);
+    }
+  }
   std::set<std::string> names, topics;
+  int index = 0;
   for (const auto& t : c.tables) {
+    if (t.topic.empty()) {
+      return make_error(Errc::kInvalidArgument,
+                        c.at("table[" + std::to_string(index) + "].topic") +
+                            " = \"\": name the Kafka topic the table mirrors");
+    }
+    ++index;
     const std::string at = source + ":" + std::to_string(t.line) + ": table '" + t.name + "'";
     // The same check libkvs and the writer make, prefix included.
     if (auto seg = shm::segment_name(c.shm_prefix, t.name); !seg) {
@@ -454,7 +504,14 @@ std::string describe_keys() {
 Result<gid_t> resolve_group(const std::string& group, const char* key) {
   if (group.empty()) return static_cast<gid_t>(-1);
   if (group.find_first_not_of("0123456789") == std::string::npos) {
-    return static_cast<gid_t>(std::stoul(group));
+    // (gid_t)-1 means "no change" to chown: the largest usable gid is below.
+    errno = 0;
+    const unsigned long long g = std::strtoull(group.c_str(), nullptr, 10);
+    if (errno == ERANGE || g >= 0xFFFFFFFFull) {
+      return make_error(Errc::kInvalidArgument, std::string("kvsd.") + key + " = \"" + group +
+                                                    "\": not a group id (0..4294967294)");
+    }
+    return static_cast<gid_t>(g);
   }
   if (const struct group* gr = ::getgrnam(group.c_str())) return gr->gr_gid;
   return make_error(Errc::kInvalidArgument, std::string("kvsd.") + key + " = \"" + group +

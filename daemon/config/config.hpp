@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -55,6 +56,14 @@ struct Config {
   uint32_t max_pending_per_connection = 4096;
   std::vector<std::pair<std::string, std::string>> kafka;  // librdkafka properties
   std::vector<TableConfig> tables;
+  // Where each key was set ("kvsd.shm_group", "kafka.acks", "table[0].topic"),
+  // "file:line:column", for messages of checks across keys.
+  std::map<std::string, std::string> where;
+  std::string location(const std::string& key) const {
+    auto it = where.find(key);
+    return it != where.end() ? it->second : source;
+  }
+  std::string at(const std::string& key) const { return location(key) + ": " + key; }
 };
 
 // Errors: kInvalidArgument with "file:line:column: what, and the way out".

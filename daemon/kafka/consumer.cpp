@@ -2,6 +2,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "kafka/properties.hpp"
+
 namespace kvs::kafka {
 namespace {
 
@@ -57,18 +59,11 @@ Result<Consumer> Consumer::create(
     }
   }
   // kvsd's own needs, whatever [kafka] says.
-  const std::pair<const char*, const char*> ours[] = {
-      {"isolation.level", "read_committed"},  // aborted records never reach the table
-      {"enable.partition.eof", "true"},       // READY across gaps and control records
-      {"enable.auto.commit", "false"},        // positions live in the segment
-      {"enable.auto.offset.store", "false"},
-      {"auto.offset.reset", "error"},  // a lost offset is an error, never a skip
-      {"group.id", "kvsd"},            // required by librdkafka; never joined
-  };
-  for (const auto& [k, v] : ours) {
-    if (rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
+  for (const auto& o : consumer_overrides()) {
+    if (rd_kafka_conf_set(conf, o.key.c_str(), o.value.c_str(), err, sizeof err) !=
+        RD_KAFKA_CONF_OK) {
       rd_kafka_conf_destroy(conf);
-      return make_error(Errc::kInvalidArgument, std::string("librdkafka ") + k + ": " + err);
+      return make_error(Errc::kInvalidArgument, "librdkafka " + o.key + ": " + err);
     }
   }
   Consumer c;

@@ -19,6 +19,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "kafka/properties.hpp"
 #include "kvs/kvs.h"
 #include "log.hpp"
 #include "protocol/frame.hpp"
@@ -370,14 +371,8 @@ Result<void> Server::Impl::create_producer(
   }
   // The contract, whatever [kafka] says: durable, never duplicated by a
   // retry, partitioned as Java's default partitioner does.
-  const std::pair<std::string, std::string> ours[] = {
-      {"enable.idempotence", "true"},
-      {"acks", "all"},
-      {"partitioner", "murmur2_random"},
-      {"message.timeout.ms", std::to_string(cfg.write_timeout_ms)},
-  };
-  for (const auto& [k, v] : ours) {
-    if (ok) ok = set(k, v, "librdkafka ");
+  for (const auto& o : kafka::producer_overrides(cfg.write_timeout_ms)) {
+    if (ok) ok = set(o.key, o.value, "librdkafka ");
   }
   if (!ok) {
     rd_kafka_conf_destroy(conf);

@@ -189,3 +189,51 @@ TEST(ConfigTest, GroupsResolveByNameOrNumberAndAnUnknownOneIsNamed) {
 
 }  // namespace
 }  // namespace kvs::config
+
+namespace kvs::config {
+namespace {
+
+// Config that --check-config accepted but kvsd could not run: each is now
+// refused at parse, naming file, line and key.
+TEST(ConfigTest, GroupIdsOutOfRangeAreErrorsNotCrashes) {
+  for (const char* g : {"99999999999999999999", "4294967297", "4294967295"}) {
+    const Error e = parse_error("[kvsd]\nshm_group = \"" + std::string(g) + "\"\n" + kMinimal);
+    EXPECT_EQ(e.message.rfind("kvsd.toml:2:13: kvsd.shm_group = \"", 0), 0u) << e.message;
+    EXPECT_NE(e.message.find("not a group id (0..4294967294)"), std::string::npos) << e.message;
+  }
+  EXPECT_EQ(*resolve_group("4294967294", "shm_group"), static_cast<gid_t>(4294967294u));
+}
+
+TEST(ConfigTest, UnknownGroupIsCaughtByTheCheck) {
+  const Error e =
+      parse_error("[kvsd]\nsocket_group = \"no-such-group-kvs\"\n" + std::string(kMinimal));
+  EXPECT_EQ(e.message.rfind("kvsd.toml:2:16: kvsd.socket_group = \"no-such-group-kvs\"", 0), 0u)
+      << e.message;
+  EXPECT_NE(e.message.find("no such group"), std::string::npos) << e.message;
+}
+
+TEST(ConfigTest, EmptyTopicIsRefused) {
+  const Error e = parse_error("[[table]]\nname = \"a\"\ntopic = \"\"\n");
+  EXPECT_EQ(e.message.rfind("kvsd.toml:3:9: table[0].topic = \"\"", 0), 0u) << e.message;
+}
+
+TEST(ConfigTest, ModesThatExposeATableAreRefused) {
+  struct Case {
+    const char* line;
+    const char* says;
+  } cases[] = {
+      {"data_mode = \"0666\"", "kvsd.data_mode = \"0666\": lets others than kvsd write"},
+      {"data_mode = \"0660\"", "kvsd.data_mode = \"0660\": lets others than kvsd write"},
+      {"data_mode = \"0000\"", "kvsd.data_mode = \"0000\": kvsd needs to read and write"},
+      {"registry_mode = \"0666\"", "kvsd.registry_mode = \"0666\": lets every local user"},
+      {"socket_mode = \"0666\"", "kvsd.socket_mode = \"0666\": lets every local user"},
+  };
+  for (const auto& c : cases) {
+    const Error e = parse_error("[kvsd]\n" + std::string(c.line) + "\n" + kMinimal);
+    EXPECT_EQ(e.message.rfind("kvsd.toml:2:", 0), 0u) << e.message;
+    EXPECT_NE(e.message.find(c.says), std::string::npos) << e.message;
+  }
+}
+
+}  // namespace
+}  // namespace kvs::config
