@@ -518,6 +518,31 @@ TEST_F(KvsdTest, BadConfigExitsWith78NamingFileAndLine) {
   EXPECT_EQ(c.wait_for(30s), 78);
 }
 
+// --check-config runs [kafka] through librdkafka's own validation and names
+// the properties kvsd overrides (they passed the check and failed, or were
+// silently overridden, at run time).
+TEST_F(KvsdTest, CheckConfigValidatesKafkaPropertiesAndNamesOverrides) {
+  const std::string bad = (dir_ / "bad.toml").string();
+  std::ofstream(bad) << "[kafka]\n\"no.such.property\" = \"1\"\n"
+                        "[[table]]\nname = \"t\"\ntopic = \"x\"\n";
+  const std::string err = (dir_ / "check.err").string();
+  test::Child c({test::helper("../kvsd"), "--config", bad, "--check-config"}, err);
+  EXPECT_EQ(c.wait_for(30s), 78);
+  EXPECT_NE(test::slurp(err).find(bad + ":2:22: kafka.no.such.property = \"1\": librdkafka: "),
+            std::string::npos)
+      << test::slurp(err);
+
+  const std::string overridden = (dir_ / "overridden.toml").string();
+  std::ofstream(overridden) << "[kafka]\nacks = \"0\"\n[[table]]\nname = \"t\"\ntopic = \"x\"\n";
+  const std::string err2 = (dir_ / "check2.err").string();
+  test::Child ok({test::helper("../kvsd"), "--config", overridden, "--check-config"}, err2);
+  EXPECT_EQ(ok.wait_for(30s), 0);
+  EXPECT_NE(test::slurp(err2).find("<4>kvsd: " + overridden +
+                                   ":2:8: kafka.acks = \"0\" is overridden: kvsd uses acks=all"),
+            std::string::npos)
+      << test::slurp(err2);
+}
+
 TEST_F(KvsdTest, MissingTopicIsAClearError) {
   if (kafka_.is_mock()) {
     GTEST_SKIP() << "librdkafka 2.0.2's mock cluster creates any topic a metadata request names";
