@@ -3,6 +3,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "kafka/properties.hpp"
+#include "kafka/rdkafka_log.hpp"
 
 namespace kvs::kafka {
 namespace {
@@ -37,6 +38,7 @@ Result<Consumer> Consumer::create(
     const std::vector<std::pair<std::string, std::string>>& properties) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  route_rdkafka_logs(conf);
   // Defaults for bootstrap speed, which [kafka] may override. librdkafka
   // 2.0.2 stops fetching once the consumer queue holds queued.min.messages
   // (default 100000) and resumes only on a 1-second timer: bootstrapping a

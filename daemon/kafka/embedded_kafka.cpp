@@ -5,6 +5,8 @@
 
 #include <vector>
 
+#include "kafka/rdkafka_log.hpp"
+
 namespace kvs::kafka {
 
 Result<std::unique_ptr<EmbeddedKafka>> EmbeddedKafka::start(int brokers) {
@@ -15,6 +17,7 @@ Result<std::unique_ptr<EmbeddedKafka>> EmbeddedKafka::start(int brokers) {
   std::unique_ptr<EmbeddedKafka> k(new EmbeddedKafka());
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  kafka::route_rdkafka_logs(conf);
   // The host handle never connects anywhere: it only owns the mock cluster.
   rd_kafka_conf_set(conf, "bootstrap.servers", "", err, sizeof err);
   rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);

@@ -20,6 +20,7 @@
 #include <unordered_map>
 
 #include "kafka/properties.hpp"
+#include "kafka/rdkafka_log.hpp"
 #include "kvs/kvs.h"
 #include "log.hpp"
 #include "protocol/frame.hpp"
@@ -341,6 +342,7 @@ Result<void> Server::Impl::create_producer(
     const std::vector<std::pair<std::string, std::string>>& kafka) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  kafka::route_rdkafka_logs(conf);
   auto set = [&](const std::string& k, const std::string& v, const char* where) -> Result<void> {
     if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
       return make_error(Errc::kInvalidArgument,

@@ -595,6 +595,10 @@ TEST_F(KvsdTest, ClusterSilentAtStartIsWaitedForUpToTheBound) {
   EXPECT_NE(log().find("no usable answer from Kafka within 6 s (topic_wait_s)"), std::string::npos)
       << log();
   EXPECT_EQ(log().find("does not exist"), std::string::npos) << log();
+  // librdkafka's own lines go through kvsd's logger, with a journald priority.
+  EXPECT_NE(log().find("<3>kvsd: librdkafka FAIL: "), std::string::npos) << log();
+  EXPECT_EQ(log().find("\n%"), std::string::npos) << log();
+  EXPECT_NE(log().rfind("%", 0), 0u) << log();
 }
 
 // A real broker that has just started calls every topic unknown for a

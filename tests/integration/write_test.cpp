@@ -969,6 +969,27 @@ TEST_F(KvsctlTest, PutGetDelDumpStatsAndExitCodes) {
   EXPECT_NE(r.err.find("socket_path"), std::string::npos) << r.err;
 }
 
+// wait-ready on a table whose kvsd is gone says that kvsd is not running,
+// not "BOOTSTRAPPING 0%" until the timeout.
+TEST_F(KvsctlTest, WaitReadyWithKvsdGoneSaysSo) {
+  if (!kafka_.is_mock()) GTEST_SKIP() << "needs the mock cluster's fault injection";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, true));
+  auto kvsd = start_kvsd(write_config());  // creates the table, then waits for Kafka
+  ASSERT_TRUE(test::wait_until([&] { return Table::open("t", {shm_.prefix()}).has_value(); }));
+  kvsd->kill(SIGKILL);
+  EXPECT_EQ(kvsd->wait_for(30s), 128 + SIGKILL);
+  auto r = kvsctl({"wait-ready", "--timeout-ms", "1500"});
+  EXPECT_EQ(r.exit_code, 75) << r.err;
+  EXPECT_NE(r.err.find("t: not READY, and kvsd is not running (its socket " + socket_path() +
+                       " does not answer); waiting for it"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("not READY after 1500 ms: kvsd is not running"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("BOOTSTRAPPING"), std::string::npos) << r.err;
+  for (int b = 1; b <= 3; ++b) ASSERT_TRUE(kafka_.set_broker_down(b, false));
+}
+
 TEST_F(KvsctlTest, NeedsATableNameOnlyWhenTheConfigHasSeveral) {
   write_config("[[table]]\nname = \"u\"\ntopic = \"other\"\n");
   auto r = kvsctl({"get", "k"});

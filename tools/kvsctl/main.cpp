@@ -291,6 +291,14 @@ int cmd_stats(const Target& t, bool json) {
   return 0;
 }
 
+// True if kvsd answers on its socket.
+bool kvsd_answers(const Target& t) {
+  kvs_client* c = nullptr;
+  if (kvs_connect(t.socket.c_str(), &c) != KVS_OK) return false;
+  kvs_disconnect(c);
+  return true;
+}
+
 int cmd_wait_ready(const Target& t, int timeout_ms) {
   using clock = std::chrono::steady_clock;
   const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -307,9 +315,17 @@ int cmd_wait_ready(const Target& t, int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   auto last_line = clock::now() - std::chrono::seconds(10);
+  auto next_probe = clock::now();
+  bool kvsd_up = true;
+  // Without kvsd the table only waits: say so, instead of a frozen 0%.
+  const std::string down = "kvsd is not running (its socket " + t.socket + " does not answer)";
   int rc = KVS_OK;
   for (;;) {
     if (kvs_state(tb) == KVS_STATE_READY) break;
+    if (clock::now() >= next_probe) {
+      kvsd_up = kvsd_answers(t);
+      next_probe = clock::now() + std::chrono::seconds(1);
+    }
     if (timeout_ms >= 0 && clock::now() >= deadline) {
       rc = KVS_ETIMEDOUT;
       break;
@@ -325,12 +341,18 @@ int cmd_wait_ready(const Target& t, int timeout_ms) {
     const int pct = total > 0 ? static_cast<int>(100 * done / total) : 0;
     if (tty) {
       const int w = 30, fill = pct * w / 100;
-      std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld records", t.table.c_str(),
+      std::fprintf(stderr, "\r%s [%s%s] %3d%% %lld/%lld records%s\033[K", t.table.c_str(),
                    std::string(fill, '#').c_str(), std::string(w - fill, ' ').c_str(), pct,
-                   static_cast<long long>(done), static_cast<long long>(total));
+                   static_cast<long long>(done), static_cast<long long>(total),
+                   kvsd_up ? "" : "; kvsd is not running");
     } else if (clock::now() - last_line >= std::chrono::seconds(1)) {
-      std::fprintf(stderr, "%s: BOOTSTRAPPING %d%% (%lld of %lld records)\n", t.table.c_str(), pct,
-                   static_cast<long long>(done), static_cast<long long>(total));
+      if (kvsd_up) {
+        std::fprintf(stderr, "%s: BOOTSTRAPPING %d%% (%lld of %lld records)\n", t.table.c_str(),
+                     pct, static_cast<long long>(done), static_cast<long long>(total));
+      } else {
+        std::fprintf(stderr, "%s: not READY, and %s; waiting for it\n", t.table.c_str(),
+                     down.c_str());
+      }
       last_line = clock::now();
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 100 : 50));
@@ -338,7 +360,8 @@ int cmd_wait_ready(const Target& t, int timeout_ms) {
   if (tty) std::fprintf(stderr, "\n");
   kvs_close(tb);
   if (rc != KVS_OK) {
-    std::fprintf(stderr, "kvsctl: %s not READY after %d ms\n", t.table.c_str(), timeout_ms);
+    std::fprintf(stderr, "kvsctl: %s not READY after %d ms%s%s\n", t.table.c_str(), timeout_ms,
+                 kvsd_up ? "" : ": ", kvsd_up ? "" : down.c_str());
     return exit_code_of(rc);
   }
   std::printf("%s: READY\n", t.table.c_str());

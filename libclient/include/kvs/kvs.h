@@ -86,6 +86,10 @@ extern "C" {
 /* Table states (kvs_state). */
 #define KVS_STATE_BOOTSTRAPPING 1 /* kvsd is still catching up with the topic */
 #define KVS_STATE_READY 2         /* caught up with the high watermarks seen at start */
+/* The state is what kvsd last set: if kvsd dies, a READY table stays READY
+ * (and readers keep reading it) until the next kvsd attaches and turns it
+ * BOOTSTRAPPING while it catches up. Whether kvsd runs is what its socket
+ * (kvsctl stats) and the lag (kvs_partition_offsets) tell. */
 
 typedef struct kvs_table kvs_table; /* an open table; opaque */
 typedef struct kvs_txn kvs_txn;     /* a read guard; opaque, per thread */
