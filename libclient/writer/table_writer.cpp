@@ -131,15 +131,16 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
   // readers that have it mapped; the new one takes its name atomically.
   if (auto ok = w->create_temp(*seg); !ok) return std::move(ok).error();
   w->init_new(options.capacity, options.partition_capacity, options.arena_bytes);
+  // Readers of the inconsistent one learn that a new one takes its name
+  // (flag first, as in publish_replacement).
+  if (stale) {
+    reinterpret_cast<TableHeader*>(stale->data())->replaced.store(1, std::memory_order_release);
+  }
   if (auto ok = shm::rename_segment(w->data_->name, *seg); !ok) {
     shm::remove_segment(w->data_->name);
     return std::move(ok).error();
   }
   w->data_->name = *seg;
-  // Readers of the inconsistent one learn that a new one has its name.
-  if (stale) {
-    reinterpret_cast<TableHeader*>(stale->data())->replaced.store(1, std::memory_order_release);
-  }
   return w;
 }
 
@@ -177,10 +178,17 @@ Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement() {
 }
 
 Result<void> TableWriter::publish_replacement(TableWriter& next) {
-  if (auto ok = shm::rename_segment(next.data_->name, segment_); !ok) return ok;
-  next.data_->name = segment_;
-  // After the rename: a reader that sees the flag and reopens gets `next`.
+  // The flag before the rename: a writer that dies in between leaves a
+  // flagged segment under the name, which the next writer clears when it
+  // attaches; the other order could strand readers on a segment no longer
+  // named, with nothing telling them to move. A reader that sees the flag
+  // before the rename finds the same segment and tries again a second later.
   header_->replaced.store(1, std::memory_order_release);
+  if (auto ok = shm::rename_segment(next.data_->name, segment_); !ok) {
+    header_->replaced.store(0, std::memory_order_release);
+    return ok;
+  }
+  next.data_->name = segment_;
   return {};
 }
 
@@ -243,6 +251,9 @@ Result<void> TableWriter::attach_existing() {
   if (auto ok = rebuild_allocator(); !ok) return ok;
   header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
   header_->writer_attaches.fetch_add(1, std::memory_order_relaxed);
+  // The segment under the table's name is the current one: a flag left by a
+  // writer that died while replacing it does not stand.
+  header_->replaced.store(0, std::memory_order_release);
   header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
   attach_kind_ = AttachKind::kAttached;
   return {};

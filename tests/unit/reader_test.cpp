@@ -372,6 +372,29 @@ TEST_F(ReaderTest, ReaderOfTheOldSegmentDoesNotHoldBackTheRebuild) {
   EXPECT_EQ(*g->get("k"), "old");
 }
 
+// A writer that died between flagging its segment replaced and renaming
+// the new one into place: readers keep reading the segment under the name,
+// and the next writer clears the flag, so readers stay with it.
+TEST_F(ReaderTest, ReplacedFlagOfAnUnfinishedSwapIsClearedByTheNextWriter) {
+  auto w = make_table();
+  ASSERT_TRUE(w->put("k", "1"));
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  writable_header()->replaced.store(1);  // the swap's first step, then a crash
+  {
+    auto g = t->read();
+    ASSERT_TRUE(g) << g.error().message;
+    EXPECT_EQ(*g->get("k"), "1");
+  }
+  w.reset();
+  w = make_table();  // attaches
+  EXPECT_EQ(w->header().replaced.load(), 0u);
+  ASSERT_TRUE(w->put("k2", "2"));
+  auto g = t->read();
+  ASSERT_TRUE(g);
+  EXPECT_EQ(*g->get("k2"), "2");
+}
+
 // Many replacements with reader threads: every read sees one whole
 // generation (all keys carry the generation number), generations never go
 // back, and neither mappings nor registry slots pile up.
