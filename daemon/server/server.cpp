@@ -189,6 +189,26 @@ struct Server::Impl {
 
   // Counters for STATS.
   uint64_t n_requests = 0, n_acked = 0, n_write_errors = 0, n_refused = 0, n_protocol_errors = 0;
+  // Refusals are logged at most once per kRefusalLogInterval: a client that
+  // retries in a loop against max_connections would fill the journal.
+  static constexpr auto kRefusalLogInterval = std::chrono::seconds(10);
+  std::chrono::steady_clock::time_point next_refusal_log{};
+  uint64_t refusals_not_logged = 0;
+  void log_refusal(const std::string& why) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_refusal_log) {
+      ++refusals_not_logged;
+      return;
+    }
+    if (refusals_not_logged > 0) {
+      KVS_LOG_WARN("%s; connection refused (and %llu more refused since the last such line)",
+                   why.c_str(), static_cast<unsigned long long>(refusals_not_logged));
+    } else {
+      KVS_LOG_WARN("%s; connection refused", why.c_str());
+    }
+    refusals_not_logged = 0;
+    next_refusal_log = now + kRefusalLogInterval;
+  }
   uint64_t n_queue_full = 0;     // records that found the producer queue full and waited
   std::string last_kafka_error;  // from error_cb: why brokers are unreachable
   clock::time_point last_kafka_error_at;
@@ -593,7 +613,7 @@ void Server::Impl::accept_all() {
     }
     if (!refusal.empty()) {
       ++n_refused;
-      KVS_LOG_WARN("%s; connection refused", refusal.c_str());
+      log_refusal(refusal);
       std::string frame;
       proto::encode_error(frame, 0, static_cast<int32_t>(code), refusal);
       (void)!::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -887,6 +887,33 @@ TEST_F(WriteTest, CppClientWritesBatchesPipelinesAndWaits) {
   EXPECT_EQ(batch_calls, 1);
 }
 
+// At max_connections each further client is refused with the reason, and
+// the log says so once per 10 s rather than once per refusal.
+TEST_F(WriteTest, RefusalsAtMaxConnectionsAreLoggedAtARate) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config("", "max_connections = 2\n"));
+  std::string b1, b2;
+  const int a = raw_connect_past_hello(b1);
+  const int b = raw_connect_past_hello(b2);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  for (int i = 0; i < 50; ++i) {
+    const int fd = raw_connect();
+    std::string buf;
+    auto f = read_frame(fd, buf);
+    ::close(fd);
+    ASSERT_TRUE(f) << "refused without an answer";
+    EXPECT_NE(f->body.find("max_connections = 2"), std::string::npos) << f->body;
+  }
+  ASSERT_TRUE(
+      test::wait_until([&] { return log().find("connection refused") != std::string::npos; }));
+  EXPECT_EQ(count(log(), "connection refused"), 1u) << log();
+  ::close(a);
+  ::close(b);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 // kvsctl, as a shell user runs it: the config finds socket and table.
 class KvsctlTest : public WriteTest {
  protected:

@@ -74,14 +74,15 @@ extern "C" {
 #define KVS_ERANGE (-9)    /* buffer too small; *value_len holds the size needed */
 #define KVS_EFULL (-10)    /* table or arena full (writer side); retriable after deletes */
 #define KVS_ETOOBIG (-11)  /* key or value over the configured limit; not retriable */
-#define KVS_EBUSY (-12)    /* another writer holds the table; retriable */
-#define KVS_ESYS (-13)     /* other operating-system error; see kvs_last_error() */
-#define KVS_ENOMEM (-14)   /* out of process memory; retriable */
-#define KVS_ENOTSUP (-15)  /* the other side (kvsd, Kafka) does not support the operation */
-#define KVS_EPROTO (-16)   /* malformed frame or protocol mismatch; not retriable */
-#define KVS_EQUEUE (-17)   /* kvsd's producer queue stayed full until the timeout; retriable */
-#define KVS_ECONN (-18)    /* cannot reach kvsd, or the connection broke; retriable */
-#define KVS_EKAFKA (-19)   /* Kafka refused the write (see kvs_last_error()); not retriable */
+#define KVS_EBUSY \
+  (-12) /* another writer holds the table, or kvsd is at max_connections; retriable */
+#define KVS_ESYS (-13)    /* other operating-system error; see kvs_last_error() */
+#define KVS_ENOMEM (-14)  /* out of process memory; retriable */
+#define KVS_ENOTSUP (-15) /* the other side (kvsd, Kafka) does not support the operation */
+#define KVS_EPROTO (-16)  /* malformed frame or protocol mismatch; not retriable */
+#define KVS_EQUEUE (-17)  /* kvsd's producer queue stayed full until the timeout; retriable */
+#define KVS_ECONN (-18)   /* cannot reach kvsd, or the connection broke; retriable */
+#define KVS_EKAFKA (-19)  /* Kafka refused the write (see kvs_last_error()); not retriable */
 
 /* Table states (kvs_state). */
 #define KVS_STATE_BOOTSTRAPPING 1 /* kvsd is still catching up with the topic */
