@@ -77,15 +77,20 @@ class ReaderSafetyTest : public ::testing::Test {
     c.write_line("check");
     EXPECT_EQ(c.read_line(), "same") << "the writer reused memory under a live reader's guard";
   }
+  // A table with "k", a pinning reader started under `wrapper` (a command
+  // that runs the rest of its arguments), and the churn around it.
+  void expect_pin_holds_under(const std::vector<std::string>& wrapper) {
+    auto w = open_writer();
+    ASSERT_TRUE(w->put("k", value_of(0)));
+    std::vector<std::string> argv = wrapper;
+    for (auto& a : worker("pin")) argv.push_back(a);
+    Child c(argv);
+    expect_pin_holds(*w, c);
+  }
   test::ShmScope shm_;
 };
 
-TEST_F(ReaderSafetyTest, PinnedValueHoldsForAPlainReader) {
-  auto w = open_writer();
-  ASSERT_TRUE(w->put("k", value_of(0)));
-  Child c(worker("pin"));
-  expect_pin_holds(*w, c);
-}
+TEST_F(ReaderSafetyTest, PinnedValueHoldsForAPlainReader) { expect_pin_holds_under({}); }
 
 // A container sidecar: the reader in its own pid namespace, where its pid
 // means another process (or none) to kvsd.
@@ -93,12 +98,7 @@ TEST_F(ReaderSafetyTest, ReaderInItsOwnPidNamespaceIsSeenAlive) {
   if (!have_root() || std::system("unshare -p -f --mount-proc true 2>/dev/null") != 0) {
     GTEST_SKIP() << "needs root and unshare(1) to make a pid namespace";
   }
-  auto w = open_writer();
-  ASSERT_TRUE(w->put("k", value_of(0)));
-  std::vector<std::string> argv = {"/usr/bin/unshare", "-p", "-f", "--mount-proc"};
-  for (auto& a : worker("pin")) argv.push_back(a);
-  Child c(argv);
-  expect_pin_holds(*w, c);
+  expect_pin_holds_under({"/usr/bin/unshare", "-p", "-f", "--mount-proc"});
 }
 
 // A reader without /proc (a minimal container, or hidepid): liveness must
@@ -107,13 +107,8 @@ TEST_F(ReaderSafetyTest, ReaderWithoutProcIsSeenAlive) {
   if (!have_root() || std::system("unshare -m true 2>/dev/null") != 0) {
     GTEST_SKIP() << "needs root and unshare(1) to make a mount namespace";
   }
-  auto w = open_writer();
-  ASSERT_TRUE(w->put("k", value_of(0)));
-  std::vector<std::string> argv = {"/usr/bin/unshare", "-m", "/bin/sh", "-c",
-                                   "umount -l /proc && exec \"$0\" \"$@\""};
-  for (auto& a : worker("pin")) argv.push_back(a);
-  Child c(argv);
-  expect_pin_holds(*w, c);
+  expect_pin_holds_under(
+      {"/usr/bin/unshare", "-m", "/bin/sh", "-c", "umount -l /proc && exec \"$0\" \"$@\""});
 }
 
 // kvsd under hidepid or without /proc (as an unprivileged service sees it):
