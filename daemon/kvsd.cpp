@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "kafka/embedded_kafka.hpp"
 #include "kafka/topic_checks.hpp"
 #include "kafka/topic_wait.hpp"
+#include "kafka/watermark_poller.hpp"
 #include "log.hpp"
 #include "server/server.hpp"
 #include "writer/table_writer.hpp"
@@ -29,6 +31,21 @@ using clock = std::chrono::steady_clock;
 
 // The consumer's fetch wait on the embedded Kafka, unless [kafka] sets it.
 constexpr std::pair<const char*, const char*> kEmbeddedFetchWait{"fetch.wait.max.ms", "10"};
+
+// A record that needs room its table does not have (index at capacity,
+// arena full, or reuse waiting for a reader): it waits, copied here, while
+// its partition is not fetched; the table's other partitions and the other
+// tables go on. Records behind it in its partition wait with it (they are
+// fetched again when it is applied), so a partition is applied in order.
+struct Held {
+  int64_t offset = -1;  // -1: nothing waits
+  uint64_t timestamp_ns = 0;
+  bool tombstone = false;
+  std::string key, value;
+  format::HoldReason reason = format::HoldReason::kNone;
+  clock::time_point since{}, next_try{};
+  std::chrono::milliseconds backoff{1};
+};
 
 struct Table {
   config::TableConfig cfg;
@@ -48,6 +65,20 @@ struct Table {
   uint64_t applied = 0;
   uint64_t skipped = 0;
   bool ready = false;
+  // Per partition: the record that waits for room, if any (see hold()).
+  std::vector<Held> held;
+  uint32_t n_held = 0;
+  format::HoldReason hold_reason = format::HoldReason::kNone;  // of the latest hold
+  clock::time_point next_hold_log{};
+  uint64_t holds_unlogged = 0;
+  // Per partition, for the age of the oldest unapplied record: the Kafka
+  // timestamp of the last record applied, and when kvsd last saw the
+  // partition caught up with its high watermark (Unix ns; 0: not yet).
+  std::vector<uint64_t> last_applied_ts_ns;
+  std::vector<uint64_t> caught_up_ns;
+  // The reader last named in the log for holding memory back.
+  ReaderHolder logged_holder;
+  clock::time_point next_holder_log{};
 };
 
 // Retries `fn` while it fails with kTimeout (a broker not answering yet),
@@ -139,6 +170,271 @@ Result<int32_t> wait_for_topic(const Table& t, kafka::Consumer& c, std::chrono::
 
 uint64_t hash_of(const std::string& s) { return format::hash_key(s.data(), s.size()); }
 
+using format::HoldReason;
+using namespace std::chrono_literals;
+
+// A reader holding memory back is named in the log once it has done so
+// this long: longer than a read of a large table takes.
+constexpr auto kHolderLogAfter = 3s;
+
+uint64_t timestamp_ns(const rd_kafka_message_t* m) {
+  const int64_t ms = rd_kafka_message_timestamp(m, nullptr);
+  return ms > 0 ? static_cast<uint64_t>(ms) * 1000000 : 0;
+}
+
+std::string utc_time(uint64_t unix_ns) {
+  const auto t = static_cast<time_t>(unix_ns / 1000000000);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string mib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+// "reader process 123 (file) has held 1.0 MiB back from reuse since T".
+std::string describe_holder(const ReaderHolder& h, uint64_t bytes) {
+  const std::string who = h.pid > 0
+                              ? "reader process " + std::to_string(h.pid) + " (" + h.file + ")"
+                              : "reader " + h.file;
+  return who + " has held " + mib(bytes) + " back from reuse since " + utc_time(h.since_unix_ns);
+}
+
+bool needs_room(Errc code) { return code == Errc::kBusy || code == Errc::kTableFull; }
+
+HoldReason reason_of(Table& t, Errc code) {
+  if (code == Errc::kBusy) return HoldReason::kReaders;
+  TableWriter& w = t.active();
+  return w.stats().size >= w.header().capacity ? HoldReason::kCapacity : HoldReason::kMemory;
+}
+
+const char* reason_text(HoldReason r) {
+  switch (r) {
+    case HoldReason::kCapacity:
+      return "the table holds its capacity of keys";
+    case HoldReason::kMemory:
+      return "the table's arena (memory_limit_bytes) is full";
+    case HoldReason::kReaders:
+      return "its room waits for a reader to finish its read";
+    case HoldReason::kNone:
+      break;
+  }
+  return "no room";
+}
+
+Result<void> apply_to(TableWriter& w, std::string_view key, const char* payload, size_t len) {
+  if (payload == nullptr) {  // tombstone
+    auto e = w.erase(key);
+    return e ? Result<void>{} : Result<void>(std::move(e).error());
+  }
+  return w.put(key, {payload, len});
+}
+
+void note_skipped(Table& t, int32_t p, int64_t offset, const Error& e) {
+  ++t.skipped;
+  t.active().count_skipped();
+  KVS_LOG_WARN("table %s: skipped %s[%d] offset %lld: %s", t.cfg.name.c_str(), t.cfg.topic.c_str(),
+               p, static_cast<long long>(offset), e.message.c_str());
+}
+
+void publish_hold(Table& t) {
+  t.writer->set_hold(t.n_held, t.hold_reason);
+  if (t.rebuild) t.rebuild->set_hold(t.n_held, t.hold_reason);
+}
+
+// At most one line about holds per table per 10 s; the suffix counts the
+// ones not logged.
+std::optional<std::string> hold_log_due(Table& t, clock::time_point now) {
+  if (now < t.next_hold_log) {
+    ++t.holds_unlogged;
+    return std::nullopt;
+  }
+  t.next_hold_log = now + 10s;
+  const uint64_t n = std::exchange(t.holds_unlogged, 0);
+  return n == 0 ? std::string() : " (" + std::to_string(n) + " holds and resumes not logged)";
+}
+
+// Record m of t needs room the table does not have: it waits in t.held, and
+// its partition is not fetched until it is applied (what was fetched after
+// it is dropped and fetched again), so that the table's other partitions
+// and the other tables go on and nothing spins.
+void hold(Table& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error& e) {
+  const int32_t p = m->partition;
+  const auto now = clock::now();
+  Held& h = t.held[p];
+  h.offset = m->offset;
+  h.timestamp_ns = timestamp_ns(m);
+  h.tombstone = m->payload == nullptr;
+  h.key.assign(static_cast<const char*>(m->key), m->key_len);
+  h.value.assign(h.tombstone ? "" : static_cast<const char*>(m->payload), h.tombstone ? 0 : m->len);
+  h.reason = reason_of(t, e.code);
+  h.since = now;
+  h.backoff = h.reason == HoldReason::kReaders ? 1ms : 100ms;
+  h.next_try = now + h.backoff;
+  ++t.n_held;
+  t.hold_reason = h.reason;
+  t.pending[p] = -1;
+  publish_hold(t);
+  if (auto ok = c.stop_partition(t.cfg.topic, p); !ok) {
+    KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+  }
+  const auto suffix = hold_log_due(t, now);
+  if (!suffix) return;
+  std::string who;
+  if (h.reason == HoldReason::kReaders) {
+    const WriterStats st = t.active().stats();
+    if (st.holder.epoch != 0) who = "; " + describe_holder(st.holder, st.retired_bytes);
+  }
+  KVS_LOG_ERROR(
+      "table %s: %s; %s[%d] waits at offset %lld until there is room (the table's other "
+      "partitions and the other tables go on)%s%s",
+      t.cfg.name.c_str(), e.message.c_str(), t.cfg.topic.c_str(), p,
+      static_cast<long long>(m->offset), who.c_str(), suffix->c_str());
+}
+
+// Applies the held records that are due and fetches their partitions again
+// from the record after. False if kvsd cannot go on.
+bool retry_holds(Table& t, kafka::Consumer& c, clock::time_point now) {
+  for (int32_t p = 0; p < t.partitions && t.n_held > 0; ++p) {
+    Held& h = t.held[p];
+    if (h.offset < 0 || now < h.next_try) continue;
+    auto r = apply_to(t.active(), h.key, h.tombstone ? nullptr : h.value.data(), h.value.size());
+    if (!r && needs_room(r.error().code)) {
+      h.reason = t.hold_reason = reason_of(t, r.error().code);
+      h.backoff = std::min<std::chrono::milliseconds>(h.backoff * 2, 100ms);
+      h.next_try = now + h.backoff;
+      continue;
+    }
+    if (!r) {
+      note_skipped(t, p, h.offset, r.error());
+    } else {
+      ++t.applied;
+      t.last_applied_ts_ns[p] = h.timestamp_ns;
+    }
+    const int64_t next = h.offset + 1;
+    t.active().set_next_offset(static_cast<uint32_t>(p), next);
+    if (next >= t.target[p]) t.reached[p] = true;
+    if (auto suffix = hold_log_due(t, now)) {
+      KVS_LOG_INFO(
+          "table %s: %s[%d] offset %lld applied after %.1f s waiting for room; the "
+          "partition is fetched again%s",
+          t.cfg.name.c_str(), t.cfg.topic.c_str(), p, static_cast<long long>(h.offset),
+          std::chrono::duration<double>(now - h.since).count(), suffix->c_str());
+    }
+    h = Held{};
+    --t.n_held;
+    if (auto ok = c.start_partition(t.cfg.topic, p, next); !ok) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+      return false;
+    }
+  }
+  publish_hold(t);
+  return true;
+}
+
+// The earliest time a held record of any table is due (or `limit`).
+clock::time_point next_hold_try(const std::vector<Table>& tables, clock::time_point limit) {
+  for (const auto& t : tables) {
+    if (t.n_held == 0) continue;
+    for (const Held& h : t.held) {
+      if (h.offset >= 0) limit = std::min(limit, h.next_try);
+    }
+  }
+  return limit;
+}
+
+// A rebuild starts every partition of the table over: nothing waits.
+void drop_holds(Table& t, kafka::Consumer& c) {
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    if (t.held[p].offset < 0) continue;
+    t.held[p] = Held{};
+    // Assigned again so that the rebuild's reassignment finds it assigned.
+    (void)c.start_partition(t.cfg.topic, p, RD_KAFKA_OFFSET_BEGINNING);
+  }
+  t.n_held = 0;
+  publish_hold(t);
+}
+
+// Names, in the log, the reader that has held memory back for
+// kHolderLogAfter, then every minute while it does.
+void report_holder(Table& t, clock::time_point now) {
+  const WriterStats st = t.active().stats();
+  const ReaderHolder& h = st.holder;
+  const uint64_t now_ns = format::now_unix_ns();
+  const auto after_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(kHolderLogAfter).count());
+  if (h.epoch == 0 || now_ns < h.since_unix_ns + after_ns) {
+    if (t.logged_holder.epoch != 0) {
+      KVS_LOG_INFO("table %s: the reader named before no longer holds memory back",
+                   t.cfg.name.c_str());
+    }
+    t.logged_holder = ReaderHolder{};
+    return;
+  }
+  const bool same =
+      h.file == t.logged_holder.file && h.since_unix_ns == t.logged_holder.since_unix_ns;
+  if (same && now < t.next_holder_log) return;
+  t.logged_holder = h;
+  t.next_holder_log = now + 60s;
+  KVS_LOG_WARN(
+      "table %s: %s (%llu s): a read that does not end (a stopped process, a slow walk of "
+      "kvs_for_each, or kvs_read_begin without kvs_read_end); %s",
+      t.cfg.name.c_str(), describe_holder(h, st.retired_bytes).c_str(),
+      static_cast<unsigned long long>((now_ns - h.since_unix_ns) / 1000000000),
+      t.n_held > 0 ? "partitions of the table wait for it"
+                   : "the table uses the rest of its arena meanwhile");
+}
+
+// Publishes the high watermarks (the larger of the last fetch response's and
+// the poller's) and the timestamp of the oldest record not applied yet.
+void refresh_lag(Table& t, kafka::Consumer& c, const kafka::WatermarkPoller& poller) {
+  const uint64_t now_ns = format::now_unix_ns();
+  TableWriter& w = t.active();
+  uint64_t oldest = 0;
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const auto up = static_cast<uint32_t>(p);
+    const int64_t hw =
+        std::max(c.cached_high_watermark(t.cfg.topic, p), poller.high_watermark(t.cfg.topic, p));
+    if (hw >= 0) w.set_high_watermark(up, hw);
+    if (hw <= w.next_offset(up)) {
+      t.caught_up_ns[p] = now_ns;
+      continue;
+    }
+    // A held record's timestamp is exact. Otherwise the oldest unapplied
+    // record came after the last one applied, and after the partition was
+    // last seen caught up: the later of the two bounds its age.
+    const Held& h = t.held[p];
+    const uint64_t bound = h.offset >= 0 && h.timestamp_ns != 0
+                               ? h.timestamp_ns
+                               : std::max(t.last_applied_ts_ns[p], t.caught_up_ns[p]);
+    if (bound != 0 && (oldest == 0 || bound < oldest)) oldest = bound;
+  }
+  w.set_oldest_unapplied(oldest);
+}
+
+// What STATUS= adds about tables under pressure ("" if none).
+std::string pressure_status(const std::vector<Table>& tables) {
+  std::string s;
+  for (const auto& t : tables) {
+    if (t.n_held > 0) {
+      s += "; table " + t.cfg.name + ": " + std::to_string(t.n_held) +
+           " partition(s) wait for room (" + reason_text(t.hold_reason) + ")";
+    }
+    if (t.logged_holder.epoch != 0) {
+      s += "; table " + t.cfg.name + ": reader " +
+           (t.logged_holder.pid > 0 ? "process " + std::to_string(t.logged_holder.pid)
+                                    : t.logged_holder.file) +
+           " holds memory back since " + utc_time(t.logged_holder.since_unix_ns);
+    }
+  }
+  return s;
+}
+
 // Queries every partition's watermarks; records the high watermarks as the
 // targets to reach and in `into`. Returns (low, high) per partition.
 Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Table& t, kafka::Consumer& c,
@@ -160,6 +456,7 @@ Result<void> start_rebuild(Table& t, kafka::Consumer& c, const std::string& why,
       "table %s: %s; rebuilding it from the beginning of topic %s in a new segment "
       "(readers keep the current data until the new segment has caught up)",
       t.cfg.name.c_str(), why.c_str(), t.cfg.topic.c_str());
+  drop_holds(t, c);
   t.rebuild.reset();  // a rebuild under way starts over
   auto r = t.writer->begin_replacement();
   if (!r) return std::move(r).error().context("table " + t.cfg.name + ": rebuild");
@@ -318,6 +615,9 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     t.target.assign(*n, 0);
     t.reached.assign(*n, false);
     t.pending.assign(*n, -1);
+    t.held.assign(*n, Held{});
+    t.last_applied_ts_ns.assign(*n, 0);
+    t.caught_up_ns.assign(*n, 0);
     t.source_topic = hash_of(t.cfg.topic);
     if (auto id = consumer->cluster_id(2000)) {
       t.source_cluster = hash_of(*id);
@@ -412,6 +712,12 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   };
   update_all_ready();
 
+  // High watermarks from a thread of their own, also for partitions that
+  // are not fetched while a record of theirs waits for room.
+  kafka::WatermarkPoller poller(*consumer, std::chrono::seconds(1), std::chrono::seconds(2));
+  for (const auto& t : tables) poller.follow(t.cfg.topic, t.partitions);
+  std::string last_status;
+
   uint64_t watchdog_usec = 0;
   const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
   auto next_status = clock::now();
@@ -436,8 +742,14 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   };
   while (!g_stop) {
     for (auto& t : tables) t.skip_batch = false;
-    const size_t n =
-        consumer->poll_batch(static_cast<int>(cfg.poll_timeout_ms), batch.data(), kBatch);
+    // A record waiting for room is tried again when due, not a poll later.
+    const auto poll_start = clock::now();
+    const auto poll_until =
+        next_hold_try(tables, poll_start + std::chrono::milliseconds(cfg.poll_timeout_ms));
+    const auto poll_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+        poll_until - poll_start + std::chrono::microseconds(999));
+    const size_t n = consumer->poll_batch(static_cast<int>(std::max<int64_t>(0, poll_ms.count())),
+                                          batch.data(), kBatch);
     // Index groups of the records a few places ahead are loaded while this
     // one is applied, and, a few places later, the entry an overwrite
     // compares its key with: a batch costs about one cache miss, not two
@@ -477,8 +789,9 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         kafka::Consumer::release(m);
         continue;
       }
-      if (t.skip_batch) {
-        // Fetched before the table's partitions went back to the beginning.
+      if (t.skip_batch || t.held[p].offset >= 0) {
+        // Fetched before the table's partitions went back to the beginning,
+        // or behind a record that waits for room (fetched again after it).
         kafka::Consumer::release(m);
         continue;
       }
@@ -502,47 +815,18 @@ int run(const config::Config& cfg, const RunOptions& opts) {
                       rd_kafka_message_errstr(m));
       } else {
         const std::string_view key(static_cast<const char*>(m->key), m->key_len);
-        Result<void> r;
-        for (;;) {
-          if (m->payload == nullptr) {  // tombstone
-            auto e = t.active().erase(key);
-            r = e ? Result<void>{} : Result<void>(std::move(e).error());
-          } else {
-            r = t.active().put(key, {static_cast<const char*>(m->payload), m->len});
-          }
-          if (r || g_stop) break;
-          if (r.error().code == Errc::kBusy) {
-            t.active().reclaim();  // readers still see the space: let them move on
-            std::this_thread::yield();
-            continue;
-          }
-          if (r.error().code == Errc::kTableFull) {
-            // Skipping would lose data: wait for space (deletes, or a restart
-            // with a larger table), saying so.
-            KVS_LOG_ERROR("table %s: %s; holding %s[%d] at offset %lld", t.cfg.name.c_str(),
-                          r.error().message.c_str(), t.cfg.topic.c_str(), p,
-                          static_cast<long long>(m->offset));
-            for (int w = 0; w < 10 && !g_stop; ++w) {
-              std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            }
-            t.active().reclaim();
-            continue;
-          }
-          break;
-        }
-        if (g_stop && !r) {
-          // Not applied: its offset is not published, so the next kvsd redoes it.
-          for (size_t j = i; j < n; ++j) kafka::Consumer::release(batch[j]);
-          break;
+        auto r = apply_to(t.active(), key, static_cast<const char*>(m->payload), m->len);
+        if (!r && needs_room(r.error().code)) {
+          // Skipping would lose data: it waits, and only its partition with it.
+          hold(t, *consumer, m, r.error());
+          kafka::Consumer::release(m);
+          continue;
         }
         if (!r) {
-          ++t.skipped;
-          t.active().count_skipped();
-          KVS_LOG_WARN("table %s: skipped %s[%d] offset %lld: %s", t.cfg.name.c_str(),
-                       t.cfg.topic.c_str(), p, static_cast<long long>(m->offset),
-                       r.error().message.c_str());
+          note_skipped(t, p, m->offset, r.error());
         } else {
           ++t.applied;
+          t.last_applied_ts_ns[p] = timestamp_ns(m);
         }
         // Published per record, right after it is visible: a kvsd killed
         // here replays from the record after it, so readers never see a key
@@ -576,6 +860,13 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         }
       }
     }
+    const auto now = clock::now();
+    for (auto& t : tables) {
+      if (t.n_held > 0 && !retry_holds(t, *consumer, now)) {
+        exit_code = 1;
+        g_stop = 1;
+      }
+    }
     (*server)->applied();
     update_all_ready();
     if (auto configs = consumer->poll_topic_configs()) {
@@ -589,16 +880,20 @@ int run(const config::Config& cfg, const RunOptions& opts) {
           KVS_LOG_WARN("%s", w.c_str());
       }
     }
-    const auto now = clock::now();
     if (now >= next_watermarks) {
       // The lag readers see (kvs_partition_offsets, kvsctl stats) follows
-      // the high watermarks of the fetch responses, not only the start's.
+      // the high watermarks, not only the start's; readers that hold memory
+      // back are named.
       next_watermarks = now + std::chrono::seconds(1);
       for (auto& t : tables) {
-        for (int32_t p = 0; p < t.partitions; ++p) {
-          const int64_t hw = consumer->cached_high_watermark(t.cfg.topic, p);
-          if (hw >= 0) t.active().set_high_watermark(static_cast<uint32_t>(p), hw);
-        }
+        refresh_lag(t, *consumer, poller);
+        report_holder(t, now);
+      }
+      if (all_ready) {
+        const std::string status = "STATUS=READY: " + std::to_string(tables.size()) +
+                                   " table(s) current" + pressure_status(tables);
+        if (status != last_status) notify(status);
+        last_status = status;
       }
     }
     if (watchdog && now >= next_watchdog) {
@@ -621,8 +916,10 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         }
       }
       const int pct = total > 0 ? static_cast<int>(100.0 * done / total) : 100;
-      notify(std::string("STATUS=") + (all_ready ? "REBUILDING: " : "BOOTSTRAPPING: ") +
-             std::to_string(applied) + " records, " + std::to_string(pct) + "%");
+      last_status = std::string("STATUS=") + (all_ready ? "REBUILDING: " : "BOOTSTRAPPING: ") +
+                    std::to_string(applied) + " records, " + std::to_string(pct) + "%" +
+                    pressure_status(tables);
+      notify(last_status);
     }
   }
   notify("STOPPING=1");

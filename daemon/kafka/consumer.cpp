@@ -201,6 +201,34 @@ Result<void> Consumer::reassign_from_beginning(const std::string& topic, int32_t
   return {};
 }
 
+namespace {
+
+// An incremental (un)assignment of one partition; `what` names it in errors.
+Result<void> change_assignment(rd_kafka_t* rk, const std::string& topic, int32_t partition,
+                               int64_t offset, bool add) {
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(list, topic.c_str(), partition)->offset = offset;
+  rd_kafka_error_t* e =
+      add ? rd_kafka_incremental_assign(rk, list) : rd_kafka_incremental_unassign(rk, list);
+  rd_kafka_topic_partition_list_destroy(list);
+  if (e == nullptr) return {};
+  const std::string what = rd_kafka_error_string(e);
+  rd_kafka_error_destroy(e);
+  return make_error(Errc::kSystem, std::string(add ? "resuming " : "pausing ") + topic + "[" +
+                                       std::to_string(partition) + "]: " + what);
+}
+
+}  // namespace
+
+Result<void> Consumer::stop_partition(const std::string& topic, int32_t partition) {
+  return change_assignment(rk_, topic, partition, RD_KAFKA_OFFSET_INVALID, false);
+}
+
+Result<void> Consumer::start_partition(const std::string& topic, int32_t partition,
+                                       int64_t offset) {
+  return change_assignment(rk_, topic, partition, offset, true);
+}
+
 Result<void> Consumer::create_topic(const std::string& topic, int32_t partitions,
                                     int32_t replication_factor,
                                     const std::map<std::string, std::string>& configs,

@@ -51,6 +51,11 @@ class Consumer {
   // Moves the given partitions (already assigned) back to the beginning of
   // their logs. Messages fetched before it are dropped by librdkafka.
   Result<void> reassign_from_beginning(const std::string& topic, int32_t partitions);
+  // Stops fetching one partition (its fetched, unconsumed messages are
+  // dropped), until start_partition() starts it again at `offset`: a
+  // partition whose next record must wait costs no memory meanwhile.
+  Result<void> stop_partition(const std::string& topic, int32_t partition);
+  Result<void> start_partition(const std::string& topic, int32_t partition, int64_t offset);
   // Creates `topic` with cleanup.policy=compact (replication_factor -1: the
   // broker's default). A topic that exists already is not an error. Errors:
   // kUnsupported (the cluster has no CreateTopics), kPermission, kTimeout,

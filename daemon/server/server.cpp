@@ -271,6 +271,19 @@ struct Server::Impl {
 
 namespace {
 
+// Why a table may be slow to apply a write, from its segment ("" if none
+// of its partitions waits for room).
+std::string hold_note(const Table& t) {
+  kvs_table_stats s{};
+  if (kvs_stat(t.reader, &s) != KVS_OK || s.held_partitions == 0) return "";
+  const char* why = s.hold_reason == KVS_HOLD_CAPACITY ? "the table holds its capacity of keys"
+                    : s.hold_reason == KVS_HOLD_MEMORY
+                        ? "its arena (memory_limit_bytes) is full"
+                        : "a reader holds memory back (kvsctl stats names it)";
+  return " (" + std::to_string(s.held_partitions) + " partition(s) of table " + t.name +
+         " wait for room: " + why + ")";
+}
+
 void dr_cb(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
   static_cast<Server::Impl*>(opaque)->on_delivery(m);
 }
@@ -1156,7 +1169,7 @@ void Server::Impl::expire(clock::time_point t) {
                                   std::to_string(res.token.partition) + "] offset " +
                                   std::to_string(res.token.offset) +
                                   " but not applied to the local table within " +
-                                  std::to_string(r.timeout_ms) + " ms"
+                                  std::to_string(r.timeout_ms) + " ms" + hold_note(*r.table)
                             : no_ack_message(r.timeout_ms) + "; the write may still be applied";
         }
       }

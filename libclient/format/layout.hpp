@@ -17,6 +17,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -32,6 +33,13 @@ inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;       // ".kvstab
 inline constexpr uint64_t kReaderFileMagic = 0x3272647273766b2eULL;  // ".kvsrdr2"
 inline constexpr uint32_t kLayoutVersion = 2;
 inline constexpr size_t kCacheLine = 64;
+
+// Times in the segment and the registry: nanoseconds since the Unix epoch.
+inline uint64_t now_unix_ns() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
 
 // ---------------------------------------------------------------- slot word
 // A slot is one 64-bit word: tag (16 high bits of it) | block offset in
@@ -143,12 +151,30 @@ struct alignas(kCacheLine) TableHeader {
   std::atomic<uint32_t> reader_files_unchecked;  // files kvsd could not read (counted alive)
   std::atomic<uint64_t> reader_stats_unix_ns;    // when kvsd counted
   std::atomic<uint32_t> reader_slot_limit;       // reader_slots in kvsd.toml
-  uint32_t reserved4a;
-  uint64_t reserved4[4];
+  // Pressure, refreshed by kvsd as it applies. The reader process that holds
+  // reuse back longest (0: none; its pid in its own namespace), since when
+  // kvsd saw it do so, and the arena bytes that wait for readers.
+  std::atomic<int32_t> holder_pid;
+  std::atomic<uint32_t> held_partitions;  // partitions whose next record waits for room
+  std::atomic<uint32_t> hold_reason;      // HoldReason of the latest hold
+  std::atomic<uint64_t> holder_since_unix_ns;
+  std::atomic<uint64_t> holder_bytes;
+  // The Kafka timestamp of the oldest record kvsd knows it has not applied
+  // (an upper bound on its age; 0: none, or not known yet).
+  std::atomic<uint64_t> oldest_unapplied_unix_ns;
 };
 static_assert(sizeof(TableHeader) == 5 * kCacheLine);
+
+// Why a table's partitions wait (TableHeader::hold_reason).
+enum class HoldReason : uint32_t {
+  kNone = 0,
+  kCapacity = 1,  // the index holds `capacity` keys and the record adds one
+  kMemory = 2,    // the arena (memory_limit_bytes) has no room for the record
+  kReaders = 3,   // the room exists but readers may still see it
+};
 static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);
 static_assert(offsetof(TableHeader, state) == 3 * kCacheLine);
+static_assert(offsetof(TableHeader, oldest_unapplied_unix_ns) == 5 * kCacheLine - 8);
 
 // ---------------------------------------------------------------- registry
 // Each reader process keeps one file per segment it reads (more when over

@@ -768,6 +768,20 @@ int kvs_stat(kvs_table* t, kvs_table_stats* out) {
     s.reader_slots = h.reader_slot_limit.load(std::memory_order_relaxed);
     s.reader_slots_used = h.reader_slots_used.load(std::memory_order_relaxed);
     s.readers_reading = h.readers_reading.load(std::memory_order_relaxed);
+    s.held_partitions = h.held_partitions.load(std::memory_order_relaxed);
+    s.hold_reason = h.hold_reason.load(std::memory_order_relaxed);
+    s.holder_pid = h.holder_pid.load(std::memory_order_relaxed);
+    s.holder_since_unix_ns = h.holder_since_unix_ns.load(std::memory_order_relaxed);
+    s.holder_bytes = h.holder_bytes.load(std::memory_order_relaxed);
+    s.oldest_unapplied_unix_ns = h.oldest_unapplied_unix_ns.load(std::memory_order_relaxed);
+    const uint32_t parts =
+        std::min(h.partition_count.load(std::memory_order_acquire), h.partition_capacity);
+    const auto* ps = reinterpret_cast<const PartitionState*>(g.data->data() + h.partitions_offset);
+    for (uint32_t p = 0; p < parts; ++p) {
+      const int64_t lag = ps[p].high_watermark.load(std::memory_order_relaxed) -
+                          ps[p].next_offset.load(std::memory_order_relaxed);
+      if (lag > 0) s.backlog += static_cast<uint64_t>(lag);
+    }
     return s;
   });
   return KVS_OK;

@@ -117,9 +117,7 @@ Result<std::unique_ptr<ReaderFile>> ReaderFile::create(const std::string& dir,
   h.fingerprint = layout_fingerprint();
   h.incarnation = incarnation;
   h.pid = static_cast<int32_t>(::getpid());
-  h.created_unix_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                std::chrono::system_clock::now().time_since_epoch())
-                                                .count());
+  h.created_unix_ns = format::now_unix_ns();
   std::memcpy(f->map_, &h, sizeof h);
   // kvsd reads only final names: it sees the header complete and the lock held.
   const std::string final_path = dir + "/r." + id;

@@ -145,6 +145,7 @@ void ReaderRoster::add(const std::string& name) {
       h.fingerprint == layout_fingerprint() && h.slot_count == kReaderFileSlots) {
     f.header_ok = true;
     f.incarnation = h.incarnation;
+    f.pid = h.pid;
   }
 #ifdef KVS_TSAN
   if (f.header_ok && st.st_size >= static_cast<off_t>(kReaderFileBytes)) {
@@ -248,7 +249,12 @@ int ReaderRoster::read_slots(File& f, uint8_t* buf) const {
 uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retired,
                                      bool check_dead) {
   refresh();
-  uint64_t min_epoch = incomplete_ ? 1 : std::numeric_limits<uint64_t>::max();
+  uint64_t min_epoch = std::numeric_limits<uint64_t>::max();
+  holder_ = ReaderHolder{};
+  if (incomplete_) {
+    min_epoch = 1;
+    holder_ = {1, 0, "(an entry kvsd could not open)", now_unix_ns()};
+  }
   alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
   for (auto it = files_.begin(); it != files_.end();) {
     File& f = it->second;
@@ -256,28 +262,38 @@ uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retir
       ++it;  // a reader of another segment of this table (a rebuild)
       continue;
     }
-    // A file that is not one libkvs writes, or that its owner shrank, is
-    // read as announcing 1 for as long as its owner lives.
-    uint64_t file_min = std::numeric_limits<uint64_t>::max();
-    const int slots = f.header_ok ? read_slots(f, buf) : -1;
-    if (slots < 0) {
-      file_min = 1;
-    } else {
-      for (int i = 0; i < slots; ++i) {
-        uint64_t e;
-        std::memcpy(&e, buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), sizeof e);
-        if (e != 0) file_min = std::min(file_min, e);
-      }
-    }
+    const uint64_t file_min = file_min_epoch(f, buf);
     if (file_min <= oldest_retired && check_dead && !alive(f)) {
       ++dead_removed_;
       remove(it++);
       continue;
     }
-    min_epoch = std::min(min_epoch, file_min);
+    if (file_min != f.min_seen) {
+      f.min_seen = file_min;
+      f.min_since_unix_ns = now_unix_ns();
+    }
+    if (file_min < min_epoch) {
+      min_epoch = file_min;
+      holder_ = {file_min, f.pid, it->first, f.min_since_unix_ns};
+    }
     ++it;
   }
   return min_epoch;
+}
+
+// The oldest epoch a file's slots announce (UINT64_MAX: none). A file that
+// is not one libkvs writes, or that its owner shrank, announces 1 for as
+// long as its owner lives.
+uint64_t ReaderRoster::file_min_epoch(File& f, uint8_t* buf) const {
+  const int slots = f.header_ok ? read_slots(f, buf) : -1;
+  if (slots < 0) return 1;
+  uint64_t file_min = std::numeric_limits<uint64_t>::max();
+  for (int i = 0; i < slots; ++i) {
+    uint64_t e;
+    std::memcpy(&e, buf + sizeof(ReaderFileHeader) + i * sizeof(ReaderSlot), sizeof e);
+    if (e != 0) file_min = std::min(file_min, e);
+  }
+  return file_min;
 }
 
 uint32_t ReaderRoster::sweep() {

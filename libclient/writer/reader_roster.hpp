@@ -34,6 +34,17 @@ struct ReaderCounts {
   uint32_t unchecked = 0;   // files (or entries) kvsd could not read: counted alive
 };
 
+// The reader that announced the oldest epoch at the last min_announced():
+// the one that holds reuse back longest, for the log and monitoring.
+struct ReaderHolder {
+  uint64_t epoch = 0;  // 0: no reader announced anything
+  int32_t pid = 0;     // from its file's header, in its own pid namespace; 0: unknown
+  std::string file;    // the entry in the registry directory
+  // When the roster first saw this file announce `epoch` (it looks only
+  // while memory waits for reuse): how long the reader has held memory back.
+  uint64_t since_unix_ns = 0;
+};
+
 class ReaderRoster {
  public:
   // Creates the directory for `segment` (or takes over the one this user
@@ -53,6 +64,8 @@ class ReaderRoster {
   // is checked for life when `check_dead`; a dead one is removed and does
   // not count. Call after the epoch increment and a full fence.
   uint64_t min_announced(uint64_t incarnation, uint64_t oldest_retired, bool check_dead);
+  // The reader behind min_announced()'s answer (epoch 0 if none).
+  const ReaderHolder& holder() const { return holder_; }
   // Lists the directory again and removes the files of dead readers and
   // leftovers of readers that died while creating theirs. Returns the
   // reader files removed.
@@ -71,7 +84,10 @@ class ReaderRoster {
     // slots are read as atomics and TSan sees the readers' release stores
     // synchronise with the writer (it cannot see through pread).
     const uint8_t* map = nullptr;
-    uint32_t slots_seen = 1;  // slots_handed_out at the last read: sizes the next
+    uint32_t slots_seen = 1;         // slots_handed_out at the last read: sizes the next
+    int32_t pid = 0;                 // from the header, for people
+    uint64_t min_seen = 0;           // the oldest epoch it announced at the last read
+    uint64_t min_since_unix_ns = 0;  // when min_seen was first seen
   };
   void refresh();
   void relist();
@@ -79,6 +95,7 @@ class ReaderRoster {
   void remove(std::map<std::string, File>::iterator it);
   void forget(std::map<std::string, File>::iterator it);  // closes, keeps the file
   bool alive(const File& f) const;
+  uint64_t file_min_epoch(File& f, uint8_t* buf) const;
   // Reads a file's header and the slots its owner handed out into buf;
   // returns how many slots were read, or -1 if the file is short (its owner
   // shrank it).
@@ -91,6 +108,7 @@ class ReaderRoster {
   std::map<std::string, File> files_;  // "r.*" entries
   bool incomplete_ = false;            // an entry could not be opened: assume it reads
   uint64_t dead_removed_ = 0;
+  ReaderHolder holder_;
 };
 
 }  // namespace kvs

@@ -34,12 +34,6 @@ constexpr auto kSweepInterval = std::chrono::seconds(1);
 // Retired bytes past which reclaim() reads the registry whenever it is called.
 constexpr uint64_t kScanBytes = 1 << 20;
 
-uint64_t now_unix_ns() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
-}
-
 Result<void> validate(const WriterOptions& o) {
   auto bad = [&](const std::string& what) {
     return make_error(Errc::kInvalidArgument, "table " + o.table + ": " + what);
@@ -584,7 +578,26 @@ uint64_t TableWriter::scan_and_free(std::chrono::steady_clock::time_point now) {
     free_block(retired_.front().offset);
     retired_.pop_front();
   }
+  publish_holder();
   return retired_bytes_;
+}
+
+void TableWriter::publish_holder() {
+  holder_ = retired_.empty() ? ReaderHolder{} : roster_->holder();
+  // -1: memory waits for a registry entry kvsd cannot read.
+  const int32_t pid = holder_.epoch == 0 ? 0 : holder_.pid != 0 ? holder_.pid : -1;
+  header_->holder_pid.store(pid, std::memory_order_relaxed);
+  header_->holder_since_unix_ns.store(holder_.since_unix_ns, std::memory_order_relaxed);
+  header_->holder_bytes.store(retired_bytes_, std::memory_order_relaxed);
+}
+
+void TableWriter::set_hold(uint32_t held_partitions, HoldReason reason) {
+  header_->held_partitions.store(held_partitions, std::memory_order_relaxed);
+  header_->hold_reason.store(static_cast<uint32_t>(reason), std::memory_order_relaxed);
+}
+
+void TableWriter::set_oldest_unapplied(uint64_t unix_ns) {
+  header_->oldest_unapplied_unix_ns.store(unix_ns, std::memory_order_relaxed);
 }
 
 Result<void> TableWriter::set_partition_count(uint32_t count) {
@@ -637,6 +650,7 @@ WriterStats TableWriter::stats() const {
   s.dead_readers_recovered = roster_->dead_removed();
   s.leaked_blocks_at_attach = leaked_at_attach_;
   s.attach_walk_pending_bytes = walk_.end - walk_.pos;
+  s.holder = holder_;
   return s;
 }
 

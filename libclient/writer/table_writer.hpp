@@ -85,6 +85,9 @@ struct WriterStats {
   uint64_t dead_readers_recovered = 0;
   uint64_t leaked_blocks_at_attach = 0;    // unreferenced blocks the attach walk found
   uint64_t attach_walk_pending_bytes = 0;  // arena the attach walk has still to cover
+  // The reader that held reuse back at the last registry read (epoch 0:
+  // none, nothing waits for readers).
+  ReaderHolder holder;
 };
 
 class TableWriter {
@@ -125,6 +128,11 @@ class TableWriter {
   void set_state(format::TableState state);
   // Counts a record that could not be applied (kvs_stats and kvsctl show it).
   void count_skipped();
+  // What readers and kvsctl see of kvsd's pressure: how many partitions
+  // wait for room and why, and the timestamp of the oldest record not
+  // applied yet (0: none known).
+  void set_hold(uint32_t held_partitions, format::HoldReason reason);
+  void set_oldest_unapplied(uint64_t unix_ns);
 
   // Ends a batch: frees what no reader can still see (advancing the epoch
   // and reading the registry, when reader_scan_interval has passed or much
@@ -186,6 +194,8 @@ class TableWriter {
   // registry. reclaim() calls it when due; put() when it needs room.
   uint64_t scan_and_free(std::chrono::steady_clock::time_point now);
   void publish_reader_counts();
+  // Records and publishes who holds reuse back after a registry read.
+  void publish_holder();
 
   WriterOptions opts_;
   std::unique_ptr<shm::Mapping> data_;
@@ -207,6 +217,7 @@ class TableWriter {
   };
   std::deque<Retired> retired_;
   uint64_t retired_bytes_ = 0;
+  ReaderHolder holder_;  // see WriterStats::holder
   std::chrono::steady_clock::time_point next_dead_check_{};
   std::chrono::steady_clock::time_point next_sweep_{};
   std::chrono::steady_clock::time_point next_scan_{};

@@ -203,6 +203,51 @@ std::string human_bytes(uint64_t b) {
   return buf;
 }
 
+const char* hold_reason_name(uint32_t r) {
+  switch (r) {
+    case KVS_HOLD_CAPACITY:
+      return "capacity";
+    case KVS_HOLD_MEMORY:
+      return "memory";
+    case KVS_HOLD_READERS:
+      return "readers";
+    default:
+      return "none";
+  }
+}
+
+// Seconds from a Unix-ns timestamp to now (0 if it is 0 or ahead).
+double age_s(uint64_t unix_ns) {
+  const auto now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                             std::chrono::system_clock::now().time_since_epoch())
+                                             .count());
+  return unix_ns == 0 || unix_ns > now ? 0.0 : static_cast<double>(now - unix_ns) / 1e9;
+}
+
+// The pressure lines of `kvsctl stats`: what waits for room, who holds
+// memory back, how far behind the table is.
+void print_pressure(const kvs_table_stats& s) {
+  static const char* const kWhy[] = {"", "the table holds its capacity of keys",
+                                     "the arena (memory_limit_bytes) is full",
+                                     "its room waits for readers to finish their reads"};
+  if (s.held_partitions > 0) {
+    std::printf("pressure        %u partition(s) wait for room: %s\n", s.held_partitions,
+                s.hold_reason < 4 ? kWhy[s.hold_reason] : "unknown");
+  }
+  if (s.holder_pid != 0) {
+    const std::string who = s.holder_pid > 0 ? "reader process " + std::to_string(s.holder_pid)
+                                             : std::string("a reader kvsd cannot identify");
+    std::printf("held back       %s has held %s back from reuse for %.0f s\n", who.c_str(),
+                human_bytes(s.holder_bytes).c_str(), age_s(s.holder_since_unix_ns));
+  }
+  std::printf("backlog         %llu records not applied yet",
+              static_cast<unsigned long long>(s.backlog));
+  if (s.backlog > 0 && s.oldest_unapplied_unix_ns != 0) {
+    std::printf(", the oldest at most %.1f s old", age_s(s.oldest_unapplied_unix_ns));
+  }
+  std::printf("\n");
+}
+
 int cmd_stats(const Target& t, bool json) {
   kvs_table* tb = nullptr;
   if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
@@ -230,7 +275,9 @@ int cmd_stats(const Target& t, bool json) {
         "\"arena_used_bytes\":%llu,\"arena_bytes\":%llu,\"segment_bytes\":%llu,"
         "\"puts\":%llu,\"erases\":%llu,\"skipped\":%llu,\"writer_pid\":%d,"
         "\"writer_attaches\":%llu,\"reader_slots\":%u,\"reader_slots_used\":%u,"
-        "\"readers_reading\":%u,\"partitions\":[",
+        "\"readers_reading\":%u,\"held_partitions\":%u,\"hold_reason\":\"%s\","
+        "\"holder_pid\":%d,\"holder_since_unix_ns\":%llu,\"holder_bytes\":%llu,"
+        "\"backlog\":%llu,\"oldest_unapplied_unix_ns\":%llu,\"partitions\":[",
         json_escape(t.table).c_str(), ready ? "READY" : "BOOTSTRAPPING",
         static_cast<unsigned long long>(s.entries), static_cast<unsigned long long>(s.capacity),
         static_cast<unsigned long long>(s.arena_used_bytes),
@@ -238,7 +285,10 @@ int cmd_stats(const Target& t, bool json) {
         static_cast<unsigned long long>(s.segment_bytes), static_cast<unsigned long long>(s.puts),
         static_cast<unsigned long long>(s.erases), static_cast<unsigned long long>(s.skipped),
         s.writer_pid, static_cast<unsigned long long>(s.writer_attaches), s.reader_slots,
-        s.reader_slots_used, s.readers_reading);
+        s.reader_slots_used, s.readers_reading, s.held_partitions, hold_reason_name(s.hold_reason),
+        s.holder_pid, static_cast<unsigned long long>(s.holder_since_unix_ns),
+        static_cast<unsigned long long>(s.holder_bytes), static_cast<unsigned long long>(s.backlog),
+        static_cast<unsigned long long>(s.oldest_unapplied_unix_ns));
     for (uint32_t p = 0; p < parts; ++p) {
       int64_t next = 0, hw = 0;
       (void)kvs_partition_offsets(tb, p, &next, &hw);
@@ -261,6 +311,7 @@ int cmd_stats(const Target& t, bool json) {
         "readers         %u threads with a slot, %u reading now (kvsd tracks up to %u "
         "reader files)\n",
         s.reader_slots_used, s.readers_reading, s.reader_slots);
+    print_pressure(s);
     std::printf("applied         %llu puts, %llu erases, %llu skipped\n",
                 static_cast<unsigned long long>(s.puts), static_cast<unsigned long long>(s.erases),
                 static_cast<unsigned long long>(s.skipped));

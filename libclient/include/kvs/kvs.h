@@ -196,7 +196,23 @@ typedef struct kvs_table_stats {
   uint32_t reader_slots;      /* reader files kvsd tracks at most (reader_slots in kvsd.toml) */
   uint32_t reader_slots_used; /* slots live reader processes handed to their threads */
   uint32_t readers_reading;   /* slots inside a read */
+  /* Pressure, as kvsd last published it (as it applies records): */
+  uint32_t held_partitions; /* partitions whose next record waits for room */
+  uint32_t hold_reason;     /* KVS_HOLD_*: why, at the latest hold */
+  int32_t holder_pid;       /* the reader process holding memory back from reuse longest, in its
+                               own pid namespace (0: none; -1: one kvsd cannot identify) */
+  uint64_t holder_since_unix_ns;     /* since when kvsd has seen it hold memory back */
+  uint64_t holder_bytes;             /* arena bytes waiting for readers to finish their reads */
+  uint64_t backlog;                  /* records stored in Kafka and not applied yet (sum of lags) */
+  uint64_t oldest_unapplied_unix_ns; /* Kafka timestamp of the oldest record not applied yet:
+                                        an upper bound on its age (0: none, or not known) */
 } kvs_table_stats;
+
+/* kvs_table_stats.hold_reason */
+#define KVS_HOLD_NONE 0
+#define KVS_HOLD_CAPACITY 1 /* the index holds `capacity` keys and the record adds one */
+#define KVS_HOLD_MEMORY 2   /* the arena (memory_limit_bytes) has no room for the record */
+#define KVS_HOLD_READERS 3  /* the room exists, but a reader may still see it (holder_pid) */
 
 /* Fills *out from the segment's header (no guard, no reader slot: works
  * whatever the registry holds). Errors: KVS_EINVAL (NULL argument). */

@@ -1,0 +1,60 @@
+#include "kafka/watermark_poller.hpp"
+
+#include "log.hpp"
+
+namespace kvs::kafka {
+
+WatermarkPoller::WatermarkPoller(Consumer& consumer, std::chrono::milliseconds interval,
+                                 std::chrono::milliseconds timeout)
+    : consumer_(consumer), interval_(interval), timeout_(timeout), thread_([this] { run(); }) {}
+
+WatermarkPoller::~WatermarkPoller() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void WatermarkPoller::follow(const std::string& topic, int32_t partitions) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    topics_[topic] = partitions;
+    changed_ = true;
+  }
+  wake_.notify_all();
+}
+
+int64_t WatermarkPoller::high_watermark(const std::string& topic, int32_t partition) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = hw_.find(topic);
+  if (it == hw_.end() || partition < 0 || static_cast<size_t>(partition) >= it->second.size())
+    return -1;
+  return it->second[static_cast<size_t>(partition)];
+}
+
+void WatermarkPoller::run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    changed_ = false;
+    const auto topics = topics_;
+    lock.unlock();
+    for (const auto& [topic, n] : topics) {
+      // librdkafka's calls are thread-safe; this one blocks only this thread.
+      auto wms = consumer_.watermarks(topic, n, static_cast<int>(timeout_.count()));
+      if (!wms) {
+        KVS_LOG_DEBUG("refreshing high watermarks: %s", wms.error().message.c_str());
+        continue;
+      }
+      std::vector<int64_t> highs;
+      for (const auto& [lo, hi] : *wms) highs.push_back(hi);
+      std::lock_guard<std::mutex> store(mu_);
+      hw_[topic] = std::move(highs);
+    }
+    lock.lock();
+    wake_.wait_for(lock, interval_, [&] { return stop_ || changed_; });
+  }
+}
+
+}  // namespace kvs::kafka
