@@ -94,6 +94,24 @@ const Key kKeys[] = {
      [](Config& c, TableConfig&, const Val& v) {
        c.max_pending_per_connection = static_cast<uint32_t>(v.i);
      }},
+    {"kvsd", "hello_timeout_ms", Kind::kInt, "10000", 100, 3600000,
+     "A connection that has not completed its handshake (HELLO) by then is closed.",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.hello_timeout_ms = static_cast<uint32_t>(v.i);
+     }},
+    {"kvsd", "frame_timeout_ms", Kind::kInt, "30000", 100, 3600000,
+     "A request whose first bytes arrived must be complete by then, else its connection is "
+     "closed (while it holds none of max_unfinished_frame_bytes and waits for some, its time "
+     "does not run).",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.frame_timeout_ms = static_cast<uint32_t>(v.i);
+     }},
+    {"kvsd", "max_unfinished_frame_bytes", Kind::kInt, "67108864", 1048576, int64_t{1} << 40,
+     "Memory for requests received in part, across all connections (each may hold 64 KiB "
+     "besides); a connection that needs more is not read until some is free.",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.max_unfinished_frame_bytes = static_cast<uint64_t>(v.i);
+     }},
 
     {"table", "name", Kind::kString, "", 0, 200,
      "Table name, [A-Za-z0-9._-]; readers open it by this name. Required.",

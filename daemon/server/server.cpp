@@ -23,6 +23,7 @@
 #include "kafka/rdkafka_log.hpp"
 #include "kvs/kvs.h"
 #include "log.hpp"
+#include "memory.hpp"
 #include "protocol/frame.hpp"
 
 namespace kvs::daemon {
@@ -33,6 +34,10 @@ namespace proto = protocol;
 
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr size_t kMaxUnsentBytes = 4 << 20;  // replies a client has not read: stop reading it
+// Input buffer every connection may hold without drawing on
+// max_unfinished_frame_bytes: one read, so that small requests never wait.
+constexpr size_t kFreeInputBytes = kReadChunk;
+constexpr auto kConnCheckInterval = std::chrono::milliseconds(250);
 constexpr uint32_t kFrameOverhead = 64 * 1024;
 
 std::string errno_text(int e) { return std::strerror(e); }
@@ -82,6 +87,10 @@ struct Conn {
   uid_t uid = 0;
   gid_t gid = 0;
   pid_t pid = 0;
+  clock::time_point accepted{};
+  clock::time_point frame_started{};  // an unfinished frame's first bytes; {}: none
+  size_t charged = 0;                 // input buffer beyond kFreeInputBytes, drawn from the budget
+  bool budget_wait = false;           // not read until max_unfinished_frame_bytes has room
 };
 
 struct Request;
@@ -195,20 +204,34 @@ struct Server::Impl {
   std::chrono::steady_clock::time_point next_refusal_log{};
   uint64_t refusals_not_logged = 0;
   void log_refusal(const std::string& why) {
+    log_limited(why, "connection refused", next_refusal_log, refusals_not_logged);
+  }
+  std::chrono::steady_clock::time_point next_close_log{};
+  uint64_t closes_not_logged = 0;
+  static void log_limited(const std::string& why, const char* what,
+                          std::chrono::steady_clock::time_point& next, uint64_t& not_logged) {
     const auto now = std::chrono::steady_clock::now();
-    if (now < next_refusal_log) {
-      ++refusals_not_logged;
+    if (now < next) {
+      ++not_logged;
       return;
     }
-    if (refusals_not_logged > 0) {
-      KVS_LOG_WARN("%s; connection refused (and %llu more refused since the last such line)",
-                   why.c_str(), static_cast<unsigned long long>(refusals_not_logged));
+    if (not_logged > 0) {
+      KVS_LOG_WARN("%s; %s (and %llu more since the last such line)", why.c_str(), what,
+                   static_cast<unsigned long long>(not_logged));
     } else {
-      KVS_LOG_WARN("%s; connection refused", why.c_str());
+      KVS_LOG_WARN("%s; %s", why.c_str(), what);
     }
-    refusals_not_logged = 0;
-    next_refusal_log = now + kRefusalLogInterval;
+    not_logged = 0;
+    next = now + kRefusalLogInterval;
   }
+  // Input buffered beyond each connection's kFreeInputBytes, across all of
+  // them, and the connections waiting for some of it.
+  uint64_t budget_used = 0;
+  std::vector<uint64_t> budget_waiters;
+  clock::time_point next_conn_check{};
+  bool trim_due = false;  // large buffers were freed: give the memory back
+  clock::time_point next_trim{};
+  uint64_t n_timed_out_conns = 0;
   uint64_t n_queue_full = 0;     // records that found the producer queue full and waited
   std::string last_kafka_error;  // from error_cb: why brokers are unreachable
   clock::time_point last_kafka_error_at;
@@ -222,7 +245,8 @@ struct Server::Impl {
   void read_from(Conn& c);
   void process_input(Conn& c);
   bool may_read(const Conn& c) const {
-    return !c.closing && !c.eof && parked.empty() && c.pending < cfg.max_pending_per_connection &&
+    return !c.closing && !c.eof && !c.budget_wait && parked.empty() &&
+           c.pending < cfg.max_pending_per_connection &&
            c.out.size() - c.out_off < kMaxUnsentBytes && !stopping.load();
   }
   void handle_frame(Conn& c, const proto::Header& h, std::string_view body);
@@ -231,6 +255,13 @@ struct Server::Impl {
   void flush(Conn& c);
   void update_interest(Conn& c);
   void close_conn(uint64_t id);
+  // The memory of unfinished frames (max_unfinished_frame_bytes).
+  void account(Conn& c);
+  bool budget_allows(const Conn& c) const;
+  void release_input(Conn& c);
+  void wake_budget_waiters();
+  // Closes connections past hello_timeout_ms or frame_timeout_ms.
+  void check_conn_timeouts();
 
   Table* find_table(std::string_view name);
   Request& new_request(Conn& c, const proto::Header& h, proto::Type reply, Table* t,
@@ -513,6 +544,8 @@ void Server::Impl::loop() {
                              1000, std::chrono::ceil<std::chrono::milliseconds>(*d - now).count()));
     }
     if (!parked.empty()) timeout_ms = std::min(timeout_ms, 10);  // queue space frees up
+    if (!conns.empty())
+      timeout_ms = std::min(timeout_ms, static_cast<int>(kConnCheckInterval.count()));
     if (stop_by) timeout_ms = std::min(timeout_ms, 10);
     const int n =
         ::epoll_wait(epoll_fd, events.data(), static_cast<int>(events.size()), timeout_ms);
@@ -537,6 +570,10 @@ void Server::Impl::loop() {
     if (!visible.empty()) check_visible();
     now = clock::now();
     expire(now);
+    if (now >= next_conn_check) {
+      next_conn_check = now + kConnCheckInterval;
+      check_conn_timeouts();
+    }
     todo.clear();
     todo.swap(dirty);
     for (uint64_t id : todo) {
@@ -546,6 +583,14 @@ void Server::Impl::loop() {
       c.dirty = false;
       if (may_read(c) && c.in.size() > c.in_off) process_input(c);
       flush(c);
+    }
+    wake_budget_waiters();
+    if (trim_due && now >= next_trim) {
+      // glibc keeps freed buffers in its heap; slow clients that held
+      // megabytes each must not leave kvsd that large.
+      give_back_free_memory();
+      trim_due = false;
+      next_trim = now + std::chrono::seconds(1);
     }
     if (stopping.load() && !stop_by) {
       stop_by = now + std::chrono::milliseconds(drain_ms.load());
@@ -607,6 +652,7 @@ void Server::Impl::accept_all() {
     c.uid = cred.uid;
     c.gid = cred.gid;
     c.pid = cred.pid;
+    c.accepted = now;
     const bool open_to_all = cfg.allowed_uids.empty() && cfg.allowed_gids.empty();
     const bool allowed = open_to_all ||
                          std::find(cfg.allowed_uids.begin(), cfg.allowed_uids.end(),
@@ -658,10 +704,78 @@ void Server::Impl::update_interest(Conn& c) {
   c.events = want;
 }
 
+void Server::Impl::account(Conn& c) {
+  const size_t cap = c.in.capacity();
+  const size_t want = cap > kFreeInputBytes ? cap - kFreeInputBytes : 0;
+  budget_used = budget_used + want - c.charged;
+  c.charged = want;
+}
+
+// A read that fits the buffer (or the free allowance) needs nothing; one
+// that grows it needs the budget not to be spent. The budget is overdrawn by
+// at most one buffer growth at a time.
+bool Server::Impl::budget_allows(const Conn& c) const {
+  if (c.in.size() + kReadChunk <= std::max(c.in.capacity(), kFreeInputBytes)) return true;
+  return budget_used < cfg.max_unfinished_frame_bytes;
+}
+
+// Frees a connection's input buffer (empty, or to be dropped), so that
+// memory follows the frames in flight, not the largest one ever seen.
+void Server::Impl::release_input(Conn& c) {
+  if (c.charged > 0) trim_due = true;
+  std::string().swap(c.in);
+  c.in_off = 0;
+  account(c);
+}
+
+void Server::Impl::wake_budget_waiters() {
+  if (budget_waiters.empty() || budget_used >= cfg.max_unfinished_frame_bytes) return;
+  std::vector<uint64_t> ids;
+  ids.swap(budget_waiters);
+  for (uint64_t id : ids) {
+    auto it = conns.find(id);
+    if (it == conns.end()) continue;
+    Conn& c = it->second;
+    c.budget_wait = false;
+    // A connection that held none of the budget was not read while it
+    // waited: that time does not count against it. One that held some may
+    // be a slow client keeping others out: its time runs on.
+    if (c.frame_started != clock::time_point{} && c.charged == 0) c.frame_started = now;
+    update_interest(c);
+  }
+}
+
+void Server::Impl::check_conn_timeouts() {
+  using std::chrono::milliseconds;
+  for (auto& [id, c] : conns) {
+    if (c.closing) continue;
+    std::string why;
+    if (!c.hello && now - c.accepted > milliseconds(cfg.hello_timeout_ms)) {
+      why =
+          "no handshake (HELLO) within hello_timeout_ms = " + std::to_string(cfg.hello_timeout_ms);
+    } else if (c.frame_started != clock::time_point{} && (!c.budget_wait || c.charged > 0) &&
+               now - c.frame_started > milliseconds(cfg.frame_timeout_ms)) {
+      why = "a request still incomplete " + std::to_string(cfg.frame_timeout_ms) +
+            " ms after its first bytes (frame_timeout_ms): a stalled or far too slow client";
+    }
+    if (why.empty()) continue;
+    ++n_timed_out_conns;
+    log_limited("connection from uid " + std::to_string(c.uid) + " pid " + std::to_string(c.pid) +
+                    ": " + why,
+                "closed it", next_close_log, closes_not_logged);
+    reply_error(c, 0, Errc::kTimeout, why + "; closing the connection");
+    c.closing = true;
+    c.frame_started = {};
+    release_input(c);
+  }
+}
+
 void Server::Impl::close_conn(uint64_t id) {
   auto it = conns.find(id);
   if (it == conns.end()) return;
   ::close(it->second.fd);  // also leaves the epoll set
+  if (it->second.in.capacity() >= kFreeInputBytes) trim_due = true;
+  budget_used -= it->second.charged;
   conns.erase(it);
 }
 
@@ -683,8 +797,16 @@ void Server::Impl::read_from(Conn& c) {
       c.in.clear();
       c.in_off = 0;
     }
+    if (!budget_allows(c)) {
+      c.budget_wait = true;
+      budget_waiters.push_back(id);
+      break;
+    }
     const ssize_t n = ::recv(c.fd, read_buf.get(), kReadChunk, 0);
-    if (n > 0) c.in.append(read_buf.get(), static_cast<size_t>(n));
+    if (n > 0) {
+      c.in.append(read_buf.get(), static_cast<size_t>(n));
+      account(c);
+    }
     if (n == 0) {
       // The peer shut its side: answer what it sent, then close.
       process_input(c);
@@ -708,6 +830,7 @@ void Server::Impl::read_from(Conn& c) {
 }
 
 void Server::Impl::process_input(Conn& c) {
+  bool incomplete = false, parsed = false;
   while (may_read(c)) {
     proto::Header h;
     std::string_view body;
@@ -715,7 +838,10 @@ void Server::Impl::process_input(Conn& c) {
     const std::string_view buf = std::string_view(c.in).substr(c.in_off);
     const uint32_t limit = c.hello ? max_frame_bytes : proto::kHelloMaxFrameBytes;
     const proto::Split s = proto::split(buf, limit, &h, &body, &why);
-    if (s == proto::Split::kIncomplete) break;
+    if (s == proto::Split::kIncomplete) {
+      incomplete = c.in.size() > c.in_off;
+      break;
+    }
     if (s == proto::Split::kBad) {
       ++n_protocol_errors;
       reply_error(c, h.request_id, Errc::kProtocol, why + "; closing the connection");
@@ -723,12 +849,20 @@ void Server::Impl::process_input(Conn& c) {
       break;
     }
     c.in_off += proto::kHeaderBytes + body.size();
+    parsed = true;
     handle_frame(c, h, body);
   }
   produce_staged();  // before the input buffer changes
+  // frame_timeout_ms runs from the first bytes of the frame still unfinished.
+  if (!incomplete) {
+    c.frame_started = {};
+  } else if (parsed || c.frame_started == clock::time_point{}) {
+    c.frame_started = now;
+  }
   if (c.in_off == c.in.size()) {
     c.in.clear();
     c.in_off = 0;
+    if (c.in.capacity() > 2 * kFreeInputBytes) release_input(c);
   } else if (c.in_off > (1 << 20)) {
     c.in.erase(0, c.in_off);
     c.in_off = 0;
@@ -1220,6 +1354,9 @@ std::string Server::Impl::stats_json() {
                   ",\"write_errors\":" + std::to_string(n_write_errors) +
                   ",\"protocol_errors\":" + std::to_string(n_protocol_errors) +
                   ",\"refused_connections\":" + std::to_string(n_refused) +
+                  ",\"timed_out_connections\":" + std::to_string(n_timed_out_conns) +
+                  ",\"unfinished_frame_bytes\":" + std::to_string(budget_used) +
+                  ",\"waiting_for_frame_memory\":" + std::to_string(budget_waiters.size()) +
                   ",\"pending\":" + std::to_string(pending) +
                   ",\"queue_full_waits\":" + std::to_string(n_queue_full) +
                   ",\"producer_queue\":" + std::to_string(rd_kafka_outq_len(rk)) + "},\"tables\":[";

@@ -1,10 +1,12 @@
 // Writes through kvsd's socket, end to end: libkvs's client, the real kvsd,
 // Kafka over TCP, and reads of the table from shared memory.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/sockios.h>
 #include <poll.h>
 #include <pty.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <random>
 #include <set>
 
+#include "format/sanitizers.hpp"
 #include "kvs/kvs.h"
 #include "protocol/frame.hpp"
 #include "support/kvsd_fixture.hpp"
@@ -910,6 +913,143 @@ TEST_F(WriteTest, RefusalsAtMaxConnectionsAreLoggedAtARate) {
   EXPECT_EQ(count(log(), "connection refused"), 1u) << log();
   ::close(a);
   ::close(b);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// Connections that never complete the handshake are closed after
+// hello_timeout_ms, with an error saying so: they cannot fill
+// max_connections for good. A connection past HELLO may stay idle.
+TEST_F(WriteTest, ConnectionsWithoutHelloAreClosedAfterTheHandshakeTimeout) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config("", "max_connections = 21\nhello_timeout_ms = 300\n"));
+  std::string b0;
+  const int idle = raw_connect_past_hello(b0);
+  ASSERT_GE(idle, 0);
+  std::vector<int> silent;
+  for (int i = 0; i < 20; ++i) silent.push_back(raw_connect());
+  for (int fd : silent) {
+    std::string buf;
+    auto f = read_frame(fd, buf);
+    ASSERT_TRUE(f) << "a silent connection was never answered";
+    EXPECT_NE(f->body.find("no handshake (HELLO) within hello_timeout_ms = 300"), std::string::npos)
+        << f->body;
+    EXPECT_FALSE(read_frame(fd, buf)) << "still open";
+    ::close(fd);
+  }
+  // Room again for real clients; the idle one past HELLO is still served.
+  kvs_client* c = connect();
+  kvs_write_options o{5000, 1};
+  kvs_token tok{};
+  EXPECT_EQ(kvs_put(c, "t", "k", 1, "v", 1, &o, &tok), KVS_OK) << kvs_last_error();
+  kvs_disconnect(c);
+  std::string put;
+  protocol::encode_write(put, 7, false, protocol::Write{"t", 0, "idle", "still served"});
+  send_all(idle, put);
+  auto ok = read_frame(idle, b0);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->h.type, static_cast<uint8_t>(protocol::Type::kPutOk)) << ok->body;
+  ::close(idle);
+  EXPECT_NE(log().find("no handshake (HELLO)"), std::string::npos) << log();
+  EXPECT_EQ(count(log(), "no handshake (HELLO)"), 1u) << "closes are logged at a rate\n" << log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+#ifdef KVS_ASAN
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+
+// kvsd's resident memory in bytes.
+uint64_t rss_bytes(pid_t pid) {
+  const std::string s = test::slurp("/proc/" + std::to_string(pid) + "/status");
+  const size_t at = s.find("VmRSS:");
+  return at == std::string::npos ? 0 : std::stoull(s.substr(at + 6)) * 1024;
+}
+
+// Slow clients each send most of a large request and stall (slow loris).
+// The memory of unfinished requests stays within max_unfinished_frame_bytes
+// (plus 64 KiB a connection): the rest are not read meanwhile; a real client
+// still writes; stalled requests are closed after frame_timeout_ms; and the
+// memory goes back when they close. KVS_SLOWLORIS_CONNECTIONS sets how many
+// (200; docs/BENCHMARKS.md has 1,000).
+TEST_F(WriteTest, SlowClientsHoldAtMostTheUnfinishedFrameBudget) {
+  const char* env = std::getenv("KVS_SLOWLORIS_CONNECTIONS");
+  const int n = env ? std::atoi(env) : 200;
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &rl);
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  constexpr uint64_t kBudget = 8 << 20;
+  auto kvsd =
+      start_kvsd(write_config("", "max_connections = 2000\nmax_unfinished_frame_bytes = " +
+                                      std::to_string(kBudget) + "\nframe_timeout_ms = 2000\n"));
+  Table t = open_ready();
+  std::string b0;
+  ::close(raw_connect_past_hello(b0));
+  const uint64_t before = rss_bytes(kvsd->pid());
+  // Each: a put of a 1 MiB value, of which 640 KiB are sent.
+  std::string frame;
+  protocol::encode_write(frame, 1, false,
+                         protocol::Write{"t", 0, "slow", std::string(1 << 20, 'x')});
+  const size_t part = 640 << 10;
+  std::vector<int> fds;
+  std::vector<size_t> sent;
+  for (int i = 0; i < n; ++i) {
+    std::string buf;
+    const int fd = raw_connect_past_hello(buf);
+    ASSERT_GE(fd, 0) << "connection " << i;
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+    fds.push_back(fd);
+    sent.push_back(0);
+  }
+  // Send until no connection takes more for a while: kvsd stopped reading.
+  auto push = [&] {
+    size_t progress = 0;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (sent[i] >= part) continue;
+      const ssize_t k = ::send(fds[i], frame.data() + sent[i], part - sent[i], MSG_NOSIGNAL);
+      if (k > 0) sent[i] += static_cast<size_t>(k), progress += static_cast<size_t>(k);
+    }
+    return progress;
+  };
+  int quiet = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (quiet < 20 && std::chrono::steady_clock::now() < deadline) {
+    quiet = push() == 0 ? quiet + 1 : 0;
+    std::this_thread::sleep_for(5ms);  // pacing the sender; the condition is "no progress"
+  }
+  const uint64_t peak = rss_bytes(kvsd->pid());
+  const uint64_t bound = kBudget + static_cast<uint64_t>(n) * (64 << 10) + (16 << 20);
+  std::printf("[ figures  ] %d slow clients: kvsd RSS %.1f MiB -> %.1f MiB (bound %.1f MiB)\n", n,
+              before / 1048576.0, peak / 1048576.0, (before + bound) / 1048576.0);
+  // AddressSanitizer's allocator keeps freed memory in quarantine and adds
+  // shadow memory: kvsd's RSS says nothing about its buffers there.
+  constexpr bool kRssMeansBuffers = !kAsan;
+  if (kRssMeansBuffers) {
+    EXPECT_LT(peak, before + bound) << "unfinished frames are not bounded";
+  }
+
+  // A real client writes meanwhile.
+  kvs_client* c = connect();
+  kvs_write_options o{5000, 1};
+  kvs_token tok{};
+  EXPECT_EQ(kvs_put(c, "t", "real", 4, "client", 6, &o, &tok), KVS_OK) << kvs_last_error();
+  kvs_disconnect(c);
+
+  // Stalled requests are closed after frame_timeout_ms, saying why.
+  ASSERT_TRUE(
+      test::wait_until([&] { return log().find("frame_timeout_ms") != std::string::npos; }, 30s))
+      << log();
+  for (int fd : fds) ::close(fd);
+  ASSERT_TRUE(!kRssMeansBuffers ||
+              test::wait_until([&] { return rss_bytes(kvsd->pid()) < before + (16 << 20); }, 30s))
+      << "memory not given back: " << rss_bytes(kvsd->pid()) / 1048576.0 << " MiB";
+  std::printf("[ figures  ] after they closed: kvsd RSS %.1f MiB\n",
+              rss_bytes(kvsd->pid()) / 1048576.0);
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
