@@ -300,5 +300,40 @@ TEST_F(PressureTest, StuckReaderIsNamedAndHoldsBackOnlyItsTable) {
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
 
+// A reader that keeps one read open is named before the table runs out of
+// room: once it has held memory back for 3 s, while the table goes on
+// applying into the rest of its arena.
+TEST_F(PressureTest, StuckReaderIsNamedBeforeTheTableRunsOutOfRoom) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  ASSERT_TRUE(kafka_.create_topic(other_topic_, 1));
+  auto kvsd = start_kvsd(write_two_tables("capacity = 1024\nmemory_limit_bytes = 16777216\n"));
+  Table t = open_table("t");
+  ASSERT_TRUE(t.wait_ready(30s));
+  test::Child reader({test::helper("table_worker"), "hold", shm_.prefix(), "t"});
+  ASSERT_EQ(reader.read_line(), "holding");
+  const auto stuck_at = std::chrono::steady_clock::now();
+  test::Producer p(kafka_.bootstrap());
+  for (int i = 0; i < 200; ++i) p.send(topic_, 0, "key" + std::to_string(i % 4), "v");
+  ASSERT_TRUE(p.flush());
+  const std::string named = "reader process " + std::to_string(reader.pid()) + " (";
+  ASSERT_TRUE(test::wait_until([&] { return log().find(named) != std::string::npos; }, 15s))
+      << log();
+  const double after =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stuck_at).count();
+  std::printf("[ figures  ] a reader holding memory back named in the log after %.2f s\n", after);
+  EXPECT_NE(log().find("the table uses the rest of its arena meanwhile"), std::string::npos)
+      << log();
+  EXPECT_EQ(next_offset(t, 0), 200) << "applying stopped";
+  EXPECT_EQ(stat("t").held_partitions, 0u);
+  EXPECT_EQ(stat("t").holder_pid, reader.pid());
+  reader.kill(SIGKILL);
+  EXPECT_EQ(reader.wait(), 128 + SIGKILL);
+  ASSERT_TRUE(test::wait_until(
+      [&] { return log().find("no longer holds memory back") != std::string::npos; }, 15s))
+      << log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 }  // namespace
 }  // namespace kvs
