@@ -483,6 +483,9 @@ Result<void> start_rebuild(Table& t, kafka::Consumer& c, const std::string& why,
 // Why the segment cannot resume from its recorded offsets, or "".
 std::string why_rebuild(const Table& t, const std::vector<std::pair<int64_t, int64_t>>& wms) {
   const TableWriter& w = *t.writer;
+  if (const std::string change = w.size_change(); !change.empty()) {
+    return "the config sizes it differently from its segment (" + change + ")";
+  }
   if (w.source_topic() != 0 && w.source_topic() != t.source_topic) {
     return "its segment was filled from another topic";
   }
@@ -499,6 +502,71 @@ std::string why_rebuild(const Table& t, const std::vector<std::pair<int64_t, int
     }
   }
   return "";
+}
+
+// Removes a table's segment so that the next writer starts afresh, first
+// flagging it replaced (if it is one of this layout that kvsd may write), so
+// that open readers move to the new segment instead of reading the removed
+// one for as long as they run.
+void discard_segment(const std::string& name) {
+  if (auto m = shm::open_segment(name, shm::Access::kReadWrite);
+      m && (*m)->size() >= sizeof(format::TableHeader)) {
+    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+    if (h->magic == format::kTableMagic && h->layout_version == format::kLayoutVersion) {
+      h->replaced.store(1, std::memory_order_release);
+    }
+  }
+  shm::remove_segment(name);
+}
+
+// At start: the partitions the table follows, the high watermarks to reach
+// and where each partition starts (appended to `starts`). A segment that
+// cannot resume (why_rebuild) or cannot hold the topic's partitions is
+// rebuilt from the beginning of the topic.
+Result<void> open_partitions(Table& t, kafka::Consumer& c, int32_t n,
+                             std::vector<kafka::PartitionStart>& starts) {
+  if (static_cast<uint32_t>(n) > t.cfg.max_partitions) {
+    return make_error(Errc::kInvalidArgument,
+                      "table " + t.cfg.name + ": topic " + t.cfg.topic + " has " +
+                          std::to_string(n) + " partitions, above max_partitions = " +
+                          std::to_string(t.cfg.max_partitions) + "; raise it");
+  }
+  // A segment that tracks fewer partitions is not touched beyond them.
+  const bool fits = static_cast<bool>(t.writer->set_partition_count(static_cast<uint32_t>(n)));
+  t.partitions = n;
+  t.target.assign(n, 0);
+  t.reached.assign(n, false);
+  t.pending.assign(n, -1);
+  t.held.assign(n, Held{});
+  t.last_applied_ts_ns.assign(n, 0);
+  t.caught_up_ns.assign(n, 0);
+  t.source_topic = hash_of(t.cfg.topic);
+  if (auto id = c.cluster_id(2000)) {
+    t.source_cluster = hash_of(*id);
+  } else {
+    KVS_LOG_DEBUG("table %s: %s; the segment's cluster is not checked", t.cfg.name.c_str(),
+                  id.error().message.c_str());
+  }
+  std::string why;
+  if (!fits) {
+    why = "its segment tracks at most " + std::to_string(t.writer->header().partition_capacity) +
+          " partitions and topic " + t.cfg.topic + " has " + std::to_string(n);
+  } else {
+    auto wms = capture_targets(t, c, *t.writer);
+    if (!wms) return std::move(wms).error().context("table " + t.cfg.name);
+    why = why_rebuild(t, *wms);
+  }
+  if (!why.empty()) {
+    if (auto ok = start_rebuild(t, c, why, /*seek=*/false); !ok) return ok;
+  } else {
+    t.writer->set_source(t.source_cluster, t.source_topic);
+  }
+  for (int32_t p = 0; p < n; ++p) {
+    const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
+    if (!t.rebuild) t.reached[p] = next >= t.target[p];
+    starts.push_back({t.cfg.topic, p, (next > 0 && !t.rebuild) ? next : -2});
+  }
+  return {};
 }
 
 }  // namespace
@@ -573,7 +641,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     if (embedded) {
       // A new embedded cluster starts empty: offsets recorded against an
       // earlier one mean nothing. Readers of the old segment keep it mapped.
-      if (auto seg = shm::segment_name(cfg.shm_prefix, tc.name)) shm::remove_segment(*seg);
+      if (auto seg = shm::segment_name(cfg.shm_prefix, tc.name)) discard_segment(*seg);
     }
     auto w = TableWriter::open(wo);
     if (!w) {
@@ -607,42 +675,10 @@ int run(const config::Config& cfg, const RunOptions& opts) {
       KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), n.error().message.c_str());
       return 1;
     }
-    if (auto ok = t.writer->set_partition_count(static_cast<uint32_t>(*n)); !ok) {
-      KVS_LOG_ERROR("%s; raise the table's max_partitions", ok.error().message.c_str());
-      return 1;
-    }
-    t.partitions = *n;
-    t.target.assign(*n, 0);
-    t.reached.assign(*n, false);
-    t.pending.assign(*n, -1);
-    t.held.assign(*n, Held{});
-    t.last_applied_ts_ns.assign(*n, 0);
-    t.caught_up_ns.assign(*n, 0);
-    t.source_topic = hash_of(t.cfg.topic);
-    if (auto id = consumer->cluster_id(2000)) {
-      t.source_cluster = hash_of(*id);
-    } else {
-      KVS_LOG_DEBUG("table %s: %s; the segment's cluster is not checked", t.cfg.name.c_str(),
-                    id.error().message.c_str());
-    }
-    auto wms = capture_targets(t, *consumer, *t.writer);
-    if (g_stop) return 0;
-    if (!wms) {
-      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), wms.error().message.c_str());
-      return 1;
-    }
-    if (const std::string why = why_rebuild(t, *wms); !why.empty()) {
-      if (auto ok = start_rebuild(t, *consumer, why, /*seek=*/false); !ok) {
-        KVS_LOG_ERROR("%s", ok.error().message.c_str());
-        return 1;
-      }
-    } else {
-      t.writer->set_source(t.source_cluster, t.source_topic);
-    }
-    for (int32_t p = 0; p < *n; ++p) {
-      const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
-      if (!t.rebuild) t.reached[p] = next >= t.target[p];
-      starts.push_back({t.cfg.topic, p, (next > 0 && !t.rebuild) ? next : -2});
+    if (auto ok = open_partitions(t, *consumer, *n, starts); !ok || g_stop) {
+      if (g_stop) return 0;
+      KVS_LOG_ERROR("%s", ok.error().message.c_str());
+      return ok.error().code == Errc::kInvalidArgument ? kExitConfig : 1;
     }
     KVS_LOG_INFO("table %s: topic %s, %d partitions", t.cfg.name.c_str(), t.cfg.topic.c_str(), *n);
   }

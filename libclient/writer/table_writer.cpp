@@ -186,6 +186,20 @@ Result<void> TableWriter::publish_replacement(TableWriter& next) {
   return {};
 }
 
+std::string TableWriter::size_change() const {
+  const Geometry g = geometry(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+  std::string what;
+  auto note = [&](const char* name, uint64_t was, uint64_t now) {
+    if (was == now) return;
+    what += (what.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(was) + " -> " +
+            std::to_string(now);
+  };
+  note("capacity", header_->capacity, opts_.capacity);
+  note("arena bytes", header_->arena_bytes, g.arena_bytes);
+  note("max_partitions", header_->partition_capacity, opts_.partition_capacity);
+  return what;
+}
+
 void TableWriter::set_source(uint64_t cluster_hash, uint64_t topic_hash) {
   header_->source_cluster.store(cluster_hash, std::memory_order_relaxed);
   header_->source_topic.store(topic_hash, std::memory_order_relaxed);

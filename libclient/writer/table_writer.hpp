@@ -166,6 +166,11 @@ class TableWriter {
   // readers of this segment to move to it. This writer is done afterwards.
   Result<void> publish_replacement(TableWriter& next);
 
+  // How the segment's size differs from the options' (capacity, arena,
+  // partition capacity), for a log line; "" if it does not. A writer that
+  // attached keeps the segment's size: a rebuild (begin_replacement) makes
+  // one of the options' size.
+  std::string size_change() const;
   AttachKind attach_kind() const { return attach_kind_; }
   WriterStats stats() const;
   const format::TableHeader& header() const { return *header_; }

@@ -702,5 +702,88 @@ TEST_F(KvsdTest, EmbeddedKafkaServesWritesReadsAndOtherKafkaClients) {
   EXPECT_EQ(kvsd.wait_for(30s), 0);
 }
 
+// The config sizes the table differently from its segment: kvsd rebuilds it
+// in a segment of the new size, and a reader that stayed open moves to it.
+// Raising max_partitions above a topic's partition count takes effect too.
+TEST_F(KvsdTest, ConfigThatResizesATableRebuildsItAndReadersMove) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 3));
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 100; ++i) p.send(topic_, i % 3, "k" + std::to_string(i), "v");
+    ASSERT_TRUE(p.flush());
+  }
+  auto kvsd = start_kvsd(write_config("max_partitions = 2\n"));
+  EXPECT_EQ(kvsd->wait_for(30s), 78) << log();  // EX_CONFIG
+  EXPECT_NE(log().find("has 3 partitions, above max_partitions = 2; raise it"), std::string::npos)
+      << log();
+
+  kvsd = start_kvsd(write_config("max_partitions = 3\n"));
+  Table t = open_ready();
+  EXPECT_EQ(t.size(), 100u);
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+  const uint64_t incarnation = header().incarnation;
+  segment_.reset();
+
+  kvsd = start_kvsd(write_config("max_partitions = 8\n"));
+  // (The first start created a segment for 2 partitions: the second rebuilt it.)
+  ASSERT_TRUE(test::wait_until([&] { return count(log(), "rebuilt from the topic") == 2; }, 30s))
+      << log();
+  EXPECT_NE(log().find("the config sizes it differently from its segment (max_partitions 3 -> 8)"),
+            std::string::npos)
+      << log();
+  EXPECT_NE(header().incarnation, incarnation);
+  EXPECT_EQ(header().partition_capacity, 8u);
+  // The reader opened before moved to the new segment: it sees what kvsd
+  // applies there.
+  {
+    test::Producer p(kafka_.bootstrap());
+    p.send(topic_, 0, "after", "resize");
+    ASSERT_TRUE(p.flush());
+  }
+  ASSERT_TRUE(test::wait_until([&] { return t.get_copy("after").has_value(); }, 10s))
+      << "the open reader stayed on the old segment";
+  EXPECT_EQ(contents(t).size(), 101u);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// Each --embedded-kafka start begins with an empty cluster, so kvsd starts
+// the table afresh; a reader that stayed open moves to the new table
+// instead of reading the old one forever.
+TEST_F(KvsdTest, EmbeddedRestartMovesOpenReadersToTheNewTable) {
+  auto start = [&] {
+    auto k = std::make_unique<test::Child>(
+        std::vector<std::string>{test::helper("../kvsd"), "--embedded-kafka", "--config",
+                                 write_config()},
+        log_path());
+    EXPECT_EQ(k->read_line().rfind("embedded Kafka: bootstrap.servers=", 0), 0u) << log();
+    return k;
+  };
+  auto kvsd = start();
+  Table t = open_ready();
+  {
+    auto c = Client::connect(socket_path());
+    ASSERT_TRUE(c) << c.error().message;
+    ASSERT_TRUE(c->put("t", "first", "run", {.visible = true}));
+  }
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+  kvsd = start();
+  {
+    auto c = Client::connect(socket_path());
+    ASSERT_TRUE(test::wait_until([&] {
+      c = Client::connect(socket_path());
+      return c.has_value();
+    }));
+    ASSERT_TRUE(c->put("t", "second", "run", {.visible = true}));
+  }
+  ASSERT_TRUE(test::wait_until([&] { return t.get_copy("second").has_value(); }, 10s))
+      << "the open reader stayed on the first run's table";
+  EXPECT_FALSE(t.get_copy("first").has_value());
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 }  // namespace
 }  // namespace kvs
