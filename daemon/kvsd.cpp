@@ -263,7 +263,8 @@ std::optional<std::string> hold_log_due(Table& t, clock::time_point now) {
 // its partition is not fetched until it is applied (what was fetched after
 // it is dropped and fetched again), so that the table's other partitions
 // and the other tables go on and nothing spins.
-void hold(Table& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error& e) {
+// False if the partition could not be stopped (kvsd cannot go on).
+bool hold(Table& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error& e) {
   const int32_t p = m->partition;
   const auto now = clock::now();
   Held& h = t.held[p];
@@ -282,9 +283,10 @@ void hold(Table& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error
   publish_hold(t);
   if (auto ok = c.stop_partition(t.cfg.topic, p); !ok) {
     KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+    return false;
   }
   const auto suffix = hold_log_due(t, now);
-  if (!suffix) return;
+  if (!suffix) return true;
   std::string who;
   if (h.reason == HoldReason::kReaders) {
     const WriterStats st = t.active().stats();
@@ -295,6 +297,7 @@ void hold(Table& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error
       "partitions and the other tables go on)%s%s",
       t.cfg.name.c_str(), e.message.c_str(), t.cfg.topic.c_str(), p,
       static_cast<long long>(m->offset), who.c_str(), suffix->c_str());
+  return true;
 }
 
 // Applies the held records that are due and fetches their partitions again
@@ -782,8 +785,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     const auto poll_start = clock::now();
     const auto poll_until =
         next_hold_try(tables, poll_start + std::chrono::milliseconds(cfg.poll_timeout_ms));
-    const auto poll_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-        poll_until - poll_start + std::chrono::microseconds(999));
+    const auto poll_ms = std::chrono::ceil<std::chrono::milliseconds>(poll_until - poll_start);
     const size_t n = consumer->poll_batch(static_cast<int>(std::max<int64_t>(0, poll_ms.count())),
                                           batch.data(), kBatch);
     // Index groups of the records a few places ahead are loaded while this
@@ -854,7 +856,10 @@ int run(const config::Config& cfg, const RunOptions& opts) {
         auto r = apply_to(t.active(), key, static_cast<const char*>(m->payload), m->len);
         if (!r && needs_room(r.error().code)) {
           // Skipping would lose data: it waits, and only its partition with it.
-          hold(t, *consumer, m, r.error());
+          if (!hold(t, *consumer, m, r.error())) {
+            exit_code = 1;
+            g_stop = 1;
+          }
           kafka::Consumer::release(m);
           continue;
         }

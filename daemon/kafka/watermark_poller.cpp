@@ -41,6 +41,10 @@ void WatermarkPoller::run() {
     const auto topics = topics_;
     lock.unlock();
     for (const auto& [topic, n] : topics) {
+      {
+        std::lock_guard<std::mutex> check(mu_);
+        if (stop_) return;
+      }
       // librdkafka's calls are thread-safe; this one blocks only this thread.
       auto wms = consumer_.watermarks(topic, n, static_cast<int>(timeout_.count()));
       if (!wms) {

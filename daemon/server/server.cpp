@@ -227,6 +227,7 @@ struct Server::Impl {
   // Input buffered beyond each connection's kFreeInputBytes, across all of
   // them, and the connections waiting for some of it.
   uint64_t budget_used = 0;
+  bool budget_freed = false;  // since the waiters last tried
   std::vector<uint64_t> budget_waiters;
   clock::time_point next_conn_check{};
   bool trim_due = false;  // large buffers were freed: give the memory back
@@ -257,7 +258,7 @@ struct Server::Impl {
   void close_conn(uint64_t id);
   // The memory of unfinished frames (max_unfinished_frame_bytes).
   void account(Conn& c);
-  bool budget_allows(const Conn& c) const;
+  size_t read_room(Conn& c);
   void release_input(Conn& c);
   void wake_budget_waiters();
   // Closes connections past hello_timeout_ms or frame_timeout_ms.
@@ -707,16 +708,36 @@ void Server::Impl::update_interest(Conn& c) {
 void Server::Impl::account(Conn& c) {
   const size_t cap = c.in.capacity();
   const size_t want = cap > kFreeInputBytes ? cap - kFreeInputBytes : 0;
+  if (want < c.charged) budget_freed = true;
   budget_used = budget_used + want - c.charged;
   c.charged = want;
 }
 
-// A read that fits the buffer (or the free allowance) needs nothing; one
-// that grows it needs the budget not to be spent. The budget is overdrawn by
-// at most one buffer growth at a time.
-bool Server::Impl::budget_allows(const Conn& c) const {
-  if (c.in.size() + kReadChunk <= std::max(c.in.capacity(), kFreeInputBytes)) return true;
-  return budget_used < cfg.max_unfinished_frame_bytes;
+// How many bytes the next recv may take (0: wait for the budget). Reads
+// fill the buffer, never grow it, except for the frame at its front, whose
+// length the header gives: a frame over the free allowance reserves its
+// whole size at once, so that two large frames can never each hold part of
+// the budget and wait for the other. A frame larger than the whole budget
+// may take it while nothing else uses any.
+size_t Server::Impl::read_room(Conn& c) {
+  if (c.in_off > 0) {  // parsed bytes: the buffer keeps only what is not
+    c.in.erase(0, c.in_off);
+    c.in_off = 0;
+  }
+  size_t cap = std::max(c.in.capacity(), kFreeInputBytes);
+  if (c.in.size() >= 4) {
+    uint32_t length;
+    std::memcpy(&length, c.in.data(), sizeof length);  // checked by split() already
+    const size_t frame = 4 + size_t{std::min(length, max_frame_bytes)};
+    if (frame > cap) {
+      const size_t more = frame - std::max(c.in.capacity(), kFreeInputBytes);
+      if (budget_used != 0 && budget_used + more > cfg.max_unfinished_frame_bytes) return 0;
+      c.in.reserve(frame);
+      account(c);
+      cap = frame;
+    }
+  }
+  return cap > c.in.size() ? std::min(kReadChunk, cap - c.in.size()) : 0;
 }
 
 // Frees a connection's input buffer (empty, or to be dropped), so that
@@ -728,20 +749,18 @@ void Server::Impl::release_input(Conn& c) {
   account(c);
 }
 
+// Waiters try again only after some of the budget was freed: in the order
+// they came, so that the ones that waited longest get it first.
 void Server::Impl::wake_budget_waiters() {
-  if (budget_waiters.empty() || budget_used >= cfg.max_unfinished_frame_bytes) return;
+  if (budget_waiters.empty() || !budget_freed) return;
+  budget_freed = false;
   std::vector<uint64_t> ids;
   ids.swap(budget_waiters);
   for (uint64_t id : ids) {
     auto it = conns.find(id);
     if (it == conns.end()) continue;
-    Conn& c = it->second;
-    c.budget_wait = false;
-    // A connection that held none of the budget was not read while it
-    // waited: that time does not count against it. One that held some may
-    // be a slow client keeping others out: its time runs on.
-    if (c.frame_started != clock::time_point{} && c.charged == 0) c.frame_started = now;
-    update_interest(c);
+    it->second.budget_wait = false;
+    update_interest(it->second);
   }
 }
 
@@ -749,11 +768,19 @@ void Server::Impl::check_conn_timeouts() {
   using std::chrono::milliseconds;
   for (auto& [id, c] : conns) {
     if (c.closing) continue;
+    // While kvsd does not read a connection (its producer queue is full,
+    // the connection's requests wait for Kafka, or the budget is spent),
+    // its time does not run.
+    if (c.budget_wait || !parked.empty() || c.pending >= cfg.max_pending_per_connection) {
+      if (!c.hello) c.accepted = now;
+      if (c.frame_started != clock::time_point{}) c.frame_started = now;
+      continue;
+    }
     std::string why;
     if (!c.hello && now - c.accepted > milliseconds(cfg.hello_timeout_ms)) {
       why =
           "no handshake (HELLO) within hello_timeout_ms = " + std::to_string(cfg.hello_timeout_ms);
-    } else if (c.frame_started != clock::time_point{} && (!c.budget_wait || c.charged > 0) &&
+    } else if (c.frame_started != clock::time_point{} &&
                now - c.frame_started > milliseconds(cfg.frame_timeout_ms)) {
       why = "a request still incomplete " + std::to_string(cfg.frame_timeout_ms) +
             " ms after its first bytes (frame_timeout_ms): a stalled or far too slow client";
@@ -775,6 +802,7 @@ void Server::Impl::close_conn(uint64_t id) {
   if (it == conns.end()) return;
   ::close(it->second.fd);  // also leaves the epoll set
   if (it->second.in.capacity() >= kFreeInputBytes) trim_due = true;
+  if (it->second.charged > 0) budget_freed = true;
   budget_used -= it->second.charged;
   conns.erase(it);
 }
@@ -793,16 +821,13 @@ void Server::Impl::on_conn_event(Conn& c, uint32_t ev) {
 void Server::Impl::read_from(Conn& c) {
   const uint64_t id = c.id;
   while (may_read(c)) {
-    if (c.in_off > 0 && c.in_off == c.in.size()) {
-      c.in.clear();
-      c.in_off = 0;
-    }
-    if (!budget_allows(c)) {
+    const size_t room = read_room(c);
+    if (room == 0) {
       c.budget_wait = true;
       budget_waiters.push_back(id);
       break;
     }
-    const ssize_t n = ::recv(c.fd, read_buf.get(), kReadChunk, 0);
+    const ssize_t n = ::recv(c.fd, read_buf.get(), room, 0);
     if (n > 0) {
       c.in.append(read_buf.get(), static_cast<size_t>(n));
       account(c);
@@ -824,7 +849,7 @@ void Server::Impl::read_from(Conn& c) {
     if (!conns.count(id)) return;
     // A short read took all there was: the next recv would only say EAGAIN.
     // (Level-triggered epoll reports whatever arrives after it.)
-    if (static_cast<size_t>(n) < kReadChunk) break;
+    if (static_cast<size_t>(n) < room) break;
   }
   mark_dirty(c);
 }
@@ -862,7 +887,15 @@ void Server::Impl::process_input(Conn& c) {
   if (c.in_off == c.in.size()) {
     c.in.clear();
     c.in_off = 0;
-    if (c.in.capacity() > 2 * kFreeInputBytes) release_input(c);
+  }
+  // A buffer that grew for a large frame goes back once what is left of it
+  // fits the free allowance.
+  if (c.charged > 0 && c.in.size() - c.in_off <= kFreeInputBytes) {
+    std::string rest = c.in.substr(c.in_off);
+    c.in.swap(rest);
+    c.in_off = 0;
+    trim_due = true;
+    account(c);
   } else if (c.in_off > (1 << 20)) {
     c.in.erase(0, c.in_off);
     c.in_off = 0;

@@ -253,7 +253,10 @@ uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retir
   holder_ = ReaderHolder{};
   if (incomplete_) {
     min_epoch = 1;
-    holder_ = {1, 0, "(an entry kvsd could not open)", now_unix_ns()};
+    if (incomplete_since_unix_ns_ == 0) incomplete_since_unix_ns_ = now_unix_ns();
+    holder_ = {1, 0, "(an entry kvsd could not open)", incomplete_since_unix_ns_};
+  } else {
+    incomplete_since_unix_ns_ = 0;
   }
   alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
   for (auto it = files_.begin(); it != files_.end();) {
@@ -294,6 +297,12 @@ uint64_t ReaderRoster::file_min_epoch(File& f, uint8_t* buf) const {
     if (e != 0) file_min = std::min(file_min, e);
   }
   return file_min;
+}
+
+void ReaderRoster::forget_holders() {
+  for (auto& [name, f] : files_) f.min_seen = 0;
+  incomplete_since_unix_ns_ = 0;
+  holder_ = ReaderHolder{};
 }
 
 uint32_t ReaderRoster::sweep() {

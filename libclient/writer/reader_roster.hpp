@@ -66,6 +66,9 @@ class ReaderRoster {
   uint64_t min_announced(uint64_t incarnation, uint64_t oldest_retired, bool check_dead);
   // The reader behind min_announced()'s answer (epoch 0 if none).
   const ReaderHolder& holder() const { return holder_; }
+  // Nothing waits for readers any more: whatever a reader announces next
+  // starts a new "since".
+  void forget_holders();
   // Lists the directory again and removes the files of dead readers and
   // leftovers of readers that died while creating theirs. Returns the
   // reader files removed.
@@ -109,6 +112,7 @@ class ReaderRoster {
   bool incomplete_ = false;            // an entry could not be opened: assume it reads
   uint64_t dead_removed_ = 0;
   ReaderHolder holder_;
+  uint64_t incomplete_since_unix_ns_ = 0;  // while an entry cannot be opened
 };
 
 }  // namespace kvs

@@ -592,6 +592,9 @@ uint64_t TableWriter::scan_and_free(std::chrono::steady_clock::time_point now) {
     free_block(retired_.front().offset);
     retired_.pop_front();
   }
+  // The roster reads the registry only while something waits; a reader seen
+  // at the same epoch across an idle spell has not held anything meanwhile.
+  if (retired_.empty()) roster_->forget_holders();
   publish_holder();
   return retired_bytes_;
 }

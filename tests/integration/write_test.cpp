@@ -1054,6 +1054,58 @@ TEST_F(WriteTest, SlowClientsHoldAtMostTheUnfinishedFrameBudget) {
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
 
+// Two clients send large requests at once, interleaved, with a budget that
+// holds only one of them: each request reserves its whole size before kvsd
+// reads past the free allowance, so one waits for the other instead of both
+// holding half and waiting for each other. Afterwards no budget is held.
+TEST_F(WriteTest, LargeRequestsSharingASmallBudgetBothComplete) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config("", "max_unfinished_frame_bytes = 1048576\n"));
+  Table t = open_ready();
+  std::string frames[2], bufs[2];
+  int fds[2];
+  size_t sent[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    protocol::encode_write(frames[i], 10 + i, false,
+                           protocol::Write{"t", 0, "big" + std::to_string(i),
+                                           std::string(1 << 20, static_cast<char>('a' + i))});
+    fds[i] = raw_connect_past_hello(bufs[i]);
+    ASSERT_GE(fds[i], 0);
+    ::fcntl(fds[i], F_SETFL, ::fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+  }
+  // 16 KiB at a time to each in turn, until both are sent whole.
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        for (int i = 0; i < 2; ++i) {
+          const size_t n = std::min<size_t>(16 << 10, frames[i].size() - sent[i]);
+          if (n == 0) continue;
+          const ssize_t k = ::send(fds[i], frames[i].data() + sent[i], n, MSG_NOSIGNAL);
+          if (k > 0) sent[i] += static_cast<size_t>(k);
+        }
+        return sent[0] == frames[0].size() && sent[1] == frames[1].size();
+      },
+      20s))
+      << "kvsd stopped reading: sent " << sent[0] << " and " << sent[1];
+  for (int i = 0; i < 2; ++i) {
+    ::fcntl(fds[i], F_SETFL, ::fcntl(fds[i], F_GETFL) & ~O_NONBLOCK);
+    auto f = read_frame(fds[i], bufs[i]);
+    ASSERT_TRUE(f) << "no answer to request " << i;
+    EXPECT_EQ(f->h.type, static_cast<uint8_t>(protocol::Type::kPutOk)) << f->body;
+    ::close(fds[i]);
+  }
+  kvs_client* c = connect();
+  ASSERT_TRUE(test::wait_until([&] {
+    char* j = nullptr;
+    if (kvs_stats(c, &j) != KVS_OK) return false;
+    const bool none = std::string(j).find("\"unfinished_frame_bytes\":0,") != std::string::npos;
+    kvs_free(j);
+    return none;
+  })) << "budget still held after the requests completed";
+  kvs_disconnect(c);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 // kvsctl, as a shell user runs it: the config finds socket and table.
 class KvsctlTest : public WriteTest {
  protected:
