@@ -1,0 +1,493 @@
+#include "replica.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <thread>
+
+#include "log.hpp"
+
+namespace kvs::daemon {
+
+using format::HoldReason;
+using namespace std::chrono_literals;
+
+// Retries `fn` while it fails with kTimeout (a broker not answering yet),
+// logging each failure, until it succeeds, fails otherwise, or kvsd stops.
+template <class F>
+static auto with_retry(const char* what, F fn) -> decltype(fn()) {
+  for (int attempt = 1;; ++attempt) {
+    auto r = fn();
+    if (r || r.error().code != Errc::kTimeout || g_stop) return r;
+    KVS_LOG_WARN("%s: %s; retrying (attempt %d)", what, r.error().message.c_str(), attempt);
+    for (int i = 0; i < 10 && !g_stop; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+static uint64_t hash_of(const std::string& s) { return format::hash_key(s.data(), s.size()); }
+
+// A reader holding memory back is named in the log once it has done so
+// this long: longer than a read of a large table takes.
+static constexpr auto kHolderLogAfter = 3s;
+
+uint64_t timestamp_ns(const rd_kafka_message_t* m) {
+  const int64_t ms = rd_kafka_message_timestamp(m, nullptr);
+  return ms > 0 ? static_cast<uint64_t>(ms) * 1000000 : 0;
+}
+
+static std::string utc_time(uint64_t unix_ns) {
+  const auto t = static_cast<time_t>(unix_ns / 1000000000);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+static std::string mib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+// "reader process 123 (file) has held 1.0 MiB back from reuse since T".
+static std::string describe_holder(const ReaderHolder& h, uint64_t bytes) {
+  const std::string who = h.pid > 0
+                              ? "reader process " + std::to_string(h.pid) + " (" + h.file + ")"
+                              : "reader " + h.file;
+  return who + " has held " + mib(bytes) + " back from reuse since " + utc_time(h.since_unix_ns);
+}
+
+bool needs_room(Errc code) { return code == Errc::kBusy || code == Errc::kTableFull; }
+
+static HoldReason reason_of(Replica& t, Errc code) {
+  if (code == Errc::kBusy) return HoldReason::kReaders;
+  TableWriter& w = t.active();
+  return w.stats().size >= w.header().capacity ? HoldReason::kCapacity : HoldReason::kMemory;
+}
+
+static const char* reason_text(HoldReason r) {
+  switch (r) {
+    case HoldReason::kCapacity:
+      return "the table holds its capacity of keys";
+    case HoldReason::kMemory:
+      return "the table's arena (memory_limit_bytes) is full";
+    case HoldReason::kReaders:
+      return "its room waits for a reader to finish its read";
+    case HoldReason::kNone:
+      break;
+  }
+  return "no room";
+}
+
+Result<void> apply_to(TableWriter& w, std::string_view key, const char* payload, size_t len) {
+  if (payload == nullptr) {  // tombstone
+    auto e = w.erase(key);
+    return e ? Result<void>{} : Result<void>(std::move(e).error());
+  }
+  return w.put(key, {payload, len});
+}
+
+void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e) {
+  ++t.skipped;
+  t.active().count_skipped();
+  KVS_LOG_WARN("table %s: skipped %s[%d] offset %lld: %s", t.cfg.name.c_str(), t.cfg.topic.c_str(),
+               p, static_cast<long long>(offset), e.message.c_str());
+}
+
+static void publish_hold(Replica& t) {
+  t.writer->set_hold(t.n_held, t.hold_reason);
+  if (t.rebuild) t.rebuild->set_hold(t.n_held, t.hold_reason);
+}
+
+// At most one line about holds per table per 10 s; the suffix counts the
+// ones not logged.
+static std::optional<std::string> hold_log_due(Replica& t, clock::time_point now) {
+  if (now < t.next_hold_log) {
+    ++t.holds_unlogged;
+    return std::nullopt;
+  }
+  t.next_hold_log = now + 10s;
+  const uint64_t n = std::exchange(t.holds_unlogged, 0);
+  return n == 0 ? std::string() : " (" + std::to_string(n) + " holds and resumes not logged)";
+}
+
+// Record m of t needs room the table does not have: it waits in t.held, and
+// its partition is not fetched until it is applied (what was fetched after
+// it is dropped and fetched again), so that the table's other partitions
+// and the other tables go on and nothing spins.
+// False if the partition could not be stopped (kvsd cannot go on).
+bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error& e) {
+  const int32_t p = m->partition;
+  const auto now = clock::now();
+  Held& h = t.held[p];
+  h.offset = m->offset;
+  h.timestamp_ns = timestamp_ns(m);
+  h.tombstone = m->payload == nullptr;
+  h.key.assign(static_cast<const char*>(m->key), m->key_len);
+  h.value.assign(h.tombstone ? "" : static_cast<const char*>(m->payload), h.tombstone ? 0 : m->len);
+  h.reason = reason_of(t, e.code);
+  h.since = now;
+  h.backoff = h.reason == HoldReason::kReaders ? 1ms : 100ms;
+  h.next_try = now + h.backoff;
+  ++t.n_held;
+  t.hold_reason = h.reason;
+  t.pending[p] = -1;
+  publish_hold(t);
+  if (auto ok = c.stop_partition(t.cfg.topic, p); !ok) {
+    KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+    return false;
+  }
+  const auto suffix = hold_log_due(t, now);
+  if (!suffix) return true;
+  std::string who;
+  if (h.reason == HoldReason::kReaders) {
+    const WriterStats st = t.active().stats();
+    if (st.holder.epoch != 0) who = "; " + describe_holder(st.holder, st.retired_bytes);
+  }
+  KVS_LOG_ERROR(
+      "table %s: %s; %s[%d] waits at offset %lld until there is room (the table's other "
+      "partitions and the other tables go on)%s%s",
+      t.cfg.name.c_str(), e.message.c_str(), t.cfg.topic.c_str(), p,
+      static_cast<long long>(m->offset), who.c_str(), suffix->c_str());
+  return true;
+}
+
+// Applies the held records that are due and fetches their partitions again
+// from the record after. False if kvsd cannot go on.
+bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
+  for (int32_t p = 0; p < t.partitions && t.n_held > 0; ++p) {
+    Held& h = t.held[p];
+    if (h.offset < 0 || now < h.next_try) continue;
+    auto r = apply_to(t.active(), h.key, h.tombstone ? nullptr : h.value.data(), h.value.size());
+    if (!r && needs_room(r.error().code)) {
+      h.reason = t.hold_reason = reason_of(t, r.error().code);
+      h.backoff = std::min<std::chrono::milliseconds>(h.backoff * 2, 100ms);
+      h.next_try = now + h.backoff;
+      continue;
+    }
+    if (!r) {
+      note_skipped(t, p, h.offset, r.error());
+    } else {
+      ++t.applied;
+      t.last_applied_ts_ns[p] = h.timestamp_ns;
+    }
+    const int64_t next = h.offset + 1;
+    t.active().set_next_offset(static_cast<uint32_t>(p), next);
+    if (next >= t.target[p]) t.reached[p] = true;
+    if (auto suffix = hold_log_due(t, now)) {
+      KVS_LOG_INFO(
+          "table %s: %s[%d] offset %lld applied after %.1f s waiting for room; the "
+          "partition is fetched again%s",
+          t.cfg.name.c_str(), t.cfg.topic.c_str(), p, static_cast<long long>(h.offset),
+          std::chrono::duration<double>(now - h.since).count(), suffix->c_str());
+    }
+    h = Held{};
+    --t.n_held;
+    if (auto ok = c.start_partition(t.cfg.topic, p, next); !ok) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+      return false;
+    }
+  }
+  publish_hold(t);
+  return true;
+}
+
+// The earliest time a held record of any table is due (or `limit`).
+clock::time_point next_hold_try(const std::vector<Replica>& tables, clock::time_point limit) {
+  for (const auto& t : tables) {
+    if (t.n_held == 0) continue;
+    for (const Held& h : t.held) {
+      if (h.offset >= 0) limit = std::min(limit, h.next_try);
+    }
+  }
+  return limit;
+}
+
+// A rebuild starts every partition of the table over: nothing waits.
+static void drop_holds(Replica& t, kafka::Consumer& c) {
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    if (t.held[p].offset < 0) continue;
+    t.held[p] = Held{};
+    // Assigned again so that the rebuild's reassignment finds it assigned.
+    (void)c.start_partition(t.cfg.topic, p, RD_KAFKA_OFFSET_BEGINNING);
+  }
+  t.n_held = 0;
+  publish_hold(t);
+}
+
+// Names, in the log, the reader that has held memory back for
+// kHolderLogAfter, then every minute while it does.
+void report_holder(Replica& t, clock::time_point now) {
+  const WriterStats st = t.active().stats();
+  const ReaderHolder& h = st.holder;
+  const uint64_t now_ns = format::now_unix_ns();
+  const auto after_ns = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(kHolderLogAfter).count());
+  if (h.epoch == 0 || now_ns < h.since_unix_ns + after_ns) {
+    if (t.logged_holder.epoch != 0) {
+      KVS_LOG_INFO("table %s: the reader named before no longer holds memory back",
+                   t.cfg.name.c_str());
+    }
+    t.logged_holder = ReaderHolder{};
+    return;
+  }
+  const bool same =
+      h.file == t.logged_holder.file && h.since_unix_ns == t.logged_holder.since_unix_ns;
+  if (same && now < t.next_holder_log) return;
+  t.logged_holder = h;
+  t.next_holder_log = now + 60s;
+  KVS_LOG_WARN(
+      "table %s: %s (%llu s): a read that does not end (a stopped process, a slow walk of "
+      "kvs_for_each, or kvs_read_begin without kvs_read_end); %s",
+      t.cfg.name.c_str(), describe_holder(h, st.retired_bytes).c_str(),
+      static_cast<unsigned long long>((now_ns - h.since_unix_ns) / 1000000000),
+      t.n_held > 0 ? "partitions of the table wait for it"
+                   : "the table uses the rest of its arena meanwhile");
+}
+
+// Publishes the high watermarks (the larger of the last fetch response's and
+// the poller's) and the timestamp of the oldest record not applied yet.
+void refresh_lag(Replica& t, kafka::Consumer& c, const kafka::WatermarkPoller& poller) {
+  const uint64_t now_ns = format::now_unix_ns();
+  TableWriter& w = t.active();
+  uint64_t oldest = 0;
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const auto up = static_cast<uint32_t>(p);
+    const int64_t hw =
+        std::max(c.cached_high_watermark(t.cfg.topic, p), poller.high_watermark(t.cfg.topic, p));
+    if (hw >= 0) w.set_high_watermark(up, hw);
+    if (hw <= w.next_offset(up)) {
+      t.caught_up_ns[p] = now_ns;
+      continue;
+    }
+    // A held record's timestamp is exact. Otherwise the oldest unapplied
+    // record came after the last one applied, and after the partition was
+    // last seen caught up: the later of the two bounds its age.
+    const Held& h = t.held[p];
+    const uint64_t bound = h.offset >= 0 && h.timestamp_ns != 0
+                               ? h.timestamp_ns
+                               : std::max(t.last_applied_ts_ns[p], t.caught_up_ns[p]);
+    if (bound != 0 && (oldest == 0 || bound < oldest)) oldest = bound;
+  }
+  w.set_oldest_unapplied(oldest);
+}
+
+// What STATUS= adds about tables under pressure ("" if none).
+std::string pressure_status(const std::vector<Replica>& tables) {
+  std::string s;
+  for (const auto& t : tables) {
+    if (t.n_held > 0) {
+      s += "; table " + t.cfg.name + ": " + std::to_string(t.n_held) +
+           " partition(s) wait for room (" + reason_text(t.hold_reason) + ")";
+    }
+    if (t.logged_holder.epoch != 0) {
+      s += "; table " + t.cfg.name + ": reader " +
+           (t.logged_holder.pid > 0 ? "process " + std::to_string(t.logged_holder.pid)
+                                    : t.logged_holder.file) +
+           " holds memory back since " + utc_time(t.logged_holder.since_unix_ns);
+    }
+  }
+  return s;
+}
+
+// Queries every partition's watermarks; records the high watermarks as the
+// targets to reach and in `into`. Returns (low, high) per partition.
+static Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Replica& t,
+                                                                        kafka::Consumer& c,
+                                                                        TableWriter& into) {
+  auto wms = with_retry("fetching watermarks",
+                        [&] { return c.watermarks(t.cfg.topic, t.partitions, 5000); });
+  if (!wms) return std::move(wms).error();
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    t.target[p] = (*wms)[p].second;
+    into.set_high_watermark(static_cast<uint32_t>(p), (*wms)[p].second);
+  }
+  return wms;
+}
+
+// Starts filling a new segment for `t` from the beginning of its topic.
+// `seek`: the partitions are assigned already and must go back.
+Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& why, bool seek) {
+  KVS_LOG_WARN(
+      "table %s: %s; rebuilding it from the beginning of topic %s in a new segment "
+      "(readers keep the current data until the new segment has caught up)",
+      t.cfg.name.c_str(), why.c_str(), t.cfg.topic.c_str());
+  drop_holds(t, c);
+  t.rebuild.reset();  // a rebuild under way starts over
+  auto r = t.writer->begin_replacement();
+  if (!r) return std::move(r).error().context("table " + t.cfg.name + ": rebuild");
+  TableWriter& w = **r;
+  if (auto ok = w.set_partition_count(static_cast<uint32_t>(t.partitions)); !ok) return ok;
+  w.set_source(t.source_cluster, t.source_topic);
+  w.set_state(format::TableState::kBootstrapping);
+  auto wms = capture_targets(t, c, w);
+  if (!wms) return std::move(wms).error();
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const auto [lo, hi] = (*wms)[p];
+    // Nothing below the log start exists: it counts as applied.
+    w.set_next_offset(static_cast<uint32_t>(p), lo);
+    t.reached[p] = hi <= lo;
+    t.pending[p] = -1;
+  }
+  t.rebuild = std::move(*r);
+  t.applied = t.skipped = 0;
+  t.skip_batch = true;
+  if (seek) return c.reassign_from_beginning(t.cfg.topic, t.partitions);
+  return {};
+}
+
+// Why the segment cannot resume from its recorded offsets, or "".
+static std::string why_rebuild(const Replica& t,
+                               const std::vector<std::pair<int64_t, int64_t>>& wms) {
+  const TableWriter& w = *t.writer;
+  if (const std::string change = w.size_change(); !change.empty()) {
+    return "the config sizes it differently from its segment (" + change + ")";
+  }
+  if (w.source_topic() != 0 && w.source_topic() != t.source_topic) {
+    return "its segment was filled from another topic";
+  }
+  if (w.source_cluster() != 0 && t.source_cluster != 0 && w.source_cluster() != t.source_cluster) {
+    return "its segment was filled from another Kafka cluster (the cluster id differs)";
+  }
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const int64_t next = w.next_offset(static_cast<uint32_t>(p));
+    const auto [lo, hi] = wms[p];
+    if (next > 0 && (next < lo || next > hi)) {
+      return "offset " + std::to_string(next) + " recorded for " + t.cfg.topic + "[" +
+             std::to_string(p) + "] is not in the log (" + std::to_string(lo) + ".." +
+             std::to_string(hi) + ")";
+    }
+  }
+  return "";
+}
+
+// At start: the partitions the table follows, the high watermarks to reach
+// and where each partition starts (appended to `starts`). A segment that
+// cannot resume (why_rebuild) or cannot hold the topic's partitions is
+// rebuilt from the beginning of the topic.
+Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
+                             std::vector<kafka::PartitionStart>& starts) {
+  if (static_cast<uint32_t>(n) > t.cfg.max_partitions) {
+    return make_error(Errc::kInvalidArgument,
+                      "table " + t.cfg.name + ": topic " + t.cfg.topic + " has " +
+                          std::to_string(n) + " partitions, above max_partitions = " +
+                          std::to_string(t.cfg.max_partitions) + "; raise it");
+  }
+  // A segment that tracks fewer partitions is not touched beyond them.
+  const bool fits = static_cast<bool>(t.writer->set_partition_count(static_cast<uint32_t>(n)));
+  t.partitions = n;
+  t.target.assign(n, 0);
+  t.reached.assign(n, false);
+  t.pending.assign(n, -1);
+  t.held.assign(n, Held{});
+  t.last_applied_ts_ns.assign(n, 0);
+  t.caught_up_ns.assign(n, 0);
+  t.source_topic = hash_of(t.cfg.topic);
+  if (auto id = c.cluster_id(2000)) {
+    t.source_cluster = hash_of(*id);
+  } else {
+    KVS_LOG_DEBUG("table %s: %s; the segment's cluster is not checked", t.cfg.name.c_str(),
+                  id.error().message.c_str());
+  }
+  std::string why;
+  if (!fits) {
+    why = "its segment tracks at most " + std::to_string(t.writer->header().partition_capacity) +
+          " partitions and topic " + t.cfg.topic + " has " + std::to_string(n);
+  } else {
+    auto wms = capture_targets(t, c, *t.writer);
+    if (!wms) return std::move(wms).error().context("table " + t.cfg.name);
+    why = why_rebuild(t, *wms);
+  }
+  if (!why.empty()) {
+    if (auto ok = start_rebuild(t, c, why, /*seek=*/false); !ok) return ok;
+  } else {
+    t.writer->set_source(t.source_cluster, t.source_topic);
+  }
+  for (int32_t p = 0; p < n; ++p) {
+    const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
+    if (!t.rebuild) t.reached[p] = next >= t.target[p];
+    starts.push_back({t.cfg.topic, p, (next > 0 && !t.rebuild) ? next : -2});
+  }
+  return {};
+}
+
+bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
+  const int32_t p = m->partition;
+  if (p >= t.partitions || t.skip_batch || t.held[p].offset >= 0) {
+    // A partition the table does not follow yet; fetched before the
+    // table's partitions went back to the beginning; or behind a record
+    // that waits for room (fetched again after it).
+    return true;
+  }
+  if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+      m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+    // The log no longer holds our position (retention, a recreated topic):
+    // skipping ahead would lose records silently.
+    const std::string why =
+        std::string(t.cfg.topic) + "[" + std::to_string(p) + "]: " + rd_kafka_message_errstr(m);
+    if (auto ok = start_rebuild(t, c, why, /*seek=*/true); !ok) {
+      KVS_LOG_ERROR("%s", ok.error().message.c_str());
+      return false;
+    }
+    return true;
+  }
+  if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+    // The end of what the broker has: everything below m->offset is applied.
+    if (m->offset > t.pending[p]) t.pending[p] = m->offset;
+    if (m->offset >= t.target[p]) t.reached[p] = true;
+    return true;
+  }
+  if (m->err) {
+    KVS_LOG_ERROR("table %s: %s[%d]: %s", t.cfg.name.c_str(), t.cfg.topic.c_str(), p,
+                  rd_kafka_message_errstr(m));
+    return true;
+  }
+  const std::string_view key(static_cast<const char*>(m->key), m->key_len);
+  auto r = apply_to(t.active(), key, static_cast<const char*>(m->payload), m->len);
+  // Skipping a record that needs room would lose data: it waits, and only
+  // its partition with it.
+  if (!r && needs_room(r.error().code)) return hold(t, c, m, r.error());
+  if (!r) {
+    note_skipped(t, p, m->offset, r.error());
+  } else {
+    // While bootstrapping, a sample of the timestamps is enough: an older
+    // one only makes the age bound larger.
+    if (t.ready || (t.applied & 15) == 0) t.last_applied_ts_ns[p] = timestamp_ns(m);
+    ++t.applied;
+  }
+  // Published per record, right after it is visible: a kvsd killed here
+  // replays from the record after it, so readers never see a key go back
+  // to an older value (the replay is of records they have not seen yet, or
+  // of this one).
+  t.active().set_next_offset(static_cast<uint32_t>(p), m->offset + 1);
+  if (m->offset + 1 >= t.target[p]) t.reached[p] = true;
+  return true;
+}
+
+bool end_batch(Replica& t, kafka::Consumer& c) {
+  // Positions learnt from partition EOFs (offsets of control records and
+  // compacted gaps): every record below them is visible.
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const auto up = static_cast<uint32_t>(p);
+    if (t.pending[p] > t.active().next_offset(up)) t.active().set_next_offset(up, t.pending[p]);
+    t.pending[p] = -1;
+  }
+  t.active().reclaim();
+  auto walk = t.writer->take_attach_walk_report();
+  if (!walk) return true;
+  if (!walk->corrupt) {
+    if (walk->leaked_blocks > 0)
+      KVS_LOG_INFO("table %s: %s", t.cfg.name.c_str(), walk->message.c_str());
+    return true;
+  }
+  if (t.rebuild) return true;
+  if (auto ok = start_rebuild(t, c, walk->message, /*seek=*/true); !ok) {
+    KVS_LOG_ERROR("%s", ok.error().message.c_str());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace kvs::daemon

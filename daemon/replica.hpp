@@ -1,0 +1,131 @@
+// One table's replica in kvsd: its writer (and a rebuild's), the positions
+// and targets of its partitions, READY, rebuild-and-swap, and the records
+// that wait for room, with the functions that apply consumed records to it
+// and report on it. Everything here runs on kvsd's apply thread (run() in
+// kvsd.cpp), which owns the replicas.
+#pragma once
+
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "kafka/consumer.hpp"
+#include "kafka/watermark_poller.hpp"
+#include "writer/table_writer.hpp"
+
+namespace kvs::daemon {
+
+// Set by SIGTERM and SIGINT (kvsd.cpp): waits in here end when it is.
+extern volatile sig_atomic_t g_stop;
+
+using clock = std::chrono::steady_clock;
+
+// A record that needs room its table does not have (index at capacity,
+// arena full, or reuse waiting for a reader): it waits, copied here, while
+// its partition is not fetched; the table's other partitions and the other
+// tables go on. Records behind it in its partition wait with it (they are
+// fetched again when it is applied), so a partition is applied in order.
+struct Held {
+  int64_t offset = -1;  // -1: nothing waits
+  uint64_t timestamp_ns = 0;
+  bool tombstone = false;
+  std::string key, value;
+  format::HoldReason reason = format::HoldReason::kNone;
+  clock::time_point since{}, next_try{};
+  std::chrono::milliseconds backoff{1};
+};
+
+struct Replica {
+  config::TableConfig cfg;
+  std::unique_ptr<TableWriter> writer;  // the segment readers read
+  // A replacement being filled from the beginning of the topic (a rebuild),
+  // or null. Records go to it; readers keep `writer`'s data until it is
+  // current and takes the table's name.
+  std::unique_ptr<TableWriter> rebuild;
+  TableWriter& active() { return rebuild ? *rebuild : *writer; }
+  uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
+  uint64_t source_topic = 0;    // XXH3 of the topic name
+  bool skip_batch = false;      // rest of this batch predates a seek
+  int32_t partitions = 0;
+  std::vector<int64_t> target;   // high watermark seen at start
+  std::vector<bool> reached;     // position has reached target
+  std::vector<int64_t> pending;  // next offset to publish after the batch; -1: none
+  uint64_t applied = 0;
+  uint64_t skipped = 0;
+  bool ready = false;
+  // Per partition: the record that waits for room, if any (see hold()).
+  std::vector<Held> held;
+  uint32_t n_held = 0;
+  format::HoldReason hold_reason = format::HoldReason::kNone;  // of the latest hold
+  clock::time_point next_hold_log{};
+  uint64_t holds_unlogged = 0;
+  // Per partition, for the age of the oldest unapplied record: the Kafka
+  // timestamp of the last record applied, and when kvsd last saw the
+  // partition caught up with its high watermark (Unix ns; 0: not yet).
+  std::vector<uint64_t> last_applied_ts_ns;
+  std::vector<uint64_t> caught_up_ns;
+  // The reader last named in the log for holding memory back.
+  ReaderHolder logged_holder;
+  clock::time_point next_holder_log{};
+};
+
+// ---- Start
+
+// The partitions the table follows, the high watermarks to reach and where
+// each partition starts (appended to `starts`). A segment that cannot
+// resume (its offsets left the log, another topic or cluster, another
+// size) or cannot hold the topic's partitions is rebuilt from the
+// beginning of the topic. Errors: kInvalidArgument (above max_partitions),
+// Kafka's.
+Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
+                             std::vector<kafka::PartitionStart>& starts);
+// Starts filling a new segment for `t` from the beginning of its topic.
+// `seek`: the partitions are assigned already and must go back.
+Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& why, bool seek);
+
+// ---- Applying records
+
+// Applies one consumed message (a record or an event) of t's topic; the
+// caller releases it. False if kvsd cannot go on.
+bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m);
+// After each batch: publishes the positions partition EOFs taught, frees
+// what readers no longer see, and starts a rebuild if the attach walk found
+// the arena off. False if kvsd cannot go on.
+bool end_batch(Replica& t, kafka::Consumer& c);
+
+uint64_t timestamp_ns(const rd_kafka_message_t* m);  // the record's Kafka timestamp
+// The table has no room for the record (it must wait, never be skipped).
+bool needs_room(Errc code);
+// A put, or an erase when payload is null (a tombstone).
+Result<void> apply_to(TableWriter& w, std::string_view key, const char* payload, size_t len);
+void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e);
+// Record m needs room the table does not have: it waits in t.held and its
+// partition is not fetched until it is applied. False if the partition
+// could not be paused (kvsd cannot go on).
+bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error& e);
+// Applies the held records that are due and fetches their partitions again
+// from the record after. False if kvsd cannot go on.
+bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now);
+// The earliest time a held record of any table is due (or `limit`).
+clock::time_point next_hold_try(const std::vector<Replica>& tables, clock::time_point limit);
+
+// ---- Reporting
+
+// Names, in the log, the reader that has held memory back for 3 s, then
+// every minute while it does.
+void report_holder(Replica& t, clock::time_point now);
+// Publishes the high watermarks and the timestamp of the oldest record not
+// applied yet.
+void refresh_lag(Replica& t, kafka::Consumer& c, const kafka::WatermarkPoller& poller);
+// What STATUS= adds about tables under pressure ("" if none).
+std::string pressure_status(const std::vector<Replica>& tables);
+
+}  // namespace kvs::daemon
