@@ -101,8 +101,7 @@ const Key kKeys[] = {
      }},
     {"kvsd", "frame_timeout_ms", Kind::kInt, "30000", 100, 3600000,
      "A request whose first bytes arrived must be complete by then, else its connection is "
-     "closed (while it holds none of max_unfinished_frame_bytes and waits for some, its time "
-     "does not run).",
+     "closed (time in which kvsd itself does not read the connection does not count).",
      [](Config& c, TableConfig&, const Val& v) {
        c.frame_timeout_ms = static_cast<uint32_t>(v.i);
      }},
@@ -111,6 +110,12 @@ const Key kKeys[] = {
      "besides); a connection that needs more is not read until some is free.",
      [](Config& c, TableConfig&, const Val& v) {
        c.max_unfinished_frame_bytes = static_cast<uint64_t>(v.i);
+     }},
+    {"kvsd", "max_unsent_reply_bytes", Kind::kInt, "67108864", 1048576, int64_t{1} << 40,
+     "Replies written but not yet read by their clients, across all connections; past it, "
+     "kvsd stops reading the connections whose replies wait (at most 4 MiB each in any case).",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.max_unsent_reply_bytes = static_cast<uint64_t>(v.i);
      }},
 
     {"table", "name", Kind::kString, "", 0, 200,

@@ -56,7 +56,8 @@ struct Config {
   uint32_t max_pending_per_connection = 4096;
   uint32_t hello_timeout_ms = 10000;  // a connection must complete HELLO by then
   uint32_t frame_timeout_ms = 30000;  // a frame must be complete this long after it began
-  uint64_t max_unfinished_frame_bytes = 64 << 20;          // input buffered across connections
+  uint64_t max_unfinished_frame_bytes = 64 << 20;  // input buffered across connections
+  uint64_t max_unsent_reply_bytes = 64 << 20;      // replies not yet read, across connections
   std::vector<std::pair<std::string, std::string>> kafka;  // librdkafka properties
   std::vector<TableConfig> tables;
   // Where each key was set ("kvsd.shm_group", "kafka.acks", "table[0].topic"),

@@ -91,6 +91,7 @@ struct Conn {
   clock::time_point frame_started{};  // an unfinished frame's first bytes; {}: none
   size_t charged = 0;                 // input buffer beyond kFreeInputBytes, drawn from the budget
   bool budget_wait = false;           // not read until max_unfinished_frame_bytes has room
+  size_t out_counted = 0;             // unsent replies, as counted in Impl::unsent_total
 };
 
 struct Request;
@@ -227,6 +228,10 @@ struct Server::Impl {
   // Input buffered beyond each connection's kFreeInputBytes, across all of
   // them, and the connections waiting for some of it.
   uint64_t budget_used = 0;
+  // Replies written but not yet sent, across all connections: clients that
+  // do not read their replies are not read either once it reaches
+  // max_unsent_reply_bytes.
+  uint64_t unsent_total = 0;
   bool budget_freed = false;  // since the waiters last tried
   std::vector<uint64_t> budget_waiters;
   clock::time_point next_conn_check{};
@@ -248,7 +253,9 @@ struct Server::Impl {
   bool may_read(const Conn& c) const {
     return !c.closing && !c.eof && !c.budget_wait && parked.empty() &&
            c.pending < cfg.max_pending_per_connection &&
-           c.out.size() - c.out_off < kMaxUnsentBytes && !stopping.load();
+           c.out.size() - c.out_off < kMaxUnsentBytes &&
+           (c.out.size() == c.out_off || unsent_total < cfg.max_unsent_reply_bytes) &&
+           !stopping.load();
   }
   void handle_frame(Conn& c, const proto::Header& h, std::string_view body);
   void reply_error(Conn& c, uint64_t id, Errc code, const std::string& message);
@@ -804,6 +811,7 @@ void Server::Impl::close_conn(uint64_t id) {
   if (it->second.in.capacity() >= kFreeInputBytes) trim_due = true;
   if (it->second.charged > 0) budget_freed = true;
   budget_used -= it->second.charged;
+  unsent_total -= it->second.out_counted;
   conns.erase(it);
 }
 
@@ -923,11 +931,18 @@ void Server::Impl::flush(Conn& c) {
   if (c.out_off == c.out.size()) {
     c.out.clear();
     c.out_off = 0;
+    if (c.out.capacity() > kFreeInputBytes) {  // replies of a client that read late
+      std::string().swap(c.out);
+      trim_due = true;
+    }
     if (c.closing) {
       close_conn(c.id);
       return;
     }
   }
+  const size_t unsent = c.out.size() - c.out_off;
+  unsent_total = unsent_total + unsent - c.out_counted;
+  c.out_counted = unsent;
   update_interest(c);
 }
 
@@ -1390,6 +1405,7 @@ std::string Server::Impl::stats_json() {
                   ",\"timed_out_connections\":" + std::to_string(n_timed_out_conns) +
                   ",\"unfinished_frame_bytes\":" + std::to_string(budget_used) +
                   ",\"waiting_for_frame_memory\":" + std::to_string(budget_waiters.size()) +
+                  ",\"unsent_reply_bytes\":" + std::to_string(unsent_total) +
                   ",\"pending\":" + std::to_string(pending) +
                   ",\"queue_full_waits\":" + std::to_string(n_queue_full) +
                   ",\"producer_queue\":" + std::to_string(rd_kafka_outq_len(rk)) + "},\"tables\":[";

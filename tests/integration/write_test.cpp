@@ -1054,6 +1054,67 @@ TEST_F(WriteTest, SlowClientsHoldAtMostTheUnfinishedFrameBudget) {
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }
 
+// Clients pipeline requests and never read the replies: kvsd stops reading
+// them once max_unsent_reply_bytes of replies wait across all connections
+// (not 4 MiB each), and a client that reads its replies is still served.
+TEST_F(WriteTest, ClientsThatNeverReadRepliesHoldBoundedMemory) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  constexpr uint64_t kCap = 2 << 20;
+  constexpr int kClients = 40;
+  auto kvsd =
+      start_kvsd(write_config("", "max_unsent_reply_bytes = " + std::to_string(kCap) + "\n"));
+  Table t = open_ready();
+  std::string b0;
+  ::close(raw_connect_past_hello(b0));
+  const uint64_t before = rss_bytes(kvsd->pid());
+  // Each request: a put to a table kvsd does not serve, answered with an
+  // ERROR of about 80 bytes, without Kafka. 64 KiB of them per send.
+  std::string burst;
+  while (burst.size() < (64 << 10)) {
+    protocol::encode_write(burst, 1, false, protocol::Write{"nope", 0, "k", "v"});
+  }
+  std::vector<int> fds;
+  for (int i = 0; i < kClients; ++i) {
+    std::string buf;
+    const int fd = raw_connect_past_hello(buf);
+    ASSERT_GE(fd, 0);
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+    fds.push_back(fd);
+  }
+  int quiet = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (quiet < 20 && std::chrono::steady_clock::now() < deadline) {
+    size_t progress = 0;
+    for (int fd : fds) {
+      const ssize_t k = ::send(fd, burst.data(), burst.size(), MSG_NOSIGNAL);
+      if (k > 0) progress += static_cast<size_t>(k);
+    }
+    quiet = progress == 0 ? quiet + 1 : 0;
+    std::this_thread::sleep_for(5ms);  // pacing the sender; the condition is "no progress"
+  }
+  const uint64_t peak = rss_bytes(kvsd->pid());
+  std::printf("[ figures  ] %d clients not reading: kvsd RSS %.1f MiB -> %.1f MiB\n", kClients,
+              before / 1048576.0, peak / 1048576.0);
+  // Without the global bound each would hold 4 MiB of replies (160 MiB).
+  if (!kAsan) {
+    EXPECT_LT(peak, before + kCap + (24 << 20)) << "unsent replies are not bounded";
+  }
+  kvs_client* c = connect();
+  char* j = nullptr;
+  ASSERT_EQ(kvs_stats(c, &j), KVS_OK) << kvs_last_error();
+  const std::string stats = j;
+  kvs_free(j);
+  kvs_disconnect(c);
+  const size_t at = stats.find("\"unsent_reply_bytes\":");
+  ASSERT_NE(at, std::string::npos) << stats;
+  const uint64_t unsent = std::stoull(stats.substr(at + 21));
+  EXPECT_GE(unsent, kCap) << stats;
+  EXPECT_LT(unsent, kCap + kClients * (256 << 10)) << stats;
+  for (int fd : fds) ::close(fd);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
 // Two clients send large requests at once, interleaved, with a budget that
 // holds only one of them: each request reserves its whole size before kvsd
 // reads past the free allowance, so one waits for the other instead of both
