@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "support/kvsd_fixture.hpp"
+#include "support/notify_socket.hpp"
 #include "support/producer.hpp"
 
 namespace kvs {
@@ -486,29 +487,16 @@ TEST_F(KvsdTest, RecordsOfAbortedTransactionsNeverAppear) {
 TEST_F(KvsdTest, SendsReadyAndStatusToSystemd) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 1));
   const std::string sock = (dir_ / "notify.sock").string();
-  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(fd, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock.c_str());
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  test::NotifySocket notify(sock);
   ::setenv("NOTIFY_SOCKET", sock.c_str(), 1);
   auto kvsd = start_kvsd(write_config());
   ::unsetenv("NOTIFY_SOCKET");
-  std::string all;
-  timeval tv{10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  while (all.find("READY=1") == std::string::npos) {
-    char buf[4096];
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    all.append(buf, static_cast<size_t>(n)).append("\n");
-  }
-  EXPECT_NE(all.find("READY=1"), std::string::npos) << all;
-  EXPECT_NE(all.find("STATUS=READY"), std::string::npos) << all;
+  EXPECT_TRUE(
+      test::wait_until([&] { return notify.text().find("READY=1") != std::string::npos; }, 30s))
+      << notify.text();
+  EXPECT_NE(notify.text().find("STATUS=READY"), std::string::npos) << notify.text();
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0);
-  ::close(fd);
 }
 
 TEST_F(KvsdTest, BadConfigExitsWith78NamingFileAndLine) {
