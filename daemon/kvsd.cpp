@@ -107,19 +107,34 @@ Result<int32_t> wait_for_topic(const Replica& t, kafka::Consumer& c, std::chrono
   }
 }
 
-// Removes a table's segment so that the next writer starts afresh, first
-// flagging it replaced (if it is one of this layout that kvsd may write), so
-// that open readers move to the new segment instead of reading the removed
-// one for as long as they run.
-void discard_segment(const std::string& name) {
-  if (auto m = shm::open_segment(name, shm::Access::kReadWrite);
-      m && (*m)->size() >= sizeof(format::TableHeader)) {
-    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
-    if (h->magic == format::kTableMagic && h->layout_version == format::kLayoutVersion) {
-      h->replaced.store(1, std::memory_order_release);
-    }
+// Starts librdkafka's mock cluster in this process with every table's
+// topic, and points `properties` at it.
+Result<std::unique_ptr<kafka::EmbeddedKafka>> start_embedded(
+    const config::Config& cfg, std::vector<std::pair<std::string, std::string>>& properties) {
+  auto k = kafka::EmbeddedKafka::start(1);
+  if (!k) return std::move(k).error();
+  for (const auto& t : cfg.tables) {
+    if (auto ok = (*k)->create_topic(t.topic, t.create_partitions); !ok) return ok.error();
   }
-  shm::remove_segment(name);
+  std::erase_if(properties, [](const auto& p) { return p.first == "bootstrap.servers"; });
+  properties.emplace_back("bootstrap.servers", (*k)->bootstrap_servers());
+  // The mock cluster answers a fetch that finds no new record only when
+  // fetch.wait.max.ms (librdkafka's default: 500 ms) has passed, even if a
+  // record arrives meanwhile; a real broker answers as soon as one does.
+  // With the default, every "visible" write and kvs_wait would take up to
+  // half a second here. A short wait costs an empty fetch every 10 ms
+  // while idle. [kafka] may still set it.
+  if (std::none_of(properties.begin(), properties.end(),
+                   [](const auto& p) { return p.first == kEmbeddedFetchWait.first; })) {
+    properties.emplace_back(kEmbeddedFetchWait.first, kEmbeddedFetchWait.second);
+  }
+  std::printf("embedded Kafka: bootstrap.servers=%s\n", (*k)->bootstrap_servers().c_str());
+  std::fflush(stdout);
+  KVS_LOG_WARN(
+      "embedded Kafka (librdkafka's mock cluster) at %s: its data lives only as long "
+      "as this kvsd process; use a real cluster for anything you keep",
+      (*k)->bootstrap_servers().c_str());
+  return k;
 }
 
 }  // namespace
@@ -135,36 +150,12 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   auto properties = cfg.kafka;
   std::unique_ptr<kafka::EmbeddedKafka> embedded;
   if (opts.embedded_kafka) {
-    auto k = kafka::EmbeddedKafka::start(1);
+    auto k = start_embedded(cfg, properties);
     if (!k) {
       KVS_LOG_ERROR("%s", k.error().message.c_str());
       return 1;
     }
     embedded = std::move(*k);
-    for (const auto& t : cfg.tables) {
-      if (auto ok = embedded->create_topic(t.topic, t.create_partitions); !ok) {
-        KVS_LOG_ERROR("%s", ok.error().message.c_str());
-        return 1;
-      }
-    }
-    std::erase_if(properties, [](const auto& p) { return p.first == "bootstrap.servers"; });
-    properties.emplace_back("bootstrap.servers", embedded->bootstrap_servers());
-    // The mock cluster answers a fetch that finds no new record only when
-    // fetch.wait.max.ms (librdkafka's default: 500 ms) has passed, even if a
-    // record arrives meanwhile; a real broker answers as soon as one does.
-    // With the default, every "visible" write and kvs_wait would take up to
-    // half a second here. A short wait costs an empty fetch every 10 ms
-    // while idle. [kafka] may still set it.
-    if (std::none_of(properties.begin(), properties.end(),
-                     [](const auto& p) { return p.first == kEmbeddedFetchWait.first; })) {
-      properties.emplace_back(kEmbeddedFetchWait.first, kEmbeddedFetchWait.second);
-    }
-    std::printf("embedded Kafka: bootstrap.servers=%s\n", embedded->bootstrap_servers().c_str());
-    std::fflush(stdout);
-    KVS_LOG_WARN(
-        "embedded Kafka (librdkafka's mock cluster) at %s: its data lives only as long "
-        "as this kvsd process; use a real cluster for anything you keep",
-        embedded->bootstrap_servers().c_str());
   }
 
   auto gid = config::resolve_group(cfg.shm_group, "shm_group");
@@ -177,41 +168,13 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   std::vector<Replica> tables;
   std::map<std::string, size_t, std::less<>> by_topic;
   for (const auto& tc : cfg.tables) {
-    WriterOptions wo;
-    wo.table = tc.name;
-    wo.shm_prefix = cfg.shm_prefix;
-    wo.capacity = tc.capacity;
-    wo.arena_bytes = tc.memory_limit_bytes;
-    wo.partition_capacity = tc.max_partitions;
-    wo.reader_slots = tc.reader_slots;
-    wo.max_key_bytes = tc.max_key_bytes;
-    wo.max_value_bytes = tc.max_value_bytes;
-    wo.data_mode = cfg.data_mode;
-    wo.registry_mode = cfg.registry_mode;
-    wo.group = *gid;
-    wo.dead_reader_check = std::chrono::milliseconds(cfg.dead_reader_check_ms);
-    wo.reader_scan_interval = std::chrono::milliseconds(1);
-    if (embedded) {
-      // A new embedded cluster starts empty: offsets recorded against an
-      // earlier one mean nothing. Readers of the old segment keep it mapped.
-      if (auto seg = shm::segment_name(cfg.shm_prefix, tc.name)) discard_segment(*seg);
-    }
-    auto w = TableWriter::open(wo);
-    if (!w) {
-      KVS_LOG_ERROR("table %s: %s", tc.name.c_str(), w.error().message.c_str());
+    auto t = open_replica(cfg, tc, *gid, /*fresh=*/embedded != nullptr);
+    if (!t) {
+      KVS_LOG_ERROR("table %s: %s", tc.name.c_str(), t.error().message.c_str());
       return 1;
     }
-    const char* how = (*w)->attach_kind() == AttachKind::kAttached  ? "attached to"
-                      : (*w)->attach_kind() == AttachKind::kCreated ? "created"
-                                                                    : "replaced";
-    KVS_LOG_INFO("table %s: %s /dev/shm/%s (%llu entries)", tc.name.c_str(), how,
-                 (*w)->segment_name().c_str(), static_cast<unsigned long long>((*w)->stats().size));
-    (*w)->set_state(format::TableState::kBootstrapping);
-    Replica t;
-    t.cfg = tc;
-    t.writer = std::move(*w);
     by_topic[tc.topic] = tables.size();
-    tables.push_back(std::move(t));
+    tables.push_back(std::move(*t));
   }
 
   // 2. Kafka: partitions, the high watermarks to reach, where to start.
@@ -257,41 +220,21 @@ int run(const config::Config& cfg, const RunOptions& opts) {
 
   int exit_code = 0;
   bool all_ready = false;
-  auto check_ready = [&](Replica& t) {
-    if (t.ready && !t.rebuild) return;
-    for (bool r : t.reached) {
-      if (!r) return;
-    }
-    if (t.rebuild) {
-      // The new segment is current: it takes the table's name and readers
-      // move to it.
-      t.rebuild->set_state(format::TableState::kReady);
-      if (auto ok = t.writer->publish_replacement(*t.rebuild); !ok) {
-        KVS_LOG_ERROR("table %s: publishing the rebuilt segment: %s", t.cfg.name.c_str(),
-                      ok.error().message.c_str());
-        exit_code = 1;
-        g_stop = 1;
-        return;
-      }
-      t.writer = std::move(t.rebuild);
-      if (all_ready) notify("STATUS=READY: table " + t.cfg.name + " rebuilt");
-      KVS_LOG_INFO(
-          "table %s: rebuilt from the topic (%llu records applied, %llu skipped); "
-          "readers moved to the new segment",
-          t.cfg.name.c_str(), static_cast<unsigned long long>(t.applied),
-          static_cast<unsigned long long>(t.skipped));
-    }
-    if (t.ready) return;
-    t.ready = true;
-    t.writer->set_state(format::TableState::kReady);
-    KVS_LOG_INFO("table %s: READY (%llu records applied, %llu skipped)", t.cfg.name.c_str(),
-                 static_cast<unsigned long long>(t.applied),
-                 static_cast<unsigned long long>(t.skipped));
-  };
   auto update_all_ready = [&] {
     bool all = true;
     for (auto& t : tables) {
-      check_ready(t);
+      switch (check_ready(t)) {
+        case ReadyChange::kFailed:
+          exit_code = 1;
+          g_stop = 1;
+          break;
+        case ReadyChange::kRebuilt:
+          if (all_ready) notify("STATUS=READY: table " + t.cfg.name + " rebuilt");
+          break;
+        case ReadyChange::kNone:
+        case ReadyChange::kReady:
+          break;
+      }
       all = all && t.ready;
     }
     if (all && !all_ready) {

@@ -413,6 +413,86 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
   return {};
 }
 
+// Removes a table's segment so that the next writer starts afresh, first
+// flagging it replaced (if it is one of this layout that kvsd may write), so
+// that open readers move to the new segment instead of reading the removed
+// one for as long as they run.
+static void discard_segment(const std::string& name) {
+  if (auto m = shm::open_segment(name, shm::Access::kReadWrite);
+      m && (*m)->size() >= sizeof(format::TableHeader)) {
+    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+    if (h->magic == format::kTableMagic && h->layout_version == format::kLayoutVersion) {
+      h->replaced.store(1, std::memory_order_release);
+    }
+  }
+  shm::remove_segment(name);
+}
+
+Result<Replica> open_replica(const config::Config& cfg, const config::TableConfig& tc, gid_t gid,
+                             bool fresh) {
+  WriterOptions wo;
+  wo.table = tc.name;
+  wo.shm_prefix = cfg.shm_prefix;
+  wo.capacity = tc.capacity;
+  wo.arena_bytes = tc.memory_limit_bytes;
+  wo.partition_capacity = tc.max_partitions;
+  wo.reader_slots = tc.reader_slots;
+  wo.max_key_bytes = tc.max_key_bytes;
+  wo.max_value_bytes = tc.max_value_bytes;
+  wo.data_mode = cfg.data_mode;
+  wo.registry_mode = cfg.registry_mode;
+  wo.group = gid;
+  wo.dead_reader_check = std::chrono::milliseconds(cfg.dead_reader_check_ms);
+  wo.reader_scan_interval = std::chrono::milliseconds(1);
+  if (fresh) {
+    if (auto seg = shm::segment_name(cfg.shm_prefix, tc.name)) discard_segment(*seg);
+  }
+  auto w = TableWriter::open(wo);
+  if (!w) return std::move(w).error();
+  const char* how = (*w)->attach_kind() == AttachKind::kAttached  ? "attached to"
+                    : (*w)->attach_kind() == AttachKind::kCreated ? "created"
+                                                                  : "replaced";
+  KVS_LOG_INFO("table %s: %s /dev/shm/%s (%llu entries)", tc.name.c_str(), how,
+               (*w)->segment_name().c_str(), static_cast<unsigned long long>((*w)->stats().size));
+  (*w)->set_state(format::TableState::kBootstrapping);
+  Replica t;
+  t.cfg = tc;
+  t.writer = std::move(*w);
+  return t;
+}
+
+ReadyChange check_ready(Replica& t) {
+  if (t.ready && !t.rebuild) return ReadyChange::kNone;
+  for (bool r : t.reached) {
+    if (!r) return ReadyChange::kNone;
+  }
+  ReadyChange change = ReadyChange::kReady;
+  if (t.rebuild) {
+    // The new segment is current: it takes the table's name and readers
+    // move to it.
+    t.rebuild->set_state(format::TableState::kReady);
+    if (auto ok = t.writer->publish_replacement(*t.rebuild); !ok) {
+      KVS_LOG_ERROR("table %s: publishing the rebuilt segment: %s", t.cfg.name.c_str(),
+                    ok.error().message.c_str());
+      return ReadyChange::kFailed;
+    }
+    t.writer = std::move(t.rebuild);
+    change = ReadyChange::kRebuilt;
+    KVS_LOG_INFO(
+        "table %s: rebuilt from the topic (%llu records applied, %llu skipped); "
+        "readers moved to the new segment",
+        t.cfg.name.c_str(), static_cast<unsigned long long>(t.applied),
+        static_cast<unsigned long long>(t.skipped));
+  }
+  if (t.ready) return change;
+  t.ready = true;
+  t.writer->set_state(format::TableState::kReady);
+  KVS_LOG_INFO("table %s: READY (%llu records applied, %llu skipped)", t.cfg.name.c_str(),
+               static_cast<unsigned long long>(t.applied),
+               static_cast<unsigned long long>(t.skipped));
+  return change;
+}
+
 bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   const int32_t p = m->partition;
   if (p >= t.partitions || t.skip_batch || t.held[p].offset >= 0) {

@@ -79,6 +79,12 @@ struct Replica {
 
 // ---- Start
 
+// Attaches to the table's segment, or creates it. `fresh`: the data source
+// starts empty (an embedded cluster): an existing segment is flagged
+// replaced, so that its open readers move to the new one, and removed.
+Result<Replica> open_replica(const config::Config& cfg, const config::TableConfig& tc, gid_t gid,
+                             bool fresh);
+
 // The partitions the table follows, the high watermarks to reach and where
 // each partition starts (appended to `starts`). A segment that cannot
 // resume (its offsets left the log, another topic or cluster, another
@@ -116,6 +122,13 @@ bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Err
 bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now);
 // The earliest time a held record of any table is due (or `limit`).
 clock::time_point next_hold_try(const std::vector<Replica>& tables, clock::time_point limit);
+
+// ---- READY and swaps
+
+enum class ReadyChange { kNone, kReady, kRebuilt, kFailed };
+// Once every partition reached its target: a rebuilt segment takes the
+// table's name (readers move to it), and the table turns READY.
+ReadyChange check_ready(Replica& t);
 
 // ---- Reporting
 
