@@ -107,6 +107,21 @@ Result<int32_t> wait_for_topic(const Replica& t, kafka::Consumer& c, std::chrono
   }
 }
 
+// Logs what the cluster said of the topics' configs once it answered (a
+// topic that is not compacted, or not durable).
+void log_topic_warnings(kafka::Consumer& c) {
+  auto configs = c.poll_topic_configs();
+  if (!configs) return;
+  for (const auto& [topic, cfgs] : *configs) {
+    if (!cfgs) {
+      KVS_LOG_INFO("cannot tell whether topic %s is compacted and durable (%s)", topic.c_str(),
+                   cfgs.error().message.c_str());
+      continue;
+    }
+    for (const auto& w : kafka::topic_warnings(topic, cfgs.value())) KVS_LOG_WARN("%s", w.c_str());
+  }
+}
+
 // Starts librdkafka's mock cluster in this process with every table's
 // topic, and points `properties` at it.
 Result<std::unique_ptr<kafka::EmbeddedKafka>> start_embedded(
@@ -335,17 +350,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     }
     (*server)->applied();
     update_all_ready();
-    if (auto configs = consumer->poll_topic_configs()) {
-      for (const auto& [topic, cfgs] : *configs) {
-        if (!cfgs) {
-          KVS_LOG_INFO("cannot tell whether topic %s is compacted and durable (%s)", topic.c_str(),
-                       cfgs.error().message.c_str());
-          continue;
-        }
-        for (const auto& w : kafka::topic_warnings(topic, cfgs.value()))
-          KVS_LOG_WARN("%s", w.c_str());
-      }
-    }
+    log_topic_warnings(*consumer);
     if (now >= next_watermarks) {
       // The lag readers see (kvs_partition_offsets, kvsctl stats) follows
       // the high watermarks, not only the start's; readers that hold memory
@@ -370,21 +375,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     for (const auto& t : tables) rebuilding = rebuilding || t.rebuild;
     if ((!all_ready || rebuilding) && now >= next_status) {
       next_status = now + std::chrono::seconds(1);
-      uint64_t applied = 0;
-      double done = 0, total = 0;
-      for (auto& t : tables) {
-        if (t.ready && !t.rebuild) continue;
-        applied += t.applied;
-        for (int32_t p = 0; p < t.partitions; ++p) {
-          total += static_cast<double>(t.target[p]);
-          done += static_cast<double>(
-              std::min(t.active().next_offset(static_cast<uint32_t>(p)), t.target[p]));
-        }
-      }
-      const int pct = total > 0 ? static_cast<int>(100.0 * done / total) : 100;
-      last_status = std::string("STATUS=") + (all_ready ? "REBUILDING: " : "BOOTSTRAPPING: ") +
-                    std::to_string(applied) + " records, " + std::to_string(pct) + "%" +
-                    pressure_status(tables);
+      last_status = "STATUS=" + progress_status(tables, all_ready) + pressure_status(tables);
       notify(last_status);
     }
   }

@@ -461,6 +461,23 @@ Result<Replica> open_replica(const config::Config& cfg, const config::TableConfi
   return t;
 }
 
+std::string progress_status(const std::vector<Replica>& tables, bool all_ready) {
+  uint64_t applied = 0;
+  double done = 0, total = 0;
+  for (const auto& t : tables) {
+    if (t.ready && !t.rebuild) continue;
+    applied += t.applied;
+    const TableWriter& w = t.rebuild ? *t.rebuild : *t.writer;
+    for (int32_t p = 0; p < t.partitions; ++p) {
+      total += static_cast<double>(t.target[p]);
+      done += static_cast<double>(std::min(w.next_offset(static_cast<uint32_t>(p)), t.target[p]));
+    }
+  }
+  const int pct = total > 0 ? static_cast<int>(100.0 * done / total) : 100;
+  return std::string(all_ready ? "REBUILDING: " : "BOOTSTRAPPING: ") + std::to_string(applied) +
+         " records, " + std::to_string(pct) + "%";
+}
+
 ReadyChange check_ready(Replica& t) {
   if (t.ready && !t.rebuild) return ReadyChange::kNone;
   for (bool r : t.reached) {

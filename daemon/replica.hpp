@@ -138,6 +138,9 @@ void report_holder(Replica& t, clock::time_point now);
 // Publishes the high watermarks and the timestamp of the oldest record not
 // applied yet.
 void refresh_lag(Replica& t, kafka::Consumer& c, const kafka::WatermarkPoller& poller);
+// "BOOTSTRAPPING: N records, P%" (or REBUILDING once all were READY), over
+// the tables not current yet.
+std::string progress_status(const std::vector<Replica>& tables, bool all_ready);
 // What STATUS= adds about tables under pressure ("" if none).
 std::string pressure_status(const std::vector<Replica>& tables);
 
