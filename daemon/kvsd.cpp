@@ -107,6 +107,125 @@ Result<int32_t> wait_for_topic(const Replica& t, kafka::Consumer& c, std::chrono
   }
 }
 
+// Takes batches of messages from the consumer and applies each to its
+// table. Index groups of the records a few places ahead are loaded while
+// one is applied and, a few places later, the entry an overwrite compares
+// its key with: a batch costs about one cache miss, not two dependent ones
+// per record.
+class BatchApplier {
+ public:
+  BatchApplier(std::vector<Replica>& tables,
+               const std::map<std::string, size_t, std::less<>>& by_topic)
+      : tables_(tables), by_topic_(by_topic), batch_(kBatch), owner_(kBatch) {}
+
+  // Waits at most timeout_ms for a batch and applies it. False if kvsd
+  // cannot go on.
+  bool poll_and_apply(kafka::Consumer& c, int timeout_ms) {
+    for (auto& t : tables_) t.skip_batch = false;
+    n_ = c.poll_batch(timeout_ms, batch_.data(), kBatch);
+    bool ok = true;
+    for (size_t j = 0; j < kAhead; ++j) prefetch(j);
+    for (size_t j = 0; j < kEntryAhead; ++j) prefetch_entry(j);
+    for (size_t i = 0; i < n_; ++i) {
+      prefetch(i + kAhead);
+      prefetch_entry(i + kEntryAhead);
+      rd_kafka_message_t* m = batch_[i];
+      Replica* t = owner_[i];
+      if (t == nullptr || m->partition < 0) {
+        if (m->err) KVS_LOG_WARN("Kafka: %s", rd_kafka_message_errstr(m));
+      } else {
+        ok = apply_message(*t, c, m) && ok;
+      }
+      kafka::Consumer::release(m);
+    }
+    return ok;
+  }
+
+ private:
+  static constexpr size_t kBatch = 1024, kAhead = 16, kEntryAhead = 8;
+
+  // The table of a topic handle; names are looked up once per handle.
+  Replica* table_of(const rd_kafka_topic_t* rkt) {
+    for (const auto& [h, i] : by_handle_) {
+      if (h == rkt) return &tables_[i];
+    }
+    auto it = by_topic_.find(std::string_view(rd_kafka_topic_name(rkt)));
+    if (it == by_topic_.end()) return nullptr;
+    if (by_handle_.size() >= 64) by_handle_.clear();  // handles are long-lived; stay bounded anyway
+    by_handle_.emplace_back(rkt, it->second);
+    return &tables_[it->second];
+  }
+  // owner_[j]: the table of batch_[j], looked up once, when it is prefetched.
+  void prefetch(size_t j) {
+    if (j >= n_) return;
+    const rd_kafka_message_t* m = batch_[j];
+    owner_[j] = m->rkt ? table_of(m->rkt) : nullptr;
+    if (owner_[j] != nullptr && !m->err && m->key != nullptr) {
+      owner_[j]->active().prefetch({static_cast<const char*>(m->key), m->key_len});
+    }
+  }
+  void prefetch_entry(size_t j) {
+    if (j >= n_) return;
+    const rd_kafka_message_t* m = batch_[j];
+    if (owner_[j] != nullptr && !m->err && m->key != nullptr) {
+      owner_[j]->active().prefetch_entry({static_cast<const char*>(m->key), m->key_len});
+    }
+  }
+
+  std::vector<Replica>& tables_;
+  const std::map<std::string, size_t, std::less<>>& by_topic_;
+  std::vector<rd_kafka_message_t*> batch_;
+  std::vector<Replica*> owner_;
+  size_t n_ = 0;
+  std::vector<std::pair<const rd_kafka_topic_t*, size_t>> by_handle_;
+};
+
+// What the apply loop does besides applying, each on its own clock: the lag
+// and the readers that hold memory back (every second), STATUS= (when it
+// changes, and the bootstrap progress every second), the watchdog.
+class Housekeeping {
+ public:
+  Housekeeping(std::vector<Replica>& tables, kafka::Consumer& c,
+               const kafka::WatermarkPoller& poller)
+      : tables_(tables), consumer_(c), poller_(poller) {
+    watchdog_ = sd_watchdog_enabled(0, &watchdog_usec_) > 0;
+  }
+
+  void tick(clock::time_point now, bool all_ready) {
+    if (now >= next_second_) {
+      next_second_ = now + std::chrono::seconds(1);
+      for (auto& t : tables_) {
+        refresh_lag(t, consumer_, poller_);
+        report_holder(t, now);
+      }
+      bool rebuilding = false;
+      for (const auto& t : tables_) rebuilding = rebuilding || t.rebuild;
+      const std::string status =
+          "STATUS=" +
+          (all_ready && !rebuilding
+               ? "READY: " + std::to_string(tables_.size()) + " table(s) current"
+               : progress_status(tables_, all_ready)) +
+          pressure_status(tables_);
+      // Progress is news every second; a steady state only when it changes.
+      if (status != last_status_ || !all_ready || rebuilding) notify(status);
+      last_status_ = status;
+    }
+    if (watchdog_ && now >= next_watchdog_) {
+      notify("WATCHDOG=1");
+      next_watchdog_ = now + std::chrono::microseconds(watchdog_usec_ / 2);
+    }
+  }
+
+ private:
+  std::vector<Replica>& tables_;
+  kafka::Consumer& consumer_;
+  const kafka::WatermarkPoller& poller_;
+  bool watchdog_ = false;
+  uint64_t watchdog_usec_ = 0;
+  clock::time_point next_second_{}, next_watchdog_{};
+  std::string last_status_;
+};
+
 // Logs what the cluster said of the topics' configs once it answered (a
 // topic that is not compacted, or not durable).
 void log_topic_warnings(kafka::Consumer& c) {
@@ -263,121 +382,31 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   // are not fetched while a record of theirs waits for room.
   kafka::WatermarkPoller poller(*consumer, std::chrono::seconds(1), std::chrono::seconds(2));
   for (const auto& t : tables) poller.follow(t.cfg.topic, t.partitions);
-  std::string last_status;
-
-  uint64_t watchdog_usec = 0;
-  const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
-  auto next_status = clock::now();
-  auto next_watchdog = clock::now();
-  auto next_watermarks = clock::now();
+  Housekeeping chores(tables, *consumer, poller);
 
   // 3. Consume and apply until told to stop.
-  constexpr size_t kBatch = 1024;
-  std::vector<rd_kafka_message_t*> batch(kBatch);
-  std::vector<Replica*> owner(kBatch);
-  // Topic handle -> table, so that the name is looked up once per handle.
-  std::vector<std::pair<const rd_kafka_topic_t*, size_t>> by_handle;
-  auto table_of = [&](const rd_kafka_topic_t* rkt) -> Replica* {
-    for (const auto& [h, i] : by_handle) {
-      if (h == rkt) return &tables[i];
-    }
-    auto it = by_topic.find(std::string_view(rd_kafka_topic_name(rkt)));
-    if (it == by_topic.end()) return nullptr;
-    if (by_handle.size() >= 64) by_handle.clear();  // handles are long-lived; stay bounded anyway
-    by_handle.emplace_back(rkt, it->second);
-    return &tables[it->second];
-  };
+  BatchApplier applier(tables, by_topic);
   while (!g_stop) {
-    for (auto& t : tables) t.skip_batch = false;
     // A record waiting for room is tried again when due, not a poll later.
     const auto poll_start = clock::now();
     const auto poll_until =
         next_hold_try(tables, poll_start + std::chrono::milliseconds(cfg.poll_timeout_ms));
     const auto poll_ms = std::chrono::ceil<std::chrono::milliseconds>(poll_until - poll_start);
-    const size_t n = consumer->poll_batch(static_cast<int>(std::max<int64_t>(0, poll_ms.count())),
-                                          batch.data(), kBatch);
-    // Index groups of the records a few places ahead are loaded while this
-    // one is applied, and, a few places later, the entry an overwrite
-    // compares its key with: a batch costs about one cache miss, not two
-    // dependent ones per record.
-    constexpr size_t kAhead = 16, kEntryAhead = 8;
-    // owner[j]: the table of batch[j], looked up once, when it is prefetched.
-    auto prefetch = [&](size_t j) {
-      if (j >= n) return;
-      const rd_kafka_message_t* m = batch[j];
-      owner[j] = m->rkt ? table_of(m->rkt) : nullptr;
-      if (owner[j] != nullptr && !m->err && m->key != nullptr) {
-        owner[j]->active().prefetch({static_cast<const char*>(m->key), m->key_len});
-      }
-    };
-    auto prefetch_entry = [&](size_t j) {
-      if (j >= n) return;
-      const rd_kafka_message_t* m = batch[j];
-      if (owner[j] != nullptr && !m->err && m->key != nullptr) {
-        owner[j]->active().prefetch_entry({static_cast<const char*>(m->key), m->key_len});
-      }
-    };
-    for (size_t j = 0; j < kAhead; ++j) prefetch(j);
-    for (size_t j = 0; j < kEntryAhead; ++j) prefetch_entry(j);
-    for (size_t i = 0; i < n; ++i) {
-      prefetch(i + kAhead);
-      prefetch_entry(i + kEntryAhead);
-      rd_kafka_message_t* m = batch[i];
-      Replica* tp = owner[i];
-      if (tp == nullptr || m->partition < 0) {
-        if (m->err) KVS_LOG_WARN("Kafka: %s", rd_kafka_message_errstr(m));
-        kafka::Consumer::release(m);
-        continue;
-      }
-      if (!apply_message(*tp, *consumer, m)) {
-        exit_code = 1;
-        g_stop = 1;
-      }
-      kafka::Consumer::release(m);
-    }
-    for (auto& t : tables) {
-      if (!end_batch(t, *consumer)) {
-        exit_code = 1;
-        g_stop = 1;
-      }
-    }
+    bool ok =
+        applier.poll_and_apply(*consumer, static_cast<int>(std::max<int64_t>(0, poll_ms.count())));
     const auto now = clock::now();
     for (auto& t : tables) {
-      if (t.n_held > 0 && !retry_holds(t, *consumer, now)) {
-        exit_code = 1;
-        g_stop = 1;
-      }
+      ok = end_batch(t, *consumer) && ok;
+      if (t.n_held > 0) ok = retry_holds(t, *consumer, now) && ok;
+    }
+    if (!ok) {
+      exit_code = 1;
+      g_stop = 1;
     }
     (*server)->applied();
     update_all_ready();
     log_topic_warnings(*consumer);
-    if (now >= next_watermarks) {
-      // The lag readers see (kvs_partition_offsets, kvsctl stats) follows
-      // the high watermarks, not only the start's; readers that hold memory
-      // back are named.
-      next_watermarks = now + std::chrono::seconds(1);
-      for (auto& t : tables) {
-        refresh_lag(t, *consumer, poller);
-        report_holder(t, now);
-      }
-      if (all_ready) {
-        const std::string status = "STATUS=READY: " + std::to_string(tables.size()) +
-                                   " table(s) current" + pressure_status(tables);
-        if (status != last_status) notify(status);
-        last_status = status;
-      }
-    }
-    if (watchdog && now >= next_watchdog) {
-      notify("WATCHDOG=1");
-      next_watchdog = now + std::chrono::microseconds(watchdog_usec / 2);
-    }
-    bool rebuilding = false;
-    for (const auto& t : tables) rebuilding = rebuilding || t.rebuild;
-    if ((!all_ready || rebuilding) && now >= next_status) {
-      next_status = now + std::chrono::seconds(1);
-      last_status = "STATUS=" + progress_status(tables, all_ready) + pressure_status(tables);
-      notify(last_status);
-    }
+    chores.tick(now, all_ready);
   }
   notify("STOPPING=1");
   // Writes in flight get a moment to be acknowledged and answered.
