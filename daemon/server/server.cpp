@@ -250,11 +250,16 @@ struct Server::Impl {
   void on_conn_event(Conn& c, uint32_t ev);
   void read_from(Conn& c);
   void process_input(Conn& c);
+  // unsent_total with c's replies counted as they are now (they are counted
+  // into unsent_total only when c is flushed).
+  uint64_t unsent_with(const Conn& c) const {
+    return unsent_total - c.out_counted + (c.out.size() - c.out_off);
+  }
   bool may_read(const Conn& c) const {
     return !c.closing && !c.eof && !c.budget_wait && parked.empty() &&
            c.pending < cfg.max_pending_per_connection &&
            c.out.size() - c.out_off < kMaxUnsentBytes &&
-           (c.out.size() == c.out_off || unsent_total < cfg.max_unsent_reply_bytes) &&
+           (c.out.size() == c.out_off || unsent_with(c) < cfg.max_unsent_reply_bytes) &&
            !stopping.load();
   }
   void handle_frame(Conn& c, const proto::Header& h, std::string_view body);
