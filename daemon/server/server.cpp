@@ -19,6 +19,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "format/layout.hpp"
 #include "kafka/properties.hpp"
 #include "kafka/rdkafka_log.hpp"
 #include "kvs/kvs.h"
@@ -1429,7 +1430,7 @@ std::string Server::Impl::stats_json() {
       j += (p ? "," : "") + std::string("{\"partition\":") + std::to_string(p) +
            ",\"next_offset\":" + std::to_string(next) +
            ",\"high_watermark\":" + std::to_string(hw) +
-           ",\"lag\":" + std::to_string(std::max<int64_t>(0, hw - next)) + "}";
+           ",\"lag\":" + std::to_string(format::partition_lag(next, hw)) + "}";
     }
     j += "]}";
   }

@@ -104,6 +104,15 @@ struct PartitionState {
 };
 static_assert(sizeof(PartitionState) == 16);
 
+// A partition's lag: its high watermark minus its next offset, 0 if not
+// above. Without overflow whatever the segment holds (readers and kvsctl
+// read segments they do not trust).
+inline uint64_t partition_lag(int64_t next_offset, int64_t high_watermark) {
+  return high_watermark > next_offset
+             ? static_cast<uint64_t>(high_watermark) - static_cast<uint64_t>(next_offset)
+             : 0;
+}
+
 struct alignas(kCacheLine) TableHeader {
   // Line 0: written once at creation, before the segment gets its name.
   uint64_t magic;

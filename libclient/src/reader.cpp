@@ -778,9 +778,8 @@ int kvs_stat(kvs_table* t, kvs_table_stats* out) {
         std::min(h.partition_count.load(std::memory_order_acquire), h.partition_capacity);
     const auto* ps = reinterpret_cast<const PartitionState*>(g.data->data() + h.partitions_offset);
     for (uint32_t p = 0; p < parts; ++p) {
-      const int64_t lag = ps[p].high_watermark.load(std::memory_order_relaxed) -
-                          ps[p].next_offset.load(std::memory_order_relaxed);
-      if (lag > 0) s.backlog += static_cast<uint64_t>(lag);
+      s.backlog += partition_lag(ps[p].next_offset.load(std::memory_order_relaxed),
+                                 ps[p].high_watermark.load(std::memory_order_relaxed));
     }
     return s;
   });

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -271,6 +272,25 @@ TEST_F(ReaderTest, StatsShowTheReadersTheWriterCounted) {
   EXPECT_EQ(s.reader_slots_used, 1u);
   EXPECT_EQ(s.readers_reading, 1u);
   kvs_read_end(x);
+  kvs_close(t);
+}
+
+// The backlog kvs_stat sums from the partitions' offsets is computed without
+// overflow whatever a segment holds (the segment fuzzer found a next offset
+// of INT64_MIN under a high watermark of 0).
+TEST_F(ReaderTest, BacklogOfExtremeOffsetsDoesNotOverflow) {
+  auto w = make_table();
+  ASSERT_TRUE(w->set_partition_count(2));
+  w->set_next_offset(0, std::numeric_limits<int64_t>::min());
+  w->set_high_watermark(1, std::numeric_limits<int64_t>::max());
+  w->set_next_offset(1, std::numeric_limits<int64_t>::min());
+  kvs_open_options o{shm_.prefix().c_str()};
+  kvs_table* t = nullptr;
+  ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
+  kvs_table_stats s{};
+  ASSERT_EQ(kvs_stat(t, &s), KVS_OK);
+  // 2^63 (0 - INT64_MIN) plus 2^64 - 1 (INT64_MAX - INT64_MIN), modulo 2^64.
+  EXPECT_EQ(s.backlog, (uint64_t{1} << 63) + std::numeric_limits<uint64_t>::max());
   kvs_close(t);
 }
 

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "config/config.hpp"
+#include "format/layout.hpp"
 #include "kvs/kvs.h"
 
 namespace {
@@ -292,9 +293,9 @@ int cmd_stats(const Target& t, bool json) {
     for (uint32_t p = 0; p < parts; ++p) {
       int64_t next = 0, hw = 0;
       (void)kvs_partition_offsets(tb, p, &next, &hw);
-      std::printf("%s{\"partition\":%u,\"next_offset\":%lld,\"high_watermark\":%lld,\"lag\":%lld}",
+      std::printf("%s{\"partition\":%u,\"next_offset\":%lld,\"high_watermark\":%lld,\"lag\":%llu}",
                   p ? "," : "", p, static_cast<long long>(next), static_cast<long long>(hw),
-                  static_cast<long long>(std::max<int64_t>(0, hw - next)));
+                  static_cast<unsigned long long>(kvs::format::partition_lag(next, hw)));
     }
     std::printf("],\"kvsd\":%s}\n", server.empty() ? "null" : server.c_str());
   } else {
@@ -333,9 +334,9 @@ int cmd_stats(const Target& t, bool json) {
     for (uint32_t p = 0; p < parts; ++p) {
       int64_t next = 0, hw = 0;
       (void)kvs_partition_offsets(tb, p, &next, &hw);
-      std::printf("%-10u %15lld %15lld %10lld\n", p, static_cast<long long>(next),
+      std::printf("%-10u %15lld %15lld %10llu\n", p, static_cast<long long>(next),
                   static_cast<long long>(hw),
-                  static_cast<long long>(std::max<int64_t>(0, hw - next)));
+                  static_cast<unsigned long long>(kvs::format::partition_lag(next, hw)));
     }
   }
   kvs_close(tb);
