@@ -67,20 +67,6 @@ static HoldReason reason_of(Replica& t, Errc code) {
   return w.stats().size >= w.header().capacity ? HoldReason::kCapacity : HoldReason::kMemory;
 }
 
-static const char* reason_text(HoldReason r) {
-  switch (r) {
-    case HoldReason::kCapacity:
-      return "the table holds its capacity of keys";
-    case HoldReason::kMemory:
-      return "the table's arena (memory_limit_bytes) is full";
-    case HoldReason::kReaders:
-      return "its room waits for a reader to finish its read";
-    case HoldReason::kNone:
-      break;
-  }
-  return "no room";
-}
-
 Result<void> apply_to(TableWriter& w, std::string_view key, const char* payload, size_t len) {
   if (payload == nullptr) {  // tombstone
     auto e = w.erase(key);
@@ -280,7 +266,8 @@ std::string pressure_status(const std::vector<Replica>& tables) {
   for (const auto& t : tables) {
     if (t.n_held > 0) {
       s += "; table " + t.cfg.name + ": " + std::to_string(t.n_held) +
-           " partition(s) wait for room (" + reason_text(t.hold_reason) + ")";
+           " partition(s) wait for room (" +
+           format::hold_reason_text(static_cast<uint32_t>(t.hold_reason)) + ")";
     }
     if (t.logged_holder.epoch != 0) {
       s += "; table " + t.cfg.name + ": reader " +

@@ -321,12 +321,8 @@ namespace {
 std::string hold_note(const Table& t) {
   kvs_table_stats s{};
   if (kvs_stat(t.reader, &s) != KVS_OK || s.held_partitions == 0) return "";
-  const char* why = s.hold_reason == KVS_HOLD_CAPACITY ? "the table holds its capacity of keys"
-                    : s.hold_reason == KVS_HOLD_MEMORY
-                        ? "its arena (memory_limit_bytes) is full"
-                        : "a reader holds memory back (kvsctl stats names it)";
   return " (" + std::to_string(s.held_partitions) + " partition(s) of table " + t.name +
-         " wait for room: " + why + ")";
+         " wait for room: " + format::hold_reason_text(s.hold_reason) + ")";
 }
 
 void dr_cb(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {

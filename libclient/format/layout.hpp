@@ -181,6 +181,22 @@ enum class HoldReason : uint32_t {
   kMemory = 2,    // the arena (memory_limit_bytes) has no room for the record
   kReaders = 3,   // the room exists but readers may still see it
 };
+
+// Why partitions wait, for people (the log, STATUS=, errors, kvsctl); the
+// value comes from a segment, so any number is answered.
+inline const char* hold_reason_text(uint32_t reason) {
+  switch (static_cast<HoldReason>(reason)) {
+    case HoldReason::kCapacity:
+      return "the table holds its capacity of keys";
+    case HoldReason::kMemory:
+      return "the table's arena (memory_limit_bytes) is full";
+    case HoldReason::kReaders:
+      return "its room waits for a reader to finish its read";
+    case HoldReason::kNone:
+      break;
+  }
+  return "no room";
+}
 static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);
 static_assert(offsetof(TableHeader, state) == 3 * kCacheLine);
 static_assert(offsetof(TableHeader, oldest_unapplied_unix_ns) == 5 * kCacheLine - 8);

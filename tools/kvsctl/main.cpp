@@ -219,21 +219,16 @@ const char* hold_reason_name(uint32_t r) {
 
 // Seconds from a Unix-ns timestamp to now (0 if it is 0 or ahead).
 double age_s(uint64_t unix_ns) {
-  const auto now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                             std::chrono::system_clock::now().time_since_epoch())
-                                             .count());
+  const uint64_t now = kvs::format::now_unix_ns();
   return unix_ns == 0 || unix_ns > now ? 0.0 : static_cast<double>(now - unix_ns) / 1e9;
 }
 
 // The pressure lines of `kvsctl stats`: what waits for room, who holds
 // memory back, how far behind the table is.
 void print_pressure(const kvs_table_stats& s) {
-  static const char* const kWhy[] = {"", "the table holds its capacity of keys",
-                                     "the arena (memory_limit_bytes) is full",
-                                     "its room waits for readers to finish their reads"};
   if (s.held_partitions > 0) {
     std::printf("pressure        %u partition(s) wait for room: %s\n", s.held_partitions,
-                s.hold_reason < 4 ? kWhy[s.hold_reason] : "unknown");
+                kvs::format::hold_reason_text(s.hold_reason));
   }
   if (s.holder_pid != 0) {
     const std::string who = s.holder_pid > 0 ? "reader process " + std::to_string(s.holder_pid)
