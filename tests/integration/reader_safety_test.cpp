@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -210,10 +211,34 @@ TEST_F(ReaderSafetyTest, ReadersKilledInsideGuardsNeverLockOutTheNextOnes) {
   EXPECT_GE((*w)->stats().dead_readers_recovered, static_cast<uint64_t>(kRounds * kAtOnce));
 }
 
+// A directory every user may read holding copies of the helper program
+// and libkvs: the build tree may sit where other users cannot reach (a
+// clone in a 0700 temporary directory).
+std::string world_readable_helpers() {
+  static const std::string dir = [] {
+    char tmpl[] = "/tmp/kvs-helpers-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp");
+    namespace fs = std::filesystem;
+    fs::permissions(tmpl, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                              fs::perms::others_read | fs::perms::others_exec);
+    fs::copy_file(helper("table_worker"), std::string(tmpl) + "/table_worker");
+    fs::copy_file(helper("../libkvs.so.0"), std::string(tmpl) + "/libkvs.so.0");
+    return std::string(tmpl);
+  }();
+  return dir;
+}
+
+// argv run as uid:uid with the supplementary group `group`; a helper
+// program is run from world_readable_helpers().
 std::vector<std::string> as_user(uid_t uid, gid_t group, std::vector<std::string> argv) {
   std::vector<std::string> out = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
                                   "--regid=" + std::to_string(uid),
                                   "--groups=" + std::to_string(group), "--"};
+  if (argv[0] == helper("table_worker")) {
+    const std::string dir = world_readable_helpers();
+    out.insert(out.end(), {"/usr/bin/env", "LD_LIBRARY_PATH=" + dir});
+    argv[0] = dir + "/table_worker";
+  }
   out.insert(out.end(), argv.begin(), argv.end());
   return out;
 }
