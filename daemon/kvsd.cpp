@@ -24,8 +24,6 @@
 
 namespace kvs::daemon {
 
-volatile sig_atomic_t g_stop = 0;
-
 namespace {
 
 void on_signal(int) { g_stop = 1; }
@@ -185,16 +183,19 @@ class BatchApplier {
 // changes, and the bootstrap progress every second), the watchdog.
 class Housekeeping {
  public:
-  Housekeeping(std::vector<Replica>& tables, kafka::Consumer& c,
-               const kafka::WatermarkPoller& poller)
+  Housekeeping(std::vector<Replica>& tables, kafka::Consumer& c, kafka::WatermarkPoller& poller)
       : tables_(tables), consumer_(c), poller_(poller) {
     watchdog_ = sd_watchdog_enabled(0, &watchdog_usec_) > 0;
   }
 
-  void tick(clock::time_point now, bool all_ready) {
+  // False if kvsd cannot go on.
+  bool tick(clock::time_point now, bool all_ready) {
+    bool ok = true;
     if (now >= next_second_) {
       next_second_ = now + std::chrono::seconds(1);
       for (auto& t : tables_) {
+        const int32_t n = poller_.partition_count(t.cfg.topic);
+        if (n > t.partitions) ok = follow_new_partitions(t, consumer_, poller_, n) && ok;
         refresh_lag(t, consumer_, poller_);
         report_holder(t, now);
       }
@@ -214,12 +215,13 @@ class Housekeeping {
       notify("WATCHDOG=1");
       next_watchdog_ = now + std::chrono::microseconds(watchdog_usec_ / 2);
     }
+    return ok;
   }
 
  private:
   std::vector<Replica>& tables_;
   kafka::Consumer& consumer_;
-  const kafka::WatermarkPoller& poller_;
+  kafka::WatermarkPoller& poller_;
   bool watchdog_ = false;
   uint64_t watchdog_usec_ = 0;
   clock::time_point next_second_{}, next_watchdog_{};
@@ -399,14 +401,14 @@ int run(const config::Config& cfg, const RunOptions& opts) {
       ok = end_batch(t, *consumer) && ok;
       if (t.n_held > 0) ok = retry_holds(t, *consumer, now) && ok;
     }
+    (*server)->applied();
+    update_all_ready();
+    log_topic_warnings(*consumer);
+    ok = chores.tick(now, all_ready) && ok;
     if (!ok) {
       exit_code = 1;
       g_stop = 1;
     }
-    (*server)->applied();
-    update_all_ready();
-    log_topic_warnings(*consumer);
-    chores.tick(now, all_ready);
   }
   notify("STOPPING=1");
   // Writes in flight get a moment to be acknowledged and answered.

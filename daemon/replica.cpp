@@ -9,6 +9,8 @@
 
 namespace kvs::daemon {
 
+volatile sig_atomic_t g_stop = 0;
+
 using format::HoldReason;
 using namespace std::chrono_literals;
 
@@ -31,10 +33,12 @@ static uint64_t hash_of(const std::string& s) { return format::hash_key(s.data()
 // this long: longer than a read of a large table takes.
 static constexpr auto kHolderLogAfter = 3s;
 
-uint64_t timestamp_ns(const rd_kafka_message_t* m) {
+int64_t timestamp_ms(const rd_kafka_message_t* m) {
   const int64_t ms = rd_kafka_message_timestamp(m, nullptr);
-  return ms > 0 ? static_cast<uint64_t>(ms) * 1000000 : 0;
+  return ms > 0 ? ms : 0;
 }
+
+static uint64_t ms_to_ns(int64_t ms) { return ms > 0 ? static_cast<uint64_t>(ms) * 1000000 : 0; }
 
 static std::string utc_time(uint64_t unix_ns) {
   const auto t = static_cast<time_t>(unix_ns / 1000000000);
@@ -67,12 +71,27 @@ static HoldReason reason_of(Replica& t, Errc code) {
   return w.stats().size >= w.header().capacity ? HoldReason::kCapacity : HoldReason::kMemory;
 }
 
-Result<void> apply_to(TableWriter& w, std::string_view key, const char* payload, size_t len) {
-  if (payload == nullptr) {  // tombstone
-    auto e = w.erase(key);
-    return e ? Result<void>{} : Result<void>(std::move(e).error());
+// With one partition a key's records are in offset order: nothing to
+// remember. With more, a tombstone's origin is kept until a record of its
+// key replaces it (see Tombstones).
+Result<void> apply_to(Replica& t, std::string_view key, const char* payload, size_t len,
+                      format::Origin origin) {
+  using Applied = TableWriter::Applied;
+  const bool several = t.partitions > 1;
+  const uint64_t hash = several ? format::hash_key(key.data(), key.size()) : 0;
+  if (payload != nullptr && several && t.tombstones.wins_over(hash, origin)) return {};
+  std::optional<std::string_view> value;
+  if (payload != nullptr) value.emplace(payload, len);
+  auto r = t.active().apply(key, value, origin);
+  if (!r) return std::move(r).error();
+  if (several && *r != Applied::kSuperseded) {
+    if (payload == nullptr) {
+      t.tombstones.remember(hash, origin);
+    } else {
+      t.tombstones.forget(hash);
+    }
   }
-  return w.put(key, {payload, len});
+  return {};
 }
 
 void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e) {
@@ -109,7 +128,7 @@ bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Err
   const auto now = clock::now();
   Held& h = t.held[p];
   h.offset = m->offset;
-  h.timestamp_ns = timestamp_ns(m);
+  h.timestamp_ms = timestamp_ms(m);
   h.tombstone = m->payload == nullptr;
   h.key.assign(static_cast<const char*>(m->key), m->key_len);
   h.value.assign(h.tombstone ? "" : static_cast<const char*>(m->payload), h.tombstone ? 0 : m->len);
@@ -146,7 +165,8 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
   for (int32_t p = 0; p < t.partitions && t.n_held > 0; ++p) {
     Held& h = t.held[p];
     if (h.offset < 0 || now < h.next_try) continue;
-    auto r = apply_to(t.active(), h.key, h.tombstone ? nullptr : h.value.data(), h.value.size());
+    auto r = apply_to(t, h.key, h.tombstone ? nullptr : h.value.data(), h.value.size(),
+                      format::Origin{h.timestamp_ms, static_cast<uint32_t>(p)});
     if (!r && needs_room(r.error().code)) {
       h.reason = t.hold_reason = reason_of(t, r.error().code);
       h.backoff = std::min<std::chrono::milliseconds>(h.backoff * 2, 100ms);
@@ -157,10 +177,10 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
       note_skipped(t, p, h.offset, r.error());
     } else {
       ++t.applied;
-      t.last_applied_ts_ns[p] = h.timestamp_ns;
+      t.last_applied_ts_ns[p] = ms_to_ns(h.timestamp_ms);
     }
     const int64_t next = h.offset + 1;
-    t.active().set_next_offset(static_cast<uint32_t>(p), next);
+    t.active().record_applied(static_cast<uint32_t>(p), h.offset, h.timestamp_ms, h.key);
     if (next >= t.target[p]) t.reached[p] = true;
     if (auto suffix = hold_log_due(t, now)) {
       KVS_LOG_INFO(
@@ -252,8 +272,8 @@ void refresh_lag(Replica& t, kafka::Consumer& c, const kafka::WatermarkPoller& p
     // record came after the last one applied, and after the partition was
     // last seen caught up: the later of the two bounds its age.
     const Held& h = t.held[p];
-    const uint64_t bound = h.offset >= 0 && h.timestamp_ns != 0
-                               ? h.timestamp_ns
+    const uint64_t bound = h.offset >= 0 && h.timestamp_ms != 0
+                               ? ms_to_ns(h.timestamp_ms)
                                : std::max(t.last_applied_ts_ns[p], t.caught_up_ns[p]);
     if (bound != 0 && (oldest == 0 || bound < oldest)) oldest = bound;
   }
@@ -277,6 +297,18 @@ std::string pressure_status(const std::vector<Replica>& tables) {
     }
   }
   return s;
+}
+
+// Grows the replica's per-partition state to n partitions.
+static void resize_partitions(Replica& t, int32_t n) {
+  t.partitions = n;
+  t.target.resize(n, 0);
+  t.reached.resize(n, false);
+  t.pending.resize(n, -1);
+  t.held.resize(n, Held{});
+  t.verify.resize(n, TableWriter::LastRecord{});
+  t.last_applied_ts_ns.resize(n, 0);
+  t.caught_up_ns.resize(n, 0);
 }
 
 // Queries every partition's watermarks; records the high watermarks as the
@@ -319,6 +351,8 @@ Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& wh
     t.pending[p] = -1;
   }
   t.rebuild = std::move(*r);
+  t.tombstones.clear();
+  t.verify.assign(t.partitions, TableWriter::LastRecord{});
   t.applied = t.skipped = 0;
   t.skip_batch = true;
   if (seek) return c.reassign_from_beginning(t.cfg.topic, t.partitions);
@@ -364,13 +398,7 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
   }
   // A segment that tracks fewer partitions is not touched beyond them.
   const bool fits = static_cast<bool>(t.writer->set_partition_count(static_cast<uint32_t>(n)));
-  t.partitions = n;
-  t.target.assign(n, 0);
-  t.reached.assign(n, false);
-  t.pending.assign(n, -1);
-  t.held.assign(n, Held{});
-  t.last_applied_ts_ns.assign(n, 0);
-  t.caught_up_ns.assign(n, 0);
+  resize_partitions(t, n);
   t.source_topic = hash_of(t.cfg.topic);
   if (auto id = c.cluster_id(2000)) {
     t.source_cluster = hash_of(*id);
@@ -379,13 +407,15 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
                   id.error().message.c_str());
   }
   std::string why;
+  std::vector<std::pair<int64_t, int64_t>> wms;
   if (!fits) {
     why = "its segment tracks at most " + std::to_string(t.writer->header().partition_capacity) +
           " partitions and topic " + t.cfg.topic + " has " + std::to_string(n);
   } else {
-    auto wms = capture_targets(t, c, *t.writer);
-    if (!wms) return std::move(wms).error().context("table " + t.cfg.name);
-    why = why_rebuild(t, *wms);
+    auto got = capture_targets(t, c, *t.writer);
+    if (!got) return std::move(got).error().context("table " + t.cfg.name);
+    wms = std::move(*got);
+    why = why_rebuild(t, wms);
   }
   if (!why.empty()) {
     if (auto ok = start_rebuild(t, c, why, /*seek=*/false); !ok) return ok;
@@ -394,10 +424,67 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
   }
   for (int32_t p = 0; p < n; ++p) {
     const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
-    if (!t.rebuild) t.reached[p] = next >= t.target[p];
-    starts.push_back({t.cfg.topic, p, (next > 0 && !t.rebuild) ? next : -2});
+    if (t.rebuild) {
+      starts.push_back({t.cfg.topic, p, -2});
+      continue;
+    }
+    t.reached[p] = next >= t.target[p];
+    starts.push_back({t.cfg.topic, p, next > 0 ? next : -2});
+    // The last record applied is read again and compared (check_log).
+    const TableWriter::LastRecord last = t.writer->last_record(static_cast<uint32_t>(p));
+    if (last.offset >= 0 && last.offset < next && last.offset >= wms[p].first &&
+        last.offset < wms[p].second) {
+      t.verify[p] = last;
+      t.reached[p] = false;
+      starts.back().offset = last.offset;
+    }
   }
   return {};
+}
+
+bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
+                           int32_t n) {
+  const int32_t had = t.partitions;
+  if (n <= had) return true;
+  if (static_cast<uint32_t>(n) > t.cfg.max_partitions) {
+    if (t.refused_partitions != n) {
+      t.refused_partitions = n;
+      KVS_LOG_ERROR(
+          "table %s: topic %s now has %d partitions, above max_partitions = %u: records of "
+          "partitions %u..%d are NOT applied; raise max_partitions and restart kvsd",
+          t.cfg.name.c_str(), t.cfg.topic.c_str(), n, t.cfg.max_partitions, t.cfg.max_partitions,
+          n - 1);
+    }
+    n = static_cast<int32_t>(t.cfg.max_partitions);
+    if (n <= had) return true;
+  }
+  // The segment (and a rebuild's) has room for max_partitions.
+  for (TableWriter* w : {t.writer.get(), t.rebuild.get()}) {
+    if (w == nullptr) continue;
+    if (auto ok = w->set_partition_count(static_cast<uint32_t>(n)); !ok) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+      return true;  // the start's check rebuilds such a segment
+    }
+  }
+  resize_partitions(t, n);
+  for (int32_t p = had; p < n; ++p) {
+    // READY stays: a new partition only holds records written after it
+    // was added, which is lag, not a bootstrap. A table still
+    // bootstrapping waits for the partition's first record or its end.
+    t.reached[p] = t.ready;
+    if (auto ok = c.start_partition(t.cfg.topic, p, RD_KAFKA_OFFSET_BEGINNING); !ok) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+      return false;
+    }
+  }
+  poller.follow(t.cfg.topic, n);
+  KVS_LOG_WARN(
+      "table %s: topic %s grew from %d to %d partitions; following partitions %d..%d from "
+      "their beginning. Keys now move between partitions: where a key has records in two "
+      "partitions, the one with the later Kafka timestamp wins (docs/format.md, \"Keys in "
+      "two partitions\")",
+      t.cfg.name.c_str(), t.cfg.topic.c_str(), had, n, had, n - 1);
+  return true;
 }
 
 // Removes a table's segment so that the next writer starts afresh, first
@@ -497,6 +584,45 @@ ReadyChange check_ready(Replica& t) {
   return change;
 }
 
+// The first record or EOF of a partition whose last applied record is to
+// be checked (Replica::verify): the record at that offset must be the one
+// the segment applied, or the log is another one (a topic deleted and
+// re-created while kvsd was down) and the table is rebuilt. kApply: go on
+// with m as usual; kDone: m is handled; kFailed: kvsd cannot go on.
+enum class LogCheck { kApply, kDone, kFailed };
+static LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m) {
+  const int32_t p = m->partition;
+  const TableWriter::LastRecord want = t.verify[p];
+  const auto up = static_cast<uint32_t>(p);
+  t.verify[p] = TableWriter::LastRecord{};
+  t.reached[p] = t.writer->next_offset(up) >= t.target[p];
+  const std::string where =
+      t.cfg.topic + "[" + std::to_string(p) + "] offset " + std::to_string(want.offset);
+  if (m->err == 0 && m->offset == want.offset) {
+    const bool same = timestamp_ms(m) == want.timestamp_ms &&
+                      format::hash_key(m->key, m->key_len) == want.key_hash;
+    if (same) return LogCheck::kDone;  // applied before: nothing to do
+    const std::string why = "the record at " + where +
+                            " is not the one its segment applied (was the topic deleted and "
+                            "re-created?)";
+    if (auto ok = start_rebuild(t, c, why, /*seek=*/true); !ok) {
+      KVS_LOG_ERROR("%s", ok.error().message.c_str());
+      return LogCheck::kFailed;
+    }
+    return LogCheck::kDone;
+  }
+  // Compacted away since (or no record left before the end): nothing to
+  // compare with.
+  if (!t.unverified_logged) {
+    t.unverified_logged = true;
+    KVS_LOG_INFO(
+        "table %s: the last record applied at %s is no longer in the log (compacted); the "
+        "log is resumed without that check",
+        t.cfg.name.c_str(), where.c_str());
+  }
+  return LogCheck::kApply;
+}
+
 bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   const int32_t p = m->partition;
   if (p >= t.partitions || t.skip_batch || t.held[p].offset >= 0) {
@@ -517,6 +643,19 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
     }
     return true;
   }
+  if (t.verify[p].offset >= 0 && (m->err == 0 || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)) {
+    switch (check_log(t, c, m)) {
+      case LogCheck::kDone:
+        return true;
+      case LogCheck::kFailed:
+        return false;
+      case LogCheck::kApply:
+        break;
+    }
+  }
+  if (m->err == 0 && m->offset < t.active().next_offset(static_cast<uint32_t>(p))) {
+    return true;  // applied before (fetched again from the checked record)
+  }
   if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
     // The end of what the broker has: everything below m->offset is applied.
     if (m->offset > t.pending[p]) t.pending[p] = m->offset;
@@ -529,7 +668,9 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
     return true;
   }
   const std::string_view key(static_cast<const char*>(m->key), m->key_len);
-  auto r = apply_to(t.active(), key, static_cast<const char*>(m->payload), m->len);
+  const int64_t ts = timestamp_ms(m);
+  auto r = apply_to(t, key, static_cast<const char*>(m->payload), m->len,
+                    format::Origin{ts, static_cast<uint32_t>(p)});
   // Skipping a record that needs room would lose data: it waits, and only
   // its partition with it.
   if (!r && needs_room(r.error().code)) return hold(t, c, m, r.error());
@@ -538,14 +679,14 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   } else {
     // While bootstrapping, a sample of the timestamps is enough: an older
     // one only makes the age bound larger.
-    if (t.ready || (t.applied & 15) == 0) t.last_applied_ts_ns[p] = timestamp_ns(m);
+    if (t.ready || (t.applied & 15) == 0) t.last_applied_ts_ns[p] = ms_to_ns(ts);
     ++t.applied;
   }
   // Published per record, right after it is visible: a kvsd killed here
   // replays from the record after it, so readers never see a key go back
   // to an older value (the replay is of records they have not seen yet, or
   // of this one).
-  t.active().set_next_offset(static_cast<uint32_t>(p), m->offset + 1);
+  t.active().record_applied(static_cast<uint32_t>(p), m->offset, ts, key);
   if (m->offset + 1 >= t.target[p]) t.reached[p] = true;
   return true;
 }

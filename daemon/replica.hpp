@@ -19,6 +19,7 @@
 #include "config/config.hpp"
 #include "kafka/consumer.hpp"
 #include "kafka/watermark_poller.hpp"
+#include "tombstones.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs::daemon {
@@ -35,7 +36,7 @@ using clock = std::chrono::steady_clock;
 // fetched again when it is applied), so a partition is applied in order.
 struct Held {
   int64_t offset = -1;  // -1: nothing waits
-  uint64_t timestamp_ns = 0;
+  int64_t timestamp_ms = 0;
   bool tombstone = false;
   std::string key, value;
   format::HoldReason reason = format::HoldReason::kNone;
@@ -72,6 +73,16 @@ struct Replica {
   // partition caught up with its high watermark (Unix ns; 0: not yet).
   std::vector<uint64_t> last_applied_ts_ns;
   std::vector<uint64_t> caught_up_ns;
+  // Tombstones that may have to win over a record of their key arriving
+  // later from another partition (tables with several partitions only).
+  Tombstones tombstones;
+  // Per partition at a restart: the last record the segment applied, read
+  // again from the topic to check that the log is the one the segment
+  // followed (offset -1: nothing to check, or checked).
+  std::vector<TableWriter::LastRecord> verify;
+  bool unverified_logged = false;
+  // Partitions the topic has beyond max_partitions (0: none), logged once.
+  int32_t refused_partitions = 0;
   // The reader last named in the log for holding memory back.
   ReaderHolder logged_holder;
   clock::time_point next_holder_log{};
@@ -97,6 +108,13 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
 // `seek`: the partitions are assigned already and must go back.
 Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& why, bool seek);
 
+// Follows the partitions the topic gained while kvsd ran (`n` in all now)
+// from their beginning, in the same segment (its partition capacity is
+// max_partitions). Above max_partitions the new partitions are refused,
+// loudly. False if kvsd cannot go on.
+bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
+                           int32_t n);
+
 // ---- Applying records
 
 // Applies one consumed message (a record or an event) of t's topic; the
@@ -107,11 +125,13 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m);
 // the arena off. False if kvsd cannot go on.
 bool end_batch(Replica& t, kafka::Consumer& c);
 
-uint64_t timestamp_ns(const rd_kafka_message_t* m);  // the record's Kafka timestamp
+int64_t timestamp_ms(const rd_kafka_message_t* m);  // the record's Kafka timestamp; 0: none
 // The table has no room for the record (it must wait, never be skipped).
 bool needs_room(Errc code);
-// A put, or an erase when payload is null (a tombstone).
-Result<void> apply_to(TableWriter& w, std::string_view key, const char* payload, size_t len);
+// Applies one record of `origin` to t's active segment: a put, or an erase
+// when payload is null (a tombstone), by the rule of format::replaces.
+Result<void> apply_to(Replica& t, std::string_view key, const char* payload, size_t len,
+                      format::Origin origin);
 void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e);
 // Record m needs room the table does not have: it waits in t.held and its
 // partition is not fetched until it is applied. False if the partition

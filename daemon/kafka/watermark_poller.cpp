@@ -34,6 +34,12 @@ int64_t WatermarkPoller::high_watermark(const std::string& topic, int32_t partit
   return it->second[static_cast<size_t>(partition)];
 }
 
+int32_t WatermarkPoller::partition_count(const std::string& topic) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = counts_.find(topic);
+  return it == counts_.end() ? -1 : it->second;
+}
+
 void WatermarkPoller::run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
@@ -45,7 +51,11 @@ void WatermarkPoller::run() {
         std::lock_guard<std::mutex> check(mu_);
         if (stop_) return;
       }
-      // librdkafka's calls are thread-safe; this one blocks only this thread.
+      // librdkafka's calls are thread-safe; these block only this thread.
+      if (auto count = consumer_.partition_count(topic, static_cast<int>(timeout_.count()))) {
+        std::lock_guard<std::mutex> store(mu_);
+        counts_[topic] = *count;
+      }
       auto wms = consumer_.watermarks(topic, n, static_cast<int>(timeout_.count()));
       if (!wms) {
         KVS_LOG_DEBUG("refreshing high watermarks: %s", wms.error().message.c_str());

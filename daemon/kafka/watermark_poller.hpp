@@ -1,4 +1,5 @@
-// Refreshes the high watermarks of the partitions kvsd follows, on a thread
+// Refreshes the high watermarks of the partitions kvsd follows, and the
+// topics' partition counts (partitions added while kvsd runs), on a thread
 // of its own: the lag kvsd publishes stays true whatever its apply loop is
 // doing, and for partitions it does not fetch (a partition whose next record
 // waits for room). Fetch responses carry fresher watermarks for the
@@ -31,6 +32,8 @@ class WatermarkPoller {
   void follow(const std::string& topic, int32_t partitions);
   // The latest high watermark the thread learnt; -1 if none yet.
   int64_t high_watermark(const std::string& topic, int32_t partition) const;
+  // The topic's partition count the thread last learnt; -1 if none yet.
+  int32_t partition_count(const std::string& topic) const;
 
  private:
   void run();
@@ -43,6 +46,7 @@ class WatermarkPoller {
   bool changed_ = false;                            // follow() was called: ask now
   std::map<std::string, int32_t> topics_;           // guarded by mu_
   std::map<std::string, std::vector<int64_t>> hw_;  // guarded by mu_
+  std::map<std::string, int32_t> counts_;           // guarded by mu_
   std::thread thread_;
 };
 

@@ -68,6 +68,7 @@ Errc errc_of(rd_kafka_resp_err_t e) {
 struct Table {
   std::string name, topic;
   uint32_t max_key_bytes = 0, max_value_bytes = 0;
+  uint32_t max_partitions = 0;
   kvs_table* reader = nullptr;  // applied offsets, for VISIBLE and WAIT
   rd_kafka_topic_t* rkt = nullptr;
 };
@@ -481,6 +482,7 @@ Result<std::unique_ptr<Server>> Server::start(
     t->name = tc.name;
     t->topic = tc.topic;
     t->max_key_bytes = tc.max_key_bytes;
+    t->max_partitions = tc.max_partitions;
     t->max_value_bytes = tc.max_value_bytes;
     kvs_open_options o{cfg.shm_prefix.c_str()};
     if (const int rc = kvs_open(tc.name.c_str(), &o, &t->reader); rc != KVS_OK) {
@@ -1283,12 +1285,14 @@ void Server::Impl::on_delivery(const rd_kafka_message_t* m) {
 
 bool Server::Impl::is_applied(const Table& t, proto::Token tok, std::string* why) {
   int64_t next = -1;
-  const uint32_t parts = kvs_partition_count(t.reader);
-  if (tok.partition < 0 || (parts > 0 && static_cast<uint32_t>(tok.partition) >= parts)) {
-    *why = "table " + t.name + " has " + std::to_string(parts) + " partitions, no partition " +
-           std::to_string(tok.partition);
+  // A partition the topic gained lately is followed within about a second:
+  // waited for, unless the table cannot track it at all.
+  if (tok.partition < 0 || static_cast<uint32_t>(tok.partition) >= t.max_partitions) {
+    *why = "table " + t.name + " tracks at most " + std::to_string(t.max_partitions) +
+           " partitions (max_partitions), no partition " + std::to_string(tok.partition);
     return false;
   }
+  if (static_cast<uint32_t>(tok.partition) >= kvs_partition_count(t.reader)) return false;
   if (kvs_partition_offsets(t.reader, static_cast<uint32_t>(tok.partition), &next, nullptr) !=
       KVS_OK) {
     *why = kvs_last_error();

@@ -31,7 +31,7 @@ namespace kvs::format {
 
 inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;       // ".kvstab1"
 inline constexpr uint64_t kReaderFileMagic = 0x3272647273766b2eULL;  // ".kvsrdr2"
-inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kLayoutVersion = 3;
 inline constexpr size_t kCacheLine = 64;
 
 // Times in the segment and the registry: nanoseconds since the Unix epoch.
@@ -83,26 +83,59 @@ inline constexpr double kMaxSlotLoad = 0.8;
 // `block_bytes` is set when the block is first carved from the arena and never
 // changes, so the arena can be walked block by block from its start to
 // `arena_used`; readers never read it. A block is immutable while published.
+// `partition` and `timestamp_ms` say which Kafka record the entry came from
+// (see Origin).
 struct BlockHeader {
   uint32_t block_bytes;
   uint32_t key_len;
   uint32_t value_len;
+  uint32_t partition;
+  int64_t timestamp_ms;  // the record's Kafka timestamp; 0 if it had none
 };
-static_assert(sizeof(BlockHeader) == 12);
+static_assert(sizeof(BlockHeader) == 24);
 static_assert(std::is_trivially_copyable_v<BlockHeader>);
 
 constexpr uint64_t block_bytes_for(uint64_t key_len, uint64_t value_len) {
   return (sizeof(BlockHeader) + key_len + value_len + kBlockAlign - 1) & ~(kBlockAlign - 1);
 }
 
+// Where a record of a key comes from. A key normally lives in one
+// partition, whose later offset always wins. Once partitions are added to
+// a topic, the partitioner sends a key elsewhere and the key has live
+// records in two partitions; hosts apply partitions in different
+// interleavings, so every host keeps the same record only by a rule on the
+// records themselves: the later Kafka timestamp wins, and of equal
+// timestamps the higher partition (docs/format.md, "Keys in two partitions").
+struct Origin {
+  int64_t timestamp_ms = 0;
+  uint32_t partition = 0;
+};
+
+// True if a record from `incoming` replaces the table's record from `stored`.
+constexpr bool replaces(const Origin& incoming, const Origin& stored) {
+  if (incoming.partition == stored.partition) return true;  // a later offset
+  if (incoming.timestamp_ms != stored.timestamp_ms)
+    return incoming.timestamp_ms > stored.timestamp_ms;
+  return incoming.partition > stored.partition;
+}
+
 // ---------------------------------------------------------------- header
 enum class TableState : uint32_t { kBootstrapping = 1, kReady = 2 };
 
-struct PartitionState {
+// One cache line per partition. `last_*` identify the last record kvsd
+// applied (offset -1: none, or being updated): at a restart kvsd reads the
+// record at that offset again and compares, so that a topic deleted and
+// re-created while it was down is noticed even when the new log has passed
+// the recorded offsets. For the writer only; readers need not read them.
+struct alignas(kCacheLine) PartitionState {
   std::atomic<int64_t> next_offset;     // one past the last applied offset
   std::atomic<int64_t> high_watermark;  // last one kvsd saw, >= next_offset
+  std::atomic<int64_t> last_offset;
+  std::atomic<int64_t> last_timestamp_ms;
+  std::atomic<uint64_t> last_key_hash;  // hash_key of its key (tombstones too)
+  uint64_t reserved[3];
 };
-static_assert(sizeof(PartitionState) == 16);
+static_assert(sizeof(PartitionState) == kCacheLine);
 
 // A partition's lag: its high watermark minus its next offset, 0 if not
 // above. Without overflow whatever the segment holds (readers and kvsctl

@@ -802,12 +802,17 @@ int kvs_wait(kvs_table* t, const kvs_token* token, int timeout_ms) {
   for (;;) {
     int64_t next = -1;
     const uint32_t parts = kvs_partition_count(t);
-    if (parts > 0 && static_cast<uint32_t>(token->partition) >= parts) {
-      return fail(Errc::kInvalidArgument, "kvs_wait: " + shm::path_of(t->segment) + " has " +
-                                              std::to_string(parts) + " partitions, no partition " +
+    // A partition the topic gained lately is followed once kvsd sees it:
+    // waited for, unless the segment cannot track it at all.
+    const uint32_t room = with_current(
+        t, [](const Generation& g) -> uint32_t { return g.header->partition_capacity; });
+    if (static_cast<uint32_t>(token->partition) >= room) {
+      return fail(Errc::kInvalidArgument, "kvs_wait: " + shm::path_of(t->segment) +
+                                              " tracks at most " + std::to_string(room) +
+                                              " partitions, no partition " +
                                               std::to_string(token->partition));
     }
-    if (parts > 0) {
+    if (static_cast<uint32_t>(token->partition) < parts) {
       if (int rc =
               kvs_partition_offsets(t, static_cast<uint32_t>(token->partition), &next, nullptr);
           rc != KVS_OK)

@@ -245,6 +245,8 @@ void TableWriter::init_new(uint64_t capacity, uint32_t partition_capacity, uint6
   header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
   groups_ = reinterpret_cast<Group*>(base_ + g.groups_offset);
   partitions_ = reinterpret_cast<PartitionState*>(base_ + g.partitions_offset);
+  for (uint32_t p = 0; p < partition_capacity; ++p)
+    partitions_[p].last_offset.store(-1, std::memory_order_relaxed);
   view_ = TableView(base_, *header_);
   if (attach_kind_ != AttachKind::kReplaced) attach_kind_ = AttachKind::kCreated;
 }
@@ -432,6 +434,31 @@ void TableWriter::full_fence() {
 }
 
 Result<void> TableWriter::put(std::string_view key, std::string_view value) {
+  auto r = put_from(key, value, std::nullopt);
+  if (!r) return std::move(r).error();
+  return {};
+}
+
+Result<bool> TableWriter::erase(std::string_view key) {
+  auto r = erase_from(key, std::nullopt);
+  if (!r) return std::move(r).error();
+  return *r == Applied::kApplied;
+}
+
+Result<TableWriter::Applied> TableWriter::apply(std::string_view key,
+                                                std::optional<std::string_view> value,
+                                                Origin origin) {
+  return value ? put_from(key, *value, origin) : erase_from(key, origin);
+}
+
+Origin TableWriter::origin_of(uint64_t word) const {
+  BlockHeader h;
+  std::memcpy(&h, base_ + slot_offset(word), sizeof h);
+  return Origin{h.timestamp_ms, h.partition};
+}
+
+Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::string_view value,
+                                                   std::optional<Origin> origin) {
   if (key.size() > opts_.max_key_bytes) {
     return make_error(Errc::kTooLarge, "key of " + std::to_string(key.size()) +
                                            " bytes exceeds table " + opts_.table + "'s limit of " +
@@ -448,6 +475,9 @@ Result<void> TableWriter::put(std::string_view key, std::string_view value) {
   const Lookup found = view_.find(key.data(), key.size(), hash, &old, &where);
   if (found == Lookup::kCorrupt) {
     return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": index probe failed");
+  }
+  if (found == Lookup::kFound && origin && !replaces(*origin, origin_of(where.word))) {
+    return Applied::kSuperseded;
   }
   const uint64_t size = header_->size.load(std::memory_order_relaxed);
   if (found == Lookup::kAbsent && size >= header_->capacity) {
@@ -476,8 +506,9 @@ Result<void> TableWriter::put(std::string_view key, std::string_view value) {
                                             std::to_string(retired_bytes_) +
                                             " waiting for readers; raise the table's memory limit");
   }
+  const Origin from = origin.value_or(Origin{});
   const BlockHeader h{block_bytes(off), static_cast<uint32_t>(key.size()),
-                      static_cast<uint32_t>(value.size())};
+                      static_cast<uint32_t>(value.size()), from.partition, from.timestamp_ms};
   std::memcpy(base_ + off, &h, sizeof h);
   if (!key.empty()) std::memcpy(base_ + off + sizeof h, key.data(), key.size());
   if (!value.empty()) std::memcpy(base_ + off + sizeof h + key.size(), value.data(), value.size());
@@ -512,21 +543,23 @@ Result<void> TableWriter::put(std::string_view key, std::string_view value) {
     header_->size.store(size + 1, std::memory_order_relaxed);
   }
   header_->puts.fetch_add(1, std::memory_order_relaxed);
-  return {};
+  return Applied::kApplied;
 }
 
-Result<bool> TableWriter::erase(std::string_view key) {
+Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
+                                                     std::optional<Origin> origin) {
   const uint64_t hash = hash_key(key.data(), key.size());
   EntryRef old;
   SlotRef where;
   switch (view_.find(key.data(), key.size(), hash, &old, &where)) {
     case Lookup::kAbsent:
-      return false;
+      return Applied::kAbsent;
     case Lookup::kCorrupt:
       return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": index probe failed");
     case Lookup::kFound:
       break;
   }
+  if (origin && !replaces(*origin, origin_of(where.word))) return Applied::kSuperseded;
   groups_[where.group].slots[where.slot].store(0, std::memory_order_release);
   // Overflow counts drop after the slot is cleared: a crash in between leaves
   // them too high, which only lengthens some probes.
@@ -538,7 +571,7 @@ Result<bool> TableWriter::erase(std::string_view key) {
   retire(slot_offset(where.word));
   header_->size.fetch_sub(1, std::memory_order_relaxed);
   header_->erases.fetch_add(1, std::memory_order_relaxed);
-  return true;
+  return Applied::kApplied;
 }
 
 uint32_t TableWriter::sweep_dead_readers() { return roster_->sweep(); }
@@ -645,6 +678,26 @@ void TableWriter::set_high_watermark(uint32_t partition, int64_t high_watermark)
   high_watermark =
       std::max(high_watermark, ps.next_offset.load(std::memory_order_relaxed));  // as above
   ps.high_watermark.store(high_watermark, std::memory_order_release);
+}
+
+void TableWriter::record_applied(uint32_t partition, int64_t offset, int64_t timestamp_ms,
+                                 std::string_view key) {
+  auto& ps = partitions_[partition];
+  // Invalidated first: a writer that dies among these stores leaves no
+  // fingerprint that mixes two records (the next start then cannot check
+  // this partition, which it says, rather than rebuild for nothing).
+  ps.last_offset.store(-1, std::memory_order_relaxed);
+  ps.last_timestamp_ms.store(timestamp_ms, std::memory_order_relaxed);
+  ps.last_key_hash.store(hash_key(key.data(), key.size()), std::memory_order_relaxed);
+  ps.last_offset.store(offset, std::memory_order_release);
+  set_next_offset(partition, offset + 1);
+}
+
+TableWriter::LastRecord TableWriter::last_record(uint32_t partition) const {
+  const auto& ps = partitions_[partition];
+  return LastRecord{ps.last_offset.load(std::memory_order_acquire),
+                    ps.last_timestamp_ms.load(std::memory_order_relaxed),
+                    ps.last_key_hash.load(std::memory_order_relaxed)};
 }
 
 int64_t TableWriter::next_offset(uint32_t partition) const {

@@ -119,6 +119,32 @@ class TableWriter {
   // Erases; false if the key was absent (a tombstone for a missing key).
   Result<bool> erase(std::string_view key);
 
+  // What apply() did with a record.
+  enum class Applied {
+    kApplied,     // put, or erased
+    kAbsent,      // a tombstone for a key the table does not hold
+    kSuperseded,  // the table's record of the key wins (format::replaces)
+  };
+  // Applies one Kafka record of `origin`: a put, or an erase when `value`
+  // is nullopt (a tombstone). Unlike put() and erase(), the record changes
+  // nothing when the table's record of the key, from another partition,
+  // wins by format::replaces. Errors as put().
+  Result<Applied> apply(std::string_view key, std::optional<std::string_view> value,
+                        format::Origin origin);
+  // Publishes that the record at `offset` of `partition` (with this
+  // timestamp and key) was applied: its fingerprint (PartitionState::last_*),
+  // then next_offset = offset + 1.
+  void record_applied(uint32_t partition, int64_t offset, int64_t timestamp_ms,
+                      std::string_view key);
+  // The fingerprint of the last record applied in `partition`; offset -1
+  // if none is known.
+  struct LastRecord {
+    int64_t offset = -1;
+    int64_t timestamp_ms = 0;
+    uint64_t key_hash = 0;
+  };
+  LastRecord last_record(uint32_t partition) const;
+
   // Publishes partition progress. Call after the records up to next_offset
   // were put/erased: readers that see the offset see those records.
   Result<void> set_partition_count(uint32_t count);
@@ -188,6 +214,12 @@ class TableWriter {
   // Removes temporary segments that earlier writers left behind.
   void remove_stale_temps(const std::string& segment);
 
+  // put() and erase() from `origin`, or whatever the table holds (nullopt).
+  Result<Applied> put_from(std::string_view key, std::string_view value,
+                           std::optional<format::Origin> origin);
+  Result<Applied> erase_from(std::string_view key, std::optional<format::Origin> origin);
+  // The origin of the entry whose slot word is `word`.
+  format::Origin origin_of(uint64_t word) const;
   // Returns a block offset of at least `bytes`, or 0.
   uint64_t allocate(uint64_t bytes);
   void retire(uint64_t offset);

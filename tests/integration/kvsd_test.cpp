@@ -22,6 +22,7 @@ namespace kvs {
 namespace {
 
 using namespace std::chrono_literals;
+constexpr auto npos = std::string::npos;
 
 TEST_F(KvsdTest, RecordsOfAnIndependentProducerAppearAndTombstonesErase) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 4));
@@ -769,6 +770,119 @@ TEST_F(KvsdTest, EmbeddedRestartMovesOpenReadersToTheNewTable) {
   ASSERT_TRUE(test::wait_until([&] { return t.get_copy("second").has_value(); }, 10s))
       << "the open reader stayed on the first run's table";
   EXPECT_FALSE(t.get_copy("first").has_value());
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// A topic deleted and re-created while kvsd was down, whose new log has
+// passed the offsets the segment recorded: kvsd reads the last record it
+// applied again, sees another one, and rebuilds. The mock cluster cannot
+// delete a topic: a second mock cluster with a topic of the same name
+// stands in for the re-created one, and the segment's record of its
+// cluster is cleared (as a segment whose cluster id was not known), so that
+// only the log's fingerprint can tell. A real cluster deletes and
+// re-creates the topic.
+TEST_F(KvsdTest, TopicRecreatedWhileDownIsRebuiltThoughItsLogPassedTheRecordedOffsets) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 30; ++i) p.send(topic_, i % 2, "a" + std::to_string(i), "old");
+    ASSERT_TRUE(p.flush());
+  }
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  ASSERT_EQ(t.size(), 30u);
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+
+  std::unique_ptr<test::KafkaCluster> second;
+  if (kafka_.is_mock()) {
+    second = std::make_unique<test::KafkaCluster>();
+    bootstrap_ = second->bootstrap();
+    auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadWrite);
+    ASSERT_TRUE(m) << m.error().message;
+    reinterpret_cast<format::TableHeader*>((*m)->data())->source_cluster.store(0);
+    ASSERT_TRUE(second->create_topic(topic_, 2));
+  } else {
+    ASSERT_TRUE(kafka_.delete_topic(topic_));
+    // Deletion completes in the background: creating may fail meanwhile.
+    ASSERT_TRUE(test::wait_until([&] { return kafka_.create_topic(topic_, 2); }, 60s));
+  }
+  std::map<std::string, std::string> model;
+  {
+    test::Producer p(bootstrap_.empty() ? kafka_.bootstrap() : bootstrap_);
+    for (int i = 0; i < 60; ++i) {
+      p.send(topic_, i % 2, "b" + std::to_string(i), "new");
+      model["b" + std::to_string(i)] = "new";
+    }
+    ASSERT_TRUE(p.flush());
+  }
+  kvsd = start_kvsd(write_config());
+  ASSERT_TRUE(test::wait_until([&] { return log().find("rebuilt from the topic") != npos; }, 30s))
+      << log();
+  EXPECT_NE(log().find("is not the one its segment applied"), std::string::npos) << log();
+  EXPECT_EQ(contents(t), model);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// A restart on the same log checks the last record it applied and resumes
+// without rebuilding, even when that record was the partition's last.
+TEST_F(KvsdTest, RestartOnTheSameLogChecksTheLastRecordAndResumes) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < 30; ++i) p.send(topic_, i % 2, "a" + std::to_string(i), "v");
+    ASSERT_TRUE(p.flush());
+  }
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+  {
+    test::Producer p(kafka_.bootstrap());
+    p.send(topic_, 1, "later", "v");
+    ASSERT_TRUE(p.flush());
+  }
+  kvsd = start_kvsd(write_config());
+  ASSERT_TRUE(test::wait_until([&] { return t.get_copy("later").has_value(); }, 30s)) << log();
+  EXPECT_TRUE(t.wait_ready(10s));
+  EXPECT_EQ(log().find("rebuild"), npos) << log();
+  EXPECT_EQ(t.size(), 31u);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0);
+}
+
+// Partitions added to the topic while kvsd runs are followed from their
+// beginning: writes through kvsd that land there become visible, and
+// records an independent producer writes there appear.
+TEST_F(KvsdTest, PartitionsAddedWhileRunningAreFollowed) {
+  if (kafka_.is_mock()) {
+    GTEST_SKIP() << "librdkafka's mock cluster cannot add partitions to a live topic; set "
+                    "KVS_TEST_BOOTSTRAP to a real cluster (ReplicaTest covers the replica's "
+                    "part with the mock)";
+  }
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  ASSERT_TRUE(kafka_.add_partitions(topic_, 6));
+  ASSERT_TRUE(test::wait_until([&] { return t.partition_count() == 6u; }, 30s)) << log();
+  EXPECT_NE(log().find("grew from 2 to 6 partitions"), std::string::npos) << log();
+  {
+    test::Producer p(kafka_.bootstrap());
+    p.send(topic_, 5, "in-5", "yes");
+    ASSERT_TRUE(p.flush());
+  }
+  ASSERT_TRUE(test::wait_until([&] { return t.get_copy("in-5").has_value(); }, 30s)) << log();
+  // kvsd's own producer learns of the new partitions too; every VISIBLE
+  // write is visible when acknowledged, wherever it landed.
+  auto c = Client::connect(socket_path());
+  ASSERT_TRUE(c) << c.error().message;
+  for (int i = 0; i < 200; ++i) {
+    auto r = c->put("t", "w" + std::to_string(i), "v", {.visible = true});
+    ASSERT_TRUE(r) << r.error().message;
+  }
+  EXPECT_EQ(t.size(), 201u);
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }

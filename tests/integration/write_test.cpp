@@ -255,8 +255,15 @@ TEST_F(WriteTest, BadRequestsGetClearErrorsAndTheConnectionStaysUsable) {
       << kvs_last_error();
   kvs_token far{0, 1000000};
   EXPECT_EQ(kvs_client_wait(c, "t", &far, 200), KVS_ETIMEDOUT);
-  kvs_token bad_part{7, 0};
+  // A partition the table could track (the topic may gain it) is waited
+  // for; one beyond max_partitions is an error.
+  kvs_token new_part{7, 0};
+  EXPECT_EQ(kvs_client_wait(c, "t", &new_part, 200), KVS_ETIMEDOUT) << kvs_last_error();
+  EXPECT_EQ(kvs_wait(t.native(), &new_part, 200), KVS_ETIMEDOUT) << kvs_last_error();
+  kvs_token bad_part{70000, 0};
   EXPECT_EQ(kvs_client_wait(c, "t", &bad_part, 200), KVS_EINVAL) << kvs_last_error();
+  EXPECT_NE(std::string(kvs_last_error()).find("at most 256 partitions"), std::string::npos)
+      << kvs_last_error();
   EXPECT_EQ(kvs_wait(t.native(), &bad_part, 200), KVS_EINVAL) << kvs_last_error();
   // Still usable after all of that.
   kvs_write_options vis{0, 1};

@@ -91,6 +91,30 @@ class KafkaCluster {
     rd_kafka_destroy(rk);
     return {lo, hi};
   }
+  // Raises the topic's partition count to `total` (CreatePartitions). The
+  // mock cluster cannot: false there.
+  bool add_partitions(const std::string& topic, int total) {
+    if (mock_) return false;
+    char err[512];
+    rd_kafka_NewPartitions_t* np =
+        rd_kafka_NewPartitions_new(topic.c_str(), static_cast<size_t>(total), err, sizeof err);
+    if (np == nullptr) return false;
+    const bool ok = admin([&](rd_kafka_t* rk, rd_kafka_queue_t* q) {
+      rd_kafka_CreatePartitions(rk, &np, 1, nullptr, q);
+    });
+    rd_kafka_NewPartitions_destroy(np);
+    return ok;
+  }
+  // Deletes the topic (DeleteTopics). The mock cluster cannot: false there.
+  bool delete_topic(const std::string& topic) {
+    if (mock_) return false;
+    rd_kafka_DeleteTopic_t* dt = rd_kafka_DeleteTopic_new(topic.c_str());
+    const bool ok = admin([&](rd_kafka_t* rk, rd_kafka_queue_t* q) {
+      rd_kafka_DeleteTopics(rk, &dt, 1, nullptr, q);
+    });
+    rd_kafka_DeleteTopic_destroy(dt);
+    return ok;
+  }
   // Fault injection: mock only (tests skip otherwise).
   bool set_broker_down(int broker, bool down) {
     return mock_ && command((down ? "down " : "up ") + std::to_string(broker));
@@ -101,6 +125,35 @@ class KafkaCluster {
   }
 
  private:
+  // Runs one admin request (`send` issues it on the queue) and waits for
+  // its answer: true if no topic in it failed.
+  template <class Send>
+  bool admin(Send send) {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk == nullptr) return false;
+    rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+    send(rk, q);
+    rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 30000);
+    bool ok = ev != nullptr && rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (ev != nullptr) {
+      size_t n = 0;
+      const rd_kafka_topic_result_t** res = nullptr;
+      if (const auto* r = rd_kafka_event_CreatePartitions_result(ev)) {
+        res = rd_kafka_CreatePartitions_result_topics(r, &n);
+      } else if (const auto* d = rd_kafka_event_DeleteTopics_result(ev)) {
+        res = rd_kafka_DeleteTopics_result_topics(d, &n);
+      }
+      for (size_t i = 0; i < n; ++i)
+        ok = ok && rd_kafka_topic_result_error(res[i]) == RD_KAFKA_RESP_ERR_NO_ERROR;
+      rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy(rk);
+    return ok;
+  }
   bool command(const std::string& c) {
     mock_->write_line(c);
     return mock_->read_line() == "ok";

@@ -41,7 +41,8 @@ class KvsdTest : public ::testing::Test {
     std::ofstream(path) << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \""
                         << shm_.prefix() << "\"\n"
                         << extra_kvsd << "poll_timeout_ms = 20\n"
-                        << "[kafka]\n\"bootstrap.servers\" = \"" << kafka_.bootstrap() << "\"\n"
+                        << "[kafka]\n\"bootstrap.servers\" = \""
+                        << (bootstrap_.empty() ? kafka_.bootstrap() : bootstrap_) << "\"\n"
                         << "\"topic.metadata.refresh.interval.ms\" = 1000\n"
                         << "[[table]]\nname = \"t\"\ntopic = \"" << topic_ << "\"\n"
                         << "capacity = 65536\nmemory_limit_bytes = 33554432\n"
@@ -101,6 +102,7 @@ class KvsdTest : public ::testing::Test {
   test::ShmScope shm_;
   std::filesystem::path dir_;
   std::string topic_;
+  std::string bootstrap_;  // write_config's cluster when not kafka_'s
   std::unique_ptr<shm::Mapping> segment_;
 };
 

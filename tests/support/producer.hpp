@@ -56,6 +56,32 @@ class Producer {
     }
     rd_kafka_topic_destroy(rkt);
   }
+  // A record with the Kafka timestamp `timestamp_ms` (value nullopt: a
+  // tombstone), as a producer whose clock says so would write it.
+  void send_at(const std::string& topic, int partition, const std::string& key,
+               const std::optional<std::string>& value, int64_t timestamp_ms) {
+    rd_kafka_vu_t vus[6];
+    vus[0].vtype = RD_KAFKA_VTYPE_TOPIC;
+    vus[0].u.cstr = topic.c_str();
+    vus[1].vtype = RD_KAFKA_VTYPE_PARTITION;
+    vus[1].u.i32 = partition;
+    vus[2].vtype = RD_KAFKA_VTYPE_KEY;
+    vus[2].u.mem = {const_cast<char*>(key.data()), key.size()};
+    vus[3].vtype = RD_KAFKA_VTYPE_VALUE;
+    vus[3].u.mem = {value ? const_cast<char*>(value->data()) : nullptr, value ? value->size() : 0};
+    vus[4].vtype = RD_KAFKA_VTYPE_TIMESTAMP;
+    vus[4].u.i64 = timestamp_ms;
+    vus[5].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
+    vus[5].u.i = RD_KAFKA_MSG_F_COPY;
+    for (;;) {
+      rd_kafka_error_t* e = rd_kafka_produceva(rk_, vus, 6);
+      if (e == nullptr) return;
+      const rd_kafka_resp_err_t code = rd_kafka_error_code(e);
+      rd_kafka_error_destroy(e);
+      if (code != RD_KAFKA_RESP_ERR__QUEUE_FULL) throw std::runtime_error(rd_kafka_err2str(code));
+      rd_kafka_poll(rk_, 10);
+    }
+  }
   // True if every record was delivered within timeout_ms.
   bool flush(int timeout_ms = 30000) {
     return rd_kafka_flush(rk_, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR;

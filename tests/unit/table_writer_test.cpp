@@ -112,6 +112,71 @@ TEST_F(TableWriterTest, TombstoneOfMissingKeyIsHarmless) {
   EXPECT_EQ(read(t, "present"), "x");
 }
 
+// A key with records in several partitions (docs/format.md, "Keys in two
+// partitions"): whatever order the partitions' records are applied in, the
+// table keeps the record with the later timestamp (of equal timestamps, the
+// higher partition), and a partition's later record replaces its earlier.
+TEST_F(TableWriterTest, KeyInSeveralPartitionsKeepsTheWinnerInEveryOrder) {
+  using Applied = TableWriter::Applied;
+  struct Rec {
+    const char* value;  // nullptr: a tombstone
+    format::Origin origin;
+  };
+  const std::vector<Rec> records = {
+      {"p0-t100", {100, 0}}, {"p1-t300", {300, 1}}, {"p2-t300", {300, 2}}, {"p3-t200", {200, 3}}};
+  std::vector<size_t> order = {0, 1, 2, 3};
+  int orders = 0;
+  do {
+    test::ShmScope shm;
+    auto o = options();
+    o.shm_prefix = shm.prefix();
+    auto w = open_writer(o);
+    for (size_t i : order) {
+      auto r = w->apply("k", std::string_view(records[i].value), records[i].origin);
+      ASSERT_TRUE(r) << r.error().message;
+    }
+    auto t = Table::open("t", {shm.prefix()});
+    ASSERT_TRUE(t);
+    auto g = t->read();
+    ASSERT_TRUE(g);
+    EXPECT_EQ(std::string(*g->get("k")), "p2-t300");
+    ++orders;
+  } while (std::next_permutation(order.begin(), order.end()));
+  EXPECT_EQ(orders, 24);
+
+  auto w = open_writer(options());
+  ASSERT_EQ(*w->apply("k", std::string_view("first"), {500, 1}), Applied::kApplied);
+  // The same partition's later record wins even with an older timestamp.
+  ASSERT_EQ(*w->apply("k", std::string_view("second"), {400, 1}), Applied::kApplied);
+  // Another partition's older record, or its older tombstone, loses.
+  EXPECT_EQ(*w->apply("k", std::string_view("stale"), {300, 0}), Applied::kSuperseded);
+  EXPECT_EQ(*w->apply("k", std::nullopt, {300, 0}), Applied::kSuperseded);
+  auto t = open_reader();
+  EXPECT_EQ(read(t, "k"), "second");
+  // Its later tombstone wins; a tombstone of an absent key says so.
+  EXPECT_EQ(*w->apply("k", std::nullopt, {600, 0}), Applied::kApplied);
+  EXPECT_EQ(read(t, "k"), std::nullopt);
+  EXPECT_EQ(*w->apply("k", std::nullopt, {700, 2}), Applied::kAbsent);
+  // put() and erase() take no origin: they always win.
+  ASSERT_TRUE(w->put("j", "x"));
+  EXPECT_EQ(*w->apply("j", std::string_view("y"), {1, 5}), Applied::kApplied);
+  ASSERT_TRUE(w->put("j", "z"));
+  EXPECT_EQ(read(t, "j"), "z");
+}
+
+TEST_F(TableWriterTest, LastRecordFingerprintIsPublishedWithTheOffset) {
+  auto w = open_writer(options());
+  ASSERT_TRUE(w->set_partition_count(2));
+  EXPECT_EQ(w->last_record(1).offset, -1);
+  w->record_applied(1, 41, 1700000000123, "some-key");
+  const auto last = w->last_record(1);
+  EXPECT_EQ(last.offset, 41);
+  EXPECT_EQ(last.timestamp_ms, 1700000000123);
+  EXPECT_EQ(last.key_hash, format::hash_key("some-key", 8));
+  EXPECT_EQ(w->next_offset(1), 42);
+  EXPECT_EQ(w->last_record(0).offset, -1);
+}
+
 TEST_F(TableWriterTest, BinaryKeysWithNulsAndEmptyValues) {
   auto w = open_writer(options());
   const std::string k1("a\0b", 3), k2("a\0c", 3), k3("", 0);

@@ -230,8 +230,9 @@ typedef struct kvs_token {
 /* Waits until `table` has applied `token` (its partition's next offset is
  * above token->offset), read from shared memory: works on any host whose kvsd
  * mirrors the topic, with read access only. timeout_ms < 0 waits forever.
- * Errors: KVS_ETIMEDOUT, KVS_EINVAL (NULL argument, partition the table does
- * not have). */
+ * A partition the topic gained after kvsd started is waited for too (kvsd
+ * follows it within about a second). Errors: KVS_ETIMEDOUT, KVS_EINVAL (NULL
+ * argument, a partition beyond what the table can track: max_partitions). */
 KVS_API int kvs_wait(kvs_table *table, const kvs_token *token, int timeout_ms);
 
 /* ---- Writes through kvsd ---------------------------------------------------
