@@ -12,6 +12,7 @@
 //    on the full segment, timed to READY=1 (target < 100 ms).
 // Pairs run back to back so that both sides see the same machine.
 #include <librdkafka/rdkafka.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -35,6 +37,28 @@ using kvs::test::Child;
 
 double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// CPU seconds (user + system) a process has used, from /proc; this
+// process's own from getrusage.
+double cpu_seconds_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string skip;
+  for (int i = 0; i < 11; ++i) fields >> skip;  // state .. cmajflt
+  double utime = 0, stime = 0;
+  fields >> utime >> stime;
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double own_cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return s(u.ru_utime) + s(u.ru_stime);
 }
 
 [[noreturn]] void die(const std::string& what) {
@@ -245,8 +269,11 @@ int main(int argc, char** argv) {
   std::printf("\nbootstrap (cold: no segment), records/s; ratio = kvsd / bare consumer\n");
   std::vector<double> ratios;
   std::unique_ptr<Child> running;
+  std::vector<double> bare_cpu, kvsd_cpu;
   for (int r = 0; r < rounds; ++r) {
+    const double cpu0 = own_cpu_seconds();
     const double bare = bare_consumer(kafka.bootstrap(), topic, partitions, records);
+    bare_cpu.push_back(own_cpu_seconds() - cpu0);
     if (running) {
       running->kill(SIGTERM);
       running->wait();
@@ -256,6 +283,7 @@ int main(int argc, char** argv) {
     running = start_kvsd();
     if (!notify.wait_ready(std::chrono::seconds(300))) die("kvsd never sent READY=1");
     const double cold = seconds_since(t0);
+    kvsd_cpu.push_back(cpu_seconds_of(running->pid()));
     check_table(shm.prefix(), records);
     const double ratio = bare / cold;
     ratios.push_back(ratio);
@@ -263,6 +291,9 @@ int main(int argc, char** argv) {
                 records / bare, bare, records / cold, cold, ratio);
   }
   std::printf("bootstrap ratio, median of %d: %.2fx (target >= 0.90x)\n", rounds, median(ratios));
+  std::printf("CPU per record, median: bare %.0f ns, kvsd %.0f ns (to READY=1, all threads)\n",
+              median(bare_cpu) * 1e9 / static_cast<double>(records),
+              median(kvsd_cpu) * 1e9 / static_cast<double>(records));
 
   std::printf("\nwarm restart to READY=1 with %ld keys in the segment\n", records);
   for (const int sig : {SIGTERM, SIGKILL}) {
