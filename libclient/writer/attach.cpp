@@ -1,0 +1,366 @@
+// TableWriter, part 3 of 3: creating a segment, attaching to one a dead
+// writer left, and replacing one (a rebuild), with the recovery of the
+// allocator's state that an attach needs. The index and the arena's rules
+// are in table_writer.cpp and arena.cpp.
+//
+// Invariants enforced here:
+// - A segment gets its name only once it is fully initialised: it is built
+//   under a temporary name and renamed (no reader maps half a segment).
+// - A replacement flags the old segment `replaced` before it takes the name,
+//   so a writer that dies in between strands no reader (the next attach
+//   clears a stale flag).
+// - An attach trusts nothing it did not check: every slot must point at a
+//   distinct, aligned block start inside the carved arena, else the segment
+//   is replaced. Every carved block no slot references may still be seen by
+//   a reader of the dead writer: it is retired, never freed at once.
+// - The arena walk retires the unreferenced blocks only after the chain of
+//   block sizes met every live slot at a block's start; a chain that is off
+//   leaks them (and kvsd rebuilds) rather than hand out a live entry's bytes.
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <utility>
+
+#include "format/sanitizers.hpp"
+#include "writer/table_writer.hpp"
+
+namespace kvs {
+using namespace format;
+
+namespace {
+
+Result<void> validate(const WriterOptions& o) {
+  auto bad = [&](const std::string& what) {
+    return make_error(Errc::kInvalidArgument, "table " + o.table + ": " + what);
+  };
+  if (o.capacity < 1 || o.capacity > kMaxCapacity) {
+    return bad("capacity = " + std::to_string(o.capacity) + ", must be 1..2^40");
+  }
+  if (o.arena_bytes < kMinArenaBytes || o.arena_bytes > kMaxArenaBytes) {
+    return bad("arena_bytes = " + std::to_string(o.arena_bytes) + ", must be 4096..2^50");
+  }
+  if (o.partition_capacity < 1 || o.partition_capacity > kMaxPartitions) {
+    return bad("partition_capacity = " + std::to_string(o.partition_capacity) +
+               ", must be 1..65536");
+  }
+  if (o.reader_slots < 1 || o.reader_slots > (1u << 20)) {
+    return bad("reader_slots = " + std::to_string(o.reader_slots) + ", must be 1..1048576");
+  }
+  if (o.max_key_bytes < 1 || o.max_value_bytes > (1u << 30)) {
+    return bad("max_key_bytes must be >= 1 and max_value_bytes <= 1 GiB");
+  }
+  if (o.data_mode & (S_IWGRP | S_IWOTH)) {
+    return bad("data_mode must not let the group or others write: readers refuse such a table");
+  }
+  if (block_bytes_for(o.max_key_bytes, o.max_value_bytes) > o.arena_bytes) {
+    return bad("arena_bytes = " + std::to_string(o.arena_bytes) +
+               " cannot hold one entry of the maximum key and value size");
+  }
+  return {};
+}
+
+// Refuses a data segment this user did not create (planted in /dev/shm by
+// another user before kvsd started).
+Result<void> check_owner(const shm::Mapping& m) {
+  struct stat st {};
+  if (::fstat(m.fd(), &st) != 0) {
+    return make_error(Errc::kSystem, "fstat " + shm::path_of(m.name) + ": " + std::strerror(errno));
+  }
+  if (st.st_uid != ::geteuid()) {
+    return make_error(Errc::kPermission,
+                      shm::path_of(m.name) + " belongs to uid " + std::to_string(st.st_uid) +
+                          ", not to kvsd (uid " + std::to_string(::geteuid()) +
+                          "): another user made it; remove it (as root) and restart kvsd");
+  }
+  return {};
+}
+
+std::string temp_name(const std::string& name) {
+  std::random_device rd;
+  return name + ".new." + std::to_string(::getpid()) + "." + std::to_string(rd());
+}
+
+}  // namespace
+
+Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& options) {
+  if (auto ok = validate(options); !ok) return std::move(ok).error();
+  auto seg = shm::segment_name(options.shm_prefix, options.table);
+  if (!seg) return std::move(seg).error();
+  std::unique_ptr<TableWriter> w(new TableWriter());
+  w->opts_ = options;
+
+  // 1. The reader registry, which also carries the writer's lock: it outlives
+  //    data segments, so two writers always contend for the same directory.
+  auto roster =
+      ReaderRoster::open(*seg, options.registry_mode, options.group, options.reader_slots);
+  if (!roster) return std::move(roster).error().context("table " + options.table);
+  w->roster_ = std::move(*roster);
+
+  w->segment_ = *seg;
+  w->remove_stale_temps(*seg);
+
+  // 2. The data segment: take over a good one, else create it anew.
+  std::unique_ptr<shm::Mapping> stale;  // ours, but inconsistent
+  auto data = shm::open_segment(*seg, shm::Access::kReadWrite);
+  if (data) {
+    if (auto ok = check_owner(**data); !ok) return std::move(ok).error();
+    const HeaderVerdict v = check_header((*data)->data(), (*data)->size());
+    if (v.check == HeaderCheck::kOk) {
+      w->data_ = std::move(*data);
+      if (auto ok = w->attach_existing(); ok) return w;
+      stale = std::move(w->data_);
+      KVS_UNPOISON(stale->data(), stale->size());  // see ~TableWriter
+    }
+    w->attach_kind_ = AttachKind::kReplaced;
+  } else if (data.error().code != Errc::kNoTable && data.error().code != Errc::kCorrupt) {
+    return std::move(data).error().context("opening table " + options.table);
+  }
+
+  // A segment of another layout or a corrupt one stays as it is for the
+  // readers that have it mapped; the new one takes its name atomically.
+  if (auto ok = w->create_temp(*seg); !ok) return std::move(ok).error();
+  w->init_new(options.capacity, options.partition_capacity, options.arena_bytes);
+  // Readers of the inconsistent one learn that a new one takes its name
+  // (flag first, as in publish_replacement).
+  if (stale) {
+    reinterpret_cast<TableHeader*>(stale->data())->replaced.store(1, std::memory_order_release);
+  }
+  if (auto ok = shm::rename_segment(w->data_->name, *seg); !ok) {
+    shm::remove_segment(w->data_->name);
+    return std::move(ok).error();
+  }
+  w->data_->name = *seg;
+  return w;
+}
+
+Result<void> TableWriter::create_temp(const std::string& segment) {
+  const Geometry g = geometry(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+  const std::string tmp = temp_name(segment);
+  auto created = shm::create_segment(tmp, g.segment_bytes, opts_.data_mode, opts_.group);
+  if (!created) return std::move(created).error().context("creating table " + opts_.table);
+  data_ = std::move(*created);
+  return {};
+}
+
+void TableWriter::remove_stale_temps(const std::string& segment) {
+  // "<segment>.new.<pid>.<random>", see temp_name(). Called from open(),
+  // under the writer lock and before this writer began any replacement: every
+  // one there is a leftover of a writer that is gone.
+  const std::string prefix = segment + ".new.";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with(prefix)) shm::remove_segment(name);
+  }
+}
+
+Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement() {
+  std::unique_ptr<TableWriter> w(new TableWriter());
+  w->opts_ = opts_;
+  w->roster_ = roster_;
+  w->segment_ = segment_;
+  if (auto ok = w->create_temp(segment_); !ok) return std::move(ok).error();
+  w->init_new(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+  // Readers announce epochs per segment (their files name its incarnation),
+  // so the new segment's epochs start afresh.
+  return w;
+}
+
+Result<void> TableWriter::publish_replacement(TableWriter& next) {
+  // The flag before the rename: a writer that dies in between leaves a
+  // flagged segment under the name, which the next writer clears when it
+  // attaches; the other order could strand readers on a segment no longer
+  // named, with nothing telling them to move. A reader that sees the flag
+  // before the rename finds the same segment and tries again a second later.
+  header_->replaced.store(1, std::memory_order_release);
+  if (auto ok = shm::rename_segment(next.data_->name, segment_); !ok) {
+    header_->replaced.store(0, std::memory_order_release);
+    return ok;
+  }
+  next.data_->name = segment_;
+  return {};
+}
+
+std::string TableWriter::size_change() const {
+  const Geometry g = geometry(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+  std::string what;
+  auto note = [&](const char* name, uint64_t was, uint64_t now) {
+    if (was == now) return;
+    what += (what.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(was) + " -> " +
+            std::to_string(now);
+  };
+  note("capacity", header_->capacity, opts_.capacity);
+  note("arena bytes", header_->arena_bytes, g.arena_bytes);
+  note("max_partitions", header_->partition_capacity, opts_.partition_capacity);
+  return what;
+}
+
+TableWriter::~TableWriter() {
+  if (header_) header_->writer_pid.store(0, std::memory_order_relaxed);
+  // ASan keeps the shadow of unmapped memory: a later mapping at this
+  // address would inherit the poison of free blocks.
+  if (data_) KVS_UNPOISON(data_->data(), data_->size());
+}
+
+void TableWriter::init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes) {
+  const Geometry g = geometry(capacity, partition_capacity, arena_bytes);
+  base_ = data_->data();
+  KVS_UNPOISON(base_, data_->size());  // see ~TableWriter
+  header_ = reinterpret_cast<TableHeader*>(base_);
+  header_->magic = kTableMagic;
+  header_->layout_version = kLayoutVersion;
+  header_->header_bytes = sizeof(TableHeader);
+  header_->fingerprint = layout_fingerprint();
+  header_->segment_bytes = g.segment_bytes;
+  header_->group_count = g.group_count;
+  header_->groups_offset = g.groups_offset;
+  header_->arena_offset = g.arena_offset;
+  header_->arena_bytes = g.arena_bytes;
+  header_->capacity = capacity;
+  header_->partition_capacity = partition_capacity;
+  header_->partitions_offset = g.partitions_offset;
+  header_->created_unix_ns = now_unix_ns();
+  header_->incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  header_->epoch.store(1, std::memory_order_relaxed);  // 0 means "not reading"
+  header_->state.store(static_cast<uint32_t>(TableState::kBootstrapping),
+                       std::memory_order_relaxed);
+  header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
+  header_->writer_attaches.store(1, std::memory_order_relaxed);
+  header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
+  groups_ = reinterpret_cast<Group*>(base_ + g.groups_offset);
+  partitions_ = reinterpret_cast<PartitionState*>(base_ + g.partitions_offset);
+  for (uint32_t p = 0; p < partition_capacity; ++p)
+    partitions_[p].last_offset.store(-1, std::memory_order_relaxed);
+  view_ = TableView(base_, *header_);
+  if (attach_kind_ != AttachKind::kReplaced) attach_kind_ = AttachKind::kCreated;
+}
+
+Result<void> TableWriter::attach_existing() {
+  base_ = data_->data();
+  KVS_UNPOISON(base_, data_->size());  // see ~TableWriter
+  header_ = reinterpret_cast<TableHeader*>(base_);
+  groups_ = reinterpret_cast<Group*>(base_ + header_->groups_offset);
+  partitions_ = reinterpret_cast<PartitionState*>(base_ + header_->partitions_offset);
+  view_ = TableView(base_, *header_);
+  if (auto ok = rebuild_allocator(); !ok) return ok;
+  header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
+  header_->writer_attaches.fetch_add(1, std::memory_order_relaxed);
+  // The segment under the table's name is the current one: a flag left by a
+  // writer that died while replacing it does not stand.
+  header_->replaced.store(0, std::memory_order_release);
+  header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
+  attach_kind_ = AttachKind::kAttached;
+  return {};
+}
+
+// Rebuilds free space from the live set: every slot's block is live; every
+// other carved block may still be seen by a reader of the previous writer, so
+// it is retired rather than freed. Here only the index is read (it must be
+// sound before anything is written); the arena is walked later, a slice per
+// reclaim() (continue_attach_walk).
+Result<void> TableWriter::rebuild_allocator() {
+  const uint64_t begin = header_->arena_offset;
+  const uint64_t used = header_->arena_used.load(std::memory_order_acquire);
+  auto corrupt = [&](const std::string& what) {
+    return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": " + what);
+  };
+  if (used > header_->arena_bytes || used % kBlockAlign != 0)
+    return corrupt("arena_used out of range");
+  const uint64_t units = used / kBlockAlign;
+  std::vector<uint64_t> live((units + 63) / 64, 0);
+  uint64_t count = 0;
+  for (uint64_t g = 0; g < header_->group_count; ++g) {
+    for (int i = 0; i < kSlotsPerGroup; ++i) {
+      const uint64_t w = groups_[g].slots[i].load(std::memory_order_relaxed);
+      if (w == 0) continue;
+      const uint64_t off = slot_offset(w);
+      if (off < begin || off >= begin + used) return corrupt("a slot points outside the arena");
+      if ((off - begin) % kBlockAlign != 0) return corrupt("a slot points between blocks");
+      const uint64_t u = (off - begin) / kBlockAlign;
+      if (live[u / 64] & (uint64_t{1} << (u % 64))) return corrupt("two slots share a block");
+      live[u / 64] |= uint64_t{1} << (u % 64);
+      ++count;
+    }
+  }
+  free_.clear();
+  retired_.clear();
+  free_bytes_ = retired_bytes_ = 0;
+  leaked_at_attach_ = 0;
+  walk_ = AttachWalk{std::move(live), begin, begin + used, {}, 0, {}};
+  unchecked_end_ = begin + used;
+  walk_report_.reset();
+  header_->size.store(count, std::memory_order_relaxed);
+  return {};
+}
+
+// Blocks are never split or merged once carved, and [walk_.pos, walk_.end)
+// was carved before this writer attached, so the chain of block sizes there
+// is fixed: it can be walked at any time. A block whose bit is set was live
+// at attach (it may have been retired, freed and reused since: all through
+// this writer, which knows it); any other block is one the previous writer
+// had free or retired. Those are retired only when the whole walk has met
+// every live bit at a block's start: a chain that is off would otherwise
+// hand out bytes of a live entry.
+bool TableWriter::continue_attach_walk(uint64_t max_bytes) {
+  if (!walk_.pending()) return false;
+  const uint64_t begin = header_->arena_offset;
+  const uint64_t stop = walk_.end - walk_.pos <= max_bytes ? walk_.end : walk_.pos + max_bytes;
+  auto fail = [&](const std::string& what) {
+    walk_report_ = AttachWalkReport{true, 0, 0,
+                                    shm::path_of(data_->name) + ": " + what + "; the " +
+                                        std::to_string(walk_.leaked.size() + walk_.held.size()) +
+                                        " blocks found unreferenced or replaced since, and the " +
+                                        std::to_string(walk_.end - walk_.pos) +
+                                        " bytes not walked, stay unused"};
+    walk_ = AttachWalk{};
+    return false;
+  };
+  while (walk_.pos < stop) {
+    const uint64_t pos = walk_.pos;
+    const uint32_t bb = block_bytes(pos);
+    if (bb < block_bytes_for(0, 0) || bb % kBlockAlign != 0 || bb > walk_.end - pos) {
+      return fail("arena block at " + std::to_string(pos) + " has size " + std::to_string(bb));
+    }
+    const uint64_t u = (pos - begin) / kBlockAlign;
+    uint64_t& word = walk_.live[u / 64];
+    const uint64_t bit = uint64_t{1} << (u % 64);
+    if (word & bit) {
+      word &= ~bit;
+    } else {
+      walk_.leaked.push_back(pos);
+      walk_.leaked_bytes += bb;
+    }
+    walk_.pos = pos + bb;
+  }
+  if (walk_.pending()) return true;
+  for (uint64_t word : walk_.live) {
+    if (word != 0) return fail("a slot points into the middle of a block");
+  }
+  const uint64_t epoch = header_->epoch.load(std::memory_order_relaxed);
+  for (uint64_t off : walk_.leaked) retired_.push_back({off, epoch});
+  retired_bytes_ += walk_.leaked_bytes;
+  for (uint64_t off : walk_.held) {
+    retired_.push_back({off, epoch});
+    retired_bytes_ += block_bytes(off);
+  }
+  leaked_at_attach_ = walk_.leaked.size();
+  unchecked_end_ = 0;
+  walk_report_ = AttachWalkReport{false, walk_.leaked.size(), walk_.leaked_bytes,
+                                  std::to_string(walk_.leaked.size()) + " unreferenced blocks (" +
+                                      std::to_string(walk_.leaked_bytes) +
+                                      " bytes) left by the previous writer are reusable"};
+  walk_ = AttachWalk{};
+  return false;
+}
+
+std::optional<AttachWalkReport> TableWriter::take_attach_walk_report() {
+  return std::exchange(walk_report_, std::nullopt);
+}
+
+}  // namespace kvs
