@@ -10,6 +10,7 @@
 #include <ctime>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "kafka/consumer.hpp"
@@ -273,6 +274,124 @@ Result<std::unique_ptr<kafka::EmbeddedKafka>> start_embedded(
   return k;
 }
 
+// Step 1 of run(): the tables, attached to the segments that are there or
+// created. An exit code if that failed.
+std::optional<int> open_replicas(const config::Config& cfg, bool fresh,
+                                 std::vector<Replica>& tables,
+                                 std::map<std::string, size_t, std::less<>>& by_topic) {
+  auto gid = config::resolve_group(cfg.shm_group, "shm_group");
+  if (!gid) {
+    KVS_LOG_ERROR("%s", gid.error().message.c_str());
+    return kExitConfig;
+  }
+  for (const auto& tc : cfg.tables) {
+    auto t = open_replica(cfg, tc, *gid, fresh);
+    if (!t) {
+      KVS_LOG_ERROR("table %s: %s", tc.name.c_str(), t.error().message.c_str());
+      return 1;
+    }
+    by_topic[tc.topic] = tables.size();
+    tables.push_back(std::move(*t));
+  }
+  return std::nullopt;
+}
+
+// Step 2 of run(): each table's partitions, the high watermarks to reach
+// and where to start; then the consumer is assigned. An exit code if kvsd
+// cannot go on (0 when it was told to stop meanwhile).
+std::optional<int> start_consuming(const config::Config& cfg, kafka::Consumer& consumer,
+                                   std::vector<Replica>& tables) {
+  std::vector<kafka::PartitionStart> starts;
+  for (auto& t : tables) {
+    auto n = wait_for_topic(t, consumer, std::chrono::seconds(cfg.topic_wait_s));
+    if (g_stop) return 0;
+    if (!n) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), n.error().message.c_str());
+      return 1;
+    }
+    if (auto ok = open_partitions(t, consumer, *n, starts); !ok || g_stop) {
+      if (g_stop) return 0;
+      KVS_LOG_ERROR("%s", ok.error().message.c_str());
+      return ok.error().code == Errc::kInvalidArgument ? kExitConfig : 1;
+    }
+    KVS_LOG_INFO("table %s: topic %s, %d partitions", t.cfg.name.c_str(), t.cfg.topic.c_str(), *n);
+  }
+  // A topic that is not compacted loses keys to retention; the table would
+  // then be rebuilt from what remains. Asked in the background: the answer
+  // must not delay READY, and not every cluster can tell.
+  std::vector<std::string> topics;
+  for (const auto& t : tables) topics.push_back(t.cfg.topic);
+  consumer.request_topic_configs(topics, 5000);
+  if (auto ok = consumer.assign(starts); !ok) {
+    KVS_LOG_ERROR("%s", ok.error().message.c_str());
+    return 1;
+  }
+  return std::nullopt;
+}
+
+// READY for systemd: once every table is current (a rebuilt table's swap
+// is news too). update() is false if kvsd cannot go on.
+class Readiness {
+ public:
+  explicit Readiness(std::vector<Replica>& tables) : tables_(tables) {}
+  bool update() {
+    bool all = true, ok = true;
+    for (auto& t : tables_) {
+      const ReadyChange change = check_ready(t);
+      if (change == ReadyChange::kFailed) ok = false;
+      if (change == ReadyChange::kRebuilt && all_ready_)
+        notify("STATUS=READY: table " + t.cfg.name + " rebuilt");
+      all = all && t.ready;
+    }
+    if (all && !all_ready_) {
+      all_ready_ = true;
+      notify("READY=1\nSTATUS=READY: " + std::to_string(tables_.size()) + " table(s) current");
+    }
+    return ok;
+  }
+  bool all_ready() const { return all_ready_; }
+
+ private:
+  std::vector<Replica>& tables_;
+  bool all_ready_ = false;
+};
+
+// Step 3 of run(): consumes and applies until told to stop (or until kvsd
+// cannot go on: returns 1 then).
+int apply_until_stopped(const config::Config& cfg, kafka::Consumer& consumer,
+                        std::vector<Replica>& tables,
+                        const std::map<std::string, size_t, std::less<>>& by_topic,
+                        Server& server) {
+  Readiness readiness(tables);
+  int exit_code = readiness.update() ? 0 : 1;
+  // High watermarks and partition counts from a thread of their own, also
+  // for partitions that are not fetched while a record of theirs waits.
+  kafka::WatermarkPoller poller(consumer, std::chrono::seconds(1), std::chrono::seconds(2));
+  for (const auto& t : tables) poller.follow(t.cfg.topic, t.partitions);
+  Housekeeping chores(tables, consumer, poller);
+  BatchApplier applier(tables, by_topic);
+  while (!g_stop && exit_code == 0) {
+    // A record waiting for room is tried again when due, not a poll later.
+    const auto poll_start = clock::now();
+    const auto poll_until =
+        next_hold_try(tables, poll_start + std::chrono::milliseconds(cfg.poll_timeout_ms));
+    const auto poll_ms = std::chrono::ceil<std::chrono::milliseconds>(poll_until - poll_start);
+    bool ok =
+        applier.poll_and_apply(consumer, static_cast<int>(std::max<int64_t>(0, poll_ms.count())));
+    const auto now = clock::now();
+    for (auto& t : tables) {
+      ok = end_batch(t, consumer) && ok;
+      if (t.n_held > 0) ok = retry_holds(t, consumer, now) && ok;
+    }
+    server.applied();
+    ok = readiness.update() && ok;
+    log_topic_warnings(consumer);
+    ok = chores.tick(now, readiness.all_ready()) && ok;
+    if (!ok) exit_code = 1;
+  }
+  return exit_code;
+}
+
 }  // namespace
 
 int run(const config::Config& cfg, const RunOptions& opts) {
@@ -293,59 +412,17 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     }
     embedded = std::move(*k);
   }
-
-  auto gid = config::resolve_group(cfg.shm_group, "shm_group");
-  if (!gid) {
-    KVS_LOG_ERROR("%s", gid.error().message.c_str());
-    return kExitConfig;
-  }
-
-  // 1. The tables: attach to the segments that are there, else create them.
+  // 1. The tables.
   std::vector<Replica> tables;
   std::map<std::string, size_t, std::less<>> by_topic;
-  for (const auto& tc : cfg.tables) {
-    auto t = open_replica(cfg, tc, *gid, /*fresh=*/embedded != nullptr);
-    if (!t) {
-      KVS_LOG_ERROR("table %s: %s", tc.name.c_str(), t.error().message.c_str());
-      return 1;
-    }
-    by_topic[tc.topic] = tables.size();
-    tables.push_back(std::move(*t));
-  }
-
-  // 2. Kafka: partitions, the high watermarks to reach, where to start.
+  if (auto code = open_replicas(cfg, embedded != nullptr, tables, by_topic)) return *code;
+  // 2. Kafka: where each partition starts.
   auto consumer = kafka::Consumer::create(properties);
   if (!consumer) {
     KVS_LOG_ERROR("%s: %s", cfg.source.c_str(), consumer.error().message.c_str());
     return kExitConfig;
   }
-  std::vector<kafka::PartitionStart> starts;
-  for (auto& t : tables) {
-    auto n = wait_for_topic(t, *consumer, std::chrono::seconds(cfg.topic_wait_s));
-    if (g_stop) return 0;
-    if (!n) {
-      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), n.error().message.c_str());
-      return 1;
-    }
-    if (auto ok = open_partitions(t, *consumer, *n, starts); !ok || g_stop) {
-      if (g_stop) return 0;
-      KVS_LOG_ERROR("%s", ok.error().message.c_str());
-      return ok.error().code == Errc::kInvalidArgument ? kExitConfig : 1;
-    }
-    KVS_LOG_INFO("table %s: topic %s, %d partitions", t.cfg.name.c_str(), t.cfg.topic.c_str(), *n);
-  }
-  // A topic that is not compacted loses keys to retention; the table would
-  // then be rebuilt from what remains. Asked in the background: the answer
-  // must not delay READY, and not every cluster can tell.
-  {
-    std::vector<std::string> topics;
-    for (const auto& t : tables) topics.push_back(t.cfg.topic);
-    consumer->request_topic_configs(topics, 5000);
-  }
-  if (auto ok = consumer->assign(starts); !ok) {
-    KVS_LOG_ERROR("%s", ok.error().message.c_str());
-    return 1;
-  }
+  if (auto code = start_consuming(cfg, *consumer, tables)) return *code;
   // Writes are served from here on, during bootstrap too (Kafka takes them;
   // VISIBLE waits until the table has caught up to them).
   auto server = Server::start(cfg, properties);
@@ -353,63 +430,8 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     KVS_LOG_ERROR("%s", server.error().message.c_str());
     return server.error().code == Errc::kInvalidArgument ? kExitConfig : 1;
   }
-
-  int exit_code = 0;
-  bool all_ready = false;
-  auto update_all_ready = [&] {
-    bool all = true;
-    for (auto& t : tables) {
-      switch (check_ready(t)) {
-        case ReadyChange::kFailed:
-          exit_code = 1;
-          g_stop = 1;
-          break;
-        case ReadyChange::kRebuilt:
-          if (all_ready) notify("STATUS=READY: table " + t.cfg.name + " rebuilt");
-          break;
-        case ReadyChange::kNone:
-        case ReadyChange::kReady:
-          break;
-      }
-      all = all && t.ready;
-    }
-    if (all && !all_ready) {
-      all_ready = true;
-      notify("READY=1\nSTATUS=READY: " + std::to_string(tables.size()) + " table(s) current");
-    }
-  };
-  update_all_ready();
-
-  // High watermarks from a thread of their own, also for partitions that
-  // are not fetched while a record of theirs waits for room.
-  kafka::WatermarkPoller poller(*consumer, std::chrono::seconds(1), std::chrono::seconds(2));
-  for (const auto& t : tables) poller.follow(t.cfg.topic, t.partitions);
-  Housekeeping chores(tables, *consumer, poller);
-
   // 3. Consume and apply until told to stop.
-  BatchApplier applier(tables, by_topic);
-  while (!g_stop) {
-    // A record waiting for room is tried again when due, not a poll later.
-    const auto poll_start = clock::now();
-    const auto poll_until =
-        next_hold_try(tables, poll_start + std::chrono::milliseconds(cfg.poll_timeout_ms));
-    const auto poll_ms = std::chrono::ceil<std::chrono::milliseconds>(poll_until - poll_start);
-    bool ok =
-        applier.poll_and_apply(*consumer, static_cast<int>(std::max<int64_t>(0, poll_ms.count())));
-    const auto now = clock::now();
-    for (auto& t : tables) {
-      ok = end_batch(t, *consumer) && ok;
-      if (t.n_held > 0) ok = retry_holds(t, *consumer, now) && ok;
-    }
-    (*server)->applied();
-    update_all_ready();
-    log_topic_warnings(*consumer);
-    ok = chores.tick(now, all_ready) && ok;
-    if (!ok) {
-      exit_code = 1;
-      g_stop = 1;
-    }
-  }
+  const int exit_code = apply_until_stopped(cfg, *consumer, tables, by_topic, **server);
   notify("STOPPING=1");
   // Writes in flight get a moment to be acknowledged and answered.
   (*server)->stop(std::chrono::milliseconds(std::min<uint32_t>(cfg.write_timeout_ms, 5000)));
