@@ -17,6 +17,7 @@
 #include "kafka/watermark_poller.hpp"
 #include "kvs/kvs.hpp"
 #include "support/kafka_cluster.hpp"
+#include "support/kvsd_fixture.hpp"
 #include "support/producer.hpp"
 #include "support/test_support.hpp"
 
@@ -76,15 +77,18 @@ class ReplicaTest : public ::testing::Test {
     return true;
   }
 
-  std::map<std::string, std::string> contents(const Table& table) {
-    std::map<std::string, std::string> m;
-    auto g = table.read();
-    EXPECT_TRUE(g);
-    EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
-      m.emplace(std::string(k), std::string(v));
-      return true;
-    }));
-    return m;
+  // A replica of table t (cfg_, tc_) on the topic's first `partitions`
+  // partitions, applied until READY.
+  Replica ready_replica(kafka::Consumer& c, int32_t partitions) {
+    auto opened = daemon::open_replica(cfg_, tc_, static_cast<gid_t>(-1), false);
+    if (!opened) throw std::runtime_error(opened.error().message);
+    Replica t = std::move(*opened);
+    std::vector<kafka::PartitionStart> starts;
+    if (!daemon::open_partitions(t, c, partitions, starts) || !c.assign(starts)) {
+      throw std::runtime_error("the replica's partitions could not be opened");
+    }
+    if (!apply_until(t, c, [&] { return t.ready; })) throw std::runtime_error("never READY");
+    return t;
   }
 
   test::KafkaCluster kafka_;
@@ -110,13 +114,7 @@ TEST_F(ReplicaTest, FollowsPartitionsAddedToItsTopicAndTheLaterRecordOfAKeyWins)
     ASSERT_TRUE(p.flush());
   }
   auto c = consumer();
-  auto opened = daemon::open_replica(cfg_, tc_, static_cast<gid_t>(-1), false);
-  ASSERT_TRUE(opened) << opened.error().message;
-  Replica t = std::move(*opened);
-  std::vector<kafka::PartitionStart> starts;
-  ASSERT_TRUE(daemon::open_partitions(t, *c, 2, starts));
-  ASSERT_TRUE(c->assign(starts));
-  ASSERT_TRUE(apply_until(t, *c, [&] { return t.ready; }));
+  Replica t = ready_replica(*c, 2);
   auto table = Table::open("t", {shm_.prefix()});
   ASSERT_TRUE(table) << table.error().message;
   EXPECT_EQ(table->partition_count(), 2u);
@@ -147,7 +145,7 @@ TEST_F(ReplicaTest, FollowsPartitionsAddedToItsTopicAndTheLaterRecordOfAKeyWins)
   for (int i = 0; i < kKeys; ++i) want["k" + std::to_string(i)] = "new";
   want.erase("k1");
   EXPECT_EQ(table->partition_count(), 4u);
-  EXPECT_EQ(contents(*table), want);
+  EXPECT_EQ(test::contents(*table), want);
   // A token of a new partition is waited for, not refused.
   kvs_token tok{3, t.writer->next_offset(3) - 1};
   EXPECT_EQ(kvs_wait(table->native(), &tok, 1000), KVS_OK) << kvs_last_error();
@@ -157,16 +155,10 @@ TEST_F(ReplicaTest, FollowsPartitionsAddedToItsTopicAndTheLaterRecordOfAKeyWins)
   test::ShmScope other_shm;
   cfg_.shm_prefix = other_shm.prefix();
   auto c2 = consumer();
-  auto opened2 = daemon::open_replica(cfg_, tc_, static_cast<gid_t>(-1), false);
-  ASSERT_TRUE(opened2) << opened2.error().message;
-  Replica t2 = std::move(*opened2);
-  starts.clear();
-  ASSERT_TRUE(daemon::open_partitions(t2, *c2, 4, starts));
-  ASSERT_TRUE(c2->assign(starts));
-  ASSERT_TRUE(apply_until(t2, *c2, [&] { return t2.ready; }));
+  Replica t2 = ready_replica(*c2, 4);
   auto table2 = Table::open("t", {other_shm.prefix()});
   ASSERT_TRUE(table2) << table2.error().message;
-  EXPECT_EQ(contents(*table2), want);
+  EXPECT_EQ(test::contents(*table2), want);
 }
 
 // More partitions than max_partitions: the ones beyond are refused, loudly,
@@ -175,13 +167,7 @@ TEST_F(ReplicaTest, PartitionsBeyondMaxPartitionsAreRefusedAndTheRestGoesOn) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 4));
   tc_.max_partitions = 3;
   auto c = consumer();
-  auto opened = daemon::open_replica(cfg_, tc_, static_cast<gid_t>(-1), false);
-  ASSERT_TRUE(opened) << opened.error().message;
-  Replica t = std::move(*opened);
-  std::vector<kafka::PartitionStart> starts;
-  ASSERT_TRUE(daemon::open_partitions(t, *c, 2, starts));
-  ASSERT_TRUE(c->assign(starts));
-  ASSERT_TRUE(apply_until(t, *c, [&] { return t.ready; }));
+  Replica t = ready_replica(*c, 2);
   kafka::WatermarkPoller poller(*c, 1s, 2s);
   ASSERT_TRUE(daemon::follow_new_partitions(t, *c, poller, 4));
   EXPECT_EQ(t.partitions, 3);

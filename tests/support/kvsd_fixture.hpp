@@ -24,6 +24,20 @@ namespace kvs {
 
 using namespace std::chrono_literals;
 
+namespace test {
+// Every key and value of the table, read in one guard.
+inline std::map<std::string, std::string> contents(const Table& t) {
+  std::map<std::string, std::string> m;
+  auto g = t.read();
+  EXPECT_TRUE(g);
+  EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
+    m.emplace(std::string(k), std::string(v));
+    return true;
+  }));
+  return m;
+}
+}  // namespace test
+
 class KvsdTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -78,16 +92,7 @@ class KvsdTest : public ::testing::Test {
     EXPECT_TRUE(ready) << (ready ? "" : ready.error().message);
     return std::move(*t);
   }
-  std::map<std::string, std::string> contents(const Table& t) {
-    std::map<std::string, std::string> m;
-    auto g = t.read();
-    EXPECT_TRUE(g);
-    EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
-      m.emplace(std::string(k), std::string(v));
-      return true;
-    }));
-    return m;
-  }
+  std::map<std::string, std::string> contents(const Table& t) { return test::contents(t); }
   const format::TableHeader& header() {
     if (!segment_) {
       auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadOnly);
