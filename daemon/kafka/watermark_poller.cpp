@@ -46,16 +46,16 @@ void WatermarkPoller::run() {
     changed_ = false;
     const auto topics = topics_;
     lock.unlock();
+    if (auto counts = consumer_.known_partition_counts(static_cast<int>(timeout_.count()))) {
+      std::lock_guard<std::mutex> store(mu_);
+      for (const auto& [topic, n] : *counts) counts_[topic] = n;
+    }
     for (const auto& [topic, n] : topics) {
       {
         std::lock_guard<std::mutex> check(mu_);
         if (stop_) return;
       }
-      // librdkafka's calls are thread-safe; these block only this thread.
-      if (auto count = consumer_.partition_count(topic, static_cast<int>(timeout_.count()))) {
-        std::lock_guard<std::mutex> store(mu_);
-        counts_[topic] = *count;
-      }
+      // librdkafka's calls are thread-safe; this one blocks only this thread.
       auto wms = consumer_.watermarks(topic, n, static_cast<int>(timeout_.count()));
       if (!wms) {
         KVS_LOG_DEBUG("refreshing high watermarks: %s", wms.error().message.c_str());

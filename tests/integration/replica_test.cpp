@@ -127,8 +127,12 @@ TEST_F(ReplicaTest, FollowsPartitionsAddedToItsTopicAndTheLaterRecordOfAKeyWins)
     p.send_at(topic_, 3, "k1", std::nullopt, t0 + 2000);  // deleted after it moved
     ASSERT_TRUE(p.flush());
   }
+  // kvsd's poller learns the topic's partition count from the consumer's
+  // metadata, though the consumer is assigned only 2 of them.
   kafka::WatermarkPoller poller(*c, 1s, 2s);
-  ASSERT_TRUE(daemon::follow_new_partitions(t, *c, poller, 4));
+  poller.follow(topic_, 2);
+  ASSERT_TRUE(test::wait_until([&] { return poller.partition_count(topic_) == 4; }, 10s));
+  ASSERT_TRUE(daemon::follow_new_partitions(t, *c, poller, poller.partition_count(topic_)));
   ASSERT_TRUE(apply_until(t, *c, [&] { return caught_up(t, *c, 4); }));
   {
     // A producer that has not seen the new partitions yet, with an older

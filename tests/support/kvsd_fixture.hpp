@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -46,7 +47,11 @@ class KvsdTest : public ::testing::Test {
     std::filesystem::create_directories(dir_);
     topic_ = test::KafkaCluster::unique_topic("kvsd");
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override {
+    // kvsd's log goes with the directory: a failed test shows it first.
+    if (HasFailure()) std::cerr << "---- kvsd's log ----\n" << log() << "---- end ----\n";
+    std::filesystem::remove_all(dir_);
+  }
 
   // extra_table: lines for the table's section; extra_kvsd: for [kvsd].
   std::string write_config(const std::string& extra_table = "",
