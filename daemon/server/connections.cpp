@@ -44,10 +44,12 @@ void log_limited(const std::string& why, const char* what, clock::time_point& ne
 
 }  // namespace
 
-Connections::Connections(const config::Config& cfg, Delegate& d, uint32_t max_frame_bytes)
+Connections::Connections(const config::Config& cfg, Delegate& d, uint32_t max_frame_bytes,
+                         const std::atomic<bool>& stopping)
     : cfg_(cfg),
       delegate_(d),
       max_frame_bytes_(max_frame_bytes),
+      stopping_(stopping),
       read_buf_(std::make_unique<char[]>(kReadChunk)) {}
 
 Connections::~Connections() {
@@ -147,7 +149,8 @@ bool Connections::may_read(const Conn& c) const {
   return !c.closing && !c.eof && !c.budget_wait && !delegate_.paused() &&
          c.pending < cfg_.max_pending_per_connection &&
          c.out.size() - c.out_off < kMaxUnsentBytes &&
-         (c.out.size() == c.out_off || unsent_with(c) < cfg_.max_unsent_reply_bytes) && !stopping_;
+         (c.out.size() == c.out_off || unsent_with(c) < cfg_.max_unsent_reply_bytes) &&
+         !stopping_.load();
 }
 
 void Connections::update_interest(Conn& c) {
@@ -470,7 +473,6 @@ void Connections::give_back_memory() {
 }
 
 void Connections::stop_reading() {
-  stopping_ = true;
   if (listen_fd_ >= 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
   for (auto& [id, c] : conns_) update_interest(c);
 }
@@ -488,10 +490,13 @@ void Connections::flush_all_blocking() {
   }
 }
 
-std::string Connections::stats_json() const {
+std::string Connections::stats_counts_json() const {
   return "\"connections\":" + std::to_string(conns_.size()) +
-         ",\"requests\":" + std::to_string(n_frames_) +
-         ",\"protocol_errors\":" + std::to_string(n_protocol_errors_) +
+         ",\"requests\":" + std::to_string(n_frames_);
+}
+
+std::string Connections::stats_flow_json() const {
+  return "\"protocol_errors\":" + std::to_string(n_protocol_errors_) +
          ",\"refused_connections\":" + std::to_string(n_refused_) +
          ",\"timed_out_connections\":" + std::to_string(n_timed_out_) +
          ",\"unfinished_frame_bytes\":" + std::to_string(budget_used_) +

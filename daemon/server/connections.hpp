@@ -11,6 +11,7 @@
 // to Conn::out and calling mark_dirty(), and keeps Conn::pending.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -41,7 +42,10 @@ class Connections {
     virtual bool paused() const = 0;
   };
 
-  Connections(const config::Config& cfg, Delegate& d, uint32_t max_frame_bytes);
+  // `stopping`: set by another thread when the server stops; from then on
+  // no connection is read.
+  Connections(const config::Config& cfg, Delegate& d, uint32_t max_frame_bytes,
+              const std::atomic<bool>& stopping);
   ~Connections();  // closes every connection and the socket
   Connections(const Connections&) = delete;
   Connections& operator=(const Connections&) = delete;
@@ -74,12 +78,15 @@ class Connections {
   uint32_t max_frame_bytes() const { return max_frame_bytes_; }
   bool empty() const { return conns_.empty(); }
 
-  // At stop: no new connections, no more reading.
+  // At stop: no new connections, and epoll interest without reading.
   void stop_reading();
   // The last replies, each connection waited for briefly.
   void flush_all_blocking();
 
-  std::string stats_json() const;  // the "server" object's connection fields
+  // The "server" object's connection fields, in the order of
+  // docs/protocol.md: the counts before "writes_acked", then the rest.
+  std::string stats_counts_json() const;
+  std::string stats_flow_json() const;
 
  private:
   bool may_read(const Conn& c) const;
@@ -104,7 +111,7 @@ class Connections {
   const uint32_t max_frame_bytes_;
   int listen_fd_ = -1, epoll_fd_ = -1;
   uint64_t next_id_ = 1;
-  bool stopping_ = false;
+  const std::atomic<bool>& stopping_;
   clock::time_point now_{};
   std::unordered_map<uint64_t, Conn> conns_;
   std::vector<uint64_t> dirty_;  // connections with replies to send or input to resume

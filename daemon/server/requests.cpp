@@ -379,12 +379,13 @@ void Requests::answer_all_at_stop() {
 }
 
 std::string Requests::stats_json() {
-  std::string j =
-      "{\"server\":{" + conns_.stats_json() + ",\"writes_acked\":" + std::to_string(n_acked_) +
-      ",\"write_errors\":" + std::to_string(n_write_errors_) +
-      ",\"pending\":" + std::to_string(unanswered_) +
-      ",\"queue_full_waits\":" + std::to_string(producer_.queue_full_waits()) +
-      ",\"producer_queue\":" + std::to_string(producer_.queue_length()) + "},\"tables\":[";
+  std::string j = "{\"server\":{" + conns_.stats_counts_json() +
+                  ",\"writes_acked\":" + std::to_string(n_acked_) +
+                  ",\"write_errors\":" + std::to_string(n_write_errors_) + "," +
+                  conns_.stats_flow_json() + ",\"pending\":" + std::to_string(unanswered_) +
+                  ",\"queue_full_waits\":" + std::to_string(producer_.queue_full_waits()) +
+                  ",\"producer_queue\":" + std::to_string(producer_.queue_length()) +
+                  "},\"tables\":[";
   bool first = true;
   for (const auto& t : tables_) {
     j += first ? "" : ",";

@@ -64,17 +64,17 @@ struct Server::Impl {
   LoopFds fds;
   // Requests refers to the other two, which refer back to it; it is built
   // first and uses them only once the thread runs.
+  std::atomic<bool> stopping{false};  // set by stop(): nothing is read from then on
+  std::atomic<int64_t> drain_ms{0};
   server::Requests requests;
   server::Connections conns;
   server::Producer producer;
   std::thread thread;
-  std::atomic<bool> stopping{false};
-  std::atomic<int64_t> drain_ms{0};
 
   Impl(const config::Config& c, uint32_t max_frame_bytes)
       : cfg(c),
         requests(cfg, tables.list, conns, producer),
-        conns(cfg, requests, max_frame_bytes),
+        conns(cfg, requests, max_frame_bytes, stopping),
         producer(cfg, requests) {}
   Result<void> open_fds();
   void loop();

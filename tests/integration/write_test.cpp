@@ -275,6 +275,18 @@ TEST_F(WriteTest, BadRequestsGetClearErrorsAndTheConnectionStaysUsable) {
   kvs_free(json);
   EXPECT_NE(stats.find("\"name\":\"t\""), std::string::npos) << stats;
   EXPECT_NE(stats.find("\"writes_acked\":1"), std::string::npos) << stats;
+  // The server object's fields come in docs/protocol.md's order (kvsctl
+  // prints them as they come).
+  size_t at = 0;
+  for (const char* field :
+       {"connections", "requests", "writes_acked", "write_errors", "protocol_errors",
+        "refused_connections", "timed_out_connections", "unfinished_frame_bytes",
+        "waiting_for_frame_memory", "unsent_reply_bytes", "pending", "queue_full_waits",
+        "producer_queue"}) {
+    const size_t next = stats.find("\"" + std::string(field) + "\":", at);
+    EXPECT_NE(next, std::string::npos) << field << " missing or out of order: " << stats;
+    if (next != std::string::npos) at = next;
+  }
   kvs_disconnect(c);
 }
 
