@@ -63,10 +63,13 @@ static std::string describe_holder(const ReaderHolder& h, uint64_t bytes) {
   return who + " has held " + mib(bytes) + " back from reuse since " + utc_time(h.since_unix_ns);
 }
 
-bool needs_room(Errc code) { return code == Errc::kBusy || code == Errc::kTableFull; }
+bool needs_room(Errc code) {
+  return code == Errc::kBusy || code == Errc::kTableFull || code == Errc::kNoMemory;
+}
 
 static HoldReason reason_of(Replica& t, Errc code) {
   if (code == Errc::kBusy) return HoldReason::kReaders;
+  if (code == Errc::kNoMemory) return HoldReason::kNoSpace;
   TableWriter& w = t.active();
   return w.stats().size >= w.header().capacity ? HoldReason::kCapacity : HoldReason::kMemory;
 }

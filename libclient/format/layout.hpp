@@ -213,6 +213,7 @@ enum class HoldReason : uint32_t {
   kCapacity = 1,  // the index holds `capacity` keys and the record adds one
   kMemory = 2,    // the arena (memory_limit_bytes) has no room for the record
   kReaders = 3,   // the room exists but readers may still see it
+  kNoSpace = 4,   // /dev/shm (the tmpfs) has no room for more of the arena
 };
 
 // Why partitions wait, for people (the log, STATUS=, errors, kvsctl); the
@@ -225,6 +226,8 @@ inline const char* hold_reason_text(uint32_t reason) {
       return "the table's arena (memory_limit_bytes) is full";
     case HoldReason::kReaders:
       return "its room waits for a reader to finish its read";
+    case HoldReason::kNoSpace:
+      return "/dev/shm has no room for more of its arena";
     case HoldReason::kNone:
       break;
   }

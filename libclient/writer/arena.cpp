@@ -13,8 +13,11 @@
 //   orders the slot stores before the registry is read, and a reader that
 //   cannot be read counts as one announcing the oldest epoch.
 // - Epochs never end in a zero byte (docs/format.md, "Reader registry").
+#include <fcntl.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <limits>
 
 #include "format/sanitizers.hpp"
@@ -28,8 +31,37 @@ namespace {
 constexpr auto kSweepInterval = std::chrono::seconds(1);
 // Retired bytes past which reclaim() reads the registry whenever it is called.
 constexpr uint64_t kScanBytes = 1 << 20;
+// The arena is backed ahead of the blocks carved, this much at a time (a
+// huge page of a tmpfs mounted with huge=).
+constexpr uint64_t kBackingStep = 2 << 20;
 
 }  // namespace
+
+bool TableWriter::back_until(uint64_t end) {
+  if (end <= backed_end_) return true;
+  const uint64_t size = data_->size();
+  // A step ahead if /dev/shm has it, else just the pages asked for.
+  for (const uint64_t to :
+       {std::min(size, align_up(end, kBackingStep)), std::min(size, align_up(end, 4096))}) {
+    const int err = ::posix_fallocate(data_->fd(), static_cast<off_t>(backed_end_),
+                                      static_cast<off_t>(to - backed_end_));
+    if (err == 0) {
+      backed_end_ = to;
+      no_space_.clear();
+      return true;
+    }
+    no_space_ = std::string("posix_fallocate: ") + std::strerror(err);
+  }
+  return false;
+}
+
+Result<void> TableWriter::back_segment() {
+  const uint64_t used = header_->arena_used.load(std::memory_order_relaxed);
+  if (back_until(header_->arena_offset + used)) return {};
+  return make_error(Errc::kNoMemory, "table " + opts_.table + ": /dev/shm has no room for " +
+                                         shm::path_of(data_->name) + "'s index and entries (" +
+                                         no_space_ + "); free space there (df /dev/shm)");
+}
 
 uint32_t TableWriter::block_bytes(uint64_t offset) const {
   uint32_t b;
@@ -49,7 +81,7 @@ uint64_t TableWriter::allocate(uint64_t bytes) {
   };
   if (auto it = free_.find(static_cast<uint32_t>(bytes)); it != free_.end()) return take(it);
   const uint64_t used = header_->arena_used.load(std::memory_order_relaxed);
-  if (used + bytes <= header_->arena_bytes) {
+  if (used + bytes <= header_->arena_bytes && back_until(header_->arena_offset + used + bytes)) {
     const uint64_t off = header_->arena_offset + used;
     const auto bb = static_cast<uint32_t>(bytes);
     std::memcpy(base_ + off, &bb, sizeof bb);

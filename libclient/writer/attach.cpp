@@ -113,7 +113,10 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
     const HeaderVerdict v = check_header((*data)->data(), (*data)->size());
     if (v.check == HeaderCheck::kOk) {
       w->data_ = std::move(*data);
-      if (auto ok = w->attach_existing(); ok) return w;
+      if (auto ok = w->attach_existing(); ok) {
+        if (auto backed = w->back_segment(); !backed) return std::move(backed).error();
+        return w;
+      }
       stale = std::move(w->data_);
       KVS_UNPOISON(stale->data(), stale->size());  // see ~TableWriter
     }
@@ -145,6 +148,16 @@ Result<void> TableWriter::create_temp(const std::string& segment) {
   auto created = shm::create_segment(tmp, g.segment_bytes, opts_.data_mode, opts_.group);
   if (!created) return std::move(created).error().context("creating table " + opts_.table);
   data_ = std::move(*created);
+  // The header, partitions and index are written at once: backed first.
+  backed_end_ = 0;
+  if (!back_until(g.arena_offset)) {
+    shm::remove_segment(tmp);
+    data_.reset();
+    return make_error(Errc::kNoMemory,
+                      "creating table " + opts_.table + ": /dev/shm has no room for its " +
+                          std::to_string(g.arena_offset) + "-byte index (" + no_space_ +
+                          "); free space there (df /dev/shm) or lower capacity");
+  }
   return {};
 }
 

@@ -99,6 +99,11 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
                                        std::to_string(retired_bytes_) +
                                        " bytes waiting for readers to finish their reads; retry");
   }
+  if (off == 0 && !no_space_.empty()) {
+    return make_error(Errc::kNoMemory, "/dev/shm has no room for more of table " + opts_.table +
+                                           "'s arena (" + no_space_ +
+                                           "); free space there (df /dev/shm)");
+  }
   if (off == 0) {
     return make_error(Errc::kTableFull, "arena of table " + opts_.table +
                                             " is full: " + std::to_string(header_->arena_bytes) +

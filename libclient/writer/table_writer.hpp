@@ -103,7 +103,8 @@ class TableWriter {
   // Inserts or overwrites. Errors: kTooLarge (over the configured limits),
   // kTableFull (index at capacity, or arena full even after reclaiming),
   // kBusy (the space exists but readers may still see it: retry after they
-  // finish, i.e. after reclaim() frees it). Nothing changes on error.
+  // finish, i.e. after reclaim() frees it), kNoMemory (/dev/shm has no room
+  // for more of the arena: retry once it has). Nothing changes on error.
   Result<void> put(std::string_view key, std::string_view value);
   // A hint: `key` is put or erased soon. Starts loading its index group, so
   // that applying a batch overlaps the cache misses of its keys.
@@ -220,6 +221,12 @@ class TableWriter {
   Result<Applied> erase_from(std::string_view key, std::optional<format::Origin> origin);
   // The origin of the entry whose slot word is `word`.
   format::Origin origin_of(uint64_t word) const;
+  // Backs the segment's bytes [0, end) with tmpfs pages (posix_fallocate),
+  // so that no write there can meet a full /dev/shm as a SIGBUS. False (and
+  // no_space_ says why) if /dev/shm has no room.
+  bool back_until(uint64_t end);
+  // Backs the header, partitions and index, and the carved arena.
+  Result<void> back_segment();
   // Returns a block offset of at least `bytes`, or 0.
   uint64_t allocate(uint64_t bytes);
   void retire(uint64_t offset);
@@ -244,6 +251,8 @@ class TableWriter {
   format::TableView view_;
   uint8_t* base_ = nullptr;
   AttachKind attach_kind_ = AttachKind::kCreated;
+  uint64_t backed_end_ = 0;  // segment bytes known to be backed
+  std::string no_space_;     // why backing more of the arena failed ("": it did not)
 
   // Allocator state, private to this process (rebuilt on attach).
   std::map<uint32_t, std::vector<uint64_t>> free_;  // block_bytes -> offsets

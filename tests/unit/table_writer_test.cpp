@@ -2,7 +2,11 @@
 #include "writer/table_writer.hpp"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -708,6 +712,66 @@ TEST_F(TableWriterTest, InvalidOptionsNameTheProblem) {
   w = TableWriter::open(o);
   ASSERT_FALSE(w);
   EXPECT_NE(w.error().message.find("bad/name"), std::string::npos);
+}
+
+// A /dev/shm (tmpfs) that is full must be an error, never a SIGBUS: the
+// writer backs its index at creation and the arena ahead of the blocks it
+// carves. Run in a child in its own mount namespace, over a 4 MiB tmpfs
+// mounted on /dev/shm there, with a table whose arena (64 MiB) is far
+// larger than the tmpfs.
+TEST(TableWriterShmFullTest, FullDevShmIsAnErrorNotACrash) {
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::unshare(CLONE_NEWNS) != 0) ::_exit(77);
+    if (::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(77);
+    if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=4m") != 0) ::_exit(77);
+    WriterOptions o;
+    o.table = "full";
+    o.shm_prefix = "kvsfull.";
+    o.reader_slots = 16;
+    // An index larger than the tmpfs cannot even be created.
+    o.capacity = 1 << 20;
+    o.arena_bytes = 64 << 20;
+    auto too_big = TableWriter::open(o);
+    if (too_big || too_big.error().code != Errc::kNoMemory ||
+        too_big.error().message.find("/dev/shm has no room") == std::string::npos) {
+      std::fprintf(stderr, "open: %s\n", too_big ? "succeeded" : too_big.error().message.c_str());
+      ::_exit(1);
+    }
+    o.capacity = 20000;
+    auto w = TableWriter::open(o);
+    if (!w) {
+      std::fprintf(stderr, "open: %s\n", w.error().message.c_str());
+      ::_exit(2);
+    }
+    const std::string value(1000, 'v');
+    int put = 0;
+    for (; put < 10000; ++put) {
+      auto r = (*w)->put("k" + std::to_string(put), value);
+      if (r) continue;
+      if (r.error().code != Errc::kNoMemory ||
+          r.error().message.find("/dev/shm has no room") == std::string::npos) {
+        std::fprintf(stderr, "put %d: %s\n", put, r.error().message.c_str());
+        ::_exit(3);
+      }
+      break;
+    }
+    // The tmpfs took some MiB of entries before it was full; what is in the
+    // table stays readable and overwrites in place still work.
+    if (put < 1000 || put == 10000) ::_exit(4);
+    if (!(*w)->erase("k0") || !(*w)->put("k1", "short")) ::_exit(5);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+    GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs over /dev/shm in a mount "
+                    "namespace";
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "the writer died of signal " << WTERMSIG(status)
+                                 << " (SIGBUS is " << SIGBUS << ")";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace

@@ -212,6 +212,8 @@ const char* hold_reason_name(uint32_t r) {
       return "memory";
     case KVS_HOLD_READERS:
       return "readers";
+    case KVS_HOLD_NO_SPACE:
+      return "no_space";
     default:
       return "none";
   }

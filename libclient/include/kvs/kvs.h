@@ -213,6 +213,7 @@ typedef struct kvs_table_stats {
 #define KVS_HOLD_CAPACITY 1 /* the index holds `capacity` keys and the record adds one */
 #define KVS_HOLD_MEMORY 2   /* the arena (memory_limit_bytes) has no room for the record */
 #define KVS_HOLD_READERS 3  /* the room exists, but a reader may still see it (holder_pid) */
+#define KVS_HOLD_NO_SPACE 4 /* /dev/shm (the tmpfs) has no room for more of the arena */
 
 /* Fills *out from the segment's header (no guard, no reader slot: works
  * whatever the registry holds). Errors: KVS_EINVAL (NULL argument). */
