@@ -56,8 +56,16 @@ bool TableWriter::back_until(uint64_t end) {
 }
 
 Result<void> TableWriter::back_segment() {
-  const uint64_t used = header_->arena_used.load(std::memory_order_relaxed);
-  if (back_until(header_->arena_offset + used)) return {};
+  // The carved arena was written block by block, so its pages exist; the
+  // index may have holes (groups never written), which a write would fill.
+  if (back_until(header_->arena_offset)) {
+    const uint64_t used = header_->arena_used.load(std::memory_order_relaxed);
+    // The page the carved arena ends in is backed again by the next carve
+    // (a block's padding there may never have been written).
+    const uint64_t carved_pages = (header_->arena_offset + used) / 4096 * 4096;
+    backed_end_ = std::max(backed_end_, carved_pages);
+    return {};
+  }
   return make_error(Errc::kNoMemory, "table " + opts_.table + ": /dev/shm has no room for " +
                                          shm::path_of(data_->name) + "'s index and entries (" +
                                          no_space_ + "); free space there (df /dev/shm)");

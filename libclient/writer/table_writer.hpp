@@ -225,7 +225,8 @@ class TableWriter {
   // so that no write there can meet a full /dev/shm as a SIGBUS. False (and
   // no_space_ says why) if /dev/shm has no room.
   bool back_until(uint64_t end);
-  // Backs the header, partitions and index, and the carved arena.
+  // At an attach: backs the header, partitions and index; the carved arena
+  // counts as backed (its blocks were written).
   Result<void> back_segment();
   // Returns a block offset of at least `bytes`, or 0.
   uint64_t allocate(uint64_t bytes);
