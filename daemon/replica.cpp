@@ -80,15 +80,18 @@ static HoldReason reason_of(Replica& t, Errc code) {
 Result<void> apply_to(Replica& t, std::string_view key, const char* payload, size_t len,
                       format::Origin origin) {
   using Applied = TableWriter::Applied;
-  const bool several = t.partitions > 1;
-  const uint64_t hash = several ? format::hash_key(key.data(), key.size()) : 0;
-  if (payload != nullptr && several && t.tombstones.wins_over(hash, origin)) return {};
+  // The key's hash only when a tombstone is remembered or looked up: most
+  // records of most tables need none.
+  const bool tombstone = payload == nullptr;
+  const bool track = t.partitions > 1 && (tombstone || t.tombstones.size() > 0);
+  const uint64_t hash = track ? format::hash_key(key.data(), key.size()) : 0;
+  if (track && !tombstone && t.tombstones.wins_over(hash, origin)) return {};
   std::optional<std::string_view> value;
-  if (payload != nullptr) value.emplace(payload, len);
+  if (!tombstone) value.emplace(payload, len);
   auto r = t.active().apply(key, value, origin);
   if (!r) return std::move(r).error();
-  if (several && *r != Applied::kSuperseded) {
-    if (payload == nullptr) {
+  if (track && *r != Applied::kSuperseded) {
+    if (tombstone) {
       t.tombstones.remember(hash, origin);
     } else {
       t.tombstones.forget(hash);
