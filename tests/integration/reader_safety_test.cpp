@@ -211,11 +211,20 @@ TEST_F(ReaderSafetyTest, ReadersKilledInsideGuardsNeverLockOutTheNextOnes) {
   EXPECT_GE((*w)->stats().dead_readers_recovered, static_cast<uint64_t>(kRounds * kAtOnce));
 }
 
+// Removes its directory when the test program ends.
+struct TempDir {
+  std::string path;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
 // A directory every user may read holding copies of the helper program
 // and libkvs: the build tree may sit where other users cannot reach (a
 // clone in a 0700 temporary directory).
 std::string world_readable_helpers() {
-  static const std::string dir = [] {
+  static const TempDir dir = [] {
     char tmpl[] = "/tmp/kvs-helpers-XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp");
     namespace fs = std::filesystem;
@@ -223,9 +232,9 @@ std::string world_readable_helpers() {
                               fs::perms::others_read | fs::perms::others_exec);
     fs::copy_file(helper("table_worker"), std::string(tmpl) + "/table_worker");
     fs::copy_file(helper("../libkvs.so.0"), std::string(tmpl) + "/libkvs.so.0");
-    return std::string(tmpl);
+    return TempDir{tmpl};
   }();
-  return dir;
+  return dir.path;
 }
 
 // argv run as uid:uid with the supplementary group `group`; a helper
