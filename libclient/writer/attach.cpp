@@ -127,8 +127,9 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
 
   // A segment of another layout or a corrupt one stays as it is for the
   // readers that have it mapped; the new one takes its name atomically.
-  if (auto ok = w->create_temp(*seg); !ok) return std::move(ok).error();
-  w->init_new(options.capacity, options.partition_capacity, options.arena_bytes);
+  const TableSize size{options.capacity, options.arena_bytes};
+  if (auto ok = w->create_temp(*seg, size); !ok) return std::move(ok).error();
+  w->init_new(size, options.partition_capacity);
   // Readers of the inconsistent one learn that a new one takes its name
   // (flag first, as in publish_replacement).
   if (stale) {
@@ -142,8 +143,8 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
   return w;
 }
 
-Result<void> TableWriter::create_temp(const std::string& segment) {
-  const Geometry g = geometry(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+Result<void> TableWriter::create_temp(const std::string& segment, TableSize size) {
+  const Geometry g = geometry(size.capacity, opts_.partition_capacity, size.arena_bytes);
   const std::string tmp = temp_name(segment);
   auto created = shm::create_segment(tmp, g.segment_bytes, opts_.data_mode, opts_.group);
   if (!created) return std::move(created).error().context("creating table " + opts_.table);
@@ -173,13 +174,21 @@ void TableWriter::remove_stale_temps(const std::string& segment) {
   }
 }
 
-Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement() {
+Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement(std::optional<TableSize> size) {
+  const TableSize sz = size.value_or(TableSize{opts_.capacity, opts_.arena_bytes});
+  if (!geometry_in_bounds(sz.capacity, opts_.partition_capacity, sz.arena_bytes) ||
+      block_bytes_for(opts_.max_key_bytes, opts_.max_value_bytes) > sz.arena_bytes) {
+    return make_error(Errc::kInvalidArgument, "table " + opts_.table + ": a segment of " +
+                                                  std::to_string(sz.capacity) + " entries and " +
+                                                  std::to_string(sz.arena_bytes) +
+                                                  " arena bytes is out of bounds");
+  }
   std::unique_ptr<TableWriter> w(new TableWriter());
   w->opts_ = opts_;
   w->roster_ = roster_;
   w->segment_ = segment_;
-  if (auto ok = w->create_temp(segment_); !ok) return std::move(ok).error();
-  w->init_new(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
+  if (auto ok = w->create_temp(segment_, sz); !ok) return std::move(ok).error();
+  w->init_new(sz, opts_.partition_capacity);
   // Readers announce epochs per segment (their files name its incarnation),
   // so the new segment's epochs start afresh.
   return w;
@@ -201,28 +210,23 @@ Result<void> TableWriter::publish_replacement(TableWriter& next) {
 }
 
 std::string TableWriter::size_change() const {
-  const Geometry g = geometry(opts_.capacity, opts_.partition_capacity, opts_.arena_bytes);
-  std::string what;
-  auto note = [&](const char* name, uint64_t was, uint64_t now) {
-    if (was == now) return;
-    what += (what.empty() ? "" : ", ") + std::string(name) + " " + std::to_string(was) + " -> " +
-            std::to_string(now);
-  };
-  note("capacity", header_->capacity, opts_.capacity);
-  note("arena bytes", header_->arena_bytes, g.arena_bytes);
-  note("max_partitions", header_->partition_capacity, opts_.partition_capacity);
-  return what;
+  if (header_->partition_capacity == opts_.partition_capacity) return "";
+  return "max_partitions " + std::to_string(header_->partition_capacity) + " -> " +
+         std::to_string(opts_.partition_capacity);
 }
 
 TableWriter::~TableWriter() {
   if (header_) header_->writer_pid.store(0, std::memory_order_relaxed);
+  // A replacement never published: nobody else knows its segment.
+  if (data_ && !segment_.empty() && data_->name != segment_) shm::remove_segment(data_->name);
   // ASan keeps the shadow of unmapped memory: a later mapping at this
   // address would inherit the poison of free blocks.
   if (data_) KVS_UNPOISON(data_->data(), data_->size());
 }
 
-void TableWriter::init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes) {
-  const Geometry g = geometry(capacity, partition_capacity, arena_bytes);
+void TableWriter::init_new(TableSize size, uint32_t partition_capacity) {
+  const uint64_t capacity = size.capacity;
+  const Geometry g = geometry(capacity, partition_capacity, size.arena_bytes);
   base_ = data_->data();
   KVS_UNPOISON(base_, data_->size());  // see ~TableWriter
   header_ = reinterpret_cast<TableHeader*>(base_);
@@ -305,9 +309,12 @@ Result<void> TableWriter::rebuild_allocator() {
   retired_.clear();
   free_bytes_ = retired_bytes_ = 0;
   leaked_at_attach_ = 0;
-  walk_ = AttachWalk{std::move(live), begin, begin + used, {}, 0, {}};
+  walk_ = AttachWalk{std::move(live), begin, begin + used, {}, 0, {}, 0};
   unchecked_end_ = begin + used;
   walk_report_.reset();
+  live_delta_ = 0;
+  live_at_attach_ = 0;
+  live_exact_ = false;
   header_->size.store(count, std::memory_order_relaxed);
   return {};
 }
@@ -345,6 +352,7 @@ bool TableWriter::continue_attach_walk(uint64_t max_bytes) {
     const uint64_t bit = uint64_t{1} << (u % 64);
     if (word & bit) {
       word &= ~bit;
+      walk_.live_bytes += bb;
     } else {
       walk_.leaked.push_back(pos);
       walk_.leaked_bytes += bb;
@@ -364,6 +372,8 @@ bool TableWriter::continue_attach_walk(uint64_t max_bytes) {
   }
   leaked_at_attach_ = walk_.leaked.size();
   unchecked_end_ = 0;
+  live_at_attach_ = walk_.live_bytes;
+  live_exact_ = true;
   walk_report_ = AttachWalkReport{false, walk_.leaked.size(), walk_.leaked_bytes,
                                   std::to_string(walk_.leaked.size()) + " unreferenced blocks (" +
                                       std::to_string(walk_.leaked_bytes) +

@@ -71,6 +71,19 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
                                            std::to_string(opts_.max_value_bytes));
   }
   const uint64_t hash = hash_key(key.data(), key.size());
+  const uint64_t need = block_bytes_for(key.size(), value.size());
+  if (copying()) {
+    if (auto ok = copy_key(key, hash); !ok) return std::move(ok).error();
+    // The entries still to copy are guaranteed room: copied first if this
+    // record would take it.
+    if (!room_beside_copy(need)) {
+      for (;;) {
+        auto done = copy_step(UINT64_MAX);
+        if (!done) return std::move(done).error();
+        if (*done) break;
+      }
+    }
+  }
   EntryRef old;
   SlotRef where;
   const Lookup found = view_.find(key.data(), key.size(), hash, &old, &where);
@@ -83,9 +96,29 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
   const uint64_t size = header_->size.load(std::memory_order_relaxed);
   if (found == Lookup::kAbsent && size >= header_->capacity) {
     return make_error(Errc::kTableFull, "table " + opts_.table + " holds its capacity of " +
-                                            std::to_string(header_->capacity) +
-                                            " entries; raise the table's capacity");
+                                            std::to_string(header_->capacity) + " entries");
   }
+  Error err;
+  const uint64_t off = place(key, value, origin.value_or(Origin{}), &err);
+  if (off == 0) return err;
+  const uint64_t word = make_slot(hash_tag(hash), off);
+  if (found == Lookup::kFound) {
+    // release: the entry is complete before a reader can load its slot.
+    groups_[where.group].slots[where.slot].store(word, std::memory_order_release);
+    live_delta_ -= block_bytes(slot_offset(where.word));
+    retire(slot_offset(where.word));
+  } else {
+    insert_slot(hash, word);
+  }
+  if (!copy_.erased.empty()) {
+    if (auto it = copy_.erased.find(key); it != copy_.erased.end()) copy_.erased.erase(it);
+  }
+  header_->puts.fetch_add(1, std::memory_order_relaxed);
+  return Applied::kApplied;
+}
+
+uint64_t TableWriter::place(std::string_view key, std::string_view value, Origin origin,
+                            Error* err) {
   const uint64_t need = block_bytes_for(key.size(), value.size());
   uint64_t off = allocate(need);
   if (off == 0) {
@@ -94,71 +127,69 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
     scan_and_free(std::chrono::steady_clock::now());
     off = allocate(need);
   }
-  if (off == 0 && retired_bytes_ >= need) {
-    return make_error(Errc::kBusy, "arena of table " + opts_.table + " has " +
-                                       std::to_string(retired_bytes_) +
-                                       " bytes waiting for readers to finish their reads; retry");
-  }
-  if (off == 0 && !no_space_.empty()) {
-    return make_error(Errc::kNoMemory, "/dev/shm has no room for more of table " + opts_.table +
-                                           "'s arena (" + no_space_ +
-                                           "); free space there (df /dev/shm)");
-  }
   if (off == 0) {
-    return make_error(Errc::kTableFull, "arena of table " + opts_.table +
-                                            " is full: " + std::to_string(header_->arena_bytes) +
-                                            " bytes, " + std::to_string(free_bytes_) +
-                                            " free in blocks too small, " +
-                                            std::to_string(retired_bytes_) +
-                                            " waiting for readers; raise the table's memory limit");
+    if (retired_bytes_ >= need) {
+      *err = Error{Errc::kBusy, "arena of table " + opts_.table + " has " +
+                                    std::to_string(retired_bytes_) +
+                                    " bytes waiting for readers to finish their reads; retry"};
+    } else if (!no_space_.empty()) {
+      *err = Error{Errc::kNoMemory, "/dev/shm has no room for more of table " + opts_.table +
+                                        "'s arena (" + no_space_ +
+                                        "); free space there (df /dev/shm)"};
+    } else {
+      *err = Error{Errc::kTableFull, "arena of table " + opts_.table +
+                                         " is full: " + std::to_string(header_->arena_bytes) +
+                                         " bytes, " + std::to_string(free_bytes_) +
+                                         " free in blocks too small, " +
+                                         std::to_string(retired_bytes_) + " waiting for readers"};
+    }
+    return 0;
   }
-  const Origin from = origin.value_or(Origin{});
   const BlockHeader h{block_bytes(off), static_cast<uint32_t>(key.size()),
-                      static_cast<uint32_t>(value.size()), from.partition, from.timestamp_ms};
+                      static_cast<uint32_t>(value.size()), origin.partition, origin.timestamp_ms};
   std::memcpy(base_ + off, &h, sizeof h);
   if (!key.empty()) std::memcpy(base_ + off + sizeof h, key.data(), key.size());
   if (!value.empty()) std::memcpy(base_ + off + sizeof h + key.size(), value.data(), value.size());
-  const uint64_t word = make_slot(hash_tag(hash), off);
+  live_delta_ += h.block_bytes;
+  return off;
+}
 
-  if (found == Lookup::kFound) {
-    // release: the entry is complete before a reader can load its slot.
-    groups_[where.group].slots[where.slot].store(word, std::memory_order_release);
-    retire(slot_offset(where.word));
-  } else {
-    const uint64_t home = home_group(hash, header_->group_count);
-    uint64_t g = home;
-    int slot = -1;
-    for (uint64_t probes = 0; probes < header_->group_count && slot < 0; ++probes) {
-      for (int i = 0; i < kSlotsPerGroup; ++i) {
-        if (groups_[g].slots[i].load(std::memory_order_relaxed) == 0) {
-          slot = i;
-          break;
-        }
+void TableWriter::insert_slot(uint64_t hash, uint64_t word) {
+  const uint64_t home = home_group(hash, header_->group_count);
+  uint64_t g = home;
+  int slot = -1;
+  for (uint64_t probes = 0; probes < header_->group_count && slot < 0; ++probes) {
+    for (int i = 0; i < kSlotsPerGroup; ++i) {
+      if (groups_[g].slots[i].load(std::memory_order_relaxed) == 0) {
+        slot = i;
+        break;
       }
-      if (slot < 0) g = (g + 1 == header_->group_count) ? 0 : g + 1;
     }
-    // size < capacity < slots, so a free slot exists.
-    if (slot < 0) std::abort();
-    // Groups passed over learn that a key lives beyond them, before the slot
-    // is published (the release store below orders these increments).
-    for (uint64_t p = home; p != g; p = (p + 1 == header_->group_count) ? 0 : p + 1) {
-      groups_[p].overflow.store(groups_[p].overflow.load(std::memory_order_relaxed) + 1,
-                                std::memory_order_relaxed);
-    }
-    groups_[g].slots[slot].store(word, std::memory_order_release);
-    header_->size.store(size + 1, std::memory_order_relaxed);
+    if (slot < 0) g = (g + 1 == header_->group_count) ? 0 : g + 1;
   }
-  header_->puts.fetch_add(1, std::memory_order_relaxed);
-  return Applied::kApplied;
+  // size < capacity < slots, so a free slot exists.
+  if (slot < 0) std::abort();
+  // Groups passed over learn that a key lives beyond them, before the slot
+  // is published (the release store below orders these increments).
+  for (uint64_t p = home; p != g; p = (p + 1 == header_->group_count) ? 0 : p + 1) {
+    groups_[p].overflow.store(groups_[p].overflow.load(std::memory_order_relaxed) + 1,
+                              std::memory_order_relaxed);
+  }
+  groups_[g].slots[slot].store(word, std::memory_order_release);
+  header_->size.store(header_->size.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
                                                      std::optional<Origin> origin) {
   const uint64_t hash = hash_key(key.data(), key.size());
+  if (copying()) {
+    if (auto ok = copy_key(key, hash); !ok) return std::move(ok).error();
+  }
   EntryRef old;
   SlotRef where;
   switch (view_.find(key.data(), key.size(), hash, &old, &where)) {
     case Lookup::kAbsent:
+      if (copying()) copy_.erased.emplace(key);
       return Applied::kAbsent;
     case Lookup::kCorrupt:
       return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": index probe failed");
@@ -174,9 +205,11 @@ Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
     groups_[p].overflow.store(groups_[p].overflow.load(std::memory_order_relaxed) - 1,
                               std::memory_order_relaxed);
   }
+  live_delta_ -= block_bytes(slot_offset(where.word));
   retire(slot_offset(where.word));
   header_->size.fetch_sub(1, std::memory_order_relaxed);
   header_->erases.fetch_add(1, std::memory_order_relaxed);
+  if (copying()) copy_.erased.emplace(key);
   return Applied::kApplied;
 }
 
@@ -254,6 +287,11 @@ WriterStats TableWriter::stats() const {
   s.size = header_->size.load(std::memory_order_relaxed);
   s.arena_used = header_->arena_used.load(std::memory_order_relaxed);
   s.arena_bytes = header_->arena_bytes;
+  s.capacity = header_->capacity;
+  s.segment_bytes = header_->segment_bytes;
+  s.live_bytes_exact = live_exact_;
+  s.live_bytes = live_exact_ ? live_at_attach_ + static_cast<uint64_t>(live_delta_)
+                             : s.arena_used - free_bytes_ - retired_bytes_;
   s.free_bytes = free_bytes_;
   s.retired_bytes = retired_bytes_;
   s.dead_readers_recovered = roster_->dead_removed();

@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "format/index.hpp"
@@ -70,6 +71,12 @@ struct AttachWalkReport {
   std::string message;  // what was found, for the log
 };
 
+// A table's size: entries its index holds and bytes its arena has.
+struct TableSize {
+  uint64_t capacity = 0;
+  uint64_t arena_bytes = 0;
+};
+
 enum class AttachKind {
   kCreated,   // no segment was there
   kAttached,  // an existing segment of this layout was taken over
@@ -80,11 +87,17 @@ struct WriterStats {
   uint64_t size = 0;
   uint64_t arena_used = 0;  // bytes carved from the arena
   uint64_t arena_bytes = 0;
+  uint64_t capacity = 0;
   uint64_t free_bytes = 0;     // carved, free for reuse now
   uint64_t retired_bytes = 0;  // carved, waiting for readers to move on
   uint64_t dead_readers_recovered = 0;
   uint64_t leaked_blocks_at_attach = 0;    // unreferenced blocks the attach walk found
   uint64_t attach_walk_pending_bytes = 0;  // arena the attach walk has still to cover
+  // Arena bytes the live entries' blocks take: exact once the attach walk
+  // is done (live_bytes_exact), else an upper bound.
+  uint64_t live_bytes = 0;
+  bool live_bytes_exact = false;
+  uint64_t segment_bytes = 0;
   // The reader that held reuse back at the last registry read (epoch 0:
   // none, nothing waits for readers).
   ReaderHolder holder;
@@ -187,16 +200,36 @@ class TableWriter {
   // Rebuilding, when the segment can no longer follow the topic (its offsets
   // left the log, or it was filled from another topic): a new, empty segment
   // for the same table under a temporary name, with this writer's registry
-  // and lock. Readers keep reading this segment meanwhile. Errors as open().
-  Result<std::unique_ptr<TableWriter>> begin_replacement();
+  // and lock, of `size` (default: the options'). Readers keep reading this
+  // segment meanwhile. A replacement never published removes its segment
+  // when it is destroyed. Errors as open().
+  Result<std::unique_ptr<TableWriter>> begin_replacement(std::optional<TableSize> size = {});
+  // Resizing (growth, or shrinking a table that once spiked): a replacement
+  // of `size` (see begin_replacement) with this segment's partition
+  // positions, source, state and counters, that takes this segment's live
+  // entries over while records are applied to it. From here on records go
+  // to the new writer, which applies each as if it held every entry already
+  // (an entry not copied yet is copied first); this writer is not written
+  // again and must outlive the copy. copy_step() copies; once copying() is
+  // false, publish_replacement() swaps the new segment in. Errors as
+  // begin_replacement, and kInvalidArgument if `size` cannot hold this
+  // table's entries.
+  Result<std::unique_ptr<TableWriter>> begin_resize(TableSize size);
+  // Copies entries from the source of begin_resize, at most `max_groups` of
+  // its index groups' worth. True once every entry is copied. Errors:
+  // kCorrupt (the source's index), kNoMemory (/dev/shm full); the
+  // replacement is then unusable.
+  Result<bool> copy_step(uint64_t max_groups);
+  bool copying() const { return copy_.from != nullptr; }
+  TableSize size() const { return {header_->capacity, header_->arena_bytes}; }
   // Gives `next` (from begin_replacement) the table's name, then tells the
   // readers of this segment to move to it. This writer is done afterwards.
   Result<void> publish_replacement(TableWriter& next);
 
-  // How the segment's size differs from the options' (capacity, arena,
-  // partition capacity), for a log line; "" if it does not. A writer that
-  // attached keeps the segment's size: a rebuild (begin_replacement) makes
-  // one of the options' size.
+  // How the segment's partition capacity differs from the options', for a
+  // log line; "" if it does not (a segment that tracks another number of
+  // partitions is rebuilt). Capacity and arena are sizes a table grows
+  // from: a segment of another size is resized, not rebuilt.
   std::string size_change() const;
   AttachKind attach_kind() const { return attach_kind_; }
   WriterStats stats() const;
@@ -206,12 +239,26 @@ class TableWriter {
  private:
   TableWriter() = default;
   Result<void> attach_existing();
-  void init_new(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes);
+  void init_new(TableSize size, uint32_t partition_capacity);
   Result<void> rebuild_allocator();
   // Walks up to `max_bytes` more of the arena; true while more is pending.
   bool continue_attach_walk(uint64_t max_bytes);
-  // Creates a segment under a temporary name for this writer (not renamed).
-  Result<void> create_temp(const std::string& segment);
+  // Creates a segment of `size` under a temporary name for this writer (not
+  // renamed).
+  Result<void> create_temp(const std::string& segment, TableSize size);
+  // Writes an entry's block; its offset, or 0 with the error in `err`
+  // (kBusy, kNoMemory, kTableFull).
+  uint64_t place(std::string_view key, std::string_view value, format::Origin origin, Error* err);
+  // Publishes `word` in a free slot of the key's probe sequence.
+  void insert_slot(uint64_t hash, uint64_t word);
+  // While copying: copies the key's entry from the source first, unless it
+  // was copied or erased here already. Errors: kCorrupt, and place()'s.
+  Result<void> copy_key(std::string_view key, uint64_t hash);
+  // Copies one source entry unless the key is here or was erased here.
+  Result<void> copy_entry(const format::EntryRef& e, uint64_t word);
+  // While copying: true if applying a record of `need` bytes leaves room for
+  // the entries still to copy (else the copy is finished first).
+  bool room_beside_copy(uint64_t need) const;
   // Removes temporary segments that earlier writers left behind.
   void remove_stale_temps(const std::string& segment);
 
@@ -269,6 +316,26 @@ class TableWriter {
   std::chrono::steady_clock::time_point next_sweep_{};
   std::chrono::steady_clock::time_point next_scan_{};
   uint64_t leaked_at_attach_ = 0;
+  // Bytes of the live entries' blocks: those this writer published since it
+  // attached minus those it retired since, plus (once the attach walk is
+  // done) those live at the attach.
+  int64_t live_delta_ = 0;
+  uint64_t live_at_attach_ = 0;
+  bool live_exact_ = true;
+  // A resize's copy (begin_resize): the source, the next of its groups to
+  // copy, upper bounds of what is left to copy, and the keys erased here
+  // meanwhile (a source entry of such a key is not copied).
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct Copy {
+    const TableWriter* from = nullptr;
+    uint64_t next_group = 0;
+    uint64_t keys_left = 0;
+    uint64_t bytes_left = 0;
+    std::unordered_set<std::string, StringHash, std::equal_to<>> erased;
+  } copy_;
   struct AttachWalk {
     // One bit per kBlockAlign unit of the arena: a slot referenced the block
     // starting there when this writer attached.
@@ -279,6 +346,7 @@ class TableWriter {
     // Blocks carved before the attach that this writer retired meanwhile:
     // their sizes are trusted only once the walk has checked the chain.
     std::vector<uint64_t> held;
+    uint64_t live_bytes = 0;  // of the blocks live at attach, walked so far
     bool pending() const { return pos < end; }
   } walk_;
   std::optional<AttachWalkReport> walk_report_;

@@ -628,16 +628,30 @@ TEST_F(TableWriterTest, OtherLayoutSegmentIsReplacedWithoutTouchingIt) {
 // A writer that died while building a replacement leaves a temporary
 // segment; the next writer of the table removes it.
 TEST_F(TableWriterTest, StaleReplacementIsRemovedByTheNextWriter) {
-  std::string temp;
-  {
-    auto w = open_writer(options());
-    auto next = w->begin_replacement();
-    ASSERT_TRUE(next) << next.error().message;
-    temp = (*next)->segment_name();
-    ASSERT_NE(temp, shm_.prefix() + "t");
-    EXPECT_TRUE(std::filesystem::exists(shm::path_of(temp)));
-    // Both writers go away without publishing, as in a crash.
+  // A writer that dies (no destructor runs) while it fills a replacement.
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto w = TableWriter::open(options());
+    if (!w) ::_exit(1);
+    auto next = (*w)->begin_replacement();
+    if (!next) ::_exit(2);
+    const std::string name = (*next)->segment_name();
+    if (::write(fds[1], name.data(), name.size()) != static_cast<ssize_t>(name.size())) ::_exit(3);
+    ::_exit(0);
   }
+  ::close(fds[1]);
+  char buf[256];
+  const ssize_t n = ::read(fds[0], buf, sizeof buf);
+  ::close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  ASSERT_GT(n, 0);
+  const std::string temp(buf, static_cast<size_t>(n));
+  ASSERT_NE(temp, shm_.prefix() + "t");
   EXPECT_TRUE(std::filesystem::exists(shm::path_of(temp)));
   auto w = open_writer(options());
   EXPECT_FALSE(std::filesystem::exists(shm::path_of(temp)));

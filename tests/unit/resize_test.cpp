@@ -1,0 +1,246 @@
+// Resizing a table (TableWriter::begin_resize, copy_step): the copy of the
+// live entries into a new segment while records are applied to it, read
+// back through libkvs, in one process.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <random>
+#include <string>
+
+#include "kvs/kvs.hpp"
+#include "support/test_support.hpp"
+#include "writer/table_writer.hpp"
+
+namespace kvs {
+namespace {
+
+using format::Origin;
+
+class ResizeTest : public ::testing::Test {
+ protected:
+  WriterOptions options(const std::string& table, uint64_t capacity = 1024,
+                        uint64_t arena = 1 << 20) {
+    WriterOptions o;
+    o.table = table;
+    o.shm_prefix = shm_.prefix();
+    o.capacity = capacity;
+    o.arena_bytes = arena;
+    o.reader_slots = 16;
+    o.max_key_bytes = 256;
+    o.max_value_bytes = 4096;
+    return o;
+  }
+  std::unique_ptr<TableWriter> open_writer(const WriterOptions& o) {
+    auto w = TableWriter::open(o);
+    EXPECT_TRUE(w) << (w ? "" : w.error().message);
+    return w ? std::move(*w) : nullptr;
+  }
+  Table open_reader(const std::string& table) {
+    auto t = Table::open(table, {shm_.prefix()});
+    EXPECT_TRUE(t) << (t ? "" : t.error().message);
+    return std::move(*t);
+  }
+  std::unique_ptr<TableWriter> resize(TableWriter& w, TableSize size) {
+    auto r = w.begin_resize(size);
+    EXPECT_TRUE(r) << (r ? "" : r.error().message);
+    return r ? std::move(*r) : nullptr;
+  }
+  kvs_table_stats stat(const std::string& table) {
+    kvs_open_options o{shm_.prefix().c_str()};
+    kvs_table* t = nullptr;
+    kvs_table_stats s{};
+    EXPECT_EQ(kvs_open(table.c_str(), &o, &t), KVS_OK);
+    if (t) {
+      kvs_stat(t, &s);
+      kvs_close(t);
+    }
+    return s;
+  }
+  static std::map<std::string, std::string> contents(const Table& t) {
+    std::map<std::string, std::string> m;
+    auto g = t.read();
+    EXPECT_TRUE(g);
+    EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
+      m.emplace(std::string(k), std::string(v));
+      return true;
+    }));
+    return m;
+  }
+  test::ShmScope shm_;
+};
+
+// Random records from two partitions (so that format::replaces decides
+// between them), applied to a table that is resized in the middle, with
+// copy steps between them, and to a reference table that never is: both
+// end equal, and the old segment's readers saw the old table throughout.
+TEST_F(ResizeTest, RecordsAppliedDuringTheCopyEndAsIfAppliedToTheWholeTable) {
+  for (uint64_t seed : {1u, 2u, 3u, 4u, 5u}) {
+    SCOPED_TRACE(seed);
+    shm::remove_segment(shm_.prefix() + "t");
+    shm::remove_segment(shm_.prefix() + "ref");
+    auto w = open_writer(options("t", 1024, 1 << 20));
+    auto ref = open_writer(options("ref", 8192, 8 << 20));
+    std::mt19937_64 rng(seed);
+    auto record = [&](TableWriter& target) {
+      const std::string key = "key" + std::to_string(rng() % 1500);
+      // Timestamps in no order: across partitions, records often lose.
+      const Origin origin{static_cast<int64_t>(rng() % 100000), static_cast<uint32_t>(rng() % 2)};
+      std::optional<std::string> value;
+      if (rng() % 4 != 0) value = std::string(rng() % 64, char('a' + rng() % 26));
+      std::optional<std::string_view> v;
+      if (value) v = *value;
+      auto a = target.apply(key, v, origin);
+      ASSERT_TRUE(a) << a.error().message;
+      auto b = ref->apply(key, v, origin);
+      ASSERT_TRUE(b) << b.error().message;
+      EXPECT_EQ(*a, *b) << key;
+    };
+    for (int i = 0; i < 1500; ++i) record(*w);
+    auto reader = open_reader("t");
+    const auto before = contents(reader);
+    auto next = resize(*w, TableSize{4096, 4 << 20});
+    ASSERT_TRUE(next);
+    EXPECT_TRUE(next->copying());
+    bool done = false;
+    for (int i = 0; i < 4000; ++i) {
+      record(*next);
+      if (i % 16 == 0 && !done) {
+        auto step = next->copy_step(3);
+        ASSERT_TRUE(step) << step.error().message;
+        done = *step;
+      }
+    }
+    ASSERT_TRUE(done) << "the copy should have ended within the records";
+    EXPECT_FALSE(next->copying());
+    // The old segment was never written: its readers saw the same table.
+    EXPECT_EQ(contents(reader), before);
+    ASSERT_TRUE(w->publish_replacement(*next));
+    EXPECT_EQ(contents(reader), contents(open_reader("ref")));
+    EXPECT_EQ(stat("t").capacity, 4096u);
+    EXPECT_EQ(next->stats().size, ref->stats().size);
+  }
+}
+
+// A key erased during the copy, before the copy reached it, stays erased;
+// a key put during the copy keeps the new value.
+TEST_F(ResizeTest, KeysErasedOrPutBeforeTheCopyReachesThemKeepTheirLaterState) {
+  auto w = open_writer(options("t"));
+  for (int i = 0; i < 500; ++i) ASSERT_TRUE(w->put("k" + std::to_string(i), "old"));
+  auto next = resize(*w, TableSize{2048, 2 << 20});
+  ASSERT_TRUE(next);
+  for (int i = 0; i < 500; i += 2) ASSERT_TRUE(next->erase("k" + std::to_string(i)));
+  for (int i = 1; i < 500; i += 4) ASSERT_TRUE(next->put("k" + std::to_string(i), "new"));
+  auto done = next->copy_step(UINT64_MAX);
+  ASSERT_TRUE(done && *done);
+  ASSERT_TRUE(w->publish_replacement(*next));
+  auto t = open_reader("t");
+  const auto c = contents(t);
+  EXPECT_EQ(c.size(), 250u);
+  for (int i = 0; i < 500; ++i) {
+    auto it = c.find("k" + std::to_string(i));
+    if (i % 2 == 0) {
+      EXPECT_EQ(it, c.end()) << i;
+    } else {
+      ASSERT_NE(it, c.end()) << i;
+      EXPECT_EQ(it->second, i % 4 == 1 ? "new" : "old") << i;
+    }
+  }
+}
+
+// The partitions' positions, the fingerprint and the source travel with the
+// data; the copy itself counts no puts.
+TEST_F(ResizeTest, PositionsSourceAndCountersAreCarriedOver) {
+  auto w = open_writer(options("t"));
+  ASSERT_TRUE(w->set_partition_count(3));
+  ASSERT_TRUE(w->put("a", "1"));
+  w->record_applied(2, 41, 77, "a");
+  w->set_high_watermark(2, 50);
+  w->set_source(11, 22);
+  w->set_state(format::TableState::kReady);
+  auto next = resize(*w, TableSize{2048, 2 << 20});
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->next_offset(2), 42);
+  EXPECT_EQ(next->last_record(2).offset, 41);
+  EXPECT_EQ(next->last_record(2).timestamp_ms, 77);
+  EXPECT_EQ(next->source_cluster(), 11u);
+  EXPECT_EQ(next->source_topic(), 22u);
+  EXPECT_EQ(next->header().partition_count.load(), 3u);
+  EXPECT_EQ(next->header().state.load(), static_cast<uint32_t>(format::TableState::kReady));
+  auto done = next->copy_step(UINT64_MAX);
+  ASSERT_TRUE(done && *done);
+  EXPECT_EQ(next->header().puts.load(), w->header().puts.load());
+  EXPECT_EQ(next->stats().size, 1u);
+  EXPECT_EQ(next->stats().live_bytes, w->stats().live_bytes);
+}
+
+// A record that would take the room the entries still to copy need makes
+// the copy finish first: no entry is ever lost for lack of room.
+TEST_F(ResizeTest, RecordsNeverTakeTheRoomOfEntriesStillToCopy) {
+  auto w = open_writer(options("t", 1024, 1 << 20));
+  for (int i = 0; i < 1000; ++i)
+    ASSERT_TRUE(w->put("k" + std::to_string(i), std::string(100, 'x')));
+  const WriterStats st = w->stats();
+  auto next = resize(*w, TableSize{1100, st.live_bytes + 8192});
+  ASSERT_TRUE(next);
+  int added = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto r = next->put("new" + std::to_string(i), std::string(100, 'y'));
+    if (!r) {
+      EXPECT_EQ(r.error().code, Errc::kTableFull) << r.error().message;
+      break;
+    }
+    ++added;
+  }
+  EXPECT_FALSE(next->copying()) << "the copy should have been finished to make room";
+  EXPECT_GT(added, 0);
+  EXPECT_LT(added, 200);
+  ASSERT_TRUE(w->publish_replacement(*next));
+  const auto c = contents(open_reader("t"));
+  EXPECT_EQ(c.size(), 1000u + added);
+  for (int i = 0; i < 1000; ++i) EXPECT_TRUE(c.count("k" + std::to_string(i))) << i;
+}
+
+TEST_F(ResizeTest, TooSmallASizeIsRefusedAndAnUnpublishedSegmentIsRemoved) {
+  auto w = open_writer(options("t"));
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(w->put("k" + std::to_string(i), "v"));
+  auto small = w->begin_resize(TableSize{50, 1 << 20});
+  ASSERT_FALSE(small);
+  EXPECT_EQ(small.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(small.error().message.find("cannot hold its 100 entries"), std::string::npos)
+      << small.error().message;
+  std::string temp;
+  {
+    auto next = resize(*w, TableSize{2048, 2 << 20});
+    ASSERT_TRUE(next);
+    temp = next->segment_name();
+    EXPECT_TRUE(std::filesystem::exists(shm::path_of(temp)));
+  }
+  EXPECT_FALSE(std::filesystem::exists(shm::path_of(temp)));
+  // The source is the table still.
+  EXPECT_EQ(contents(open_reader("t")).size(), 100u);
+}
+
+// Shrinking: a table that once held many entries is copied into a segment
+// sized for what it holds now.
+TEST_F(ResizeTest, ShrinkCopiesOnlyTheLiveEntries) {
+  auto w = open_writer(options("t", 16384, 16 << 20));
+  for (int i = 0; i < 10000; ++i)
+    ASSERT_TRUE(w->put("k" + std::to_string(i), std::string(500, 'v')));
+  for (int i = 100; i < 10000; ++i) ASSERT_TRUE(w->erase("k" + std::to_string(i)));
+  const WriterStats st = w->stats();
+  EXPECT_EQ(st.size, 100u);
+  EXPECT_TRUE(st.live_bytes_exact);
+  EXPECT_EQ(st.live_bytes, 100 * format::block_bytes_for(3, 500));  // 2- and 3-byte keys alike
+  auto next = resize(*w, TableSize{1024, 1 << 20});
+  ASSERT_TRUE(next);
+  auto done = next->copy_step(UINT64_MAX);
+  ASSERT_TRUE(done && *done);
+  ASSERT_TRUE(w->publish_replacement(*next));
+  auto t = open_reader("t");
+  EXPECT_EQ(contents(t).size(), 100u);
+  EXPECT_LT(stat("t").segment_bytes, 2u << 20);
+}
+
+}  // namespace
+}  // namespace kvs
