@@ -5,6 +5,7 @@
 #include <ctime>
 #include <thread>
 
+#include "growth.hpp"
 #include "log.hpp"
 
 namespace kvs::daemon {
@@ -70,6 +71,7 @@ bool needs_room(Errc code) {
 static HoldReason reason_of(Replica& t, Errc code) {
   if (code == Errc::kBusy) return HoldReason::kReaders;
   if (code == Errc::kNoMemory) return HoldReason::kNoSpace;
+  if (t.at_limit) return HoldReason::kLimit;
   TableWriter& w = t.active();
   return w.stats().size >= w.header().capacity ? HoldReason::kCapacity : HoldReason::kMemory;
 }
@@ -100,6 +102,18 @@ Result<void> apply_to(Replica& t, std::string_view key, const char* payload, siz
   return {};
 }
 
+// A record that finds its table full makes the table grow (growth.hpp) and
+// is applied to the larger segment.
+static Result<void> apply_or_grow(Replica& t, std::string_view key, const char* payload,
+                                  size_t len, format::Origin origin) {
+  auto r = apply_to(t, key, payload, len, origin);
+  if (r || r.error().code != Errc::kTableFull) return r;
+  if (auto grown = grow(t, format::block_bytes_for(key.size(), payload ? len : 0)); !grown) {
+    return grown;
+  }
+  return apply_to(t, key, payload, len, origin);
+}
+
 void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e) {
   ++t.skipped;
   t.active().count_skipped();
@@ -110,6 +124,7 @@ void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e) {
 static void publish_hold(Replica& t) {
   t.writer->set_hold(t.n_held, t.hold_reason);
   if (t.rebuild) t.rebuild->set_hold(t.n_held, t.hold_reason);
+  if (t.grow) t.grow->set_hold(t.n_held, t.hold_reason);
 }
 
 // At most one line about holds per table per 10 s; the suffix counts the
@@ -171,8 +186,8 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
   for (int32_t p = 0; p < t.partitions && t.n_held > 0; ++p) {
     Held& h = t.held[p];
     if (h.offset < 0 || now < h.next_try) continue;
-    auto r = apply_to(t, h.key, h.tombstone ? nullptr : h.value.data(), h.value.size(),
-                      format::Origin{h.timestamp_ms, static_cast<uint32_t>(p)});
+    auto r = apply_or_grow(t, h.key, h.tombstone ? nullptr : h.value.data(), h.value.size(),
+                           format::Origin{h.timestamp_ms, static_cast<uint32_t>(p)});
     if (!r && needs_room(r.error().code)) {
       h.reason = t.hold_reason = reason_of(t, r.error().code);
       h.backoff = std::min<std::chrono::milliseconds>(h.backoff * 2, 100ms);
@@ -209,6 +224,7 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
 // The earliest time a held record of any table is due (or `limit`).
 clock::time_point next_hold_try(const std::vector<Replica>& tables, clock::time_point limit) {
   for (const auto& t : tables) {
+    if (t.grow) return clock::time_point{};  // a growth's copy goes on at once
     if (t.n_held == 0) continue;
     for (const Held& h : t.held) {
       if (h.offset >= 0) limit = std::min(limit, h.next_try);
@@ -340,8 +356,9 @@ Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& wh
       "(readers keep the current data until the new segment has caught up)",
       t.cfg.name.c_str(), why.c_str(), t.cfg.topic.c_str());
   drop_holds(t, c);
+  t.grow.reset();     // records since it began are read again from the beginning
   t.rebuild.reset();  // a rebuild under way starts over
-  auto r = t.writer->begin_replacement();
+  auto r = t.writer->begin_replacement(rebuild_size(t.writer->stats(), t.cfg));
   if (!r) return std::move(r).error().context("table " + t.cfg.name + ": rebuild");
   TableWriter& w = **r;
   if (auto ok = w.set_partition_count(static_cast<uint32_t>(t.partitions)); !ok) return ok;
@@ -560,6 +577,7 @@ std::string progress_status(const std::vector<Replica>& tables, bool all_ready) 
 
 ReadyChange check_ready(Replica& t) {
   if (t.ready && !t.rebuild) return ReadyChange::kNone;
+  if (t.grow) return ReadyChange::kNone;  // readers see the table once its growth is swapped in
   for (bool r : t.reached) {
     if (!r) return ReadyChange::kNone;
   }
@@ -675,8 +693,8 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   }
   const std::string_view key(static_cast<const char*>(m->key), m->key_len);
   const int64_t ts = timestamp_ms(m);
-  auto r = apply_to(t, key, static_cast<const char*>(m->payload), m->len,
-                    format::Origin{ts, static_cast<uint32_t>(p)});
+  auto r = apply_or_grow(t, key, static_cast<const char*>(m->payload), m->len,
+                         format::Origin{ts, static_cast<uint32_t>(p)});
   // Skipping a record that needs room would lose data: it waits, and only
   // its partition with it.
   if (!r && needs_room(r.error().code)) return hold(t, c, m, r.error());
@@ -706,6 +724,8 @@ bool end_batch(Replica& t, kafka::Consumer& c) {
     t.pending[p] = -1;
   }
   t.active().reclaim();
+  if (!continue_growth(t, c)) return false;
+  resize_if_due(t);
   auto walk = t.writer->take_attach_walk_report();
   if (!walk) return true;
   if (!walk->corrupt) {

@@ -51,7 +51,18 @@ struct Replica {
   // or null. Records go to it; readers keep `writer`'s data until it is
   // current and takes the table's name.
   std::unique_ptr<TableWriter> rebuild;
-  TableWriter& active() { return rebuild ? *rebuild : *writer; }
+  // A larger segment that takes `writer`'s entries over (growth.hpp), or
+  // null. Records go to it; readers keep `writer`'s data until the copy is
+  // complete and it takes the table's name.
+  std::unique_ptr<TableWriter> grow;
+  TableWriter& active() { return grow ? *grow : rebuild ? *rebuild : *writer; }
+  struct Growth {
+    TableSize from;  // the size grown from
+    clock::time_point since{};
+    uint64_t entries = 0;  // the source's entries
+  } growth;
+  bool at_limit = false;        // max_memory_bytes left no larger segment
+  bool resize_checked = false;  // resize_if_due ran
   uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
   uint64_t source_topic = 0;    // XXH3 of the topic name
   bool skip_batch = false;      // rest of this batch predates a seek

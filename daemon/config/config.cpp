@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "format/layout.hpp"
 #include "src/shm.hpp"
 
 namespace kvs::config {
@@ -125,12 +126,24 @@ const Key kKeys[] = {
      "The compacted Kafka topic the table mirrors. Required.",
      [](Config&, TableConfig& t, const Val& v) { t.topic = v.s; }},
     {"table", "capacity", Kind::kInt, "1048576", 1024, int64_t{1} << 40,
-     "Entries the index is sized for; a put beyond it fails.",
+     "Entries the index starts with. A table grows online when it needs more (the index "
+     "doubles), up to max_memory_bytes.",
      [](Config&, TableConfig& t, const Val& v) { t.capacity = static_cast<uint64_t>(v.i); }},
     {"table", "memory_limit_bytes", Kind::kInt, "268435456", 1 << 20, int64_t{1} << 44,
-     "Bytes for keys, values and entry headers (12 bytes each, 8-byte aligned).",
+     "Bytes the arena for keys, values and entry headers (24 bytes each, 8-byte aligned) "
+     "starts with. A table grows online when it needs more (the arena doubles), up to "
+     "max_memory_bytes.",
      [](Config&, TableConfig& t, const Val& v) {
        t.memory_limit_bytes = static_cast<uint64_t>(v.i);
+     }},
+    {"table", "max_memory_bytes", Kind::kInt, "0", 0, int64_t{1} << 50,
+     "Hard limit on the size of the table's segment in /dev/shm (index and arena). A record "
+     "that would need a larger one waits, and its partition with it, until the limit is "
+     "raised (the error is in the log, kvsctl stats and STATUS=). While a table grows, its "
+     "old segment exists too, for the milliseconds of the copy. 0: no limit but /dev/shm's "
+     "free space.",
+     [](Config&, TableConfig& t, const Val& v) {
+       t.max_memory_bytes = static_cast<uint64_t>(v.i);
      }},
     {"table", "max_key_bytes", Kind::kInt, "4096", 1, 1 << 20,
      "Longest key; longer ones are refused on write and skipped (logged) on consume.",
@@ -447,6 +460,15 @@ Result<Config> parse(std::string_view text, const std::string& source) {
       return make_error(Errc::kInvalidArgument,
                         at + ": memory_limit_bytes = " + std::to_string(t.memory_limit_bytes) +
                             " cannot hold one entry of max_key_bytes + max_value_bytes");
+    }
+    const uint64_t initial =
+        format::geometry(t.capacity, t.max_partitions, t.memory_limit_bytes).segment_bytes;
+    if (t.max_memory_bytes != 0 && t.max_memory_bytes < initial) {
+      return make_error(Errc::kInvalidArgument,
+                        at + ": max_memory_bytes = " + std::to_string(t.max_memory_bytes) +
+                            " is below the segment that capacity, memory_limit_bytes and "
+                            "max_partitions start with (" +
+                            std::to_string(initial) + " bytes); raise it, or lower those");
     }
   }
   return c;

@@ -25,6 +25,7 @@ struct TableConfig {
   std::string topic;  // the compacted Kafka topic it mirrors
   uint64_t capacity = 1 << 20;
   uint64_t memory_limit_bytes = uint64_t{256} << 20;
+  uint64_t max_memory_bytes = 0;  // the segment's hard limit; 0: none (/dev/shm's room)
   uint32_t max_key_bytes = 4096;
   uint32_t max_value_bytes = 1 << 20;
   uint32_t reader_slots = 1024;

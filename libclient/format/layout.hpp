@@ -213,7 +213,8 @@ enum class HoldReason : uint32_t {
   kCapacity = 1,  // the index holds `capacity` keys and the record adds one
   kMemory = 2,    // the arena (memory_limit_bytes) has no room for the record
   kReaders = 3,   // the room exists but readers may still see it
-  kNoSpace = 4,   // /dev/shm (the tmpfs) has no room for more of the arena
+  kNoSpace = 4,   // /dev/shm (the tmpfs) has no room for more of the table
+  kLimit = 5,     // growing the table would pass its max_memory_bytes
 };
 
 // Why partitions wait, for people (the log, STATUS=, errors, kvsctl); the
@@ -227,7 +228,9 @@ inline const char* hold_reason_text(uint32_t reason) {
     case HoldReason::kReaders:
       return "its room waits for a reader to finish its read";
     case HoldReason::kNoSpace:
-      return "/dev/shm has no room for more of its arena";
+      return "/dev/shm has no room for more of the table";
+    case HoldReason::kLimit:
+      return "the table reached its max_memory_bytes";
     case HoldReason::kNone:
       break;
   }

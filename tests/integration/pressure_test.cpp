@@ -80,11 +80,12 @@ class PressureTest : public KvsdTest {
   std::string other_topic_ = test::KafkaCluster::unique_topic("kvsd-u");
 };
 
-// Table t holds its capacity; the next new key waits in t[0] only. Records
-// of t[1] and of table u go on meanwhile, a write to u through the socket
-// becomes visible, and deletes that t[1] brings make room for the waiting
-// record, which is then applied (never skipped).
-TEST_F(PressureTest, FullTableWaitsInItsOwnPartitionWhileEverythingElseGoesOn) {
+// Table t holds its capacity and max_memory_bytes lets it grow no further;
+// the next new key waits in t[0] only. Records of t[1] and of table u go on
+// meanwhile, a write to u through the socket becomes visible, and deletes
+// that t[1] brings make room for the waiting record, which is then applied
+// (never skipped).
+TEST_F(PressureTest, TableAtItsLimitWaitsInItsOwnPartitionWhileEverythingElseGoesOn) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 2));
   ASSERT_TRUE(kafka_.create_topic(other_topic_, 1));
   constexpr int kCapacity = 1024;
@@ -92,14 +93,17 @@ TEST_F(PressureTest, FullTableWaitsInItsOwnPartitionWhileEverythingElseGoesOn) {
   for (int i = 0; i < kCapacity; ++i) p.send(topic_, 0, "k" + std::to_string(i), "v");
   p.send(topic_, 0, "overflow", "waits");  // offset 1024
   ASSERT_TRUE(p.flush());
-  auto kvsd = start_kvsd(write_two_tables("capacity = 1024\nmemory_limit_bytes = 4194304\n"));
+  const uint64_t limit = format::geometry(kCapacity, 256, 4 << 20).segment_bytes;
+  auto kvsd = start_kvsd(write_two_tables("capacity = 1024\nmemory_limit_bytes = 4194304\n" +
+                                          ("max_memory_bytes = " + std::to_string(limit) + "\n")));
   Table t = open_table("t");
   Table u = open_table("u");
   ASSERT_TRUE(test::wait_until([&] { return stat("t").held_partitions == 1; }, 30s))
       << "t[0] never waited for room\n"
       << log();
   const kvs_table_stats held = stat("t");
-  EXPECT_EQ(held.hold_reason, static_cast<uint32_t>(KVS_HOLD_CAPACITY));
+  EXPECT_EQ(held.hold_reason, static_cast<uint32_t>(KVS_HOLD_LIMIT));
+  EXPECT_EQ(held.segment_bytes, limit);
   EXPECT_EQ(held.entries, static_cast<uint64_t>(kCapacity));
   EXPECT_EQ(next_offset(t, 0), kCapacity) << "the waiting record was skipped";
   // The backlog is true, and its age known.
@@ -130,8 +134,8 @@ TEST_F(PressureTest, FullTableWaitsInItsOwnPartitionWhileEverythingElseGoesOn) {
     if (r) continue;  // t[1]: applied at once
     ++timed_out;
     EXPECT_EQ(r.error().code, Errc::kTimeout);
-    EXPECT_NE(r.error().message.find("partition(s) of table t wait for room: the table holds "
-                                     "its capacity of keys"),
+    EXPECT_NE(r.error().message.find("partition(s) of table t wait for room: the table reached "
+                                     "its max_memory_bytes"),
               std::string::npos)
         << r.error().message;
   }
@@ -156,7 +160,10 @@ TEST_F(PressureTest, FullTableWaitsInItsOwnPartitionWhileEverythingElseGoesOn) {
   EXPECT_EQ(m.count("k0"), 0u);
   const std::string l = log();
   EXPECT_NE(l.find("waits at offset 1024 until there is room"), std::string::npos) << l;
-  EXPECT_NE(l.find("holds its capacity of 1024 entries"), std::string::npos) << l;
+  EXPECT_NE(l.find("reached max_memory_bytes = " + std::to_string(limit) +
+                    ": its segment of " + std::to_string(limit) + " bytes holds 1024 entries"),
+            std::string::npos)
+      << l;
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0);
 }

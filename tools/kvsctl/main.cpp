@@ -214,6 +214,8 @@ const char* hold_reason_name(uint32_t r) {
       return "readers";
     case KVS_HOLD_NO_SPACE:
       return "no_space";
+    case KVS_HOLD_LIMIT:
+      return "limit";
     default:
       return "none";
   }

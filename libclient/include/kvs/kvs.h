@@ -210,10 +210,13 @@ typedef struct kvs_table_stats {
 
 /* kvs_table_stats.hold_reason */
 #define KVS_HOLD_NONE 0
+/* 1 and 2: the index or the arena is full and the table cannot grow (a
+ * segment larger than the layout's bounds); a table grows instead. */
 #define KVS_HOLD_CAPACITY 1 /* the index holds `capacity` keys and the record adds one */
-#define KVS_HOLD_MEMORY 2   /* the arena (memory_limit_bytes) has no room for the record */
+#define KVS_HOLD_MEMORY 2   /* the arena has no room for the record */
 #define KVS_HOLD_READERS 3  /* the room exists, but a reader may still see it (holder_pid) */
-#define KVS_HOLD_NO_SPACE 4 /* /dev/shm (the tmpfs) has no room for more of the arena */
+#define KVS_HOLD_NO_SPACE 4 /* /dev/shm (the tmpfs) has no room for more of the table */
+#define KVS_HOLD_LIMIT 5    /* the table would grow past its max_memory_bytes */
 
 /* Fills *out from the segment's header (no guard, no reader slot: works
  * whatever the registry holds). Errors: KVS_EINVAL (NULL argument). */

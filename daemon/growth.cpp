@@ -1,0 +1,214 @@
+#include "growth.hpp"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "log.hpp"
+
+namespace kvs::daemon {
+
+using namespace std::chrono_literals;
+
+// A growth copies this long per round of the apply loop, so that records
+// go on being applied meanwhile.
+static constexpr auto kCopySlice = 2ms;
+static constexpr uint64_t kCopyGroups = 512;  // between looks at the clock
+
+static std::string mib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+static uint64_t segment_bytes(TableSize s, uint32_t partition_capacity) {
+  return format::geometry(s.capacity, partition_capacity, s.arena_bytes).segment_bytes;
+}
+
+static bool fits(TableSize s, uint64_t max_bytes, uint32_t partition_capacity) {
+  return format::geometry_in_bounds(s.capacity, partition_capacity, s.arena_bytes) &&
+         (max_bytes == 0 || segment_bytes(s, partition_capacity) <= max_bytes);
+}
+
+std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint64_t max_bytes,
+                                     uint32_t partition_capacity) {
+  const bool index_short = st.size >= st.capacity;
+  // Compacted by the copy: the live entries and the record, with room.
+  const uint64_t arena_floor = st.live_bytes + need;
+  for (int shift = 0; shift <= 3; ++shift) {
+    TableSize s{st.capacity, std::max(st.arena_bytes, arena_floor)};
+    if (index_short) {
+      s.capacity = st.capacity + std::max<uint64_t>(1, st.capacity >> shift);
+    } else {
+      s.arena_bytes = std::max(st.arena_bytes + (st.arena_bytes >> shift), arena_floor + need);
+    }
+    s.arena_bytes = format::align_up(s.arena_bytes, 4096);
+    if (fits(s, max_bytes, partition_capacity)) return s;
+  }
+  return std::nullopt;
+}
+
+std::optional<TableSize> plan_resize(const WriterStats& st, const config::TableConfig& cfg) {
+  if (!st.live_bytes_exact) return std::nullopt;
+  const TableSize want{std::max(cfg.capacity, 2 * st.size),
+                       format::align_up(std::max(cfg.memory_limit_bytes, 2 * st.live_bytes), 4096)};
+  const bool small = st.capacity < cfg.capacity || st.arena_bytes < cfg.memory_limit_bytes;
+  const bool large = st.capacity > 2 * want.capacity || st.arena_bytes > 2 * want.arena_bytes;
+  const bool over = cfg.max_memory_bytes != 0 && st.segment_bytes > cfg.max_memory_bytes;
+  if (!small && !large && !over) return std::nullopt;
+  // Only the short dimension grows, only the oversized one shrinks (both
+  // when over the limit).
+  TableSize s{st.capacity, st.arena_bytes};
+  if (over || st.capacity < cfg.capacity || st.capacity > 2 * want.capacity) {
+    s.capacity = want.capacity;
+  }
+  if (over || st.arena_bytes < cfg.memory_limit_bytes || st.arena_bytes > 2 * want.arena_bytes) {
+    s.arena_bytes = want.arena_bytes;
+  }
+  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions)) return std::nullopt;
+  return s;
+}
+
+TableSize rebuild_size(const WriterStats& st, const config::TableConfig& cfg) {
+  TableSize s{std::max(cfg.capacity, st.size + st.size / 2),
+              format::align_up(std::max(cfg.memory_limit_bytes, st.live_bytes + st.live_bytes / 2),
+                               4096)};
+  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions)) s = {cfg.capacity, cfg.memory_limit_bytes};
+  return s;
+}
+
+// Starts copying t.writer into a segment of `size` (records go to it).
+static Result<void> start_resize(Replica& t, TableSize size, const char* what) {
+  const WriterStats st = t.writer->stats();
+  auto next = t.writer->begin_resize(size);
+  if (!next) return std::move(next).error();
+  t.grow = std::move(*next);
+  t.growth = Replica::Growth{t.writer->size(), clock::now(), st.size};
+  KVS_LOG_INFO(
+      "table %s: %s from %llu entries and %s of arena to %llu entries and %s (%s of /dev/shm); "
+      "copying its %llu entries while records go on being applied",
+      t.cfg.name.c_str(), what, static_cast<unsigned long long>(st.capacity),
+      mib(st.arena_bytes).c_str(), static_cast<unsigned long long>(size.capacity),
+      mib(size.arena_bytes).c_str(), mib(t.grow->header().segment_bytes).c_str(),
+      static_cast<unsigned long long>(st.size));
+  return {};
+}
+
+// A rebuild's segment has no readers yet: it is copied into the larger one
+// at once.
+static Result<void> grow_rebuild(Replica& t, TableSize size) {
+  auto next = t.rebuild->begin_resize(size);
+  if (!next) return std::move(next).error();
+  for (;;) {
+    auto done = (*next)->copy_step(UINT64_MAX);
+    if (!done) return std::move(done).error();
+    if (*done) break;
+  }
+  KVS_LOG_INFO("table %s: the segment being rebuilt grew to %llu entries and %s of arena",
+               t.cfg.name.c_str(), static_cast<unsigned long long>(size.capacity),
+               mib(size.arena_bytes).c_str());
+  t.rebuild = std::move(*next);
+  return {};
+}
+
+// A growth whose copy is complete: the new segment takes the table's name.
+static Result<void> publish_growth(Replica& t) {
+  t.grow->set_hold(t.n_held, t.hold_reason);
+  if (auto ok = t.writer->publish_replacement(*t.grow); !ok) return ok;
+  const auto ms = std::chrono::duration<double, std::milli>(clock::now() - t.growth.since).count();
+  KVS_LOG_INFO(
+      "table %s: grown to %llu entries and %s of arena: %llu entries copied in %.0f ms; "
+      "readers moved to the new segment",
+      t.cfg.name.c_str(), static_cast<unsigned long long>(t.grow->size().capacity),
+      mib(t.grow->size().arena_bytes).c_str(),
+      static_cast<unsigned long long>(t.growth.entries), ms);
+  t.writer = std::move(t.grow);
+  return {};
+}
+
+Result<void> grow(Replica& t, uint64_t need) {
+  if (t.grow) {
+    // The grown segment is full too: it is completed and swapped in first.
+    for (;;) {
+      auto done = t.grow->copy_step(UINT64_MAX);
+      if (!done) return std::move(done).error();
+      if (*done) break;
+    }
+    if (auto ok = publish_growth(t); !ok) return ok;
+  }
+  TableWriter& full = t.active();
+  const WriterStats st = full.stats();
+  const auto size = plan_growth(st, need, t.cfg.max_memory_bytes, full.header().partition_capacity);
+  if (!size) {
+    t.at_limit = true;
+    return make_error(Errc::kTableFull,
+                      "table " + t.cfg.name + " reached max_memory_bytes = " +
+                          std::to_string(t.cfg.max_memory_bytes) + ": its segment of " +
+                          std::to_string(st.segment_bytes) + " bytes holds " +
+                          std::to_string(st.size) + " entries (" + mib(st.live_bytes) +
+                          ") and cannot grow; raise max_memory_bytes and restart kvsd");
+  }
+  t.at_limit = false;
+  if (t.rebuild) return grow_rebuild(t, *size);
+  return start_resize(t, *size, "growing");
+}
+
+// The growth cannot go on: the records applied to the new segment are
+// applied again to the table's segment, from its recorded positions.
+static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
+  KVS_LOG_ERROR("table %s: growing the table failed (%s); it stays at its size, and records "
+                "since the growth began are applied again",
+                t.cfg.name.c_str(), e.message.c_str());
+  t.grow.reset();
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    t.held[p] = Held{};
+    t.pending[p] = -1;
+    const int64_t next = t.writer->next_offset(static_cast<uint32_t>(p));
+    (void)c.stop_partition(t.cfg.topic, p);
+    if (auto ok = c.start_partition(t.cfg.topic, p, next > 0 ? next : RD_KAFKA_OFFSET_BEGINNING);
+        !ok) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+      return false;
+    }
+  }
+  t.n_held = 0;
+  t.skip_batch = true;
+  return true;
+}
+
+bool continue_growth(Replica& t, kafka::Consumer& c) {
+  if (!t.grow) return true;
+  const auto until = clock::now() + kCopySlice;
+  for (;;) {
+    auto done = t.grow->copy_step(kCopyGroups);
+    if (!done) return abandon_growth(t, c, done.error());
+    if (*done) break;
+    if (clock::now() >= until) return true;
+  }
+  if (auto ok = publish_growth(t); !ok) return abandon_growth(t, c, ok.error());
+  return true;
+}
+
+void resize_if_due(Replica& t) {
+  if (t.resize_checked || t.grow || t.rebuild) return;
+  const WriterStats st = t.writer->stats();
+  if (!st.live_bytes_exact) return;  // the attach walk has not ended yet
+  t.resize_checked = true;
+  const auto size = plan_resize(st, t.cfg);
+  if (!size) {
+    if (t.cfg.max_memory_bytes != 0 && st.segment_bytes > t.cfg.max_memory_bytes) {
+      KVS_LOG_WARN("table %s: its segment of %llu bytes is larger than max_memory_bytes = %llu "
+                   "and its entries need too much to make it smaller; it keeps its size",
+                   t.cfg.name.c_str(), static_cast<unsigned long long>(st.segment_bytes),
+                   static_cast<unsigned long long>(t.cfg.max_memory_bytes));
+    }
+    return;
+  }
+  const bool smaller = size->capacity < st.capacity || size->arena_bytes < st.arena_bytes;
+  if (auto ok = start_resize(t, *size, smaller ? "resizing (it holds far less than it once did)"
+                                               : "resizing to the configured size");
+      !ok) {
+    KVS_LOG_WARN("table %s: %s; it keeps its size", t.cfg.name.c_str(), ok.error().message.c_str());
+  }
+}
+
+}  // namespace kvs::daemon

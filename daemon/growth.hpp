@@ -1,0 +1,54 @@
+// A table's size over its life: growing online when a record finds no room
+// (a copy of the live entries into a segment twice as large, while records
+// go on being applied, then a swap under the table's name), the hard limit
+// max_memory_bytes, and the sizes a table is resized to at a restart and a
+// rebuild starts with. docs/operations.md, "Tables that grow", states the
+// rules. Runs on kvsd's apply thread, like the replica it changes.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "config/config.hpp"
+#include "kafka/consumer.hpp"
+#include "replica.hpp"
+#include "writer/table_writer.hpp"
+
+namespace kvs::daemon {
+
+// The size a table of `st` grows to when a record of `need` block bytes
+// finds no room: the dimension that is short (the index when it holds its
+// capacity, else the arena) doubles, or grows as far as `max_bytes` allows
+// (0: no limit) by at least an eighth; the arena always takes the live
+// entries and the record. nullopt: the limit (or the layout's bounds)
+// leaves no larger segment.
+std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint64_t max_bytes,
+                                     uint32_t partition_capacity);
+
+// The size a segment should have at a restart, once its live entries are
+// known: at least the configured initial size, and no more than four times
+// what its entries need when it once held many more; nullopt: keep it.
+std::optional<TableSize> plan_resize(const WriterStats& st, const config::TableConfig& cfg);
+
+// The size a rebuild from the topic starts with: the configured initial
+// size, or 1.5 times what the table holds now if more.
+TableSize rebuild_size(const WriterStats& st, const config::TableConfig& cfg);
+
+// The table's active segment found no room for a record of `need` block
+// bytes: makes a larger one the active segment (its entries are copied in
+// the background; see continue_growth). Errors: kTableFull (max_memory_bytes
+// leaves no larger segment: t.at_limit is set), kNoMemory (/dev/shm), and
+// the writer's.
+Result<void> grow(Replica& t, uint64_t need);
+
+// Copies more of a growth under way (a couple of milliseconds' worth) and,
+// once it is complete, gives the new segment the table's name (readers
+// move to it). False if kvsd cannot go on.
+bool continue_growth(Replica& t, kafka::Consumer& c);
+
+// Once per start, when the segment's live entries are known: resizes a
+// segment smaller than the configured initial size, or much larger than
+// its entries need.
+void resize_if_due(Replica& t);
+
+}  // namespace kvs::daemon
