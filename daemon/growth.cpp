@@ -69,10 +69,11 @@ std::optional<TableSize> plan_resize(const WriterStats& st, const config::TableC
 }
 
 TableSize rebuild_size(const WriterStats& st, const config::TableConfig& cfg) {
-  TableSize s{std::max(cfg.capacity, st.size + st.size / 2),
-              format::align_up(std::max(cfg.memory_limit_bytes, st.live_bytes + st.live_bytes / 2),
-                               4096)};
-  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions)) s = {cfg.capacity, cfg.memory_limit_bytes};
+  TableSize s{
+      std::max(cfg.capacity, st.size + st.size / 2),
+      format::align_up(std::max(cfg.memory_limit_bytes, st.live_bytes + st.live_bytes / 2), 4096)};
+  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions))
+    s = {cfg.capacity, cfg.memory_limit_bytes};
   return s;
 }
 
@@ -119,8 +120,8 @@ static Result<void> publish_growth(Replica& t) {
       "table %s: grown to %llu entries and %s of arena: %llu entries copied in %.0f ms; "
       "readers moved to the new segment",
       t.cfg.name.c_str(), static_cast<unsigned long long>(t.grow->size().capacity),
-      mib(t.grow->size().arena_bytes).c_str(),
-      static_cast<unsigned long long>(t.growth.entries), ms);
+      mib(t.grow->size().arena_bytes).c_str(), static_cast<unsigned long long>(t.growth.entries),
+      ms);
   t.writer = std::move(t.grow);
   return {};
 }
@@ -141,9 +142,9 @@ Result<void> grow(Replica& t, uint64_t need) {
   if (!size) {
     t.at_limit = true;
     return make_error(Errc::kTableFull,
-                      "table " + t.cfg.name + " reached max_memory_bytes = " +
-                          std::to_string(t.cfg.max_memory_bytes) + ": its segment of " +
-                          std::to_string(st.segment_bytes) + " bytes holds " +
+                      "table " + t.cfg.name +
+                          " reached max_memory_bytes = " + std::to_string(t.cfg.max_memory_bytes) +
+                          ": its segment of " + std::to_string(st.segment_bytes) + " bytes holds " +
                           std::to_string(st.size) + " entries (" + mib(st.live_bytes) +
                           ") and cannot grow; raise max_memory_bytes and restart kvsd");
   }
@@ -155,9 +156,10 @@ Result<void> grow(Replica& t, uint64_t need) {
 // The growth cannot go on: the records applied to the new segment are
 // applied again to the table's segment, from its recorded positions.
 static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
-  KVS_LOG_ERROR("table %s: growing the table failed (%s); it stays at its size, and records "
-                "since the growth began are applied again",
-                t.cfg.name.c_str(), e.message.c_str());
+  KVS_LOG_ERROR(
+      "table %s: growing the table failed (%s); it stays at its size, and records "
+      "since the growth began are applied again",
+      t.cfg.name.c_str(), e.message.c_str());
   t.grow.reset();
   for (int32_t p = 0; p < t.partitions; ++p) {
     t.held[p] = Held{};
@@ -196,16 +198,18 @@ void resize_if_due(Replica& t) {
   const auto size = plan_resize(st, t.cfg);
   if (!size) {
     if (t.cfg.max_memory_bytes != 0 && st.segment_bytes > t.cfg.max_memory_bytes) {
-      KVS_LOG_WARN("table %s: its segment of %llu bytes is larger than max_memory_bytes = %llu "
-                   "and its entries need too much to make it smaller; it keeps its size",
-                   t.cfg.name.c_str(), static_cast<unsigned long long>(st.segment_bytes),
-                   static_cast<unsigned long long>(t.cfg.max_memory_bytes));
+      KVS_LOG_WARN(
+          "table %s: its segment of %llu bytes is larger than max_memory_bytes = %llu "
+          "and its entries need too much to make it smaller; it keeps its size",
+          t.cfg.name.c_str(), static_cast<unsigned long long>(st.segment_bytes),
+          static_cast<unsigned long long>(t.cfg.max_memory_bytes));
     }
     return;
   }
   const bool smaller = size->capacity < st.capacity || size->arena_bytes < st.arena_bytes;
-  if (auto ok = start_resize(t, *size, smaller ? "resizing (it holds far less than it once did)"
-                                               : "resizing to the configured size");
+  if (auto ok = start_resize(t, *size,
+                             smaller ? "resizing (it holds far less than it once did)"
+                                     : "resizing to the configured size");
       !ok) {
     KVS_LOG_WARN("table %s: %s; it keeps its size", t.cfg.name.c_str(), ok.error().message.c_str());
   }

@@ -104,8 +104,8 @@ Result<void> apply_to(Replica& t, std::string_view key, const char* payload, siz
 
 // A record that finds its table full makes the table grow (growth.hpp) and
 // is applied to the larger segment.
-static Result<void> apply_or_grow(Replica& t, std::string_view key, const char* payload,
-                                  size_t len, format::Origin origin) {
+static Result<void> apply_or_grow(Replica& t, std::string_view key, const char* payload, size_t len,
+                                  format::Origin origin) {
   auto r = apply_to(t, key, payload, len, origin);
   if (r || r.error().code != Errc::kTableFull) return r;
   if (auto grown = grow(t, format::block_bytes_for(key.size(), payload ? len : 0)); !grown) {

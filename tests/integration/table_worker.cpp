@@ -2,6 +2,8 @@
 //
 //   table_worker write PREFIX TABLE KEYS OPS   churn OPS writes (0: until killed)
 //   table_worker read  PREFIX TABLE KEYS READS verify READS reads; exit 1 on a bad one
+//                                              (READS 0: until SIGTERM, and a key once
+//                                              read must never be absent again)
 //   table_worker hold  PREFIX TABLE            open a guard, say "holding", wait
 //   table_worker open-as-nobody PREFIX TABLE   print kvs_open's code as uid 65534
 //
@@ -89,7 +91,15 @@ int write_mode(const std::string& prefix, const std::string& table, uint64_t key
   return 0;
 }
 
+volatile sig_atomic_t g_term = 0;
+
 int read_mode(const std::string& prefix, const std::string& table, uint64_t keys, uint64_t reads) {
+  const bool until_term = reads == 0;
+  if (until_term) {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) { g_term = 1; };
+    ::sigaction(SIGTERM, &sa, nullptr);
+  }
   auto t = kvs::Table::open(table, {prefix});
   if (!t) {
     std::fprintf(stderr, "table_worker read: %s\n", t.error().message.c_str());
@@ -102,7 +112,15 @@ int read_mode(const std::string& prefix, const std::string& table, uint64_t keys
   std::vector<std::string> names(16);
   std::vector<std::string_view> views(16);
   std::vector<std::optional<std::string_view>> batch;
-  while (n < reads) {
+  uint64_t segment_bytes = 0, sizes = 0;  // the table's sizes seen (a growth changes it)
+  while (until_term ? !g_term : n < reads) {
+    if (until_term && (n & 4095) == 0) {
+      kvs_table_stats st{};
+      if (kvs_stat(t->native(), &st) == KVS_OK && st.segment_bytes != segment_bytes) {
+        segment_bytes = st.segment_bytes;
+        ++sizes;
+      }
+    }
     auto g = t->read();
     if (!g) {
       std::fprintf(stderr, "table_worker read: %s\n", g.error().message.c_str());
@@ -133,13 +151,14 @@ int read_mode(const std::string& prefix, const std::string& table, uint64_t keys
       if (batched) {
         if (!batch[i]) {
           ++absent;
+          if (until_term && last[k] != 0) ++bad;
           continue;
         }
         value = *batch[i];
       } else {
         auto v = g->get(key);
         if (!v) {
-          if (v.error().code != kvs::Errc::kNotFound) ++bad;
+          if (v.error().code != kvs::Errc::kNotFound || (until_term && last[k] != 0)) ++bad;
           ++absent;
           continue;
         }
@@ -159,8 +178,9 @@ int read_mode(const std::string& prefix, const std::string& table, uint64_t keys
       announced = true;
     }
   }
-  std::printf("reads=%llu bad=%llu absent=%llu\n", static_cast<unsigned long long>(n),
-              static_cast<unsigned long long>(bad), static_cast<unsigned long long>(absent));
+  std::printf("reads=%llu bad=%llu absent=%llu sizes=%llu\n", static_cast<unsigned long long>(n),
+              static_cast<unsigned long long>(bad), static_cast<unsigned long long>(absent),
+              static_cast<unsigned long long>(sizes));
   return bad == 0 ? 0 : 1;
 }
 
