@@ -29,8 +29,32 @@ static bool fits(TableSize s, uint64_t max_bytes, uint32_t partition_capacity) {
          (max_bytes == 0 || segment_bytes(s, partition_capacity) <= max_bytes);
 }
 
+std::optional<TableSize> bootstrap_projection(const WriterStats& st, uint64_t applied,
+                                              uint64_t remaining) {
+  if (applied == 0 || remaining == 0) return std::nullopt;
+  const double scale = 1.1 * (static_cast<double>(applied) + static_cast<double>(remaining)) /
+                       static_cast<double>(applied);
+  const double cap = static_cast<double>(format::kMaxCapacity);
+  const double arena = static_cast<double>(format::kMaxArenaBytes);
+  return TableSize{
+      static_cast<uint64_t>(std::min(cap, static_cast<double>(st.size) * scale)),
+      static_cast<uint64_t>(std::min(arena, static_cast<double>(st.live_bytes) * scale))};
+}
+
 std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint64_t max_bytes,
-                                     uint32_t partition_capacity) {
+                                     uint32_t partition_capacity,
+                                     std::optional<TableSize> expected) {
+  if (expected) {
+    // Both dimensions to what the table is expected to hold, and at least
+    // what plain growth would give.
+    auto plain = plan_growth(st, need, max_bytes, partition_capacity);
+    if (plain) {
+      TableSize s{std::max(plain->capacity, expected->capacity),
+                  format::align_up(std::max(plain->arena_bytes, expected->arena_bytes), 4096)};
+      if (fits(s, max_bytes, partition_capacity)) return s;
+    }
+    return plain;
+  }
   const bool index_short = st.size >= st.capacity;
   // Compacted by the copy: the live entries and the record, with room.
   const uint64_t arena_floor = st.live_bytes + need;
@@ -138,7 +162,17 @@ Result<void> grow(Replica& t, uint64_t need) {
   }
   TableWriter& full = t.active();
   const WriterStats st = full.stats();
-  const auto size = plan_growth(st, need, t.cfg.max_memory_bytes, full.header().partition_capacity);
+  std::optional<TableSize> expected;
+  if (!t.ready || t.rebuild) {
+    uint64_t remaining = 0;
+    for (int32_t p = 0; p < t.partitions; ++p) {
+      const int64_t next = full.next_offset(static_cast<uint32_t>(p));
+      if (t.target[p] > next) remaining += static_cast<uint64_t>(t.target[p] - next);
+    }
+    expected = bootstrap_projection(st, t.applied, remaining);
+  }
+  const auto size =
+      plan_growth(st, need, t.cfg.max_memory_bytes, full.header().partition_capacity, expected);
   if (!size) {
     t.at_limit = true;
     return make_error(Errc::kTableFull,

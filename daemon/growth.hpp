@@ -20,10 +20,20 @@ namespace kvs::daemon {
 // finds no room: the dimension that is short (the index when it holds its
 // capacity, else the arena) doubles, or grows as far as `max_bytes` allows
 // (0: no limit) by at least an eighth; the arena always takes the live
-// entries and the record. nullopt: the limit (or the layout's bounds)
+// entries and the record. `expected`: what the table will hold once it has
+// caught up (a bootstrap's projection), which both dimensions grow to at
+// once if the limit allows. nullopt: the limit (or the layout's bounds)
 // leaves no larger segment.
 std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint64_t max_bytes,
-                                     uint32_t partition_capacity);
+                                     uint32_t partition_capacity,
+                                     std::optional<TableSize> expected = std::nullopt);
+
+// While a table bootstraps (or is rebuilt): the entries and arena bytes it
+// will hold once it has caught up, projected from what the records applied
+// so far made of it (size and bytes times all records / records applied),
+// with a tenth to spare; nullopt once current, or before any record.
+std::optional<TableSize> bootstrap_projection(const WriterStats& st, uint64_t applied,
+                                              uint64_t remaining);
 
 // The size a segment should have at a restart, once its live entries are
 // known: at least the configured initial size, and no more than four times
