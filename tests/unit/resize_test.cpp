@@ -3,10 +3,14 @@
 // back through libkvs, in one process.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "kvs/kvs.hpp"
 #include "support/test_support.hpp"
@@ -240,6 +244,80 @@ TEST_F(ResizeTest, ShrinkCopiesOnlyTheLiveEntries) {
   auto t = open_reader("t");
   EXPECT_EQ(contents(t).size(), 100u);
   EXPECT_LT(stat("t").segment_bytes, 2u << 20);
+}
+
+// Reader threads read while the writer resizes the table three times,
+// applying records between copy steps: every value they read is whole and
+// a key's version never goes back (also across the swaps); each reader
+// follows the table to its last segment.
+TEST_F(ResizeTest, ReaderThreadsFollowResizesWithoutATornOrOlderRead) {
+  constexpr int kKeys = 2000;
+  auto w = open_writer(options("t", 4096, 1 << 20));
+  auto value = [](int k, uint32_t version) {
+    std::string v(8 + (k + version) % 40, char('a' + version % 26));
+    std::memcpy(v.data(), &version, 4);
+    std::memcpy(v.data() + 4, &k, 4);
+    return v;
+  };
+  for (int k = 0; k < kKeys; ++k) ASSERT_TRUE(w->put("k" + std::to_string(k), value(k, 1)));
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> bad{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&, r] {
+      auto t = Table::open("t", {shm_.prefix()});
+      if (!t) {
+        ++bad;
+        return;
+      }
+      std::vector<uint32_t> last(kKeys, 0);
+      for (uint64_t i = r; !done; i += 7) {
+        const int k = static_cast<int>(i % kKeys);
+        auto g = t->read();
+        if (!g) {
+          ++bad;
+          continue;
+        }
+        auto v = g->get("k" + std::to_string(k));
+        ++reads;
+        uint32_t version = 0;
+        int key = -1;
+        if (!v || v->size() < 8) {
+          ++bad;
+          continue;
+        }
+        std::memcpy(&version, v->data(), 4);
+        std::memcpy(&key, v->data() + 4, 4);
+        if (key != k || *v != value(k, version) || version < last[k]) ++bad;
+        last[k] = version;
+      }
+    });
+  }
+  uint32_t version = 1;
+  std::unique_ptr<TableWriter> cur = std::move(w);
+  for (uint64_t size : {8192u, 16384u, 4096u}) {
+    auto next = resize(*cur, TableSize{size, 2 << 20});
+    ASSERT_TRUE(next);
+    bool copied = false;
+    while (!copied) {
+      ++version;
+      for (int k = 0; k < kKeys; k += 13) {
+        ASSERT_TRUE(next->put("k" + std::to_string(k), value(k, version)));
+      }
+      auto step = next->copy_step(16);
+      ASSERT_TRUE(step) << step.error().message;
+      copied = *step;
+      next->reclaim_now();
+    }
+    ASSERT_TRUE(cur->publish_replacement(*next));
+    cur = std::move(next);
+    const uint64_t seen = reads;
+    ASSERT_TRUE(test::wait_until([&] { return reads > seen + 1000; }, std::chrono::seconds(30)));
+  }
+  done = true;
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_GT(reads.load(), 3000u);
 }
 
 }  // namespace
