@@ -188,13 +188,23 @@ Result<void> grow(Replica& t, uint64_t need) {
 }
 
 // The growth cannot go on: the records applied to the new segment are
-// applied again to the table's segment, from its recorded positions.
+// applied again to the table's segment, from its recorded positions. A
+// source whose index is corrupt is rebuilt from the topic instead.
 static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
+  t.grow.reset();
+  if (e.code == Errc::kCorrupt) {  // the source: rebuilt from the topic
+    if (auto ok = start_rebuild(t, c, "copying it into a larger segment found " + e.message,
+                                /*seek=*/true);
+        !ok) {
+      KVS_LOG_ERROR("%s", ok.error().message.c_str());
+      return false;
+    }
+    return true;
+  }
   KVS_LOG_ERROR(
       "table %s: growing the table failed (%s); it stays at its size, and records "
       "since the growth began are applied again",
       t.cfg.name.c_str(), e.message.c_str());
-  t.grow.reset();
   for (int32_t p = 0; p < t.partitions; ++p) {
     t.held[p] = Held{};
     t.pending[p] = -1;

@@ -481,8 +481,8 @@ bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPolle
     n = static_cast<int32_t>(t.cfg.max_partitions);
     if (n <= had) return true;
   }
-  // The segment (and a rebuild's) has room for max_partitions.
-  for (TableWriter* w : {t.writer.get(), t.rebuild.get()}) {
+  // The segment (and a rebuild's or a growth's) has room for max_partitions.
+  for (TableWriter* w : {t.writer.get(), t.rebuild.get(), t.grow.get()}) {
     if (w == nullptr) continue;
     if (auto ok = w->set_partition_count(static_cast<uint32_t>(n)); !ok) {
       KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
@@ -619,7 +619,7 @@ static LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message
   const TableWriter::LastRecord want = t.verify[p];
   const auto up = static_cast<uint32_t>(p);
   t.verify[p] = TableWriter::LastRecord{};
-  t.reached[p] = t.writer->next_offset(up) >= t.target[p];
+  t.reached[p] = t.active().next_offset(up) >= t.target[p];
   const std::string where =
       t.cfg.topic + "[" + std::to_string(p) + "] offset " + std::to_string(want.offset);
   if (m->err == 0 && m->offset == want.offset) {

@@ -2,6 +2,10 @@
 // live entries into a new segment while records are applied to it, read
 // back through libkvs, in one process.
 #include <gtest/gtest.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -318,6 +322,54 @@ TEST_F(ResizeTest, ReaderThreadsFollowResizesWithoutATornOrOlderRead) {
   for (auto& t : readers) t.join();
   EXPECT_EQ(bad.load(), 0u);
   EXPECT_GT(reads.load(), 3000u);
+}
+
+// A growth that /dev/shm has no room for is an error before anything is
+// copied (kNoMemory, never a SIGBUS), the table stays as it was, and the
+// unfinished segment is gone.
+TEST(ResizeShmFullTest, NoRoomInDevShmIsAnErrorAndTheTableStays) {
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::unshare(CLONE_NEWNS) != 0) ::_exit(77);
+    if (::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(77);
+    if (::mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=4m") != 0) ::_exit(77);
+    WriterOptions o;
+    o.table = "full";
+    o.shm_prefix = "kvsfull.";
+    o.reader_slots = 16;
+    o.capacity = 4096;
+    o.arena_bytes = 4 << 20;
+    auto w = TableWriter::open(o);
+    if (!w) ::_exit(2);
+    const std::string value(1000, 'v');
+    for (int i = 0; i < 2200; ++i) {
+      if (!(*w)->put("k" + std::to_string(i), value)) ::_exit(3);
+    }
+    auto next = (*w)->begin_resize(TableSize{8192, 8 << 20});
+    if (next || next.error().code != Errc::kNoMemory ||
+        next.error().message.find("/dev/shm has no room") == std::string::npos) {
+      std::fprintf(stderr, "begin_resize: %s\n", next ? "succeeded" : next.error().message.c_str());
+      ::_exit(4);
+    }
+    for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+      if (e.path().filename().string().find(".new.") != std::string::npos) ::_exit(5);
+    }
+    // (A reader could not register in the full /dev/shm: the header says.)
+    auto t = Table::open("full", {"kvsfull."});
+    kvs_table_stats st{};
+    if (!t || kvs_stat(t->native(), &st) != KVS_OK || st.entries != 2200) ::_exit(6);
+    if (st.capacity != 4096) ::_exit(7);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+    GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs over /dev/shm in a mount "
+                    "namespace";
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace
