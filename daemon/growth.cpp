@@ -58,15 +58,23 @@ std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint6
   const bool index_short = st.size >= st.capacity;
   // Compacted by the copy: the live entries and the record, with room.
   const uint64_t arena_floor = st.live_bytes + need;
-  for (int shift = 0; shift <= 3; ++shift) {
-    TableSize s{st.capacity, std::max(st.arena_bytes, arena_floor)};
-    if (index_short) {
-      s.capacity = st.capacity + std::max<uint64_t>(1, st.capacity >> shift);
-    } else {
-      s.arena_bytes = std::max(st.arena_bytes + (st.arena_bytes >> shift), arena_floor + need);
+  // The other dimension doubles with it when it is over half used, so that
+  // it does not force the next copy soon after.
+  const bool other_half_used =
+      index_short ? 2 * st.live_bytes > st.arena_bytes : 2 * st.size > st.capacity;
+  for (int both = other_half_used ? 1 : 0; both >= 0; --both) {
+    for (int shift = 0; shift <= 3; ++shift) {
+      TableSize s{st.capacity, std::max(st.arena_bytes, arena_floor)};
+      if (index_short || both) {
+        s.capacity = st.capacity + std::max<uint64_t>(1, st.capacity >> (index_short ? shift : 0));
+      }
+      if (!index_short || both) {
+        const uint64_t step = st.arena_bytes >> (index_short ? 0 : shift);
+        s.arena_bytes = std::max(st.arena_bytes + step, arena_floor + need);
+      }
+      s.arena_bytes = format::align_up(s.arena_bytes, 4096);
+      if (fits(s, max_bytes, partition_capacity)) return s;
     }
-    s.arena_bytes = format::align_up(s.arena_bytes, 4096);
-    if (fits(s, max_bytes, partition_capacity)) return s;
   }
   return std::nullopt;
 }

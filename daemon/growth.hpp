@@ -18,7 +18,8 @@ namespace kvs::daemon {
 // The size a table of `st` grows to when a record of `need` block bytes
 // finds no room: the dimension that is short (the index when it holds its
 // capacity, else the arena) doubles, or grows as far as `max_bytes` allows
-// (0: no limit) by at least an eighth; the arena always takes the live
+// (0: no limit) by at least an eighth; the other doubles with it if it is
+// over half used (and the limit allows); the arena always takes the live
 // entries and the record. `expected`: what the table will hold once it has
 // caught up (a bootstrap's projection), which both dimensions grow to at
 // once if the limit allows. nullopt: the limit (or the layout's bounds)

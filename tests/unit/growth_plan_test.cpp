@@ -25,6 +25,23 @@ TEST(GrowthPlanTest, AFullIndexDoublesAndTheArenaKeepsItsSize) {
   EXPECT_EQ(s->arena_bytes, 1u << 20);
 }
 
+TEST(GrowthPlanTest, TheOtherDimensionDoublesTooWhenItIsOverHalfUsed) {
+  auto s = plan_growth(stats(1024, 1024, 600 << 10, 1 << 20), 64, 0, 256);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->capacity, 2048u);
+  EXPECT_EQ(s->arena_bytes, 2u << 20);
+  auto a = plan_growth(stats(600, 1024, (1 << 20) - 100, 1 << 20), 4096, 0, 256);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->capacity, 2048u);
+  EXPECT_EQ(a->arena_bytes, 2u << 20);
+  // Where the limit has no room for both, the short one alone.
+  const uint64_t limit = format::geometry(2048, 256, 1 << 20).segment_bytes;
+  auto one = plan_growth(stats(1024, 1024, 600 << 10, 1 << 20), 64, limit, 256);
+  ASSERT_TRUE(one);
+  EXPECT_EQ(one->capacity, 2048u);
+  EXPECT_EQ(one->arena_bytes, 1u << 20);
+}
+
 TEST(GrowthPlanTest, AFullArenaDoublesAndTheIndexKeepsItsSize) {
   auto s = plan_growth(stats(500, 1024, (1 << 20) - 100, 1 << 20), 4096, 0, 256);
   ASSERT_TRUE(s);
