@@ -33,6 +33,10 @@ static uint64_t hash_of(const std::string& s) { return format::hash_key(s.data()
 // A reader holding memory back is named in the log once it has done so
 // this long: longer than a read of a large table takes.
 static constexpr auto kHolderLogAfter = 3s;
+// A record that has waited this long for readers to free room makes the
+// table grow instead (growth.hpp): readers' reads end within microseconds,
+// so one that holds room back this long is stuck.
+static constexpr auto kGrowPastReadersAfter = 1s;
 
 int64_t timestamp_ms(const rd_kafka_message_t* m) {
   const int64_t ms = rd_kafka_message_timestamp(m, nullptr);
@@ -186,8 +190,20 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
   for (int32_t p = 0; p < t.partitions && t.n_held > 0; ++p) {
     Held& h = t.held[p];
     if (h.offset < 0 || now < h.next_try) continue;
-    auto r = apply_or_grow(t, h.key, h.tombstone ? nullptr : h.value.data(), h.value.size(),
-                           format::Origin{h.timestamp_ms, static_cast<uint32_t>(p)});
+    const format::Origin origin{h.timestamp_ms, static_cast<uint32_t>(p)};
+    const char* payload = h.tombstone ? nullptr : h.value.data();
+    auto r = apply_or_grow(t, h.key, payload, h.value.size(), origin);
+    if (!r && r.error().code == Errc::kBusy && now - h.since >= kGrowPastReadersAfter && !t.grow) {
+      // Readers hold the room back for long: the table takes new memory
+      // (a copy of its live entries), and leaves the old segment to them.
+      if (grow(t, format::block_bytes_for(h.key.size(), h.value.size()))) {
+        KVS_LOG_WARN(
+            "table %s: its room has waited for readers for %.1f s; the table grows into a "
+            "new segment, and the readers keep the old one until they end their reads",
+            t.cfg.name.c_str(), std::chrono::duration<double>(now - h.since).count());
+        r = apply_to(t, h.key, payload, h.value.size(), origin);
+      }
+    }
     if (!r && needs_room(r.error().code)) {
       h.reason = t.hold_reason = reason_of(t, r.error().code);
       h.backoff = std::min<std::chrono::milliseconds>(h.backoff * 2, 100ms);

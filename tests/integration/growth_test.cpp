@@ -337,5 +337,50 @@ TEST_F(GrowthTest, HardLimitHoldsAtTheFirstRecordPastItAndRaisingItResumes) {
   EXPECT_EQ(again->wait_for(30s), 0) << log();
 }
 
+// A reader process keeps one read open while the table's values are
+// overwritten through a 1 MiB arena: the room it holds back would stop the
+// table for as long as it reads. Once a record has waited a second for it,
+// the table grows into a new segment and goes on; the reader keeps the old
+// one (its read stays valid) until it ends.
+TEST_F(GrowthTest, AStuckReaderDoesNotStopItsTable) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_growth_config());
+  Table t = open_table();
+  ASSERT_TRUE(t.wait_ready(30s)) << log();
+  test::Child reader({test::helper("table_worker"), "hold", shm_.prefix(), "t"});
+  ASSERT_EQ(reader.read_line(), "holding");
+  constexpr int kRecords = 600;
+  test::Producer p(kafka_.bootstrap());
+  for (int i = 0; i < kRecords; ++i) {
+    p.send(topic_, 0, "key" + std::to_string(i % 16), std::to_string(i) + std::string(4096, 'v'));
+  }
+  ASSERT_TRUE(p.flush());
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        auto o = t.partition_offsets(0);
+        return o && o->next_offset == kRecords;
+      },
+      60s))
+      << "the table stopped behind the stuck reader\n"
+      << log();
+  EXPECT_NE(log().find("the table grows into a new segment"), std::string::npos) << log();
+  EXPECT_EQ(stat(t).held_partitions, 0u);
+  const auto m = contents(t);
+  ASSERT_EQ(m.size(), 16u);
+  for (int k = 0; k < 16; ++k) {
+    const int last = k + 16 * ((kRecords - 1 - k) / 16);
+    EXPECT_TRUE(m.at("key" + std::to_string(k)) == std::to_string(last) + std::string(4096, 'v'))
+        << "key" << k << " is not its last value, " << last;
+  }
+  // The reader still holds its guard on the old segment; once it is gone,
+  // only the table's segment and registry remain.
+  EXPECT_EQ(::kill(reader.pid(), 0), 0) << "the stuck reader died";
+  reader.kill(SIGKILL);
+  EXPECT_EQ(reader.wait(), 128 + SIGKILL);
+  EXPECT_EQ(shm_files().size(), 2u);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+}
+
 }  // namespace
 }  // namespace kvs

@@ -160,8 +160,8 @@ TEST_F(PressureTest, TableAtItsLimitWaitsInItsOwnPartitionWhileEverythingElseGoe
   EXPECT_EQ(m.count("k0"), 0u);
   const std::string l = log();
   EXPECT_NE(l.find("waits at offset 1024 until there is room"), std::string::npos) << l;
-  EXPECT_NE(l.find("reached max_memory_bytes = " + std::to_string(limit) +
-                    ": its segment of " + std::to_string(limit) + " bytes holds 1024 entries"),
+  EXPECT_NE(l.find("reached max_memory_bytes = " + std::to_string(limit) + ": its segment of " +
+                   std::to_string(limit) + " bytes holds 1024 entries"),
             std::string::npos)
       << l;
   kvsd->kill(SIGTERM);
@@ -169,9 +169,10 @@ TEST_F(PressureTest, TableAtItsLimitWaitsInItsOwnPartitionWhileEverythingElseGoe
 }
 
 // A reader process keeps one read open while table t's values are
-// overwritten: the arena fills with memory only it may still see. kvsd
-// names it (pid) in the log, the segment, kvsctl stats and STATUS=, waits in
-// t's partition only, keeps pinging the watchdog, does not spin, and keeps
+// overwritten: the arena fills with memory only it may still see, and
+// max_memory_bytes leaves the table no room to grow past it. kvsd names it
+// (pid) in the log, the segment, kvsctl stats and STATUS=, waits in t's
+// partition only, keeps pinging the watchdog, does not spin, and keeps
 // table u current; once the reader is gone everything is applied.
 TEST_F(PressureTest, StuckReaderIsNamedAndHoldsBackOnlyItsTable) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 1));
@@ -179,8 +180,10 @@ TEST_F(PressureTest, StuckReaderIsNamedAndHoldsBackOnlyItsTable) {
   test::NotifySocket notify((dir_ / "notify.sock").string());
   ::setenv("NOTIFY_SOCKET", (dir_ / "notify.sock").c_str(), 1);
   ::setenv("WATCHDOG_USEC", "1000000", 1);
+  const uint64_t limit = format::geometry(1024, 256, 1 << 20).segment_bytes;
   auto kvsd = start_kvsd(
-      write_two_tables("capacity = 1024\nmemory_limit_bytes = 1048576\nmax_value_bytes = 65536\n"));
+      write_two_tables("capacity = 1024\nmemory_limit_bytes = 1048576\nmax_value_bytes = 65536\n" +
+                       ("max_memory_bytes = " + std::to_string(limit) + "\n")));
   ::unsetenv("NOTIFY_SOCKET");
   ::unsetenv("WATCHDOG_USEC");
   Table t = open_table("t");
