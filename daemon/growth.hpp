@@ -2,7 +2,8 @@
 // (a copy of the live entries into a segment twice as large, while records
 // go on being applied, then a swap under the table's name), the hard limit
 // max_memory_bytes, and the sizes a table is resized to at a restart and a
-// rebuild starts with. The README ("Tables grow online") states the rules. Runs on kvsd's apply thread, like the replica it changes.
+// rebuild starts with. The README ("Tables grow online") states the rules.
+// Runs on kvsd's apply thread, like the replica it changes.
 #pragma once
 
 #include <cstdint>
