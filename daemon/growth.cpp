@@ -115,7 +115,7 @@ static Result<void> start_resize(Replica& t, TableSize size, const char* what) {
   auto next = t.writer->begin_resize(size);
   if (!next) return std::move(next).error();
   t.grow = std::move(*next);
-  t.growth = Replica::Growth{t.writer->size(), clock::now(), st.size};
+  t.growth = Replica::Growth{t.writer->size(), clock::now(), st.size, t.applied};
   KVS_LOG_INFO(
       "table %s: %s from %llu entries and %s of arena to %llu entries and %s (%s of /dev/shm); "
       "copying its %llu entries while records go on being applied",
@@ -224,7 +224,14 @@ static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
       return false;
     }
   }
+  // What the dropped segment applied is applied again: progress is the
+  // table segment's.
   t.n_held = 0;
+  t.applied = t.growth.applied;
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    t.reached[p] = t.writer->next_offset(static_cast<uint32_t>(p)) >= t.target[p];
+  }
+  t.writer->set_hold(0, format::HoldReason::kNone);
   t.skip_batch = true;
   return true;
 }

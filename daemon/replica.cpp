@@ -107,15 +107,23 @@ Result<void> apply_to(Replica& t, std::string_view key, const char* payload, siz
 }
 
 // A record that finds its table full makes the table grow (growth.hpp) and
-// is applied to the larger segment.
+// is applied to the larger segment. A growth that fails for another reason
+// than room (a descriptor limit, a corrupt arena that a rebuild will
+// replace) leaves the record waiting, as a full table does.
 static Result<void> apply_or_grow(Replica& t, std::string_view key, const char* payload, size_t len,
                                   format::Origin origin) {
   auto r = apply_to(t, key, payload, len, origin);
   if (r || r.error().code != Errc::kTableFull) return r;
-  if (auto grown = grow(t, format::block_bytes_for(key.size(), payload ? len : 0)); !grown) {
-    return grown;
+  auto grown = grow(t, format::block_bytes_for(key.size(), payload ? len : 0));
+  if (grown) return apply_to(t, key, payload, len, origin);
+  if (needs_room(grown.error().code)) return grown;
+  const auto now = clock::now();
+  if (now >= t.next_grow_error_log) {
+    t.next_grow_error_log = now + 10s;
+    KVS_LOG_ERROR("table %s: growing the table: %s", t.cfg.name.c_str(),
+                  grown.error().message.c_str());
   }
-  return apply_to(t, key, payload, len, origin);
+  return r;
 }
 
 void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e) {

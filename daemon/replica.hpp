@@ -60,8 +60,10 @@ struct Replica {
     TableSize from;  // the size grown from
     clock::time_point since{};
     uint64_t entries = 0;  // the source's entries
+    uint64_t applied = 0;  // Replica::applied when it began
   } growth;
-  bool at_limit = false;        // max_memory_bytes left no larger segment
+  bool at_limit = false;  // max_memory_bytes left no larger segment
+  clock::time_point next_grow_error_log{};
   bool resize_checked = false;  // resize_if_due ran
   uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
   uint64_t source_topic = 0;    // XXH3 of the topic name

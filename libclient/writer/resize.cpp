@@ -31,6 +31,13 @@ constexpr uint64_t kCopyBatchGroups = 8;
 }  // namespace
 
 Result<std::unique_ptr<TableWriter>> TableWriter::begin_resize(TableSize size) {
+  // An attach walk still under way ends here: a copy must not take blocks
+  // of an arena the walk would find off (the report stays for the caller,
+  // who rebuilds the table instead).
+  continue_attach_walk(UINT64_MAX);
+  if (walk_report_ && walk_report_->corrupt) {
+    return make_error(Errc::kCorrupt, "table " + opts_.table + ": " + walk_report_->message);
+  }
   const WriterStats st = stats();
   if (size.capacity < st.size || size.arena_bytes < st.live_bytes) {
     return make_error(Errc::kInvalidArgument,
@@ -73,11 +80,13 @@ Result<std::unique_ptr<TableWriter>> TableWriter::begin_resize(TableSize size) {
   return r;
 }
 
+// Only the arena's unused end counts: free blocks may all be too small for
+// the entries still to copy.
 bool TableWriter::room_beside_copy(uint64_t need) const {
   const uint64_t size = header_->size.load(std::memory_order_relaxed);
   const uint64_t used = header_->arena_used.load(std::memory_order_relaxed);
-  const uint64_t unused = header_->arena_bytes - used + free_bytes_;
-  return size + 1 + copy_.keys_left <= header_->capacity && need + copy_.bytes_left <= unused;
+  return size + 1 + copy_.keys_left <= header_->capacity &&
+         need + copy_.bytes_left <= header_->arena_bytes - used;
 }
 
 Result<void> TableWriter::copy_entry(const EntryRef& e, uint64_t word) {
@@ -94,8 +103,6 @@ Result<void> TableWriter::copy_entry(const EntryRef& e, uint64_t word) {
   }
   if (!copy_.erased.empty() && copy_.erased.contains(key)) return {};
   const uint64_t need = block_bytes_for(e.key_len, e.value_len);
-  copy_.keys_left -= std::min<uint64_t>(copy_.keys_left, 1);
-  copy_.bytes_left -= std::min(copy_.bytes_left, need);
   if (header_->size.load(std::memory_order_relaxed) >= header_->capacity) {
     return make_error(Errc::kTableFull, "table " + opts_.table + ": the resized segment of " +
                                             std::to_string(header_->capacity) +
@@ -107,6 +114,8 @@ Result<void> TableWriter::copy_entry(const EntryRef& e, uint64_t word) {
             copy_.from->origin_of(word), &err);
   if (off == 0) return err;
   insert_slot(hash, make_slot(hash_tag(hash), off));
+  copy_.keys_left -= std::min<uint64_t>(copy_.keys_left, 1);
+  copy_.bytes_left -= std::min(copy_.bytes_left, need);
   return {};
 }
 

@@ -188,8 +188,7 @@ Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
   EntryRef old;
   SlotRef where;
   switch (view_.find(key.data(), key.size(), hash, &old, &where)) {
-    case Lookup::kAbsent:
-      if (copying()) copy_.erased.emplace(key);
+    case Lookup::kAbsent:  // (and absent from a resize's source: copy_key)
       return Applied::kAbsent;
     case Lookup::kCorrupt:
       return make_error(Errc::kCorrupt, shm::path_of(data_->name) + ": index probe failed");

@@ -212,8 +212,9 @@ class TableWriter {
   // (an entry not copied yet is copied first); this writer is not written
   // again and must outlive the copy. copy_step() copies; once copying() is
   // false, publish_replacement() swaps the new segment in. Errors as
-  // begin_replacement, and kInvalidArgument if `size` cannot hold this
-  // table's entries.
+  // begin_replacement, kInvalidArgument if `size` cannot hold this
+  // table's entries, and kCorrupt if the arena walk of an attach (finished
+  // here) found the arena off (take_attach_walk_report says more).
   Result<std::unique_ptr<TableWriter>> begin_resize(TableSize size);
   // Copies entries from the source of begin_resize, at most `max_groups` of
   // its index groups' worth. True once every entry is copied. Errors:
