@@ -275,6 +275,34 @@ int64_t TableWriter::next_offset(uint32_t partition) const {
   return partitions_[partition].next_offset.load(std::memory_order_relaxed);
 }
 
+void TableWriter::restore_partition(uint32_t partition, int64_t next_offset, int64_t high_watermark,
+                                    LastRecord last) {
+  auto& ps = partitions_[partition];
+  ps.last_offset.store(-1, std::memory_order_relaxed);
+  ps.last_timestamp_ms.store(last.timestamp_ms, std::memory_order_relaxed);
+  ps.last_key_hash.store(last.key_hash, std::memory_order_relaxed);
+  ps.last_offset.store(last.offset, std::memory_order_release);
+  set_next_offset(partition, next_offset);
+  set_high_watermark(partition, high_watermark);
+}
+
+int64_t TableWriter::high_watermark(uint32_t partition) const {
+  return partitions_[partition].high_watermark.load(std::memory_order_relaxed);
+}
+
+void TableWriter::for_each_entry(
+    const std::function<void(std::string_view, std::string_view, Origin)>& fn) const {
+  for (uint64_t g = 0; g < header_->group_count; ++g) {
+    for (int i = 0; i < kSlotsPerGroup; ++i) {
+      const uint64_t w = groups_[g].slots[i].load(std::memory_order_relaxed);
+      EntryRef e;
+      if (w == 0 || !view_.entry_at(slot_offset(w), &e)) continue;
+      fn(std::string_view(reinterpret_cast<const char*>(e.key), e.key_len),
+         std::string_view(reinterpret_cast<const char*>(e.value), e.value_len), origin_of(w));
+    }
+  }
+}
+
 void TableWriter::set_state(TableState state) {
   header_->state.store(static_cast<uint32_t>(state), std::memory_order_release);
 }

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -165,6 +166,15 @@ class TableWriter {
   void set_next_offset(uint32_t partition, int64_t next_offset);
   void set_high_watermark(uint32_t partition, int64_t high_watermark);
   int64_t next_offset(uint32_t partition) const;
+  int64_t high_watermark(uint32_t partition) const;
+  // Sets a partition's position and last-record fingerprint as a snapshot
+  // recorded them (the records below next_offset are in the table).
+  void restore_partition(uint32_t partition, int64_t next_offset, int64_t high_watermark,
+                         LastRecord last);
+  // Calls fn(key, value, origin) for every entry (the writer's thread
+  // only: entries change with every put).
+  void for_each_entry(
+      const std::function<void(std::string_view, std::string_view, format::Origin)>& fn) const;
   void set_state(format::TableState state);
   // Counts a record that could not be applied (kvs_stats and kvsctl show it).
   void count_skipped();

@@ -1,0 +1,245 @@
+// Snapshot files (libclient/writer/snapshot.hpp): written from a table's
+// writer, loaded into a new table, and refused, saying why, when damaged.
+#include "writer/snapshot.hpp"
+
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+
+#include "kvs/kvs.hpp"
+#include "support/test_support.hpp"
+
+namespace kvs {
+namespace {
+
+namespace fs = std::filesystem;
+using format::Origin;
+
+class SnapshotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("kvs-snapshot-test-" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  WriterOptions options(const std::string& table, uint64_t capacity = 65536) {
+    WriterOptions o;
+    o.table = table;
+    o.shm_prefix = shm_.prefix();
+    o.capacity = capacity;
+    o.arena_bytes = 16 << 20;
+    o.reader_slots = 16;
+    o.max_key_bytes = 256;
+    o.max_value_bytes = 4096;
+    return o;
+  }
+  std::unique_ptr<TableWriter> open_writer(const WriterOptions& o) {
+    auto w = TableWriter::open(o);
+    EXPECT_TRUE(w) << (w ? "" : w.error().message);
+    return w ? std::move(*w) : nullptr;
+  }
+  static std::map<std::string, std::string> contents(TableWriter& w) {
+    std::map<std::string, std::string> m;
+    w.for_each_entry([&](std::string_view k, std::string_view v, Origin) {
+      m.emplace(std::string(k), std::string(v));
+    });
+    return m;
+  }
+  // A table of n entries from two partitions, with positions and a source.
+  std::unique_ptr<TableWriter> filled(const std::string& table, int n) {
+    auto w = open_writer(options(table));
+    EXPECT_TRUE(w->set_partition_count(2));
+    for (int i = 0; i < n; ++i) {
+      const std::string key = "key" + std::to_string(i) + std::string(i % 3, '\0');
+      const std::string value(i % 7 == 0 ? 0 : 50 + i % 100, char('a' + i % 26));
+      EXPECT_TRUE(w->apply(key, value, Origin{1000 + i, static_cast<uint32_t>(i % 2)}));
+    }
+    w->record_applied(0, 41, 777, "key40");
+    w->record_applied(1, 99, 888, "key98");
+    w->set_high_watermark(1, 120);
+    w->set_source(11, 22);
+    return w;
+  }
+  std::string path(const std::string& name = "t.snap") const { return (dir_ / name).string(); }
+  static std::string bytes_of(const std::string& p) { return test::slurp(p); }
+  static void put_bytes(const std::string& p, const std::string& b) {
+    std::ofstream(p, std::ios::binary | std::ios::trunc) << b;
+  }
+  // Loads `p` into a fresh table; the error, or "" if it loaded.
+  std::string load_error(const std::string& p, const std::string& table = "t") {
+    shm::remove_segment(shm_.prefix() + "u");
+    auto u = open_writer(options("u"));
+    auto r = load_snapshot(p, table, *u);
+    if (r) return "";
+    EXPECT_EQ(r.error().code, Errc::kCorrupt) << r.error().message;
+    return r.error().message;
+  }
+  test::ShmScope shm_;
+  fs::path dir_;
+};
+
+TEST_F(SnapshotTest, RoundTripKeepsEntriesOriginsAndPositions) {
+  auto w = filled("t", 30000);  // more than one chunk
+  auto info = write_snapshot(*w, "t", path());
+  ASSERT_TRUE(info) << info.error().message;
+  EXPECT_EQ(info->entries, 30000u);
+  EXPECT_GT(info->file_bytes, 2u * format::kSnapshotChunkBytes);
+  auto head = read_snapshot_header(path(), "t");
+  ASSERT_TRUE(head) << head.error().message;
+  EXPECT_EQ(head->entries, 30000u);
+  ASSERT_EQ(head->partitions.size(), 2u);
+
+  auto u = open_writer(options("u"));
+  auto loaded = load_snapshot(path(), "t", *u);
+  ASSERT_TRUE(loaded) << loaded.error().message;
+  EXPECT_EQ(contents(*u), contents(*w));
+  for (uint32_t p = 0; p < 2; ++p) {
+    EXPECT_EQ(u->next_offset(p), w->next_offset(p));
+    EXPECT_EQ(u->high_watermark(p), w->high_watermark(p));
+    EXPECT_EQ(u->last_record(p).offset, w->last_record(p).offset);
+    EXPECT_EQ(u->last_record(p).timestamp_ms, w->last_record(p).timestamp_ms);
+    EXPECT_EQ(u->last_record(p).key_hash, w->last_record(p).key_hash);
+  }
+  EXPECT_EQ(u->source_cluster(), 11u);
+  EXPECT_EQ(u->source_topic(), 22u);
+  // Origins came along: a record of the other partition with an older
+  // timestamp loses to the loaded entry, a later one wins.
+  // ("key6": partition 0, timestamp 1006.)
+  auto older = u->apply("key6", std::string_view("old"), Origin{100, 1});
+  ASSERT_TRUE(older);
+  EXPECT_EQ(*older, TableWriter::Applied::kSuperseded);
+  auto later = u->apply("key6", std::string_view("new"), Origin{999999, 1});
+  ASSERT_TRUE(later);
+  EXPECT_EQ(*later, TableWriter::Applied::kApplied);
+}
+
+TEST_F(SnapshotTest, EveryDamageIsRefusedSayingWhat) {
+  auto w = filled("t", 3000);
+  ASSERT_TRUE(write_snapshot(*w, "t", path()));
+  const std::string good = bytes_of(path());
+  ASSERT_EQ(load_error(path()), "");
+  const std::string damaged = path("damaged.snap");
+  // Truncated anywhere, empty included.
+  for (size_t n : {size_t{0}, size_t{8}, sizeof(format::FileHeader) - 1,
+                   sizeof(format::FileHeader) + 20, good.size() / 2, good.size() - 1}) {
+    SCOPED_TRACE("truncated to " + std::to_string(n));
+    put_bytes(damaged, good.substr(0, n));
+    EXPECT_NE(load_error(damaged).find("truncated at byte"), std::string::npos)
+        << load_error(damaged);
+  }
+  // A byte flipped anywhere: header, partitions, chunk headers, payload,
+  // trailer.
+  std::mt19937_64 rng(3);
+  std::vector<size_t> at{0, 9, 40, 87, 90, 100, good.size() - 1, good.size() - 20};
+  for (int i = 0; i < 40; ++i) at.push_back(rng() % good.size());
+  for (size_t i : at) {
+    SCOPED_TRACE("byte " + std::to_string(i) + " flipped");
+    std::string b = good;
+    b[i] = static_cast<char>(b[i] ^ 0x40);
+    put_bytes(damaged, b);
+    EXPECT_NE(load_error(damaged), "");
+  }
+  // Bytes after the trailer.
+  put_bytes(damaged, good + "x");
+  EXPECT_NE(load_error(damaged), "");
+  // Another table's, another format's, not a snapshot at all.
+  EXPECT_NE(load_error(path(), "other").find("another table"), std::string::npos);
+  {
+    std::string b = good;
+    format::FileHeader h;
+    std::memcpy(&h, b.data(), sizeof h);
+    h.version = 2;
+    h.checksum = format::header_checksum(h);
+    std::memcpy(b.data(), &h, sizeof h);
+    put_bytes(damaged, b);
+    EXPECT_NE(load_error(damaged).find("format version 2"), std::string::npos)
+        << load_error(damaged);
+  }
+  put_bytes(damaged, std::string(4096, 'z'));
+  EXPECT_NE(load_error(damaged).find("not a kvs snapshot"), std::string::npos);
+  auto missing = read_snapshot_header(path("absent.snap"), "t");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, Errc::kNoTable);
+}
+
+// A writer killed while it writes leaves the previous snapshot whole: the
+// name holds either it or the new one, complete.
+TEST_F(SnapshotTest, AWriterKilledWhileWritingLeavesTheLastSnapshotWhole) {
+  auto w = filled("t", 20000);
+  ASSERT_TRUE(write_snapshot(*w, "t", path()));
+  for (int i = 0; i < 20; ++i) {
+    SCOPED_TRACE("kill " + std::to_string(i));
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      for (;;) (void)write_snapshot(*w, "t", path());
+    }
+    ::usleep(static_cast<useconds_t>(1000 + i * 1500));
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    EXPECT_EQ(load_error(path()), "");
+  }
+  // Temporary files of killed writers are never taken for snapshots.
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const std::string name = e.path().filename().string();
+    if (name == "t.snap") continue;
+    EXPECT_NE(name.find(".tmp."), std::string::npos) << name;
+  }
+}
+
+// A disk that fills while a snapshot is written: an error naming it, the
+// previous snapshot untouched, no temporary file left.
+TEST(SnapshotDiskFullTest, AFullDiskIsAnErrorAndTheLastSnapshotStays) {
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string dir = "/tmp/kvs-snapshot-full-" + std::to_string(::getpid());
+    fs::create_directories(dir);
+    if (::unshare(CLONE_NEWNS) != 0) ::_exit(77);
+    if (::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(77);
+    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=1m") != 0) ::_exit(77);
+    test::ShmScope shm;
+    WriterOptions o;
+    o.table = "t";
+    o.shm_prefix = shm.prefix();
+    o.capacity = 8192;
+    o.arena_bytes = 8 << 20;
+    o.reader_slots = 16;
+    auto w = TableWriter::open(o);
+    if (!w) ::_exit(2);
+    for (int i = 0; i < 100; ++i) (void)(*w)->put("k" + std::to_string(i), "small");
+    const std::string p = dir + "/t.snap";
+    if (!write_snapshot(**w, "t", p)) ::_exit(3);
+    for (int i = 0; i < 3000; ++i) (void)(*w)->put("k" + std::to_string(i), std::string(1000, 'v'));
+    auto full = write_snapshot(**w, "t", p);
+    if (full || full.error().message.find("No space left on device") == std::string::npos) {
+      std::fprintf(stderr, "%s\n", full ? "written" : full.error().message.c_str());
+      ::_exit(4);
+    }
+    auto head = read_snapshot_header(p, "t");
+    if (!head || head->entries != 100) ::_exit(5);
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.path().filename().string() != "t.snap") ::_exit(6);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+    GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs in a mount namespace";
+  }
+  ASSERT_TRUE(WIFEXITED(status)) << "died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+}  // namespace
+}  // namespace kvs
