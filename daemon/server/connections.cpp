@@ -130,6 +130,9 @@ Conn* Connections::find(uint64_t id) {
 }
 
 void Connections::mark_dirty(Conn& c) {
+  // Counted at once, not at the flush: the other connections read in this
+  // round must see these replies in the total (max_unsent_reply_bytes).
+  count_unsent(c);
   if (c.dirty) return;
   c.dirty = true;
   dirty_.push_back(c.id);
@@ -139,8 +142,14 @@ void Connections::mark_all_dirty() {
   for (auto& [id, c] : conns_) mark_dirty(c);
 }
 
+void Connections::count_unsent(Conn& c) {
+  const size_t unsent = c.out.size() - c.out_off;
+  unsent_total_ = unsent_total_ + unsent - c.out_counted;
+  c.out_counted = unsent;
+}
+
 // unsent_total_ with c's replies counted as they are now (they are counted
-// into it only when c is flushed).
+// into it when c is marked dirty or flushed).
 uint64_t Connections::unsent_with(const Conn& c) const {
   return unsent_total_ - c.out_counted + (c.out.size() - c.out_off);
 }
@@ -439,9 +448,7 @@ void Connections::flush(Conn& c) {
       return;
     }
   }
-  const size_t unsent = c.out.size() - c.out_off;
-  unsent_total_ = unsent_total_ + unsent - c.out_counted;
-  c.out_counted = unsent;
+  count_unsent(c);
   update_interest(c);
 }
 

@@ -90,6 +90,8 @@ class Connections {
 
  private:
   bool may_read(const Conn& c) const;
+  // Brings unsent_total_ up to date with c's replies.
+  void count_unsent(Conn& c);
   uint64_t unsent_with(const Conn& c) const;
   void read_from(Conn& c);
   void process_input(Conn& c);
