@@ -36,6 +36,7 @@ bool write_all(int fd, const void* data, size_t n) {
   while (n > 0) {
     const ssize_t w = ::write(fd, p, n);
     if (w < 0 && errno == EINTR) continue;
+    if (w == 0) errno = EIO;
     if (w <= 0) return false;
     p += w;
     n -= static_cast<size_t>(w);
@@ -124,11 +125,15 @@ Result<SnapshotInfo> write_snapshot(const TableWriter& w, const std::string& tab
       path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(std::random_device{}());
   Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640)};
   if (f.fd < 0) return sys_error("creating snapshot " + tmp, errno);
-  auto fail = [&](const std::string& what) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return sys_error(what + " " + tmp, err);
-  };
+  // Removed on every way out but the rename (an exception included).
+  struct Unlink {
+    const std::string& name;
+    bool keep = false;
+    ~Unlink() {
+      if (!keep) ::unlink(name.c_str());
+    }
+  } unlink_tmp{tmp};
+  auto fail = [&](const std::string& what) { return sys_error(what + " " + tmp, errno); };
   SnapshotInfo info;
   info.path = path;
   info.created_unix_ns = now_unix_ns();
@@ -148,9 +153,18 @@ Result<SnapshotInfo> write_snapshot(const TableWriter& w, const std::string& tab
   }
   ChunkWriter chunks(f.fd);
   bool ok = true;
+  uint64_t too_large = 0;  // an entry no chunk may hold
   w.for_each_entry([&](std::string_view k, std::string_view v, Origin o) {
-    if (ok) ok = chunks.add(k, v, o);
+    const uint64_t bytes = sizeof(EntryHeader) + k.size() + v.size();
+    if (bytes > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) too_large = bytes;
+    if (ok && too_large == 0) ok = chunks.add(k, v, o);
   });
+  if (too_large != 0) {
+    return make_error(Errc::kTooLarge,
+                      "snapshot " + path + ": an entry of " + std::to_string(too_large) +
+                          " bytes is larger than a snapshot's chunk may be (" +
+                          std::to_string(kSnapshotMaxChunkBytes - kSnapshotChunkBytes) + ")");
+  }
   if (!ok || !chunks.finish()) return fail("writing");
   info.entries = chunks.entries();
   info.entry_bytes = chunks.bytes();
@@ -168,14 +182,24 @@ Result<SnapshotInfo> write_snapshot(const TableWriter& w, const std::string& tab
                  0,
                  0};
   h.checksum = header_checksum(h);
-  if (::pwrite(f.fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return fail("writing");
+  if (const ssize_t n = ::pwrite(f.fd, &h, sizeof h, 0); n != static_cast<ssize_t>(sizeof h)) {
+    if (n >= 0) errno = EIO;
+    return fail("writing");
+  }
   if (::fsync(f.fd) != 0) return fail("fsync");
   struct stat st {};
-  if (::fstat(f.fd, &st) == 0) info.file_bytes = static_cast<uint64_t>(st.st_size);
+  if (::fstat(f.fd, &st) != 0) return fail("fstat");
+  info.file_bytes = static_cast<uint64_t>(st.st_size);
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("renaming to " + path + ":");
-  const std::string dir = std::filesystem::path(path).parent_path().string();
-  Fd d{::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
-  if (d.fd < 0 || ::fsync(d.fd) != 0) return sys_error("fsync of directory " + dir, errno);
+  unlink_tmp.keep = true;
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (d.fd < 0 || ::fsync(d.fd) != 0) {
+    return sys_error("snapshot " + path + " is written, but the fsync of its directory " + dir +
+                         " failed (a crash may still lose the rename)",
+                     errno);
+  }
   return info;
 }
 
@@ -214,8 +238,24 @@ Result<SnapshotInfo> read_head(int fd, const std::string& path, const std::strin
   if (psum != XXH3_64bits(info.partitions.data(), pbytes)) {
     return bad("the partitions' checksum does not match");
   }
+  for (uint32_t p = 0; p < info.partitions.size(); ++p) {
+    const SnapshotPartition& sp = info.partitions[p];
+    const bool fingerprint_ok =
+        sp.last_offset == -1 || (sp.last_offset >= 0 && sp.last_offset < sp.next_offset);
+    if (sp.next_offset < 0 || sp.high_watermark < sp.next_offset || !fingerprint_ok) {
+      return bad("partition " + std::to_string(p) + "'s position is impossible");
+    }
+  }
   struct stat st {};
-  if (::fstat(fd, &st) == 0) info.file_bytes = static_cast<uint64_t>(st.st_size);
+  if (::fstat(fd, &st) != 0)
+    return make_error(Errc::kSystem, "fstat " + path + ": " + std::strerror(errno));
+  info.file_bytes = static_cast<uint64_t>(st.st_size);
+  // Counts a table is sized by must fit the file (the checksum is no secret).
+  if (info.entries > info.file_bytes / sizeof(EntryHeader) || info.entry_bytes > info.file_bytes) {
+    return bad("the header counts " + std::to_string(info.entries) + " entries of " +
+               std::to_string(info.entry_bytes) + " bytes, more than its " +
+               std::to_string(info.file_bytes) + " bytes hold: truncated, or not a whole file");
+  }
   return info;
 }
 
@@ -226,25 +266,35 @@ Result<int> open_snapshot(const std::string& path) {
   return sys_error("opening snapshot " + path, errno);
 }
 
-// Applies one checked chunk's entries.
-Result<void> apply_chunk(const std::vector<char>& buf, uint32_t entries, TableWriter& into,
-                         const std::string& where) {
-  size_t at = 0;
-  for (uint32_t i = 0; i < entries; ++i) {
-    EntryHeader e{};
-    if (buf.size() - at < sizeof e) return make_error(Errc::kCorrupt, where + ": entry overruns");
-    std::memcpy(&e, buf.data() + at, sizeof e);
-    at += sizeof e;
-    if (buf.size() - at < uint64_t{e.key_len} + e.value_len) {
-      return make_error(Errc::kCorrupt, where + ": entry overruns");
+// One chunk's entries, checked whole (bounds, origins) before any is
+// applied; adds their key and value bytes to *bytes.
+Result<void> apply_chunk(const std::vector<char>& buf, uint32_t entries, uint32_t partitions,
+                         TableWriter& into, const std::string& where, uint64_t* bytes) {
+  for (int pass = 0; pass < 2; ++pass) {
+    size_t at = 0;
+    for (uint32_t i = 0; i < entries; ++i) {
+      EntryHeader e{};
+      if (buf.size() - at < sizeof e) return make_error(Errc::kCorrupt, where + ": entry overruns");
+      std::memcpy(&e, buf.data() + at, sizeof e);
+      at += sizeof e;
+      if (buf.size() - at < uint64_t{e.key_len} + e.value_len) {
+        return make_error(Errc::kCorrupt, where + ": entry overruns its chunk");
+      }
+      if (e.partition >= partitions) {
+        return make_error(Errc::kCorrupt, where + ": an entry of partition " +
+                                              std::to_string(e.partition) + " of " +
+                                              std::to_string(partitions));
+      }
+      const std::string_view key(buf.data() + at, e.key_len);
+      const std::string_view value(buf.data() + at + e.key_len, e.value_len);
+      at += uint64_t{e.key_len} + e.value_len;
+      if (pass == 0) continue;
+      *bytes += key.size() + value.size();
+      auto r = into.apply(key, value, Origin{e.timestamp_ms, e.partition});
+      if (!r) return std::move(r).error().context(where);
     }
-    const std::string_view key(buf.data() + at, e.key_len);
-    const std::string_view value(buf.data() + at + e.key_len, e.value_len);
-    at += uint64_t{e.key_len} + e.value_len;
-    auto r = into.apply(key, value, Origin{e.timestamp_ms, e.partition});
-    if (!r) return std::move(r).error().context(where);
+    if (at != buf.size()) return make_error(Errc::kCorrupt, where + ": bytes after the entries");
   }
-  if (at != buf.size()) return make_error(Errc::kCorrupt, where + ": bytes after the entries");
   return {};
 }
 
@@ -269,9 +319,14 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
   auto bad = [&](const std::string& what) {
     return make_error(Errc::kCorrupt, "snapshot " + path + ": " + what);
   };
+  const uint32_t partitions = static_cast<uint32_t>(info->partitions.size());
+  if (partitions > into.header().partition_capacity) {
+    return bad(std::to_string(partitions) + " partitions, more than the table tracks (" +
+               std::to_string(into.header().partition_capacity) + ", max_partitions)");
+  }
   XXH3_state_t sums;
   XXH3_64bits_reset(&sums);
-  uint64_t entries = 0, chunks = 0;
+  uint64_t entries = 0, chunks = 0, bytes = 0;
   std::vector<char> buf;
   for (;;) {
     ChunkHeader c{};
@@ -288,13 +343,14 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
         return bad(e);
       }
       if (t.entries != entries || t.chunks != chunks || entries != info->entries ||
-          t.checksum != XXH3_64bits_digest(&sums)) {
+          bytes != info->entry_bytes || t.checksum != XXH3_64bits_digest(&sums)) {
         return bad("the trailer does not match the chunks");
       }
       if (pos != info->file_bytes) return bad("bytes after the trailer");
       break;
     }
     if (c.entries == 0) return bad("a chunk of no entries");
+    if (c.entries > info->entries - entries) return bad("more entries than the header counts");
     if (c.payload_bytes > kSnapshotMaxChunkBytes) return bad("a chunk larger than allowed");
     buf.resize(c.payload_bytes);
     if (auto e = read_exact(f.fd, buf.data(), buf.size(), &pos); !e.empty()) return bad(e);
@@ -302,13 +358,13 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
       return bad("chunk " + std::to_string(chunks) + "'s checksum does not match");
     }
     XXH3_64bits_update(&sums, &c.checksum, sizeof c.checksum);
-    if (auto ok = apply_chunk(buf, c.entries, into, "snapshot " + path); !ok) {
+    if (auto ok = apply_chunk(buf, c.entries, partitions, into, "snapshot " + path, &bytes); !ok) {
       return std::move(ok).error();
     }
     entries += c.entries;
     ++chunks;
   }
-  if (auto ok = into.set_partition_count(static_cast<uint32_t>(info->partitions.size())); !ok) {
+  if (auto ok = into.set_partition_count(partitions); !ok) {
     return std::move(ok).error();
   }
   for (uint32_t p = 0; p < info->partitions.size(); ++p) {
