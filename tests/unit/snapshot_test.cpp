@@ -313,6 +313,35 @@ TEST_F(SnapshotTest, AWriterKilledWhileWritingLeavesTheLastSnapshotWhole) {
 
 // A disk that fills while a snapshot is written: an error naming it, the
 // previous snapshot untouched, no temporary file left.
+// The child of the disk-full test, in its mount namespace: an exit code
+// (its table's segments are removed when it returns).
+int write_until_the_disk_is_full(const std::string& dir) {
+  test::ShmScope shm;
+  WriterOptions o;
+  o.table = "t";
+  o.shm_prefix = shm.prefix();
+  o.capacity = 8192;
+  o.arena_bytes = 8 << 20;
+  o.reader_slots = 16;
+  auto w = TableWriter::open(o);
+  if (!w) return 2;
+  for (int i = 0; i < 100; ++i) (void)(*w)->put("k" + std::to_string(i), "small");
+  const std::string p = dir + "/t.snap";
+  if (!write_snapshot(**w, "t", p)) return 3;
+  for (int i = 0; i < 3000; ++i) (void)(*w)->put("k" + std::to_string(i), std::string(1000, 'v'));
+  auto full = write_snapshot(**w, "t", p);
+  if (full || full.error().message.find("No space left on device") == std::string::npos) {
+    std::fprintf(stderr, "%s\n", full ? "written" : full.error().message.c_str());
+    return 4;
+  }
+  auto head = read_snapshot_header(p, "t");
+  if (!head || head->entries != 100) return 5;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().filename().string() != "t.snap") return 6;
+  }
+  return 0;
+}
+
 TEST(SnapshotDiskFullTest, AFullDiskIsAnErrorAndTheLastSnapshotStays) {
   const pid_t pid = ::fork();
   ASSERT_GE(pid, 0);
@@ -322,30 +351,7 @@ TEST(SnapshotDiskFullTest, AFullDiskIsAnErrorAndTheLastSnapshotStays) {
     if (::unshare(CLONE_NEWNS) != 0) ::_exit(77);
     if (::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) ::_exit(77);
     if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=1m") != 0) ::_exit(77);
-    test::ShmScope shm;
-    WriterOptions o;
-    o.table = "t";
-    o.shm_prefix = shm.prefix();
-    o.capacity = 8192;
-    o.arena_bytes = 8 << 20;
-    o.reader_slots = 16;
-    auto w = TableWriter::open(o);
-    if (!w) ::_exit(2);
-    for (int i = 0; i < 100; ++i) (void)(*w)->put("k" + std::to_string(i), "small");
-    const std::string p = dir + "/t.snap";
-    if (!write_snapshot(**w, "t", p)) ::_exit(3);
-    for (int i = 0; i < 3000; ++i) (void)(*w)->put("k" + std::to_string(i), std::string(1000, 'v'));
-    auto full = write_snapshot(**w, "t", p);
-    if (full || full.error().message.find("No space left on device") == std::string::npos) {
-      std::fprintf(stderr, "%s\n", full ? "written" : full.error().message.c_str());
-      ::_exit(4);
-    }
-    auto head = read_snapshot_header(p, "t");
-    if (!head || head->entries != 100) ::_exit(5);
-    for (const auto& e : fs::directory_iterator(dir)) {
-      if (e.path().filename().string() != "t.snap") ::_exit(6);
-    }
-    ::_exit(0);
+    ::_exit(write_until_the_disk_is_full(dir));
   }
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
