@@ -19,25 +19,12 @@
 #include "kvs/kvs.hpp"
 #include "src/shm.hpp"
 #include "support/kafka_cluster.hpp"
+#include "support/table_contents.hpp"
 #include "support/test_support.hpp"
 
 namespace kvs {
 
 using namespace std::chrono_literals;
-
-namespace test {
-// Every key and value of the table, read in one guard.
-inline std::map<std::string, std::string> contents(const Table& t) {
-  std::map<std::string, std::string> m;
-  auto g = t.read();
-  EXPECT_TRUE(g);
-  EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
-    m.emplace(std::string(k), std::string(v));
-    return true;
-  }));
-  return m;
-}
-}  // namespace test
 
 class KvsdTest : public ::testing::Test {
  protected:

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kvs/kvs.hpp"
+#include "support/table_contents.hpp"
 #include "support/test_support.hpp"
 #include "writer/table_writer.hpp"
 
@@ -65,16 +66,7 @@ class ResizeTest : public ::testing::Test {
     }
     return s;
   }
-  static std::map<std::string, std::string> contents(const Table& t) {
-    std::map<std::string, std::string> m;
-    auto g = t.read();
-    EXPECT_TRUE(g);
-    EXPECT_TRUE(g->for_each([&](std::string_view k, std::string_view v) {
-      m.emplace(std::string(k), std::string(v));
-      return true;
-    }));
-    return m;
-  }
+  static std::map<std::string, std::string> contents(const Table& t) { return test::contents(t); }
   test::ShmScope shm_;
 };
 
