@@ -53,8 +53,9 @@ inline double own_cpu_seconds() {
   std::exit(1);
 }
 
-inline void produce(const std::string& bootstrap, const std::string& topic, int partitions,
-                    long records) {
+// Records [from, to): key "k%015ld", a 100-byte value, partition i % partitions.
+inline void produce(const std::string& bootstrap, const std::string& topic, int partitions, long to,
+                    long from = 0) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
@@ -65,7 +66,7 @@ inline void produce(const std::string& bootstrap, const std::string& topic, int 
   if (rk == nullptr) die(err);
   rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
   char key[32], value[128];
-  for (long i = 0; i < records; ++i) {
+  for (long i = from; i < to; ++i) {
     std::snprintf(key, sizeof key, "k%015ld", i);
     std::snprintf(value, sizeof value, "%0100ld", i * 7919);
     while (rd_kafka_produce(rkt, static_cast<int32_t>(i % partitions), RD_KAFKA_MSG_F_COPY, value,

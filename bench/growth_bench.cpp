@@ -66,29 +66,6 @@ class ShmPeak {
   std::thread thread_;
 };
 
-void produce_range(const std::string& bootstrap, const std::string& topic, int partitions,
-                   long from, long to) {
-  char err[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap.c_str(), err, sizeof err);
-  rd_kafka_conf_set(conf, "linger.ms", "20", err, sizeof err);
-  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-  if (rk == nullptr) die(err);
-  rd_kafka_topic_t* rkt = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
-  char key[32], value[128];
-  for (long i = from; i < to; ++i) {
-    std::snprintf(key, sizeof key, "k%015ld", i);
-    std::snprintf(value, sizeof value, "%0100ld", i * 7919);
-    while (rd_kafka_produce(rkt, static_cast<int32_t>(i % partitions), RD_KAFKA_MSG_F_COPY, value,
-                            100, key, 16, nullptr) != 0) {
-      rd_kafka_poll(rk, 10);
-    }
-  }
-  if (rd_kafka_flush(rk, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR) die("produce: flush timed out");
-  rd_kafka_topic_destroy(rkt);
-  rd_kafka_destroy(rk);
-}
-
 struct Latencies {
   std::vector<uint32_t> idle, growing, after_swap;  // ns per get
 };
@@ -254,7 +231,7 @@ int main(int argc, char** argv) {
   const uint64_t before_bytes = static_cast<uint64_t>(before_st.st_blocks) * 512;
   auto growth_peak = std::make_unique<ShmPeak>();
   std::thread producer(
-      [&] { produce_range(kafka.bootstrap(), topic, partitions, records, records + extra); });
+      [&] { produce(kafka.bootstrap(), topic, partitions, records + extra, records); });
   // Growing while kvsd's unfinished segment exists, until the capacity
   // changed (the swap); then 100 ms more.
   const std::string unfinished = shm.prefix() + "bench.new.";

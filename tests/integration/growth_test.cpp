@@ -68,19 +68,6 @@ class GrowthTest : public KvsdTest {
     for (const auto& name : shm_files()) n += name.find(".new.") != std::string::npos;
     return n;
   }
-  Table open_table() {
-    std::optional<Table> t;
-    EXPECT_TRUE(test::wait_until(
-        [&] {
-          auto r = Table::open("t", {shm_.prefix()});
-          if (r) t.emplace(std::move(*r));
-          return r.has_value();
-        },
-        30s))
-        << "kvsd never created the table";
-    if (!t) throw std::runtime_error("no table");
-    return std::move(*t);
-  }
   kvs_table_stats stat(const Table& t) {
     kvs_table_stats s{};
     EXPECT_EQ(kvs_stat(t.native(), &s), KVS_OK);

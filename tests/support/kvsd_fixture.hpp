@@ -68,8 +68,8 @@ class KvsdTest : public ::testing::Test {
     for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
     return n;
   }
-  // Opens the table once kvsd has created it, and waits for READY.
-  Table open_ready(std::chrono::milliseconds timeout = 30s) {
+  // Opens the table once kvsd has created it.
+  Table open_table(std::chrono::milliseconds timeout = 30s) {
     std::optional<Table> t;
     EXPECT_TRUE(test::wait_until(
         [&] {
@@ -80,9 +80,14 @@ class KvsdTest : public ::testing::Test {
         timeout))
         << "kvsd never created the table";
     if (!t) throw std::runtime_error("no table");
-    auto ready = t->wait_ready(timeout);
-    EXPECT_TRUE(ready) << (ready ? "" : ready.error().message);
     return std::move(*t);
+  }
+  // Opens the table once kvsd has created it, and waits for READY.
+  Table open_ready(std::chrono::milliseconds timeout = 30s) {
+    Table t = open_table(timeout);
+    auto ready = t.wait_ready(timeout);
+    EXPECT_TRUE(ready) << (ready ? "" : ready.error().message);
+    return t;
   }
   std::map<std::string, std::string> contents(const Table& t) { return test::contents(t); }
   const format::TableHeader& header() {
