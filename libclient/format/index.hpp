@@ -100,6 +100,13 @@ class TableView {
     return true;
   }
 
+  // The origin recorded with the entry at `offset` (one entry_at accepted).
+  Origin origin_at(uint64_t offset) const {
+    BlockHeader h;
+    std::memcpy(&h, base_ + offset, sizeof h);
+    return Origin{h.timestamp_ms, h.partition};
+  }
+
   Lookup find(const void* key, size_t key_len, uint64_t hash, EntryRef* out,
               SlotRef* where = nullptr) const {
     const uint16_t tag = hash_tag(hash);

@@ -37,6 +37,7 @@
 #include "format/index.hpp"
 #include "format/layout.hpp"
 #include "kvs/kvs.h"
+#include "src/reader_internal.hpp"
 #include "src/registry.hpp"
 #include "src/shm.hpp"
 
@@ -112,6 +113,7 @@ struct kvs_table {
   std::mutex mu;
   std::vector<std::unique_ptr<Generation>> gens;  // under mu; includes cur
   std::string segment;
+  std::string name;  // as kvs_open was given it
   uint64_t id = 0;
   std::atomic<int64_t> next_reopen_ns{0};  // steady clock; retry pacing
 };
@@ -433,6 +435,7 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
   try {
     auto t = std::make_unique<kvs_table>();
     t->segment = *seg;
+    t->name = name;
     auto g = open_generation(*seg);
     if (!g) return fail(g.error());
     t->gens.push_back(std::move(*g));
@@ -832,3 +835,14 @@ int kvs_wait(kvs_table* t, const kvs_token* token, int timeout_ms) {
 }
 
 }  // extern "C"
+
+namespace kvs::detail {
+
+GuardView guard_view(const kvs_txn* x) {
+  const Generation& g = *x->gen;
+  return GuardView{g.header, g.data->data(), &g.view, &g, shm::path_of(g.data->name)};
+}
+
+const std::string& table_name(const kvs_table* t) { return t->name; }
+
+}  // namespace kvs::detail

@@ -1,4 +1,4 @@
-// Writing and loading snapshot files; see snapshot.hpp for the rules and
+// Loading snapshot files; see snapshot.hpp for the rules and
 // libclient/format/snapshot.hpp for the bytes.
 #include "writer/snapshot.hpp"
 
@@ -8,8 +8,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
-#include <random>
 
 namespace kvs {
 using namespace format;
@@ -30,78 +28,6 @@ struct Fd {
   }
 };
 
-// Writes all of `data`; false (errno set) on failure.
-bool write_all(int fd, const void* data, size_t n) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w == 0) errno = EIO;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-// Writes entries in checksummed chunks, and the trailer.
-class ChunkWriter {
- public:
-  explicit ChunkWriter(int fd) : fd_(fd) { buf_.reserve(kSnapshotChunkBytes + 4096); }
-  bool add(std::string_view key, std::string_view value, Origin origin) {
-    const EntryHeader h{static_cast<uint32_t>(key.size()), static_cast<uint32_t>(value.size()),
-                        origin.partition, 0, origin.timestamp_ms};
-    const size_t at = buf_.size();
-    buf_.resize(at + sizeof h + key.size() + value.size());
-    std::memcpy(buf_.data() + at, &h, sizeof h);
-    std::memcpy(buf_.data() + at + sizeof h, key.data(), key.size());
-    std::memcpy(buf_.data() + at + sizeof h + key.size(), value.data(), value.size());
-    ++in_chunk_;
-    ++entries_;
-    bytes_ += key.size() + value.size();
-    return buf_.size() < kSnapshotChunkBytes || flush();
-  }
-  bool finish() {
-    if (!flush()) return false;
-    const Trailer t{kSnapshotEndMagic, entries_, chunks_, XXH3_64bits_digest(&sums_)};
-    return write_all(fd_, &t, sizeof t);
-  }
-  uint64_t entries() const { return entries_; }
-  uint64_t bytes() const { return bytes_; }
-
- private:
-  bool flush() {
-    if (in_chunk_ == 0) return true;
-    const ChunkHeader c{in_chunk_, static_cast<uint32_t>(buf_.size()),
-                        XXH3_64bits(buf_.data(), buf_.size())};
-    XXH3_64bits_update(&sums_, &c.checksum, sizeof c.checksum);
-    if (!write_all(fd_, &c, sizeof c) || !write_all(fd_, buf_.data(), buf_.size())) return false;
-    buf_.clear();
-    in_chunk_ = 0;
-    ++chunks_;
-    return true;
-  }
-  int fd_;
-  std::vector<char> buf_;
-  uint32_t in_chunk_ = 0;
-  uint64_t entries_ = 0, bytes_ = 0, chunks_ = 0;
-  XXH3_state_t sums_ = [] {
-    XXH3_state_t s;
-    XXH3_64bits_reset(&s);
-    return s;
-  }();
-};
-
-std::vector<SnapshotPartition> partitions_of(const TableWriter& w) {
-  std::vector<SnapshotPartition> ps(w.header().partition_count.load(std::memory_order_relaxed));
-  for (uint32_t p = 0; p < ps.size(); ++p) {
-    const TableWriter::LastRecord last = w.last_record(p);
-    ps[p] = SnapshotPartition{w.next_offset(p), w.high_watermark(p), last.offset, last.timestamp_ms,
-                              last.key_hash};
-  }
-  return ps;
-}
-
 // Reads exactly n bytes at the file's position; what failed, or "".
 std::string read_exact(int fd, void* out, size_t n, uint64_t* pos) {
   auto* p = static_cast<char*>(out);
@@ -118,90 +44,6 @@ std::string read_exact(int fd, void* out, size_t n, uint64_t* pos) {
 }
 
 }  // namespace
-
-Result<SnapshotInfo> write_snapshot(const TableWriter& w, const std::string& table,
-                                    const std::string& path) {
-  const std::string tmp =
-      path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(std::random_device{}());
-  Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640)};
-  if (f.fd < 0) return sys_error("creating snapshot " + tmp, errno);
-  // Removed on every way out but the rename (an exception included).
-  struct Unlink {
-    const std::string& name;
-    bool keep = false;
-    ~Unlink() {
-      if (!keep) ::unlink(name.c_str());
-    }
-  } unlink_tmp{tmp};
-  auto fail = [&](const std::string& what) { return sys_error(what + " " + tmp, errno); };
-  SnapshotInfo info;
-  info.path = path;
-  info.created_unix_ns = now_unix_ns();
-  info.source_cluster = w.source_cluster();
-  info.source_topic = w.source_topic();
-  info.partitions = partitions_of(w);
-  FileHeader h{};
-  // The header is written last, over a placeholder: the counts are known
-  // only then, and a file without its header is never taken for one.
-  if (!write_all(f.fd, &h, sizeof h)) return fail("writing");
-  const uint64_t psum =
-      XXH3_64bits(info.partitions.data(), info.partitions.size() * sizeof(SnapshotPartition));
-  if (!write_all(f.fd, info.partitions.data(),
-                 info.partitions.size() * sizeof(SnapshotPartition)) ||
-      !write_all(f.fd, &psum, sizeof psum)) {
-    return fail("writing");
-  }
-  ChunkWriter chunks(f.fd);
-  bool ok = true;
-  uint64_t too_large = 0;  // an entry no chunk may hold
-  w.for_each_entry([&](std::string_view k, std::string_view v, Origin o) {
-    const uint64_t bytes = sizeof(EntryHeader) + k.size() + v.size();
-    if (bytes > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) too_large = bytes;
-    if (ok && too_large == 0) ok = chunks.add(k, v, o);
-  });
-  if (too_large != 0) {
-    return make_error(Errc::kTooLarge,
-                      "snapshot " + path + ": an entry of " + std::to_string(too_large) +
-                          " bytes is larger than a snapshot's chunk may be (" +
-                          std::to_string(kSnapshotMaxChunkBytes - kSnapshotChunkBytes) + ")");
-  }
-  if (!ok || !chunks.finish()) return fail("writing");
-  info.entries = chunks.entries();
-  info.entry_bytes = chunks.bytes();
-  h = FileHeader{kSnapshotMagic,
-                 kSnapshotVersion,
-                 sizeof(FileHeader),
-                 snapshot_fingerprint(),
-                 info.created_unix_ns,
-                 info.source_cluster,
-                 info.source_topic,
-                 hash_of(table),
-                 info.entries,
-                 info.entry_bytes,
-                 static_cast<uint32_t>(info.partitions.size()),
-                 0,
-                 0};
-  h.checksum = header_checksum(h);
-  if (const ssize_t n = ::pwrite(f.fd, &h, sizeof h, 0); n != static_cast<ssize_t>(sizeof h)) {
-    if (n >= 0) errno = EIO;
-    return fail("writing");
-  }
-  if (::fsync(f.fd) != 0) return fail("fsync");
-  struct stat st {};
-  if (::fstat(f.fd, &st) != 0) return fail("fstat");
-  info.file_bytes = static_cast<uint64_t>(st.st_size);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("renaming to " + path + ":");
-  unlink_tmp.keep = true;
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
-  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
-  if (d.fd < 0 || ::fsync(d.fd) != 0) {
-    return sys_error("snapshot " + path + " is written, but the fsync of its directory " + dir +
-                         " failed (a crash may still lose the rename)",
-                     errno);
-  }
-  return info;
-}
 
 namespace {
 
@@ -324,8 +166,7 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
     return bad(std::to_string(partitions) + " partitions, more than the table tracks (" +
                std::to_string(into.header().partition_capacity) + ", max_partitions)");
   }
-  XXH3_state_t sums;
-  XXH3_64bits_reset(&sums);
+  std::vector<uint64_t> sums;  // the chunks' checksums, for the trailer's
   uint64_t entries = 0, chunks = 0, bytes = 0;
   std::vector<char> buf;
   for (;;) {
@@ -343,7 +184,8 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
         return bad(e);
       }
       if (t.entries != entries || t.chunks != chunks || entries != info->entries ||
-          bytes != info->entry_bytes || t.checksum != XXH3_64bits_digest(&sums)) {
+          bytes != info->entry_bytes ||
+          t.checksum != XXH3_64bits(sums.data(), sums.size() * sizeof(uint64_t))) {
         return bad("the trailer does not match the chunks");
       }
       if (pos != info->file_bytes) return bad("bytes after the trailer");
@@ -357,7 +199,7 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
     if (XXH3_64bits(buf.data(), buf.size()) != c.checksum) {
       return bad("chunk " + std::to_string(chunks) + "'s checksum does not match");
     }
-    XXH3_64bits_update(&sums, &c.checksum, sizeof c.checksum);
+    sums.push_back(c.checksum);
     if (auto ok = apply_chunk(buf, c.entries, partitions, into, "snapshot " + path, &bytes); !ok) {
       return std::move(ok).error();
     }

@@ -1,12 +1,10 @@
-// Snapshot files (libclient/format/snapshot.hpp): writing a table's live
-// entries and partition positions from its writer, and loading a snapshot
-// into a new table. Internal: only kvsd (and tests) link it.
+// Loading snapshot files (libclient/format/snapshot.hpp) into a new table.
+// Internal: only kvsd (and tests) link it; any reader writes them
+// (kvs_snapshot_write, libclient/src/snapshot_write.cpp).
 //
-// A snapshot is written to a temporary file beside its final name, fsynced,
-// renamed over the name, and the directory fsynced: a writer killed at any
-// point, or a full disk, leaves the previous snapshot whole. A loader
-// checks every checksum before it trusts a byte, and refuses a file of
-// another format version, another host's byte order or another table.
+// A loader checks every checksum before it trusts a byte, and refuses a
+// file of another format version, another host's byte order or another
+// table.
 #pragma once
 
 #include <cstdint>
@@ -28,12 +26,6 @@ struct SnapshotInfo {
   uint64_t file_bytes = 0;
   std::vector<format::SnapshotPartition> partitions;
 };
-
-// Writes `w`'s table (named `table`) to `path`. Errors: kSystem naming the
-// file and the cause (a full disk: ENOSPC); the temporary file is removed
-// and a snapshot already at `path` stays as it was.
-Result<SnapshotInfo> write_snapshot(const TableWriter& w, const std::string& table,
-                                    const std::string& path);
 
 // Reads and checks the header and partitions of the snapshot at `path`
 // (enough to size a table for it), without reading the entries. Errors:

@@ -222,6 +222,35 @@ typedef struct kvs_table_stats {
  * whatever the registry holds). Errors: KVS_EINVAL (NULL argument). */
 KVS_API int kvs_stat(kvs_table *table, kvs_table_stats *out);
 
+/* ---- Snapshots ---------------------------------------------------------- */
+
+/* What kvs_snapshot_write wrote. */
+typedef struct kvs_snapshot_info {
+  uint64_t entries;         /* entries in the file */
+  uint64_t entry_bytes;     /* their keys' and values' bytes */
+  uint64_t file_bytes;      /* the file's size */
+  uint64_t created_unix_ns; /* when the walk began: the file's positions are of then */
+  uint64_t duration_ns;     /* how long the call took */
+  uint32_t partitions;      /* partitions whose positions the file holds */
+  uint32_t restarts;        /* walks begun again because kvsd replaced the table (growth) */
+} kvs_snapshot_info;
+
+/* Writes a snapshot of the table to `path` (docs/format.md, "Snapshot
+ * files"): every entry with its origin, and each partition's position. kvsd
+ * loads such a file at a cold start (its `seed_from` key), then applies the
+ * records after the positions from Kafka: copy it to another host to start
+ * that host's kvsd without reading the whole topic. Needs only read access
+ * to the table: kvsd goes on applying records meanwhile, and the guard this
+ * call takes is renewed for each MiB written, so it holds no memory back
+ * from reuse for long. The file is written beside `path` and renamed over it
+ * when complete and fsynced: a crash or a full disk leaves what was at
+ * `path` as it was. `info` may be NULL.
+ * Errors: KVS_EINVAL, KVS_ESYS (the file: kvs_last_error() names it and the
+ * cause, ENOSPC for a full disk), KVS_EBUSY (kvsd replaced the table 9 times
+ * during the walk; retriable), KVS_ETOOBIG (an entry over 63 MiB),
+ * KVS_ECORRUPT, and those of kvs_read_begin. */
+KVS_API int kvs_snapshot_write(kvs_table *table, const char *path, kvs_snapshot_info *info);
+
 /* ---- Read-your-writes ------------------------------------------------- */
 
 /* Where Kafka stored a write: the partition and the record's offset. A token

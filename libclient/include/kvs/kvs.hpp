@@ -204,6 +204,16 @@ class Table {
     return {};
   }
 
+  // Writes a snapshot of the table to `path` (kvs_snapshot_write).
+  // Errors: kSystem (the file), kBusy (retriable), kTooLarge, kCorrupt, and
+  // those of read().
+  Result<kvs_snapshot_info> write_snapshot(const std::string& path) const {
+    kvs_snapshot_info info{};
+    const int rc = kvs_snapshot_write(t_, path.c_str(), &info);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return info;
+  }
+
   kvs_table* native() const { return t_; }
 
  private:

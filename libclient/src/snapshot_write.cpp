@@ -1,0 +1,314 @@
+// kvs_snapshot_write: a snapshot file (libclient/format/snapshot.hpp) of a
+// live table, written by any reader while kvsd goes on applying records.
+//
+// The walk reads the segment the way kvs_for_each does, under a guard that
+// is renewed for each chunk of about 1 MiB, so that it holds no memory back
+// from reuse for longer than a chunk takes. The partitions' positions are
+// read before the walk: every record below them is visible by then (kvsd
+// publishes a position only after its records), and a key never moves in
+// the index, so each key live then and not changed since is in the file.
+// Keys that changed during the walk may be in it with a later value, or
+// twice: the records after the positions are applied again when the file is
+// loaded, which brings each of them to the log's state (kvsd publishes a
+// table loaded from a snapshot only once it has caught up, so readers never
+// see a key go back).
+//
+// The file is written beside its name and renamed over it once complete and
+// fsynced; the directory is fsynced then. A writer killed at any point, or a
+// full disk, leaves what was at `path` as it was.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "format/snapshot.hpp"
+#include "kvs/kvs.h"
+#include "kvs/result.hpp"
+#include "src/reader_internal.hpp"
+
+using namespace kvs;
+using namespace kvs::format;
+
+namespace {
+
+// A walk restarts when the table is replaced under it (a growth, a
+// rebuild); this many in a row is an error.
+constexpr int kMaxRestarts = 8;
+
+Error sys_error(const std::string& what, int err) {
+  return Error{Errc::kSystem, what + ": " + std::strerror(err)};
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Writes all of `data`; false (errno set) on failure.
+bool write_all(int fd, const void* data, size_t n) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w == 0) errno = EIO;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// Entries gathered into a chunk in memory (under a guard), then written
+// with their checksum (after the guard ended); then the trailer.
+class Chunks {
+ public:
+  explicit Chunks(int fd) : fd_(fd) { buf_.reserve(kSnapshotChunkBytes + 4096); }
+  // True once the chunk has reached its size.
+  bool add(const EntryRef& e, Origin origin) {
+    const EntryHeader h{e.key_len, e.value_len, origin.partition, 0, origin.timestamp_ms};
+    const size_t at = buf_.size();
+    buf_.resize(at + sizeof h + e.key_len + e.value_len);
+    std::memcpy(buf_.data() + at, &h, sizeof h);
+    if (e.key_len) std::memcpy(buf_.data() + at + sizeof h, e.key, e.key_len);
+    if (e.value_len) std::memcpy(buf_.data() + at + sizeof h + e.key_len, e.value, e.value_len);
+    ++in_chunk_;
+    ++entries_;
+    bytes_ += uint64_t{e.key_len} + e.value_len;
+    return buf_.size() >= kSnapshotChunkBytes;
+  }
+  bool flush() {
+    if (in_chunk_ == 0) return true;
+    const ChunkHeader c{in_chunk_, static_cast<uint32_t>(buf_.size()),
+                        XXH3_64bits(buf_.data(), buf_.size())};
+    sums_.push_back(c.checksum);
+    if (!write_all(fd_, &c, sizeof c) || !write_all(fd_, buf_.data(), buf_.size())) return false;
+    buf_.clear();
+    in_chunk_ = 0;
+    ++chunks_;
+    return true;
+  }
+  bool finish() {
+    if (!flush()) return false;
+    const Trailer t{kSnapshotEndMagic, entries_, chunks_,
+                    XXH3_64bits(sums_.data(), sums_.size() * sizeof(uint64_t))};
+    return write_all(fd_, &t, sizeof t);
+  }
+  uint64_t entries() const { return entries_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  int fd_;
+  std::vector<char> buf_;
+  uint32_t in_chunk_ = 0;
+  uint64_t entries_ = 0, bytes_ = 0, chunks_ = 0;
+  std::vector<uint64_t> sums_;  // the chunks' checksums, for the trailer's
+};
+
+// A partition's position and the fingerprint of a record below it (kvsd
+// checks that record against the log when it loads the file). kvsd updates
+// the fingerprint as it applies records: one that changed while read, or
+// that is not below the position read first, is tried again, and after a
+// few tries left out (offset -1: kvsd then resumes without that check).
+SnapshotPartition read_partition(const PartitionState& ps) {
+  SnapshotPartition sp{};
+  sp.next_offset = ps.next_offset.load(std::memory_order_acquire);
+  sp.last_offset = -1;
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    const int64_t last = ps.last_offset.load(std::memory_order_acquire);
+    const int64_t ts = ps.last_timestamp_ms.load(std::memory_order_relaxed);
+    const uint64_t hash = ps.last_key_hash.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (last != ps.last_offset.load(std::memory_order_relaxed)) continue;
+    if (last >= 0 && last < sp.next_offset) {
+      sp.last_offset = last;
+      sp.last_timestamp_ms = ts;
+      sp.last_key_hash = hash;
+      break;
+    }
+  }
+  // The watermark is published after the position: never below it here.
+  sp.high_watermark = std::max(ps.high_watermark.load(std::memory_order_acquire), sp.next_offset);
+  if (sp.next_offset < 0) sp.next_offset = sp.high_watermark = 0;
+  return sp;
+}
+
+std::vector<SnapshotPartition> read_partitions(const detail::GuardView& v) {
+  const TableHeader& h = *v.header;
+  const uint32_t n =
+      std::min(h.partition_count.load(std::memory_order_acquire), h.partition_capacity);
+  const auto* ps = reinterpret_cast<const PartitionState*>(v.base + h.partitions_offset);
+  std::vector<SnapshotPartition> out(n);
+  for (uint32_t p = 0; p < n; ++p) out[p] = read_partition(ps[p]);
+  return out;
+}
+
+struct Written {
+  kvs_snapshot_info info{};
+  bool replaced = false;  // the table was replaced during the walk: start over
+};
+
+// Removes the temporary file on every way out but the rename.
+struct TempFile {
+  std::string name;
+  bool keep = false;
+  ~TempFile() {
+    if (!keep && !name.empty()) ::unlink(name.c_str());
+  }
+};
+
+// The walk: header placeholder, partitions, chunks, trailer, header.
+Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
+  Written out;
+  kvs_txn* x = nullptr;
+  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) {
+    return Error{static_cast<Errc>(rc), kvs_last_error()};
+  }
+  detail::GuardView v = detail::guard_view(x);
+  const void* generation = v.generation;
+  const uint64_t created = now_unix_ns();
+  const std::vector<SnapshotPartition> parts = read_partitions(v);
+  const uint64_t cluster = v.header->source_cluster.load(std::memory_order_relaxed);
+  const uint64_t topic = v.header->source_topic.load(std::memory_order_relaxed);
+  auto fail_io = [&] {
+    kvs_read_end(x);
+    return sys_error("writing " + where, errno);
+  };
+  FileHeader h{};
+  const uint64_t psum = XXH3_64bits(parts.data(), parts.size() * sizeof(SnapshotPartition));
+  // The header is written last, over a placeholder: a file without its
+  // header is never taken for a snapshot.
+  if (!write_all(fd, &h, sizeof h) ||
+      !write_all(fd, parts.data(), parts.size() * sizeof(SnapshotPartition)) ||
+      !write_all(fd, &psum, sizeof psum)) {
+    return fail_io();
+  }
+  Chunks chunks(fd);
+  const uint64_t groups = v.view->group_count();
+  for (uint64_t g = 0; g < groups; ++g) {
+    bool full = false;
+    for (int i = 0; i < kSlotsPerGroup; ++i) {
+      // seq_cst, as in find(): the loads follow the guard's announcement.
+      const uint64_t w = v.view->group(g).slots[i].load(std::memory_order_seq_cst);
+      if (w == 0) continue;
+      EntryRef e;
+      if (!v.view->entry_at(slot_offset(w), &e)) {
+        kvs_read_end(x);
+        return Error{Errc::kCorrupt, v.path + ": an index slot points outside the arena"};
+      }
+      const Origin o = v.view->origin_at(slot_offset(w));
+      // A partition the topic gained during the walk: its records are all
+      // after the file's positions (it is read from its start on load).
+      if (o.partition >= parts.size()) continue;
+      if (e.key_len + e.value_len > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) {
+        kvs_read_end(x);
+        return Error{Errc::kTooLarge, where + ": an entry of " +
+                                          std::to_string(e.key_len + e.value_len) +
+                                          " bytes is larger than a snapshot chunk may hold"};
+      }
+      full = chunks.add(e, o) || full;
+    }
+    if (!full) continue;
+    // The chunk is copied: the guard ends while it is written.
+    kvs_read_end(x);
+    if (!chunks.flush()) return sys_error("writing " + where, errno);
+    if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) {
+      return Error{static_cast<Errc>(rc), kvs_last_error()};
+    }
+    v = detail::guard_view(x);
+    if (v.generation != generation) {
+      kvs_read_end(x);
+      out.replaced = true;
+      return out;
+    }
+  }
+  kvs_read_end(x);
+  if (!chunks.finish()) return sys_error("writing " + where, errno);
+  h = FileHeader{kSnapshotMagic,
+                 kSnapshotVersion,
+                 sizeof(FileHeader),
+                 snapshot_fingerprint(),
+                 created,
+                 cluster,
+                 topic,
+                 XXH3_64bits(detail::table_name(t).data(), detail::table_name(t).size()),
+                 chunks.entries(),
+                 chunks.bytes(),
+                 static_cast<uint32_t>(parts.size()),
+                 0,
+                 0};
+  h.checksum = header_checksum(h);
+  if (const ssize_t n = ::pwrite(fd, &h, sizeof h, 0); n != static_cast<ssize_t>(sizeof h)) {
+    if (n >= 0) errno = EIO;
+    return sys_error("writing " + where, errno);
+  }
+  out.info.entries = chunks.entries();
+  out.info.entry_bytes = chunks.bytes();
+  out.info.created_unix_ns = created;
+  out.info.partitions = static_cast<uint32_t>(parts.size());
+  return out;
+}
+
+// One attempt: a temporary file, the walk, fsync, rename, the directory's fsync.
+Result<Written> write_once(kvs_table* t, const std::string& path) {
+  TempFile tmp{path + ".tmp." + std::to_string(::getpid()) + "." +
+               std::to_string(std::random_device{}())};
+  Fd f{::open(tmp.name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640)};
+  if (f.fd < 0) return sys_error("creating snapshot " + tmp.name, errno);
+  auto w = write_entries(t, f.fd, tmp.name);
+  if (!w || w->replaced) return w;
+  if (::fsync(f.fd) != 0) return sys_error("fsync " + tmp.name, errno);
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return sys_error("fstat " + tmp.name, errno);
+  w->info.file_bytes = static_cast<uint64_t>(st.st_size);
+  if (::rename(tmp.name.c_str(), path.c_str()) != 0) {
+    return sys_error("renaming " + tmp.name + " to " + path, errno);
+  }
+  tmp.keep = true;
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (d.fd < 0 || ::fsync(d.fd) != 0) {
+    return sys_error("snapshot " + path + " is written, but the fsync of its directory " + dir +
+                         " failed (a crash may still lose the rename)",
+                     errno);
+  }
+  return w;
+}
+
+}  // namespace
+
+int kvs_snapshot_write(kvs_table* t, const char* path, kvs_snapshot_info* info) {
+  if (t == nullptr || path == nullptr || *path == '\0') {
+    return detail::set_last_error(KVS_EINVAL, "kvs_snapshot_write: NULL table or path");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    for (int attempt = 0; attempt <= kMaxRestarts; ++attempt) {
+      auto w = write_once(t, path);
+      if (!w) return detail::set_last_error(static_cast<int>(w.error().code), w.error().message);
+      if (w->replaced) continue;
+      w->info.restarts = static_cast<uint32_t>(attempt);
+      w->info.duration_ns =
+          static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                    std::chrono::steady_clock::now() - start)
+                                    .count());
+      if (info) *info = w->info;
+      return KVS_OK;
+    }
+  } catch (const std::bad_alloc&) {
+    return detail::set_last_error(KVS_ENOMEM, "kvs_snapshot_write: out of memory");
+  }
+  return detail::set_last_error(
+      KVS_EBUSY, "kvs_snapshot_write: table " + detail::table_name(t) + " was replaced during " +
+                     std::to_string(kMaxRestarts + 1) + " walks in a row (it is growing); retry");
+}
