@@ -159,6 +159,7 @@ int main(int argc, char** argv) {
   const std::string config = (dir / "kvsd.toml").string();
   std::ofstream(config) << "[kvsd]\nsocket_path = \"" << (dir / "s.sock").string()
                         << "\"\nshm_prefix = \"" << shm.prefix() << "\"\nlog_level = \"warning\"\n"
+                        << "snapshot_interval_s = 0\n"
                         << "[kafka]\n\"bootstrap.servers\" = \"" << kafka.bootstrap() << "\"\n"
                         << "[[table]]\nname = \"bench\"\ntopic = \"" << topic << "\"\n"
                         << "capacity = " << records + records / 8 + 1024 << "\n"

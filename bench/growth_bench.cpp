@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
     const std::string path = (dir / (name + ".toml")).string();
     std::ofstream(path) << "[kvsd]\nsocket_path = \"" << (dir / "s.sock").string()
                         << "\"\nshm_prefix = \"" << shm.prefix() << "\"\nlog_level = \"warning\"\n"
+                        << "snapshot_interval_s = 0\n"
                         << "[kafka]\n\"bootstrap.servers\" = \"" << kafka.bootstrap() << "\"\n"
                         << "[[table]]\nname = \"bench\"\ntopic = \"" << topic << "\"\n"
                         << "capacity = " << capacity << "\nmemory_limit_bytes = " << arena

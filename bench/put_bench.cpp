@@ -342,7 +342,7 @@ struct Kvsd {
     socket = (d / "s.sock").string();
     const std::string config = (d / "kvsd.toml").string();
     std::ofstream(config) << "[kvsd]\nsocket_path = \"" << socket << "\"\nshm_prefix = \"" << prefix
-                          << "\"\nlog_level = \"warning\"\n"
+                          << "\"\nlog_level = \"warning\"\nsnapshot_interval_s = 0\n"
                           << "[kafka]\n\"bootstrap.servers\" = \"" << bootstrap << "\"\n"
                           << extra_kafka << "[[table]]\nname = \"t\"\ntopic = \"" << topic << "\"\n"
                           << "capacity = 262144\nmemory_limit_bytes = 67108864\n";

@@ -21,6 +21,7 @@
 #include "log.hpp"
 #include "replica.hpp"
 #include "server/server.hpp"
+#include "snapshots.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs::daemon {
@@ -425,16 +426,26 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   if (auto code = start_consuming(cfg, *consumer, tables)) return *code;
   // Writes are served from here on, during bootstrap too (Kafka takes them;
   // VISIBLE waits until the table has caught up to them).
-  auto server = Server::start(cfg, properties);
+  SnapshotStatus snapshot_status;
+  auto server = Server::start(cfg, properties, &snapshot_status);
   if (!server) {
     KVS_LOG_ERROR("%s", server.error().message.c_str());
     return server.error().code == Errc::kInvalidArgument ? kExitConfig : 1;
   }
+  // Snapshots, from a thread of their own; none of an embedded cluster's
+  // tables, whose data ends with this process.
+  Snapshotter snapshots(cfg, snapshot_status, /*enabled=*/embedded == nullptr);
+  snapshots.start();
   // 3. Consume and apply until told to stop.
   const int exit_code = apply_until_stopped(cfg, *consumer, tables, by_topic, **server);
   notify("STOPPING=1");
   // Writes in flight get a moment to be acknowledged and answered.
   (*server)->stop(std::chrono::milliseconds(std::min<uint32_t>(cfg.write_timeout_ms, 5000)));
+  // A clean stop leaves each READY table's snapshot as of now.
+  if (exit_code == 0) {
+    notify("STATUS=writing snapshots");
+    snapshots.write_all();
+  }
   KVS_LOG_INFO("stopping: segments stay for the next start");
   return exit_code;
 }

@@ -7,6 +7,8 @@
 
 #include "growth.hpp"
 #include "log.hpp"
+#include "seed.hpp"
+#include "snapshots.hpp"
 
 namespace kvs::daemon {
 
@@ -398,6 +400,7 @@ Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& wh
     t.pending[p] = -1;
   }
   t.rebuild = std::move(*r);
+  t.seed = Replica::Seed{};
   t.tombstones.clear();
   t.verify.assign(t.partitions, TableWriter::LastRecord{});
   t.applied = t.skipped = 0;
@@ -464,21 +467,28 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
     wms = std::move(*got);
     why = why_rebuild(t, wms);
   }
-  if (!why.empty()) {
+  // Without a segment to resume, the newest usable snapshot saves reading
+  // the whole topic.
+  if (fits && (!why.empty() || blank(*t.writer)) && seed_from_snapshot(t, wms)) {
+    if (!why.empty()) {
+      KVS_LOG_WARN("table %s: %s; starting from the snapshot instead of its segment",
+                   t.cfg.name.c_str(), why.c_str());
+    }
+  } else if (!why.empty()) {
     if (auto ok = start_rebuild(t, c, why, /*seek=*/false); !ok) return ok;
   } else {
     t.writer->set_source(t.source_cluster, t.source_topic);
   }
   for (int32_t p = 0; p < n; ++p) {
     const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
-    if (t.rebuild) {
+    if (t.rebuild && t.seed.path.empty()) {
       starts.push_back({t.cfg.topic, p, -2});
       continue;
     }
     t.reached[p] = next >= t.target[p];
     starts.push_back({t.cfg.topic, p, next > 0 ? next : -2});
     // The last record applied is read again and compared (check_log).
-    const TableWriter::LastRecord last = t.writer->last_record(static_cast<uint32_t>(p));
+    const TableWriter::LastRecord last = t.active().last_record(static_cast<uint32_t>(p));
     if (last.offset >= 0 && last.offset < next && last.offset >= wms[p].first &&
         last.offset < wms[p].second) {
       t.verify[p] = last;
@@ -579,6 +589,12 @@ Result<Replica> open_replica(const config::Config& cfg, const config::TableConfi
   Replica t;
   t.cfg = tc;
   t.writer = std::move(*w);
+  // An embedded cluster starts empty: no snapshot of it can be current.
+  if (!fresh) t.snapshot_dir = snapshot_dir(cfg, tc.name);
+  if (const size_t n = sweep_temporaries(t.snapshot_dir); n > 0) {
+    KVS_LOG_INFO("table %s: removed %zu unfinished snapshot file(s) from %s", tc.name.c_str(), n,
+                 t.snapshot_dir.c_str());
+  }
   return t;
 }
 
@@ -617,11 +633,21 @@ ReadyChange check_ready(Replica& t) {
     }
     t.writer = std::move(t.rebuild);
     change = ReadyChange::kRebuilt;
-    KVS_LOG_INFO(
-        "table %s: rebuilt from the topic (%llu records applied, %llu skipped); "
-        "readers moved to the new segment",
-        t.cfg.name.c_str(), static_cast<unsigned long long>(t.applied),
-        static_cast<unsigned long long>(t.skipped));
+    if (!t.seed.path.empty()) {
+      KVS_LOG_INFO(
+          "table %s: started from snapshot %s and %llu records from the topic (%llu skipped) "
+          "in %.0f ms; readers moved to the new segment",
+          t.cfg.name.c_str(), t.seed.path.c_str(), static_cast<unsigned long long>(t.applied),
+          static_cast<unsigned long long>(t.skipped),
+          std::chrono::duration<double, std::milli>(clock::now() - t.seed.since).count());
+      t.seed = Replica::Seed{};
+    } else {
+      KVS_LOG_INFO(
+          "table %s: rebuilt from the topic (%llu records applied, %llu skipped); "
+          "readers moved to the new segment",
+          t.cfg.name.c_str(), static_cast<unsigned long long>(t.applied),
+          static_cast<unsigned long long>(t.skipped));
+    }
   }
   if (t.ready) return change;
   t.ready = true;
@@ -650,9 +676,9 @@ static LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message
     const bool same = timestamp_ms(m) == want.timestamp_ms &&
                       format::hash_key(m->key, m->key_len) == want.key_hash;
     if (same) return LogCheck::kDone;  // applied before: nothing to do
-    const std::string why = "the record at " + where +
-                            " is not the one its segment applied (was the topic deleted and "
-                            "re-created?)";
+    const std::string why = "the record at " + where + " is not the one " +
+                            (t.seed.path.empty() ? "its segment" : "snapshot " + t.seed.path) +
+                            " applied (was the topic deleted and re-created?)";
     if (auto ok = start_rebuild(t, c, why, /*seek=*/true); !ok) {
       KVS_LOG_ERROR("%s", ok.error().message.c_str());
       return LogCheck::kFailed;

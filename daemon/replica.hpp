@@ -65,6 +65,12 @@ struct Replica {
   bool at_limit = false;  // max_memory_bytes left no larger segment
   clock::time_point next_grow_error_log{};
   bool resize_checked = false;  // resize_if_due ran
+  std::string snapshot_dir;     // the table's snapshots (snapshots.hpp)
+  // The snapshot `rebuild` was loaded from (seed.hpp); path "": none.
+  struct Seed {
+    std::string path;
+    clock::time_point since{};
+  } seed;
   uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
   uint64_t source_topic = 0;    // XXH3 of the topic name
   bool skip_batch = false;      // rest of this batch predates a seek

@@ -118,6 +118,17 @@ const Key kKeys[] = {
      [](Config& c, TableConfig&, const Val& v) {
        c.max_unsent_reply_bytes = static_cast<uint64_t>(v.i);
      }},
+    {"kvsd", "state_dir", Kind::kString, "\"/var/lib/kvs\"", 0, 4000,
+     "Directory of the tables' snapshots (<state_dir>/<shm_prefix><table>/), which make a "
+     "start without segments (after a reboot) read only the records since the newest one. "
+     "kvsd creates what is missing; the unit's StateDirectory=kvs provides /var/lib/kvs.",
+     [](Config& c, TableConfig&, const Val& v) { c.state_dir = v.s; }},
+    {"kvsd", "snapshot_interval_s", Kind::kInt, "600", 0, 604800,
+     "How often each READY table's snapshot is written (from a thread of its own: ingest and "
+     "reads go on), and at a clean stop too. 0: no snapshots.",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.snapshot_interval_s = static_cast<uint32_t>(v.i);
+     }},
 
     {"table", "name", Kind::kString, "", 0, 200,
      "Table name, [A-Za-z0-9._-]; readers open it by this name. Required.",
@@ -176,6 +187,11 @@ const Key kKeys[] = {
      [](Config&, TableConfig& t, const Val& v) {
        t.create_min_insync_replicas = static_cast<int32_t>(v.i);
      }},
+    {"table", "seed_from", Kind::kString, "\"\"", 0, 4000,
+     "A snapshot file (kvsctl snapshot, from a neighbour host) to start from when the table has "
+     "no segment, if it is newer than the table's own snapshots; checked like those, and the "
+     "topic is read from its start instead if it does not fit the log. \"\": none.",
+     [](Config&, TableConfig& t, const Val& v) { t.seed_from = v.s; }},
 };
 
 std::string where(const std::string& source, const toml::source_region& r) {

@@ -34,7 +34,8 @@ struct TableConfig {
   int32_t create_partitions = 1;
   int32_t create_replication_factor = -1;  // -1: the broker's default
   int32_t create_min_insync_replicas = 2;  // set when the replication factor is >= 2
-  int line = 0;                            // where the [[table]] starts, for messages
+  std::string seed_from;  // a snapshot file to start from when there is no segment ("": none)
+  int line = 0;           // where the [[table]] starts, for messages
 };
 
 struct Config {
@@ -59,6 +60,8 @@ struct Config {
   uint32_t frame_timeout_ms = 30000;  // a frame must be complete this long after it began
   uint64_t max_unfinished_frame_bytes = 64 << 20;  // input buffered across connections
   uint64_t max_unsent_reply_bytes = 64 << 20;      // replies not yet read, across connections
+  std::string state_dir = "/var/lib/kvs";          // snapshots (snapshots.hpp)
+  uint32_t snapshot_interval_s = 600;              // 0: no snapshots
   std::vector<std::pair<std::string, std::string>> kafka;  // librdkafka properties
   std::vector<TableConfig> tables;
   // Where each key was set ("kvsd.shm_group", "kafka.acks", "table[0].topic"),

@@ -403,7 +403,7 @@ std::string Requests::stats_json() {
            ",\"high_watermark\":" + std::to_string(hw) +
            ",\"lag\":" + std::to_string(format::partition_lag(next, hw)) + "}";
     }
-    j += "]}";
+    j += "],\"snapshot\":" + (snapshots_ ? snapshots_->json(t->name) : "null") + "}";
   }
   return j + "]}";
 }

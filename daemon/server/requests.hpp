@@ -22,14 +22,16 @@
 #include "server/connections.hpp"
 #include "server/producer.hpp"
 #include "server/request.hpp"
+#include "snapshots.hpp"
 
 namespace kvs::daemon::server {
 
 class Requests final : public Connections::Delegate, public Producer::Sink {
  public:
+  // `snapshots` (may be null): the tables' last snapshots, for stats.
   Requests(const config::Config& cfg, std::vector<std::unique_ptr<Table>>& tables,
-           Connections& conns, Producer& producer)
-      : cfg_(cfg), tables_(tables), conns_(conns), producer_(producer) {}
+           Connections& conns, Producer& producer, const SnapshotStatus* snapshots)
+      : cfg_(cfg), tables_(tables), conns_(conns), producer_(producer), snapshots_(snapshots) {}
 
   // Connections::Delegate
   void frame(Conn& c, const proto::Header& h, std::string_view body) override;
@@ -87,6 +89,7 @@ class Requests final : public Connections::Delegate, public Producer::Sink {
   std::vector<std::unique_ptr<Table>>& tables_;
   Connections& conns_;
   Producer& producer_;
+  const SnapshotStatus* snapshots_;
   clock::time_point now_{};
   uint64_t next_seq_ = 1;
   std::deque<Request> slots_;  // the pool: stable addresses, in chunks

@@ -71,9 +71,9 @@ struct Server::Impl {
   server::Producer producer;
   std::thread thread;
 
-  Impl(const config::Config& c, uint32_t max_frame_bytes)
+  Impl(const config::Config& c, uint32_t max_frame_bytes, const SnapshotStatus* snapshots)
       : cfg(c),
-        requests(cfg, tables.list, conns, producer),
+        requests(cfg, tables.list, conns, producer, snapshots),
         conns(cfg, requests, max_frame_bytes, stopping),
         producer(cfg, requests) {}
   Result<void> open_fds();
@@ -120,11 +120,12 @@ static Result<uint32_t> open_tables(const config::Config& cfg,
 }
 
 Result<std::unique_ptr<Server>> Server::start(
-    const config::Config& cfg, const std::vector<std::pair<std::string, std::string>>& kafka) {
+    const config::Config& cfg, const std::vector<std::pair<std::string, std::string>>& kafka,
+    const SnapshotStatus* snapshots) {
   ServedTables tables;
   auto max_frame = open_tables(cfg, tables.list);
   if (!max_frame) return std::move(max_frame).error();
-  auto s = std::make_unique<Impl>(cfg, *max_frame);
+  auto s = std::make_unique<Impl>(cfg, *max_frame, snapshots);
   s->tables.list = std::move(tables.list);
   if (auto ok = s->open_fds(); !ok) return std::move(ok).error();
   if (auto ok = s->producer.create(kafka, *max_frame, s->tables.list, s->fds.kafka_pipe[1]); !ok) {

@@ -20,6 +20,7 @@
 
 #include "config/config.hpp"
 #include "kvs/result.hpp"
+#include "snapshots.hpp"
 
 namespace kvs::daemon {
 
@@ -30,8 +31,10 @@ class Server {
   // Errors: kInvalidArgument (a librdkafka property, a group), kSystem (the
   // socket cannot be created: the message names the path and the way out),
   // kBusy (another kvsd serves the socket).
+  // `snapshots` (may be null) gives stats the tables' last snapshots.
   static Result<std::unique_ptr<Server>> start(
-      const config::Config& cfg, const std::vector<std::pair<std::string, std::string>>& kafka);
+      const config::Config& cfg, const std::vector<std::pair<std::string, std::string>>& kafka,
+      const SnapshotStatus* snapshots = nullptr);
   ~Server();  // stop()s if needed
 
   // The applier published new offsets: answer the VISIBLE writes and WAITs

@@ -258,6 +258,9 @@ void TableWriter::record_applied(uint32_t partition, int64_t offset, int64_t tim
   // fingerprint that mixes two records (the next start then cannot check
   // this partition, which it says, rather than rebuild for nothing).
   ps.last_offset.store(-1, std::memory_order_relaxed);
+  // release: a reader of the fingerprint (kvs_snapshot_write) that sees the
+  // fields below changed also sees the -1 (a seqlock; free on x86).
+  std::atomic_thread_fence(std::memory_order_release);
   ps.last_timestamp_ms.store(timestamp_ms, std::memory_order_relaxed);
   ps.last_key_hash.store(hash_key(key.data(), key.size()), std::memory_order_relaxed);
   ps.last_offset.store(offset, std::memory_order_release);

@@ -32,6 +32,7 @@ class ReplicaTest : public ::testing::Test {
   void SetUp() override {
     topic_ = test::KafkaCluster::unique_topic("replica");
     cfg_.shm_prefix = shm_.prefix();
+    cfg_.state_dir = "/nonexistent/kvs-replica-test";  // no snapshots to start from
     cfg_.dead_reader_check_ms = 10;
     tc_.name = "t";
     tc_.topic = topic_;

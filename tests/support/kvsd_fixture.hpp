@@ -45,7 +45,7 @@ class KvsdTest : public ::testing::Test {
                            const std::string& extra_kvsd = "") {
     const std::string path = (dir_ / "kvsd.toml").string();
     std::ofstream(path) << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \""
-                        << shm_.prefix() << "\"\n"
+                        << shm_.prefix() << "\"\nstate_dir = \"" << state_dir() << "\"\n"
                         << extra_kvsd << "poll_timeout_ms = 20\n"
                         << "[kafka]\n\"bootstrap.servers\" = \""
                         << (bootstrap_.empty() ? kafka_.bootstrap() : bootstrap_) << "\"\n"
@@ -61,6 +61,7 @@ class KvsdTest : public ::testing::Test {
         std::vector<std::string>{test::helper("../kvsd"), "--config", config}, log_path());
   }
   std::string socket_path() const { return (dir_ / "s.sock").string(); }
+  std::string state_dir() const { return (dir_ / "state").string(); }
   std::string log_path() const { return (dir_ / "kvsd.log").string(); }
   std::string log() const { return test::slurp(log_path()); }
   static size_t count(const std::string& text, const std::string& what) {

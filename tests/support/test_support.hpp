@@ -168,6 +168,20 @@ class Child {
   bool reaped_ = false;
 };
 
+// Runs a program to its end: its exit status (as Child::wait_for) and its
+// stdout (up to its first empty line).
+struct Captured {
+  int status;
+  std::string output;
+};
+inline Captured run_capture(const std::vector<std::string>& argv,
+                            std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+  Child c(argv);
+  std::string out;
+  for (std::string line; !(line = c.read_line()).empty();) out += line + "\n";
+  return Captured{c.wait_for(timeout), out};
+}
+
 // The whole content of a file ("" if it cannot be read).
 inline std::string slurp(const std::string& path) {
   std::ifstream in(path);

@@ -248,6 +248,89 @@ void print_pressure(const kvs_table_stats& s) {
   std::printf("\n");
 }
 
+// A field of a flat JSON object kvsd wrote (the "snapshot" of its STATS):
+// the text after "key": up to the next comma or brace outside a string or
+// array, quotes removed ("" if absent).
+std::string json_field(const std::string& obj, const std::string& key) {
+  const std::string tag = "\"" + key + "\":";
+  size_t at = obj.find(tag);
+  if (at == std::string::npos) return "";
+  at += tag.size();
+  std::string out;
+  bool in_string = false;
+  int depth = 0;
+  for (size_t i = at; i < obj.size(); ++i) {
+    const char ch = obj[i];
+    if (in_string) {
+      if (ch == '\\' && i + 1 < obj.size()) {
+        out += obj[++i];
+      } else if (ch == '"') {
+        in_string = false;
+      } else {
+        out += ch;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      in_string = true;
+      continue;
+    }
+    if (ch == '[') ++depth;
+    if (ch == ']') --depth;
+    if (depth == 0 && (ch == ',' || ch == '}')) break;
+    out += ch;
+  }
+  return out;
+}
+
+// The "snapshot" object of table `table` in kvsd's STATS, or "".
+std::string snapshot_of(const std::string& server, const std::string& table) {
+  const size_t t = server.find("{\"name\":\"" + table + "\"");
+  if (t == std::string::npos) return "";
+  const size_t s = server.find("\"snapshot\":{", t);
+  if (s == std::string::npos) return "";
+  const size_t e = server.find('}', s);
+  return e == std::string::npos ? "" : server.substr(s + 11, e - s - 10);
+}
+
+// The snapshot line of `kvsctl stats`.
+void print_snapshot(const std::string& server, const std::string& table) {
+  const std::string snap = snapshot_of(server, table);
+  if (snap.empty()) {
+    std::printf("snapshot        none yet%s\n", server.empty() ? " (kvsd not reachable)" : "");
+    return;
+  }
+  if (const std::string error = json_field(snap, "error"); !error.empty()) {
+    const std::string newest = json_field(snap, "newest");
+    std::printf("snapshot        FAILED %.0f s ago: %s; newest good one: %s\n",
+                age_s(std::strtoull(json_field(snap, "failed_unix_ns").c_str(), nullptr, 10)),
+                error.c_str(), newest == "null" ? "none" : newest.c_str());
+    return;
+  }
+  std::printf(
+      "snapshot        %s, taken %.0f s ago: %s entries, %s, written in %s ms; offsets %s\n",
+      json_field(snap, "path").c_str(),
+      age_s(std::strtoull(json_field(snap, "created_unix_ns").c_str(), nullptr, 10)),
+      json_field(snap, "entries").c_str(),
+      human_bytes(std::strtoull(json_field(snap, "file_bytes").c_str(), nullptr, 10)).c_str(),
+      json_field(snap, "duration_ms").c_str(), json_field(snap, "next_offsets").c_str());
+}
+
+int cmd_snapshot(const Target& t, const std::string& out) {
+  kvs_table* tb = nullptr;
+  if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
+  kvs_snapshot_info info{};
+  const int rc = kvs_snapshot_write(tb, out.c_str(), &info);
+  kvs_close(tb);
+  if (rc != KVS_OK) return fail(rc, "snapshot");
+  std::printf(
+      "table %s: snapshot %s written: %llu entries, %s, positions of %u partitions, in %.0f ms\n",
+      t.table.c_str(), out.c_str(), static_cast<unsigned long long>(info.entries),
+      human_bytes(info.file_bytes).c_str(), info.partitions,
+      static_cast<double>(info.duration_ns) / 1e6);
+  return 0;
+}
+
 int cmd_stats(const Target& t, bool json) {
   kvs_table* tb = nullptr;
   if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
@@ -329,6 +412,7 @@ int cmd_stats(const Target& t, bool json) {
       }
       std::printf("kvsd counters   %s\n", out.c_str());
     }
+    print_snapshot(server, t.table);
     std::printf("%-10s %15s %15s %10s\n", "partition", "applied", "high_watermark", "lag");
     for (uint32_t p = 0; p < parts; ++p) {
       int64_t next = 0, hw = 0;
@@ -481,6 +565,11 @@ int main(int argc, char** argv) {
   wait->add_option("OFFSET", offset)->required();
   wait->add_option("--timeout-ms", timeout_ms, "give up after this long (-1: never)")
       ->capture_default_str();
+  std::string out;
+  auto* snapshot = app.add_subcommand(
+      "snapshot",
+      "Write a snapshot of the live table to a file (kvsd's seed_from on another host)");
+  snapshot->add_option("--out", out, "the file (written beside it, then renamed)")->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -537,5 +626,6 @@ int main(int argc, char** argv) {
   if (stats->parsed()) return cmd_stats(t, json);
   if (ready->parsed()) return cmd_wait_ready(t, timeout_ms);
   if (wait->parsed()) return cmd_wait(t, partition, offset, timeout_ms);
+  if (snapshot->parsed()) return cmd_snapshot(t, out);
   return kExitUsage;
 }

@@ -1,0 +1,162 @@
+#include "seed.hpp"
+
+#include <algorithm>
+#include <cinttypes>
+#include <ctime>
+
+#include "growth.hpp"
+#include "log.hpp"
+#include "snapshots.hpp"
+
+namespace kvs::daemon {
+
+namespace {
+
+std::string utc(uint64_t unix_ns) {
+  const auto t = static_cast<time_t>(unix_ns / 1000000000);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// A segment for the snapshot's entries, as a rebuild sizes one.
+TableSize size_for(const SnapshotInfo& info, const config::TableConfig& cfg) {
+  WriterStats st;
+  st.size = info.entries;
+  // Each entry's block: its header and bytes, 8-byte aligned.
+  st.live_bytes = info.entry_bytes + info.entries * (sizeof(format::BlockHeader) + 8);
+  return rebuild_size(st, cfg);
+}
+
+struct Candidate {
+  std::string path;
+  SnapshotInfo info;
+};
+
+// The table's own snapshots and seed_from, whose headers read, newest first.
+std::vector<Candidate> candidates(const Replica& t) {
+  std::vector<std::string> paths = list_snapshots(t.snapshot_dir);
+  if (!t.cfg.seed_from.empty()) paths.push_back(t.cfg.seed_from);
+  std::vector<Candidate> out;
+  for (const auto& p : paths) {
+    auto head = read_snapshot_header(p, t.cfg.name);
+    if (!head) {
+      KVS_LOG_WARN("table %s: snapshot ignored: %s", t.cfg.name.c_str(),
+                   head.error().message.c_str());
+      continue;
+    }
+    out.push_back(Candidate{p, std::move(*head)});
+  }
+  std::stable_sort(out.begin(), out.end(), [](const Candidate& a, const Candidate& b) {
+    return a.info.created_unix_ns > b.info.created_unix_ns;
+  });
+  return out;
+}
+
+// Loads `c` into a new segment for t; false (logged) if it does not load.
+bool load(Replica& t, const Candidate& c, const std::vector<std::pair<int64_t, int64_t>>& wms) {
+  const auto start = clock::now();
+  auto r = t.writer->begin_replacement(size_for(c.info, t.cfg));
+  if (!r) {
+    KVS_LOG_ERROR("table %s: a segment for snapshot %s: %s", t.cfg.name.c_str(), c.path.c_str(),
+                  r.error().message.c_str());
+    return false;
+  }
+  TableWriter& w = **r;
+  const auto n = static_cast<uint32_t>(t.partitions);
+  auto loaded = load_snapshot(c.path, t.cfg.name, w);
+  // The snapshot's partitions, and those the topic gained since.
+  Result<void> counted = loaded ? w.set_partition_count(n) : Result<void>{};
+  if (!loaded || !counted) {
+    // The new segment goes with r.
+    KVS_LOG_WARN("table %s: snapshot not used: %s", t.cfg.name.c_str(),
+                 (loaded ? counted.error() : loaded.error()).message.c_str());
+    return false;
+  }
+  w.set_source(t.source_cluster, t.source_topic);
+  w.set_state(format::TableState::kBootstrapping);
+  for (uint32_t p = 0; p < n; ++p) {
+    const auto [lo, hi] = wms[p];
+    // Partitions the topic gained since are read from their start.
+    if (p >= c.info.partitions.size()) w.set_next_offset(p, lo);
+    w.set_high_watermark(p, hi);
+  }
+  t.rebuild = std::move(*r);
+  t.seed = Replica::Seed{c.path, start};
+  t.tombstones.clear();
+  t.applied = t.skipped = 0;
+  uint64_t behind = 0;
+  for (uint32_t p = 0; p < n; ++p) {
+    behind += static_cast<uint64_t>(std::max<int64_t>(0, wms[p].second - w.next_offset(p)));
+  }
+  KVS_LOG_INFO("table %s: cold start from snapshot %s (taken %s, %" PRIu64
+               " entries, %.1f MiB), loaded in %.0f ms; consuming the %" PRIu64
+               " offsets after its positions from topic %s",
+               t.cfg.name.c_str(), c.path.c_str(), utc(c.info.created_unix_ns).c_str(),
+               c.info.entries, static_cast<double>(c.info.file_bytes) / (1 << 20),
+               std::chrono::duration<double, std::milli>(clock::now() - start).count(), behind,
+               t.cfg.topic.c_str());
+  return true;
+}
+
+}  // namespace
+
+bool blank(const TableWriter& w) {
+  const format::TableHeader& h = w.header();
+  if (w.stats().size != 0 || h.puts.load(std::memory_order_relaxed) != 0 ||
+      h.erases.load(std::memory_order_relaxed) != 0) {
+    return false;
+  }
+  const uint32_t n =
+      std::min(h.partition_count.load(std::memory_order_relaxed), h.partition_capacity);
+  for (uint32_t p = 0; p < n; ++p) {
+    if (w.next_offset(p) > 0) return false;
+  }
+  return true;
+}
+
+std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
+                           const std::vector<std::pair<int64_t, int64_t>>& wms) {
+  if (info.source_topic != t.source_topic) {
+    return "it is a snapshot of another topic than " + t.cfg.topic;
+  }
+  if (info.source_cluster != 0 && t.source_cluster != 0 &&
+      info.source_cluster != t.source_cluster) {
+    return "it is a snapshot of another Kafka cluster (the cluster id differs)";
+  }
+  if (info.partitions.size() > static_cast<size_t>(t.partitions)) {
+    return "it has " + std::to_string(info.partitions.size()) + " partitions and topic " +
+           t.cfg.topic + " " + std::to_string(t.partitions) + " (was the topic re-created?)";
+  }
+  for (size_t p = 0; p < info.partitions.size(); ++p) {
+    const int64_t next = info.partitions[p].next_offset;
+    const auto [lo, hi] = wms[p];
+    const std::string where = t.cfg.topic + "[" + std::to_string(p) + "]";
+    if (next > hi) {
+      return "its offset " + std::to_string(next) + " of " + where + " is past the log's end (" +
+             std::to_string(hi) + "): was the topic re-created?";
+    }
+    if (next < lo) {
+      return "the log of " + where + " now starts at offset " + std::to_string(lo) +
+             ", after the snapshot's " + std::to_string(next) +
+             ": retention deleted records the snapshot does not have";
+    }
+  }
+  return "";
+}
+
+bool seed_from_snapshot(Replica& t, const std::vector<std::pair<int64_t, int64_t>>& wms) {
+  for (const Candidate& c : candidates(t)) {
+    if (const std::string why = why_not_usable(t, c.info, wms); !why.empty()) {
+      KVS_LOG_WARN("table %s: snapshot %s (taken %s) not used: %s", t.cfg.name.c_str(),
+                   c.path.c_str(), utc(c.info.created_unix_ns).c_str(), why.c_str());
+      continue;
+    }
+    if (load(t, c, wms)) return true;
+  }
+  return false;
+}
+
+}  // namespace kvs::daemon

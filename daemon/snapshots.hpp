@@ -1,0 +1,79 @@
+// kvsd's snapshots on disk: where each table's live in the state directory,
+// the thread that writes them every snapshot_interval_s (and at a clean
+// stop), and what the last one was, for kvsctl stats. Loading one at a cold
+// start is the replica's (replica.cpp: seed_from_snapshot).
+//
+// A table's snapshots are <state_dir>/<shm_prefix><table>/<unix ns>.snapshot
+// (the name sorts by age); the newest two are kept, so that a damaged newest
+// one leaves another to start from. kvsd writes them as a reader of its own
+// table (kvs_snapshot_write): the apply thread never waits for a snapshot.
+#pragma once
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "config/config.hpp"
+#include "kvs/kvs.hpp"
+
+namespace kvs::daemon {
+
+// Where table `table`'s snapshots live.
+std::string snapshot_dir(const config::Config& cfg, const std::string& table);
+// The snapshot files in `dir`, newest first; none if it does not exist.
+std::vector<std::string> list_snapshots(const std::string& dir);
+// Removes what writers that died left in `dir` (".tmp." files); their count.
+size_t sweep_temporaries(const std::string& dir);
+
+// The last snapshot of each table, as JSON for kvsctl stats. Thread-safe.
+class SnapshotStatus {
+ public:
+  void set(const std::string& table, std::string json);
+  std::string json(const std::string& table) const;  // "null": none yet
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::string> by_table_;
+};
+
+// Writes each READY table's snapshot every snapshot_interval_s from a
+// thread of its own; write_all() writes them at once (at a clean stop).
+// Failures (a full disk) are logged and shown in the status; the newest
+// good snapshot stays.
+class Snapshotter {
+ public:
+  // enabled = false: never writes (as snapshot_interval_s = 0).
+  Snapshotter(const config::Config& cfg, SnapshotStatus& status, bool enabled = true);
+  ~Snapshotter();  // stops the thread (after the snapshot under way, if any)
+  Snapshotter(const Snapshotter&) = delete;
+  Snapshotter& operator=(const Snapshotter&) = delete;
+
+  // Starts the periodic thread (not with snapshot_interval_s = 0).
+  void start();
+  // Stops the thread, then writes every READY table's snapshot now.
+  void write_all();
+
+ private:
+  struct Target {
+    std::string name, dir;
+    std::unique_ptr<Table> table;  // opened at its first snapshot
+  };
+  void loop();
+  void write_one(Target& t);
+  void stop();
+
+  const config::Config& cfg_;
+  SnapshotStatus& status_;
+  const bool enabled_;
+  std::vector<Target> targets_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace kvs::daemon
