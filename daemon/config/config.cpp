@@ -443,6 +443,11 @@ Result<Config> parse(std::string_view text, const std::string& source) {
   if (c.socket_path.empty() || c.socket_path[0] != '/') {
     return whole("kvsd.socket_path = \"" + c.socket_path + "\" must be an absolute path");
   }
+  if (c.snapshot_interval_s > 0 && c.state_dir.empty()) {
+    return whole(
+        "kvsd.state_dir = \"\": name the directory of the snapshots, or set "
+        "snapshot_interval_s = 0");
+  }
   if (auto ok = check_modes(c); !ok) return std::move(ok).error();
   for (const char* key : {"shm_group", "socket_group"}) {
     const std::string& group = std::string(key) == "shm_group" ? c.shm_group : c.socket_group;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <thread>
 
 #include "support/kvsd_fixture.hpp"
@@ -57,6 +58,22 @@ class ColdStartTest : public KvsdTest {
       }
     }
     return m;
+  }
+  // Equal maps, or the sizes and the first key that differs.
+  static ::testing::AssertionResult same(const std::map<std::string, std::string>& a,
+                                         const std::map<std::string, std::string>& b) {
+    if (a == b) return ::testing::AssertionSuccess();
+    auto f = ::testing::AssertionFailure() << a.size() << " keys against " << b.size();
+    for (const auto& [k, v] : a) {
+      auto it = b.find(k);
+      if (it == b.end() || it->second != v) {
+        return f << "; first difference at key " << k << (it == b.end() ? " (absent)" : "");
+      }
+    }
+    for (const auto& [k, v] : b) {
+      if (!a.count(k)) return f << "; key " << k << " only in the second";
+    }
+    return f;
   }
   std::string snapshot_dir() const { return state_dir() + "/" + shm_.prefix() + "t"; }
   std::vector<std::string> snapshots() const {
@@ -105,6 +122,34 @@ class ColdStartTest : public KvsdTest {
     return n == std::string::npos ? -1 : std::strtol(l.c_str() + n + 5, nullptr, 10);
   }
 
+  // Loads the snapshot at `path` into a new table: "" if it is whole, else
+  // what is wrong.
+  std::string load_error(const std::string& path) {
+    test::ShmScope shm;
+    WriterOptions o;
+    o.table = "t";
+    o.shm_prefix = shm.prefix();
+    o.capacity = 1 << 18;
+    o.arena_bytes = 64 << 20;
+    o.reader_slots = 4;
+    o.max_value_bytes = 1 << 20;
+    auto w = TableWriter::open(o);
+    if (!w) return w.error().message;
+    auto r = load_snapshot(path, "t", **w);
+    const std::string e = r ? "" : r.error().message;
+    w->reset();
+    shm::remove_segment(shm.prefix() + "t");
+    return e;
+  }
+  size_t temporaries() const {
+    size_t n = 0;
+    std::error_code ec;
+    for (fs::directory_iterator it(snapshot_dir(), ec), end; !ec && it != end; it.increment(ec)) {
+      n += it->path().filename().string().find(".tmp.") != std::string::npos;
+    }
+    return n;
+  }
+
   int64_t sent_[kPartitions] = {};
   std::unique_ptr<test::Child> kvsd_;
 };
@@ -129,7 +174,7 @@ TEST_F(ColdStartTest, ColdStartReadsOnlyTheRecordsAfterTheSnapshot) {
   for (uint64_t id = 5000; id < 5500; ++id) erase(p, id);
   ASSERT_TRUE(p.flush());
   const auto got = cold_start(write_config());
-  EXPECT_EQ(got, topic_state());
+  EXPECT_TRUE(same(got, topic_state()));
   EXPECT_EQ(got.size(), 21000u);
   const std::string l = log();
   EXPECT_NE(l.find("cold start from snapshot " + snapshots()[0]), std::string::npos) << l;
@@ -192,7 +237,7 @@ TEST_F(ColdStartTest, AHostIsSeededFromANeighboursSnapshot) {
       },
       60s))
       << test::slurp(other_log);
-  EXPECT_EQ(contents(*u), contents(t));
+  EXPECT_TRUE(same(contents(*u), contents(t)));
   const std::string l = test::slurp(other_log);
   EXPECT_NE(l.find("cold start from snapshot " + seed), std::string::npos) << l;
   EXPECT_EQ(records_after_snapshot(l), 700) << l;
@@ -258,7 +303,7 @@ TEST_F(ColdStartTest, DamagedAndForeignSnapshotsAreRefusedAndTheTableIsRight) {
     SCOPED_TRACE(says);
     std::ofstream(newer, std::ios::binary | std::ios::trunc) << bytes;
     const size_t log_before = log().size();
-    EXPECT_EQ(cold_start(config), topic_state());
+    EXPECT_TRUE(same(cold_start(config), topic_state()));
     const std::string l = log().substr(log_before);
     EXPECT_NE(l.find(says), std::string::npos) << l;
     EXPECT_NE(l.find(newer), std::string::npos) << "the refused file is named: " << l;
@@ -270,7 +315,7 @@ TEST_F(ColdStartTest, DamagedAndForeignSnapshotsAreRefusedAndTheTableIsRight) {
   // Only damaged snapshots: the whole topic is read.
   std::ofstream(good, std::ios::binary | std::ios::trunc) << flipped;
   const size_t log_before = log().size();
-  EXPECT_EQ(cold_start(config), topic_state());
+  EXPECT_TRUE(same(cold_start(config), topic_state()));
   const std::string l = log().substr(log_before);
   EXPECT_EQ(l.find("cold start from snapshot"), std::string::npos) << l;
   EXPECT_NE(l.find("checksum does not match"), std::string::npos) << l;
@@ -297,10 +342,138 @@ TEST_F(ColdStartTest, ASnapshotWhoseRecordsRetentionDeletedIsNotUsed) {
   }
   ASSERT_TRUE(p.flush());
   const auto got = cold_start(write_config("", "snapshot_interval_s = 0\n"));
-  EXPECT_EQ(got, topic_state());
+  EXPECT_TRUE(same(got, topic_state()));
   const std::string l = log();
   EXPECT_NE(l.find("retention deleted records the snapshot does not have"), std::string::npos) << l;
   EXPECT_EQ(l.find("cold start from snapshot"), std::string::npos) << l;
+  stop();
+}
+
+// kvsd is SIGKILLed 20 times while it writes a snapshot (one a second),
+// at a random point of the write, with records arriving all along and a
+// reader process verifying every read. Every snapshot file left under a
+// snapshot's name loads whole; each next start removes the killed write's
+// temporary file; and a cold start from the newest gives the topic's state.
+TEST_F(ColdStartTest, KilledWhileWritingSnapshotsLeavesEveryNamedSnapshotWhole) {
+  // The mock cluster keeps about 5 MB per partition: all records produced
+  // here stay under it, so that the topic still holds every key.
+  constexpr uint64_t n = 30000;
+  ASSERT_TRUE(kafka_.create_topic(topic_, kPartitions));
+  test::Producer p(kafka_.bootstrap());
+  produce(p, 0, n, 1);
+  ASSERT_TRUE(p.flush());
+  const std::string config = write_config("", "snapshot_interval_s = 1\n");
+  kvsd_ = start_kvsd(config);
+  Table t = open_ready();
+  test::Child reader(
+      {test::helper("table_worker"), "read", shm_.prefix(), "t", std::to_string(n), "0"});
+  ASSERT_EQ(reader.read_line(), "started");
+  std::atomic<bool> producing{true};
+  std::thread churn([&] {
+    for (uint64_t version = 2; producing && version < 80; ++version) {
+      const uint64_t from = (version * 7919) % (n - 500);
+      produce(p, from, from + 500, version);
+      (void)p.flush();
+    }
+  });
+  std::mt19937 rng(::getpid());
+  int landed = 0;
+  for (int kill = 0; kill < 20; ++kill) {
+    SCOPED_TRACE("kill " + std::to_string(kill));
+    // A snapshot is being written: its temporary file is there.
+    ASSERT_TRUE(test::wait_until([&] { return temporaries() > 0; }, 20s)) << log();
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 10000));
+    kvsd_->kill(SIGKILL);
+    kvsd_->wait();
+    landed += temporaries() > 0;
+    for (const auto& f : snapshots()) EXPECT_EQ(load_error(f), "") << f;
+    // The segment says READY from before: the new kvsd's own READY is in
+    // its log (after it removed the killed write's file).
+    const size_t ready = count(log(), "table t: READY (");
+    kvsd_ = start_kvsd(config);
+    ASSERT_TRUE(test::wait_until([&] { return count(log(), "table t: READY (") > ready; }, 30s))
+        << log();
+  }
+  producing = false;
+  churn.join();
+  ASSERT_TRUE(p.flush());
+  reader.kill(SIGTERM);
+  const std::string summary = reader.read_line();
+  EXPECT_EQ(reader.wait(), 0) << summary;
+  unsigned long reads = 0, bad = 0;
+  ASSERT_EQ(std::sscanf(summary.c_str(), "reads=%lu bad=%lu", &reads, &bad), 2) << summary;
+  EXPECT_EQ(bad, 0u) << summary;
+  EXPECT_GT(reads, 0u);
+  std::printf("[ figures  ] %d of 20 kills landed while a snapshot was written; reader: %s\n",
+              landed, summary.c_str());
+  EXPECT_GE(landed, 5) << "kills should land in a write";
+  EXPECT_GE(count(log(), "unfinished snapshot file(s)"), static_cast<size_t>(landed) - 1);
+
+  kvsd_->kill(SIGKILL);
+  kvsd_->wait();
+  remove_segments();
+  const size_t log_before = log().size();
+  EXPECT_TRUE(same(cold_start(write_config("", "snapshot_interval_s = 0\n")), topic_state()));
+  const std::string l = log().substr(log_before);
+  EXPECT_NE(l.find("cold start from snapshot " + snapshots()[0]), std::string::npos) << l;
+  EXPECT_EQ(temporaries(), 0u);
+  stop();
+}
+
+// The state directory is a 4 MiB tmpfs (kvsd runs in a mount namespace of
+// its own): once the table outgrows it, writing a snapshot fails with
+// ENOSPC, which kvsd logs and kvsctl stats shows, while it keeps applying
+// records and serving writes; the previous snapshot stays whole and no
+// temporary file is left.
+TEST_F(ColdStartTest, AFullDiskCostsNoGoodSnapshotAndKvsdGoesOn) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a tmpfs in a mount namespace";
+  ASSERT_TRUE(kafka_.create_topic(topic_, kPartitions));
+  test::Producer p(kafka_.bootstrap());
+  const std::string kb(1000, 'v');
+  auto produce_big = [&](uint64_t from, uint64_t to) {
+    for (uint64_t id = from; id < to; ++id) {
+      p.send(topic_, static_cast<int>(id % kPartitions), test::make_key(id), kb);
+      ++sent_[id % kPartitions];
+    }
+    return p.flush();
+  };
+  ASSERT_TRUE(produce_big(0, 1500));  // a snapshot of 1.5 MB
+  fs::create_directories(state_dir());
+  const std::string config = write_config("", "snapshot_interval_s = 1\n");
+  const std::string script =
+      "mount -t tmpfs -o size=4m tmpfs \"$0\" || exit 77; exec \"$1\" --config \"$2\"";
+  kvsd_ = std::make_unique<test::Child>(
+      std::vector<std::string>{"/usr/bin/unshare", "-m", "--propagation", "private", "/bin/sh",
+                               "-c", script, state_dir(), test::helper("../kvsd"), config},
+      log_path());
+  // Its files, as kvsd's mount namespace shows them.
+  const std::string in_ns = "/proc/" + std::to_string(kvsd_->pid()) + "/root" + snapshot_dir();
+  Table t = open_ready();
+  ASSERT_TRUE(test::wait_until(
+      [&] { return log().find("snapshot " + snapshot_dir()) != std::string::npos; }, 30s))
+      << log();
+  ASSERT_TRUE(produce_big(1500, 4000));  // 4 MB: no room beside the 1.5 MB one
+  ASSERT_TRUE(test::wait_until([&] { return all_applied(t); }, 60s)) << log();
+  ASSERT_TRUE(test::wait_until(
+      [&] { return log().find("No space left on device") != std::string::npos; }, 30s))
+      << log();
+  EXPECT_NE(log().find("the newest good one stays"), std::string::npos) << log();
+  // kvsd goes on: a write is applied, stats say what failed.
+  auto c = Client::connect(socket_path());
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->put("t", "after", "the disk filled", WriteOptions{30000ms, true}));
+  auto stats = c->stats();
+  ASSERT_TRUE(stats);
+  EXPECT_NE(stats->find("No space left on device"), std::string::npos) << *stats;
+  // The snapshot from before is whole, and alone.
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(in_ns)) files.push_back(e.path().string());
+  ASSERT_EQ(files.size(), 1u) << "a temporary file was left";
+  EXPECT_EQ(load_error(files[0]), "");
+  auto head = read_snapshot_header(files[0], "t");
+  ASSERT_TRUE(head) << head.error().message;
+  EXPECT_EQ(head->entries, 1500u);
+  EXPECT_TRUE(kvsd_->running());
   stop();
 }
 

@@ -55,7 +55,10 @@ class GrowthTest : public KvsdTest {
     const std::string path = (dir_ / "kvsd.toml").string();
     std::ofstream(path)
         << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \"" << shm_.prefix()
-        << "\"\nstate_dir = \"" << state_dir() << "\"\npoll_timeout_ms = 20\n"
+        << "\"\nstate_dir = \"" << state_dir()
+        << "\"\npoll_timeout_ms = 20\n"
+        // No snapshots: a removed segment must mean a bootstrap from the topic.
+        << "snapshot_interval_s = 0\n"
         << "[kafka]\n\"bootstrap.servers\" = \"" << kafka_.bootstrap() << "\"\n"
         << "[[table]]\nname = \"t\"\ntopic = \"" << topic_ << "\"\n"
         << "capacity = 1024\nmemory_limit_bytes = 1048576\nmax_value_bytes = 65536\n"

@@ -692,7 +692,8 @@ TEST_F(KvsdTest, EmbeddedKafkaServesWritesReadsAndOtherKafkaClients) {
 }
 
 // The config sizes the table differently from its segment: kvsd rebuilds it
-// in a segment of the new size, and a reader that stayed open moves to it.
+// in a segment of the new size (from the snapshot of its last clean stop),
+// and a reader that stayed open moves to it.
 // Raising max_partitions above a topic's partition count takes effect too.
 TEST_F(KvsdTest, ConfigThatResizesATableRebuildsItAndReadersMove) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 3));
@@ -715,9 +716,11 @@ TEST_F(KvsdTest, ConfigThatResizesATableRebuildsItAndReadersMove) {
   segment_.reset();
 
   kvsd = start_kvsd(write_config("max_partitions = 8\n"));
-  // (The first start created a segment for 2 partitions: the second rebuilt it.)
-  ASSERT_TRUE(test::wait_until([&] { return count(log(), "rebuilt from the topic") == 2; }, 30s))
+  // The new segment starts from the snapshot the last clean stop wrote.
+  ASSERT_TRUE(
+      test::wait_until([&] { return count(log(), "readers moved to the new segment") == 2; }, 30s))
       << log();
+  EXPECT_NE(log().find("started from snapshot"), std::string::npos) << log();
   EXPECT_NE(log().find("the config sizes it differently from its segment (max_partitions 3 -> 8)"),
             std::string::npos)
       << log();

@@ -41,6 +41,24 @@ TEST(ConfigTest, MinimalFileGetsTheDefaults) {
   EXPECT_EQ(c->kafka[0].first, "bootstrap.servers");
 }
 
+TEST(ConfigTest, SnapshotKeysHaveDefaultsAndAreChecked) {
+  auto c = parse(kMinimal, "kvsd.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->state_dir, "/var/lib/kvs");
+  EXPECT_EQ(c->snapshot_interval_s, 600u);
+  EXPECT_EQ(c->tables[0].seed_from, "");
+  auto set = parse(std::string("[kvsd]\nstate_dir = \"/srv/kvs\"\nsnapshot_interval_s = 0\n") +
+                       kMinimal + "seed_from = \"/tmp/x.snapshot\"\n",
+                   "kvsd.toml");
+  ASSERT_TRUE(set) << set.error().message;
+  EXPECT_EQ(set->state_dir, "/srv/kvs");
+  EXPECT_EQ(set->snapshot_interval_s, 0u);
+  EXPECT_EQ(set->tables[0].seed_from, "/tmp/x.snapshot");
+  const Error e = parse_error(std::string("[kvsd]\nstate_dir = \"\"\n") + kMinimal);
+  EXPECT_NE(e.message.find("kvsd.state_dir = \"\""), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("snapshot_interval_s = 0"), std::string::npos) << e.message;
+}
+
 TEST(ConfigTest, ValuesAreRead) {
   auto c = parse(R"(
 [kvsd]
