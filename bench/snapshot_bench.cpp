@@ -1,7 +1,7 @@
 // Snapshots and cold starts, against the Kafka the tests use (the mock
 // cluster in its own process, or KVS_TEST_BOOTSTRAP).
 //
-//   kvs_snapshot_bench [--records N] [--partitions P] [--rounds R]
+//   kvs_snapshot_bench [--records N] [--partitions P] [--rounds R] [--phases 1234]
 //
 // 1. Cold start to READY=1 of a table of N keys (16-byte keys, 100-byte
 //    values) with /dev/shm empty: from the topic, and from a snapshot of
@@ -15,8 +15,11 @@
 //    a thread writing snapshots of the table all along and without one,
 //    alternated. Ratio = rate with / rate without (target >= 0.8x).
 // 4. Writes through the socket (one client, one put at a time, answered
-//    once Kafka acknowledged it): p50/p99 idle and while snapshots are
-//    written (target: p99 during <= 1.5x idle).
+//    once Kafka acknowledged it): p50/p99 idle, and of the puts that began
+//    while a snapshot was written (snapshots with 300 ms pauses between
+//    them; target: p99 during <= 1.5x idle).
+#include <sched.h>
+
 #include <atomic>
 #include <filesystem>
 #include <thread>
@@ -46,18 +49,30 @@ void remove_segments(const Setup& s) {
   }
 }
 
-// Writes snapshots of the table to `path` in a loop until stopped.
+// Writes snapshots of the table to `path` in a loop until stopped, with
+// `pause` between them; writing() is true while one is written.
 class SnapshotLoop {
  public:
-  SnapshotLoop(const std::string& prefix, const std::string& path)
-      : thread_([this, prefix, path] {
+  SnapshotLoop(const std::string& prefix, const std::string& path,
+               std::chrono::milliseconds pause = std::chrono::milliseconds(0))
+      : thread_([this, prefix, path, pause] {
+          // As kvsd's snapshot thread (daemon/snapshots.hpp: lower_priority).
+          sched_param none{};
+          (void)::sched_setscheduler(0, SCHED_IDLE, &none);
           auto t = kvs::Table::open("bench", {prefix});
           if (!t) die("snapshot loop: " + t.error().message);
           while (!stop_) {
+            writing_ = true;
             if (!t->write_snapshot(path)) die("snapshot loop: write failed");
+            writing_ = false;
             ++written_;
+            for (auto waited = std::chrono::milliseconds(0); waited < pause && !stop_;
+                 waited += std::chrono::milliseconds(10)) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            }
           }
         }) {}
+  bool writing() const { return writing_; }
   int stop() {
     stop_ = true;
     if (thread_.joinable()) thread_.join();
@@ -66,7 +81,7 @@ class SnapshotLoop {
   ~SnapshotLoop() { stop(); }
 
  private:
-  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_{false}, writing_{false};
   std::atomic<int> written_{0};
   std::thread thread_;
 };
@@ -148,13 +163,13 @@ void ingest(const Setup& s, NotifySocket& notify, int rounds) {
   std::printf("\n3. kvsd catching up with %ld new records, with and without snapshots written\n",
               backlog);
   std::vector<double> ratios;
-  long next = s.records;
+  long next = 0;  // overwrites: the table keeps its size (no growth)
   for (int r = 0; r < rounds; ++r) {
     double rate[2], cpu[2];
     int written = 0;
     for (int with = 0; with < 2; ++with) {
       produce(s.bootstrap, s.topic, s.partitions, next + backlog, next);
-      next += backlog;
+      next = (next + backlog) % (s.records - backlog);
       std::unique_ptr<SnapshotLoop> loop;
       if (with) loop = std::make_unique<SnapshotLoop>(s.prefix, (s.dir / "loop.snapshot").string());
       auto [k, secs] = start_until_ready(s, notify);
@@ -173,15 +188,19 @@ void ingest(const Setup& s, NotifySocket& notify, int rounds) {
   std::printf("  median ratio %.2fx (target >= 0.8x)\n", median(ratios));
 }
 
-std::vector<double> put_latencies(kvs::Client& c, double seconds) {
+// Put latencies (us) for `seconds`; with `loop`, only of the puts that
+// began while a snapshot was being written.
+std::vector<double> put_latencies(kvs::Client& c, double seconds, const SnapshotLoop* loop) {
   std::vector<double> us;
   const auto end = clock_type::now() + std::chrono::duration<double>(seconds);
   for (int i = 0; clock_type::now() < end; ++i) {
+    const bool counted = loop == nullptr || loop->writing();
     const auto t0 = clock_type::now();
     if (!c.put("bench", "latency" + std::to_string(i % 1000), "v")) die("put failed");
-    us.push_back(seconds_since(t0) * 1e6);
+    if (counted) us.push_back(seconds_since(t0) * 1e6);
   }
   std::sort(us.begin(), us.end());
+  if (us.empty()) die("no put while a snapshot was written");
   return us;
 }
 
@@ -193,9 +212,10 @@ void write_latency(const Setup& s, NotifySocket& notify, int rounds) {
   if (!c) die(c.error().message);
   std::vector<double> ratios;
   for (int r = 0; r < rounds; ++r) {
-    auto idle = put_latencies(*c, 2.0);
-    SnapshotLoop loop(s.prefix, (s.dir / "loop.snapshot").string());
-    auto during = put_latencies(*c, 2.0);
+    auto idle = put_latencies(*c, 2.0, nullptr);
+    // A snapshot, then as long a pause: the puts while one is written count.
+    SnapshotLoop loop(s.prefix, (s.dir / "loop.snapshot").string(), std::chrono::milliseconds(300));
+    auto during = put_latencies(*c, 5.0, &loop);
     const int written = loop.stop();
     auto p = [](const std::vector<double>& v, double q) {
       return v[static_cast<size_t>(q * (v.size() - 1))];
@@ -218,16 +238,19 @@ int main(int argc, char** argv) {
   s.records = 1000000;
   s.partitions = 64;
   int rounds = 3;
+  std::string phases = "1234";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--records") {
+    if (a == "--phases") {
+      phases = argv[i + 1];
+    } else if (a == "--records") {
       s.records = std::stol(argv[i + 1]);
     } else if (a == "--partitions") {
       s.partitions = std::stoi(argv[i + 1]);
     } else if (a == "--rounds") {
       rounds = std::stoi(argv[i + 1]);
     } else {
-      die("usage: kvs_snapshot_bench [--records N] [--partitions P] [--rounds R]");
+      die("usage: kvs_snapshot_bench [--records N] [--partitions P] [--rounds R] [--phases 1234]");
     }
   }
   s.dir = fs::temp_directory_path() / ("kvs-snapshot-bench-" + std::to_string(getpid()));
@@ -262,12 +285,13 @@ int main(int argc, char** argv) {
     auto [k, secs] = start_until_ready(s, notify);
     auto t = kvs::Table::open("bench", {s.prefix});
     if (!t || !t->write_snapshot(snapshot)) die("the first snapshot failed");
-    write_vs_cp(s, snapshot, rounds);
+    if (phases.find('2') != std::string::npos) write_vs_cp(s, snapshot, rounds);
     stop(k);
   }
-  cold_starts(s, notify, snapshot, rounds);
-  ingest(s, notify, rounds);
-  write_latency(s, notify, rounds);
+  auto has = [&](char p) { return phases.find(p) != std::string::npos; };
+  if (has('1')) cold_starts(s, notify, snapshot, rounds);
+  if (has('3')) ingest(s, notify, rounds);
+  if (has('4')) write_latency(s, notify, rounds);
   remove_segments(s);
   fs::remove_all(s.dir);
   return 0;

@@ -1,11 +1,14 @@
 #include "snapshots.hpp"
 
+#include <sched.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 
@@ -44,6 +47,13 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 }  // namespace
+
+void lower_priority() {
+  sched_param none{};
+  if (::sched_setscheduler(0, SCHED_IDLE, &none) != 0) {
+    KVS_LOG_DEBUG("snapshots: SCHED_IDLE: %s", std::strerror(errno));
+  }
+}
 
 std::string snapshot_dir(const config::Config& cfg, const std::string& table) {
   return (fs::path(cfg.state_dir) / (cfg.shm_prefix + table)).string();
@@ -113,6 +123,7 @@ void Snapshotter::write_all() {
 }
 
 void Snapshotter::loop() {
+  lower_priority();
   const auto interval = std::chrono::seconds(cfg_.snapshot_interval_s);
   auto next = std::chrono::steady_clock::now() + interval;
   for (;;) {

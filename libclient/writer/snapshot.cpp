@@ -108,11 +108,20 @@ Result<int> open_snapshot(const std::string& path) {
   return sys_error("opening snapshot " + path, errno);
 }
 
+struct ChunkEntry {
+  std::string_view key, value;
+  Origin origin;
+};
+
 // One chunk's entries, checked whole (bounds, origins) before any is
-// applied; adds their key and value bytes to *bytes.
+// applied; adds their key and value bytes to *bytes. The index groups of
+// the entries a few places ahead are loaded while one is applied, so that
+// their misses overlap.
 Result<void> apply_chunk(const std::vector<char>& buf, uint32_t entries, uint32_t partitions,
-                         TableWriter& into, const std::string& where, uint64_t* bytes) {
-  for (int pass = 0; pass < 2; ++pass) {
+                         TableWriter& into, const std::string& where, uint64_t* bytes,
+                         std::vector<ChunkEntry>& parsed) {
+  parsed.clear();
+  {
     size_t at = 0;
     for (uint32_t i = 0; i < entries; ++i) {
       EntryHeader e{};
@@ -127,15 +136,21 @@ Result<void> apply_chunk(const std::vector<char>& buf, uint32_t entries, uint32_
                                               std::to_string(e.partition) + " of " +
                                               std::to_string(partitions));
       }
-      const std::string_view key(buf.data() + at, e.key_len);
-      const std::string_view value(buf.data() + at + e.key_len, e.value_len);
+      parsed.push_back(ChunkEntry{std::string_view(buf.data() + at, e.key_len),
+                                  std::string_view(buf.data() + at + e.key_len, e.value_len),
+                                  Origin{e.timestamp_ms, e.partition}});
       at += uint64_t{e.key_len} + e.value_len;
-      if (pass == 0) continue;
-      *bytes += key.size() + value.size();
-      auto r = into.apply(key, value, Origin{e.timestamp_ms, e.partition});
-      if (!r) return std::move(r).error().context(where);
     }
     if (at != buf.size()) return make_error(Errc::kCorrupt, where + ": bytes after the entries");
+  }
+  constexpr size_t kAhead = 16;
+  for (size_t i = 0; i < parsed.size() && i < kAhead; ++i) into.prefetch(parsed[i].key);
+  for (size_t i = 0; i < parsed.size(); ++i) {
+    if (i + kAhead < parsed.size()) into.prefetch(parsed[i + kAhead].key);
+    const ChunkEntry& e = parsed[i];
+    *bytes += e.key.size() + e.value.size();
+    auto r = into.apply(e.key, e.value, e.origin);
+    if (!r) return std::move(r).error().context(where);
   }
   return {};
 }
@@ -169,6 +184,7 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
   std::vector<uint64_t> sums;  // the chunks' checksums, for the trailer's
   uint64_t entries = 0, chunks = 0, bytes = 0;
   std::vector<char> buf;
+  std::vector<ChunkEntry> parsed;
   for (;;) {
     ChunkHeader c{};
     if (auto e = read_exact(f.fd, &c, sizeof c, &pos); !e.empty()) return bad(e);
@@ -200,7 +216,8 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
       return bad("chunk " + std::to_string(chunks) + "'s checksum does not match");
     }
     sums.push_back(c.checksum);
-    if (auto ok = apply_chunk(buf, c.entries, partitions, into, "snapshot " + path, &bytes); !ok) {
+    if (auto ok = apply_chunk(buf, c.entries, partitions, into, "snapshot " + path, &bytes, parsed);
+        !ok) {
       return std::move(ok).error();
     }
     entries += c.entries;
