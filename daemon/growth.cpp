@@ -109,6 +109,31 @@ TableSize rebuild_size(const WriterStats& st, const config::TableConfig& cfg) {
   return s;
 }
 
+TableSize seed_size(uint64_t entries, uint64_t live_bytes, const config::TableConfig& cfg) {
+  TableSize s{};
+  for (const double factor : {1.5, 1.25, 1.1, 1.0}) {
+    s = TableSize{
+        std::max(cfg.capacity, static_cast<uint64_t>(static_cast<double>(entries) * factor)),
+        format::align_up(std::max(cfg.memory_limit_bytes,
+                                  static_cast<uint64_t>(static_cast<double>(live_bytes) * factor)),
+                         4096)};
+    if (fits(s, cfg.max_memory_bytes, cfg.max_partitions)) break;
+  }
+  return s;
+}
+
+std::optional<TableSize> seeded_projection(WriterStats st, uint64_t seed_entries,
+                                           uint64_t seed_live_bytes, uint64_t applied,
+                                           uint64_t remaining) {
+  st.size -= std::min(st.size, seed_entries);
+  st.live_bytes -= std::min(st.live_bytes, seed_live_bytes);
+  auto grown = bootstrap_projection(st, applied, remaining);
+  if (!grown) return grown;
+  grown->capacity = std::min(grown->capacity + seed_entries, format::kMaxCapacity);
+  grown->arena_bytes = std::min(grown->arena_bytes + seed_live_bytes, format::kMaxArenaBytes);
+  return grown;
+}
+
 // Starts copying t.writer into a segment of `size` (records go to it).
 static Result<void> start_resize(Replica& t, TableSize size, const char* what) {
   const WriterStats st = t.writer->stats();
@@ -177,7 +202,9 @@ Result<void> grow(Replica& t, uint64_t need) {
       const int64_t next = full.next_offset(static_cast<uint32_t>(p));
       if (t.target[p] > next) remaining += static_cast<uint64_t>(t.target[p] - next);
     }
-    expected = bootstrap_projection(st, t.applied, remaining);
+    expected = t.rebuild && !t.seed.path.empty()
+                   ? seeded_projection(st, t.seed.entries, t.seed.live_bytes, t.applied, remaining)
+                   : bootstrap_projection(st, t.applied, remaining);
   }
   const auto size =
       plan_growth(st, need, t.cfg.max_memory_bytes, full.header().partition_capacity, expected);

@@ -45,6 +45,20 @@ std::optional<TableSize> plan_resize(const WriterStats& st, const config::TableC
 // size, or 1.5 times what the table holds now if more.
 TableSize rebuild_size(const WriterStats& st, const config::TableConfig& cfg);
 
+// bootstrap_projection for a table loaded from a snapshot of
+// `seed_entries` entries taking `seed_live_bytes`, that has applied
+// `applied` records since: what those records add is projected, not what
+// was loaded.
+std::optional<TableSize> seeded_projection(WriterStats st, uint64_t seed_entries,
+                                           uint64_t seed_live_bytes, uint64_t applied,
+                                           uint64_t remaining);
+
+// The size a table loaded from a snapshot of `entries` entries taking
+// `live_bytes` of arena starts with: as a rebuild's (1.5 times that, at
+// least the configured size), or as little as the entries need, down to
+// exactly that, where max_memory_bytes allows no more.
+TableSize seed_size(uint64_t entries, uint64_t live_bytes, const config::TableConfig& cfg);
+
 // The table's active segment found no room for a record of `need` block
 // bytes: makes a larger one the active segment (its entries are copied in
 // the background; see continue_growth). Errors: kTableFull (max_memory_bytes

@@ -591,6 +591,7 @@ Result<Replica> open_replica(const config::Config& cfg, const config::TableConfi
   t.writer = std::move(*w);
   // An embedded cluster starts empty: no snapshot of it can be current.
   if (!fresh) t.snapshot_dir = snapshot_dir(cfg, tc.name);
+  t.snapshot_max_age_s = cfg.snapshot_max_age_s;
   if (const size_t n = sweep_temporaries(t.snapshot_dir); n > 0) {
     KVS_LOG_INFO("table %s: removed %zu unfinished snapshot file(s) from %s", tc.name.c_str(), n,
                  t.snapshot_dir.c_str());

@@ -64,12 +64,14 @@ struct Replica {
   } growth;
   bool at_limit = false;  // max_memory_bytes left no larger segment
   clock::time_point next_grow_error_log{};
-  bool resize_checked = false;  // resize_if_due ran
-  std::string snapshot_dir;     // the table's snapshots (snapshots.hpp)
+  bool resize_checked = false;      // resize_if_due ran
+  std::string snapshot_dir;         // the table's snapshots (snapshots.hpp)
+  uint64_t snapshot_max_age_s = 0;  // older snapshots are not started from (0: any)
   // The snapshot `rebuild` was loaded from (seed.hpp); path "": none.
   struct Seed {
     std::string path;
     clock::time_point since{};
+    uint64_t entries = 0, live_bytes = 0;  // what it loaded
   } seed;
   uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
   uint64_t source_topic = 0;    // XXH3 of the topic name

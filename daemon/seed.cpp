@@ -21,13 +21,11 @@ std::string utc(uint64_t unix_ns) {
   return buf;
 }
 
-// A segment for the snapshot's entries, as a rebuild sizes one.
+// A segment for the snapshot's entries.
 TableSize size_for(const SnapshotInfo& info, const config::TableConfig& cfg) {
-  WriterStats st;
-  st.size = info.entries;
   // Each entry's block: its header and bytes, 8-byte aligned.
-  st.live_bytes = info.entry_bytes + info.entries * (sizeof(format::BlockHeader) + 8);
-  return rebuild_size(st, cfg);
+  return seed_size(info.entries,
+                   info.entry_bytes + info.entries * (sizeof(format::BlockHeader) + 8), cfg);
 }
 
 struct Candidate {
@@ -83,8 +81,9 @@ bool load(Replica& t, const Candidate& c, const std::vector<std::pair<int64_t, i
     if (p >= c.info.partitions.size()) w.set_next_offset(p, lo);
     w.set_high_watermark(p, hi);
   }
+  const WriterStats loaded_stats = w.stats();
   t.rebuild = std::move(*r);
-  t.seed = Replica::Seed{c.path, start};
+  t.seed = Replica::Seed{c.path, start, loaded_stats.size, loaded_stats.live_bytes};
   t.tombstones.clear();
   t.applied = t.skipped = 0;
   uint64_t behind = 0;
@@ -118,13 +117,21 @@ bool blank(const TableWriter& w) {
 }
 
 std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
-                           const std::vector<std::pair<int64_t, int64_t>>& wms) {
+                           const std::vector<std::pair<int64_t, int64_t>>& wms,
+                           uint64_t now_unix_ns) {
   if (info.source_topic != t.source_topic) {
     return "it is a snapshot of another topic than " + t.cfg.topic;
   }
   if (info.source_cluster != 0 && t.source_cluster != 0 &&
       info.source_cluster != t.source_cluster) {
     return "it is a snapshot of another Kafka cluster (the cluster id differs)";
+  }
+  const uint64_t age_s =
+      now_unix_ns > info.created_unix_ns ? (now_unix_ns - info.created_unix_ns) / 1000000000 : 0;
+  if (t.snapshot_max_age_s != 0 && age_s > t.snapshot_max_age_s) {
+    return "it is " + std::to_string(age_s) +
+           " s old, more than snapshot_max_age_s = " + std::to_string(t.snapshot_max_age_s) +
+           " (compaction may have removed tombstones of keys it holds)";
   }
   if (info.partitions.size() > static_cast<size_t>(t.partitions)) {
     return "it has " + std::to_string(info.partitions.size()) + " partitions and topic " +
@@ -149,7 +156,8 @@ std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
 
 bool seed_from_snapshot(Replica& t, const std::vector<std::pair<int64_t, int64_t>>& wms) {
   for (const Candidate& c : candidates(t)) {
-    if (const std::string why = why_not_usable(t, c.info, wms); !why.empty()) {
+    if (const std::string why = why_not_usable(t, c.info, wms, format::now_unix_ns());
+        !why.empty()) {
       KVS_LOG_WARN("table %s: snapshot %s (taken %s) not used: %s", t.cfg.name.c_str(),
                    c.path.c_str(), utc(c.info.created_unix_ns).c_str(), why.c_str());
       continue;

@@ -22,11 +22,14 @@ namespace kvs::daemon {
 bool blank(const TableWriter& w);
 
 // Why `info` cannot start table t, whose topic has t.partitions partitions
-// with (low, high) watermarks `wms`, or "" if it can: another topic or
-// cluster, more partitions than the topic, or a position outside the log
-// (retention deleted records after it, or the topic was re-created).
+// with (low, high) watermarks `wms`, at `now_unix_ns`, or "" if it can:
+// another topic or cluster, older than t.snapshot_max_age_s (compaction may
+// have removed tombstones it needs), more partitions than the topic, or a
+// position outside the log (retention deleted records after it, or the
+// topic was re-created).
 std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
-                           const std::vector<std::pair<int64_t, int64_t>>& wms);
+                           const std::vector<std::pair<int64_t, int64_t>>& wms,
+                           uint64_t now_unix_ns);
 
 // Starts t from the newest usable snapshot: t.rebuild holds it, its
 // positions, and the fingerprints to check against the log (t.verify).

@@ -171,8 +171,13 @@ void Snapshotter::write_one(Target& t) {
   } else {
     return failed("the snapshot just written does not read back: " + head.error().message);
   }
-  const auto all = list_snapshots(t.dir);
-  for (size_t i = kKeep; i < all.size(); ++i) fs::remove(all[i], ec);
+  // The one just written, and the newest other (whatever the clock did).
+  size_t kept = 1;
+  for (const auto& old : list_snapshots(t.dir)) {
+    if (old == path) continue;
+    if (kept++ < kKeep) continue;
+    fs::remove(old, ec);
+  }
   const double ms = static_cast<double>(info->duration_ns) / 1e6;
   KVS_LOG_INFO("table %s: snapshot %s: %" PRIu64 " entries, %.1f MiB, written in %.0f ms",
                t.name.c_str(), path.c_str(), info->entries,

@@ -130,6 +130,15 @@ const Key kKeys[] = {
        c.snapshot_interval_s = static_cast<uint32_t>(v.i);
      }},
 
+    {"kvsd", "snapshot_max_age_s", Kind::kInt, "72000", 0, 31536000,
+     "A snapshot older than this is not started from: compaction removes a tombstone "
+     "delete.retention.ms (Kafka's default: 24 h) after it was written, and a table started from "
+     "an older snapshot would keep the keys those tombstones erased. Keep it below the topics' "
+     "delete.retention.ms. 0: any age.",
+     [](Config& c, TableConfig&, const Val& v) {
+       c.snapshot_max_age_s = static_cast<uint32_t>(v.i);
+     }},
+
     {"table", "name", Kind::kString, "", 0, 200,
      "Table name, [A-Za-z0-9._-]; readers open it by this name. Required.",
      [](Config&, TableConfig& t, const Val& v) { t.name = v.s; }},

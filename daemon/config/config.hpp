@@ -62,6 +62,7 @@ struct Config {
   uint64_t max_unsent_reply_bytes = 64 << 20;      // replies not yet read, across connections
   std::string state_dir = "/var/lib/kvs";          // snapshots (snapshots.hpp)
   uint32_t snapshot_interval_s = 600;              // 0: no snapshots
+  uint32_t snapshot_max_age_s = 72000;             // older ones are not started from; 0: any
   std::vector<std::pair<std::string, std::string>> kafka;  // librdkafka properties
   std::vector<TableConfig> tables;
   // Where each key was set ("kvsd.shm_group", "kafka.acks", "table[0].topic"),

@@ -840,7 +840,7 @@ namespace kvs::detail {
 
 GuardView guard_view(const kvs_txn* x) {
   const Generation& g = *x->gen;
-  return GuardView{g.header, g.data->data(), &g.view, &g, shm::path_of(g.data->name)};
+  return GuardView{g.header, g.data->data(), &g.view, &g, shm::path_of(g.data->name), x->depth > 1};
 }
 
 const std::string& table_name(const kvs_table* t) { return t->name; }

@@ -17,6 +17,7 @@ struct GuardView {
   const format::TableView* view;  // valid while the guard is open
   const void* generation;         // identity: differs once the table was replaced
   std::string path;               // "/dev/shm/<segment>", for messages
+  bool nested;                    // the guard is inside another of this thread's
 };
 
 // The segment an open guard (depth > 0) reads.

@@ -25,7 +25,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -86,6 +85,7 @@ class Chunks {
     bytes_ += uint64_t{e.key_len} + e.value_len;
     return buf_.size() >= kSnapshotChunkBytes;
   }
+  bool full() const { return buf_.size() >= kSnapshotChunkBytes; }
   bool flush() {
     if (in_chunk_ == 0) return true;
     const ChunkHeader c{in_chunk_, static_cast<uint32_t>(buf_.size()),
@@ -119,8 +119,8 @@ class Chunks {
   uint32_t in_chunk_ = 0;
   uint64_t entries_ = 0, bytes_ = 0, chunks_ = 0;
   std::vector<uint64_t> sums_;
-  uint64_t written_ = 0, synced_ = 0;  // chunk bytes written, and handed to writeback  // the
-                                       // chunks' checksums, for the trailer's
+  // The chunks' bytes written, and those handed to writeback.
+  uint64_t written_ = 0, synced_ = 0;
 };
 
 // A partition's position and the fingerprint of a record below it (kvsd
@@ -130,9 +130,9 @@ class Chunks {
 // few tries left out (offset -1: kvsd then resumes without that check).
 SnapshotPartition read_partition(const PartitionState& ps) {
   SnapshotPartition sp{};
-  sp.next_offset = ps.next_offset.load(std::memory_order_acquire);
   sp.last_offset = -1;
   for (int attempt = 0; attempt < 64; ++attempt) {
+    sp.next_offset = ps.next_offset.load(std::memory_order_acquire);
     const int64_t last = ps.last_offset.load(std::memory_order_acquire);
     const int64_t ts = ps.last_timestamp_ms.load(std::memory_order_relaxed);
     const uint64_t hash = ps.last_key_hash.load(std::memory_order_relaxed);
@@ -175,23 +175,46 @@ struct TempFile {
   }
 };
 
+// A read guard of the walk, ended on every way out.
+class Guard {
+ public:
+  explicit Guard(kvs_table* t) : t_(t) {}
+  ~Guard() { end(); }
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+  Result<detail::GuardView> begin() {
+    if (int rc = kvs_read_begin(t_, &x_); rc != KVS_OK) {
+      x_ = nullptr;
+      return Error{static_cast<Errc>(rc), kvs_last_error()};
+    }
+    return detail::guard_view(x_);
+  }
+  void end() {
+    if (x_ != nullptr) kvs_read_end(x_);
+    x_ = nullptr;
+  }
+
+ private:
+  kvs_table* t_;
+  kvs_txn* x_ = nullptr;
+};
+
 // The walk: header placeholder, partitions, chunks, trailer, header.
 Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
   Written out;
-  kvs_txn* x = nullptr;
-  if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) {
-    return Error{static_cast<Errc>(rc), kvs_last_error()};
+  Guard guard(t);
+  auto begun = guard.begin();
+  if (!begun) return std::move(begun).error();
+  detail::GuardView v = *begun;
+  if (v.nested) {
+    return Error{Errc::kInvalidArgument,
+                 "kvs_snapshot_write: called inside a read guard of the table; end it first"};
   }
-  detail::GuardView v = detail::guard_view(x);
   const void* generation = v.generation;
   const uint64_t created = now_unix_ns();
   const std::vector<SnapshotPartition> parts = read_partitions(v);
   const uint64_t cluster = v.header->source_cluster.load(std::memory_order_relaxed);
   const uint64_t topic = v.header->source_topic.load(std::memory_order_relaxed);
-  auto fail_io = [&] {
-    kvs_read_end(x);
-    return sys_error("writing " + where, errno);
-  };
   FileHeader h{};
   const uint64_t psum = XXH3_64bits(parts.data(), parts.size() * sizeof(SnapshotPartition));
   // The header is written last, over a placeholder: a file without its
@@ -199,7 +222,7 @@ Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
   if (!write_all(fd, &h, sizeof h) ||
       !write_all(fd, parts.data(), parts.size() * sizeof(SnapshotPartition)) ||
       !write_all(fd, &psum, sizeof psum)) {
-    return fail_io();
+    return sys_error("writing " + where, errno);
   }
   Chunks chunks(fd);
   const uint64_t groups = v.view->group_count();
@@ -218,46 +241,59 @@ Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
       }
     }
   };
+  // A guard covers at most a chunk of entries, or this many groups of a
+  // sparse index.
+  constexpr uint64_t kGroupsPerGuard = 4096;
+  uint64_t guarded_groups = 0;
   for (uint64_t g = 0; g < kAhead; ++g) prefetch(g);
   for (uint64_t g = 0; g < groups; ++g) {
     prefetch(g + kAhead);
-    bool full = false;
     for (int i = 0; i < kSlotsPerGroup; ++i) {
       // seq_cst, as in find(): the loads follow the guard's announcement.
       const uint64_t w = v.view->group(g).slots[i].load(std::memory_order_seq_cst);
       if (w == 0) continue;
       EntryRef e;
       if (!v.view->entry_at(slot_offset(w), &e)) {
-        kvs_read_end(x);
         return Error{Errc::kCorrupt, v.path + ": an index slot points outside the arena"};
       }
       const Origin o = v.view->origin_at(slot_offset(w));
       // A partition the topic gained during the walk: its records are all
       // after the file's positions (it is read from its start on load).
       if (o.partition >= parts.size()) continue;
-      if (e.key_len + e.value_len > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) {
-        kvs_read_end(x);
-        return Error{Errc::kTooLarge, where + ": an entry of " +
-                                          std::to_string(e.key_len + e.value_len) +
+      // Chunks are flushed once past kSnapshotChunkBytes, so with this
+      // bound none passes kSnapshotMaxChunkBytes.
+      const uint64_t bytes = sizeof(EntryHeader) + uint64_t{e.key_len} + e.value_len;
+      if (bytes > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) {
+        return Error{Errc::kTooLarge, where + ": an entry of " + std::to_string(bytes) +
                                           " bytes is larger than a snapshot chunk may hold"};
       }
-      full = chunks.add(e, o) || full;
+      if (chunks.add(e, o) && i + 1 < kSlotsPerGroup) {
+        // Full inside a group: the rest of it comes under the next guard.
+        guard.end();
+        if (!chunks.flush()) return sys_error("writing " + where, errno);
+        auto again = guard.begin();
+        if (!again) return std::move(again).error();
+        v = *again;
+        if (v.generation != generation) {
+          out.replaced = true;
+          return out;
+        }
+      }
     }
-    if (!full) continue;
+    if (!chunks.full() && ++guarded_groups < kGroupsPerGuard) continue;
     // The chunk is copied: the guard ends while it is written.
-    kvs_read_end(x);
-    if (!chunks.flush()) return sys_error("writing " + where, errno);
-    if (int rc = kvs_read_begin(t, &x); rc != KVS_OK) {
-      return Error{static_cast<Errc>(rc), kvs_last_error()};
-    }
-    v = detail::guard_view(x);
+    guarded_groups = 0;
+    guard.end();
+    if (chunks.full() && !chunks.flush()) return sys_error("writing " + where, errno);
+    auto again = guard.begin();
+    if (!again) return std::move(again).error();
+    v = *again;
     if (v.generation != generation) {
-      kvs_read_end(x);
       out.replaced = true;
       return out;
     }
   }
-  kvs_read_end(x);
+  guard.end();
   if (!chunks.finish()) return sys_error("writing " + where, errno);
   h = FileHeader{kSnapshotMagic,
                  kSnapshotVersion,
@@ -286,8 +322,9 @@ Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
 
 // One attempt: a temporary file, the walk, fsync, rename, the directory's fsync.
 Result<Written> write_once(kvs_table* t, const std::string& path) {
+  static std::atomic<uint64_t> counter{0};
   TempFile tmp{path + ".tmp." + std::to_string(::getpid()) + "." +
-               std::to_string(std::random_device{}())};
+               std::to_string(now_unix_ns() ^ counter.fetch_add(1))};
   Fd f{::open(tmp.name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640)};
   if (f.fd < 0) return sys_error("creating snapshot " + tmp.name, errno);
   auto w = write_entries(t, f.fd, tmp.name);
@@ -333,6 +370,8 @@ int kvs_snapshot_write(kvs_table* t, const char* path, kvs_snapshot_info* info) 
     }
   } catch (const std::bad_alloc&) {
     return detail::set_last_error(KVS_ENOMEM, "kvs_snapshot_write: out of memory");
+  } catch (const std::exception& e) {
+    return detail::set_last_error(KVS_ESYS, std::string("kvs_snapshot_write: ") + e.what());
   }
   return detail::set_last_error(
       KVS_EBUSY, "kvs_snapshot_write: table " + detail::table_name(t) + " was replaced during " +

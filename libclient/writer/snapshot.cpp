@@ -101,11 +101,22 @@ Result<SnapshotInfo> read_head(int fd, const std::string& path, const std::strin
   return info;
 }
 
+// Opens a regular file only: a FIFO or a device named as a snapshot
+// (seed_from) must not block kvsd's start.
 Result<int> open_snapshot(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd >= 0) return fd;
-  if (errno == ENOENT) return make_error(Errc::kNoTable, "no snapshot " + path);
-  return sys_error("opening snapshot " + path, errno);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) return make_error(Errc::kNoTable, "no snapshot " + path);
+    return sys_error("opening snapshot " + path, errno);
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return make_error(Errc::kCorrupt, "snapshot " + path + ": not a regular file");
+  }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) (void)::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  return fd;
 }
 
 struct ChunkEntry {

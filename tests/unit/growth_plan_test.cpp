@@ -125,5 +125,37 @@ TEST(GrowthPlanTest, ARebuildStartsAtOneAndAHalfTimesTheDataOrTheConfig) {
   EXPECT_EQ(small.arena_bytes, 1u << 20);
 }
 
+// A table loaded from a snapshot of a million keys that has applied 1,000
+// records of 2,000 still to come projects those records, not the million.
+TEST(GrowthPlanTest, ASeededTableProjectsWhatCameAfterTheLoad) {
+  const uint64_t seed = 1000000, seed_live = seed * 160;
+  auto s = seeded_projection(stats(seed + 1000, seed + 2000, seed_live + 1000 * 160, 256 << 20),
+                             seed, seed_live, 1000, 1000);
+  ASSERT_TRUE(s);
+  EXPECT_GE(s->capacity, seed + 2000);
+  EXPECT_LE(s->capacity, seed + 2500) << "the loaded keys were projected as if applied";
+  EXPECT_LE(s->arena_bytes, seed_live + 2500 * 160);
+}
+
+// A snapshot's table: 1.5 times what it loads, down to exactly that under
+// max_memory_bytes, and never below the configured size.
+TEST(GrowthPlanTest, ASeededTableIsSizedForItsSnapshotWithinTheLimit) {
+  config::TableConfig cfg;
+  cfg.capacity = 1024;
+  cfg.memory_limit_bytes = 1 << 20;
+  auto roomy = seed_size(100000, 16 << 20, cfg);
+  EXPECT_EQ(roomy.capacity, 150000u);
+  EXPECT_GE(roomy.arena_bytes, 24u << 20);
+  cfg.max_memory_bytes = format::geometry(110000, cfg.max_partitions, 18 << 20).segment_bytes;
+  auto tight = seed_size(100000, 16 << 20, cfg);
+  EXPECT_GE(tight.capacity, 100000u);
+  EXPECT_GE(tight.arena_bytes, 16u << 20);
+  EXPECT_LE(format::geometry(tight.capacity, cfg.max_partitions, tight.arena_bytes).segment_bytes,
+            cfg.max_memory_bytes);
+  auto small = seed_size(10, 1000, cfg);
+  EXPECT_EQ(small.capacity, 1024u);
+  EXPECT_EQ(small.arena_bytes, 1u << 20);
+}
+
 }  // namespace
 }  // namespace kvs::daemon

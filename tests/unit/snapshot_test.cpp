@@ -199,6 +199,50 @@ TEST_F(SnapshotTest, ASnapshotOfATableBeingWrittenCatchesUpToIt) {
   }
 }
 
+// Entries of several MiB that share an index group: no chunk is written
+// larger than a loader accepts (64 MiB), so the snapshot loads.
+TEST_F(SnapshotTest, LargeEntriesInOneGroupStillLoad) {
+  WriterOptions o = options("t", 8);
+  o.arena_bytes = 160 << 20;
+  o.max_value_bytes = 16 << 20;
+  auto w = open_writer(o);
+  ASSERT_TRUE(w->set_partition_count(1));
+  // Seven keys of the same home group fill its seven slots.
+  const uint64_t groups = w->header().group_count;
+  int placed = 0;
+  for (int i = 0; placed < 7; ++i) {
+    const std::string key = "big" + std::to_string(i);
+    if (format::home_group(format::hash_key(key.data(), key.size()), groups) != 0) continue;
+    ASSERT_TRUE(w->apply(key, std::string(12 << 20, char('a' + placed)), Origin{i, 0}));
+    ++placed;
+  }
+  auto info = snapshot_of(shm_.prefix(), "t", path());
+  ASSERT_TRUE(info) << info.error().message;
+  EXPECT_EQ(info->entries, 7u);
+  o = options("u", 8);
+  o.arena_bytes = 160 << 20;
+  o.max_value_bytes = 16 << 20;
+  auto u = open_writer(o);
+  auto loaded = load_snapshot(path(), "t", *u);
+  ASSERT_TRUE(loaded) << loaded.error().message;
+  EXPECT_EQ(contents(*u), contents(*w));
+}
+
+// kvs_snapshot_write inside a guard of the same table is refused: the walk
+// could not end the guard to write.
+TEST_F(SnapshotTest, WritingInsideAGuardIsRefused) {
+  auto w = filled("t", 100);
+  auto t = Table::open("t", OpenOptions{shm_.prefix()});
+  ASSERT_TRUE(t);
+  auto g = t->read();
+  ASSERT_TRUE(g);
+  auto r = t->write_snapshot(path());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(r.error().message.find("inside a read guard"), std::string::npos);
+  EXPECT_FALSE(fs::exists(path()));
+}
+
 TEST_F(SnapshotTest, EveryDamageIsRefusedSayingWhat) {
   auto w = filled("t", 3000);
   ASSERT_TRUE(snapshot_of(shm_.prefix(), "t", path()));

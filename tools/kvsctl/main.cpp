@@ -287,10 +287,22 @@ std::string json_field(const std::string& obj, const std::string& key) {
 std::string snapshot_of(const std::string& server, const std::string& table) {
   const size_t t = server.find("{\"name\":\"" + table + "\"");
   if (t == std::string::npos) return "";
+  // This table's object ends where the next one begins.
+  const size_t next = server.find("{\"name\":\"", t + 1);
   const size_t s = server.find("\"snapshot\":{", t);
-  if (s == std::string::npos) return "";
-  const size_t e = server.find('}', s);
-  return e == std::string::npos ? "" : server.substr(s + 11, e - s - 10);
+  if (s == std::string::npos || (next != std::string::npos && s > next)) return "";
+  // The object is flat: its end is the first brace outside a string.
+  bool in_string = false;
+  for (size_t i = s + 12; i < server.size(); ++i) {
+    if (in_string && server[i] == '\\') {
+      ++i;
+    } else if (server[i] == '"') {
+      in_string = !in_string;
+    } else if (!in_string && server[i] == '}') {
+      return server.substr(s + 11, i - s - 10);
+    }
+  }
+  return "";
 }
 
 // The snapshot line of `kvsctl stats`.

@@ -244,11 +244,15 @@ typedef struct kvs_snapshot_info {
  * call takes is renewed for each MiB written, so it holds no memory back
  * from reuse for long. The file is written beside `path` and renamed over it
  * when complete and fsynced: a crash or a full disk leaves what was at
- * `path` as it was. `info` may be NULL.
- * Errors: KVS_EINVAL, KVS_ESYS (the file: kvs_last_error() names it and the
- * cause, ENOSPC for a full disk), KVS_EBUSY (kvsd replaced the table 9 times
- * during the walk; retriable), KVS_ETOOBIG (an entry over 63 MiB),
- * KVS_ECORRUPT, and those of kvs_read_begin. */
+ * `path` as it was (but for a failed fsync of the directory after the
+ * rename, which is reported: the new file is in place then, and a crash
+ * may still undo the rename). `info` may be NULL. Must not be called inside
+ * a read guard of the same table (the walk could not renew it).
+ * Errors: KVS_EINVAL (NULL argument, or inside a guard), KVS_ESYS (the file:
+ * kvs_last_error() names it and the cause, ENOSPC for a full disk),
+ * KVS_EBUSY (kvsd replaced the table 9 times during the walk; retriable),
+ * KVS_ETOOBIG (an entry over 63 MiB), KVS_ENOMEM, KVS_ECORRUPT, and those of
+ * kvs_read_begin. */
 KVS_API int kvs_snapshot_write(kvs_table *table, const char *path, kvs_snapshot_info *info);
 
 /* ---- Read-your-writes ------------------------------------------------- */
