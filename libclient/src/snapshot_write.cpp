@@ -23,9 +23,13 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "format/snapshot.hpp"
@@ -67,11 +71,18 @@ bool write_all(int fd, const void* data, size_t n) {
   return true;
 }
 
-// Entries gathered into a chunk in memory (under a guard), then written
-// with their checksum (after the guard ended); then the trailer.
+// Entries gathered into a chunk in memory (under a guard), then handed to
+// a thread of their own that checksums and writes it while the walk fills
+// the next one; then the trailer. At most one chunk waits to be written.
 class Chunks {
  public:
-  explicit Chunks(int fd) : fd_(fd) { buf_.reserve(kSnapshotChunkBytes + 4096); }
+  explicit Chunks(int fd) : fd_(fd), io_([this] { write_loop(); }) {
+    buf_.reserve(kSnapshotChunkBytes + 4096);
+  }
+  ~Chunks() { stop(); }
+  Chunks(const Chunks&) = delete;
+  Chunks& operator=(const Chunks&) = delete;
+
   // True once the chunk has reached its size.
   bool add(const EntryRef& e, Origin origin) {
     const EntryHeader h{e.key_len, e.value_len, origin.partition, 0, origin.timestamp_ms};
@@ -86,26 +97,27 @@ class Chunks {
     return buf_.size() >= kSnapshotChunkBytes;
   }
   bool full() const { return buf_.size() >= kSnapshotChunkBytes; }
+  // Hands the chunk to the writing thread once the one before is written.
+  // False (errno set) once a write failed.
   bool flush() {
     if (in_chunk_ == 0) return true;
-    const ChunkHeader c{in_chunk_, static_cast<uint32_t>(buf_.size()),
-                        XXH3_64bits(buf_.data(), buf_.size())};
-    sums_.push_back(c.checksum);
-    if (!write_all(fd_, &c, sizeof c) || !write_all(fd_, buf_.data(), buf_.size())) return false;
-    // Writeback starts now, a chunk at a time, rather than all at the
-    // fsync: the disk's work is spread over the walk (a hint; errors show
-    // at the fsync).
-    written_ += sizeof c + buf_.size();
-    (void)::sync_file_range(fd_, static_cast<off_t>(synced_),
-                            static_cast<off_t>(written_ - synced_), SYNC_FILE_RANGE_WRITE);
-    synced_ = written_;
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return !pending_ || err_ != 0; });
+    if (err_ != 0) {
+      errno = err_;
+      return false;
+    }
+    pending_ = Pending{std::move(buf_), in_chunk_};
+    buf_ = std::move(spare_);
     buf_.clear();
     in_chunk_ = 0;
     ++chunks_;
+    cv_.notify_all();
     return true;
   }
+  // The last chunk, then the trailer. False (errno set) if a write failed.
   bool finish() {
-    if (!flush()) return false;
+    if (!flush() || !stop()) return false;
     const Trailer t{kSnapshotEndMagic, entries_, chunks_,
                     XXH3_64bits(sums_.data(), sums_.size() * sizeof(uint64_t))};
     return write_all(fd_, &t, sizeof t);
@@ -114,13 +126,68 @@ class Chunks {
   uint64_t bytes() const { return bytes_; }
 
  private:
+  struct Pending {
+    std::vector<char> buf;
+    uint32_t entries;
+  };
+  // Waits for the chunk handed over to be written and ends the thread;
+  // false (errno set) if a write failed.
+  bool stop() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (io_.joinable()) io_.join();
+    if (err_ != 0) errno = err_;
+    return err_ == 0;
+  }
+  void write_loop() {
+    for (;;) {
+      Pending p;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return pending_ || stopping_; });
+        if (!pending_) return;
+        p = std::move(*pending_);
+      }
+      const ChunkHeader c{p.entries, static_cast<uint32_t>(p.buf.size()),
+                          XXH3_64bits(p.buf.data(), p.buf.size())};
+      const bool ok = write_all(fd_, &c, sizeof c) && write_all(fd_, p.buf.data(), p.buf.size());
+      const int err = ok ? 0 : errno;
+      if (ok) {
+        // Writeback starts now, a chunk at a time, rather than all at the
+        // fsync (a hint; errors show at the fsync).
+        written_ += sizeof c + p.buf.size();
+        (void)::sync_file_range(fd_, static_cast<off_t>(synced_),
+                                static_cast<off_t>(written_ - synced_), SYNC_FILE_RANGE_WRITE);
+        synced_ = written_;
+      }
+      std::lock_guard lock(mu_);
+      sums_.push_back(c.checksum);
+      if (!ok) err_ = err;
+      spare_ = std::move(p.buf);
+      pending_.reset();
+      cv_.notify_all();
+      if (!ok) return;
+    }
+  }
+
   int fd_;
-  std::vector<char> buf_;
+  std::vector<char> buf_;  // the chunk being filled (the walk's thread)
   uint32_t in_chunk_ = 0;
   uint64_t entries_ = 0, bytes_ = 0, chunks_ = 0;
-  std::vector<uint64_t> sums_;
-  // The chunks' bytes written, and those handed to writeback.
+  std::mutex mu_;  // guards what follows, shared with the writing thread
+  std::condition_variable cv_;
+  std::optional<Pending> pending_;  // handed over, not written yet
+  std::vector<char> spare_;         // a written chunk's buffer, for reuse
+  std::vector<uint64_t> sums_;      // the chunks' checksums, for the trailer's
+  int err_ = 0;                     // errno of a failed write
+  bool stopping_ = false;
+  // The writing thread's own: the chunks' bytes written, and those handed
+  // to writeback.
   uint64_t written_ = 0, synced_ = 0;
+  std::thread io_;  // last: started once the members above exist
 };
 
 // A partition's position and the fingerprint of a record below it (kvsd
