@@ -308,10 +308,35 @@ Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
       }
     }
   };
-  // A guard covers at most a chunk of entries, or this many groups of a
-  // sparse index.
-  constexpr uint64_t kGroupsPerGuard = 4096;
-  uint64_t guarded_groups = 0;
+  // A guard covers a few hundred entries (tens of microseconds of copying)
+  // or groups of a sparse index: a walk whose thread is held off the CPU
+  // (kvsd's runs SCHED_IDLE) holds no memory back for long. Chunks are
+  // written between guards.
+  constexpr uint64_t kEntriesPerGuard = 256, kBytesPerGuard = 64 << 10, kGroupsPerGuard = 1024;
+  uint64_t guarded_entries = 0, guarded_bytes = 0, guarded_groups = 0;
+  // Ends the guard, writes the chunk if full, and begins the next guard;
+  // false when the walk must stop (out: replaced, or an error in *err).
+  Error err;
+  auto renew = [&]() -> bool {
+    guarded_entries = guarded_bytes = guarded_groups = 0;
+    guard.end();
+    if (chunks.full() && !chunks.flush()) {
+      err = sys_error("writing " + where, errno);
+      return false;
+    }
+    auto again = guard.begin();
+    if (!again) {
+      err = std::move(again).error();
+      return false;
+    }
+    v = *again;
+    out.replaced = v.generation != generation;
+    return !out.replaced;
+  };
+  auto stopped = [&]() -> Result<Written> {
+    if (out.replaced) return out;
+    return err;
+  };
   for (uint64_t g = 0; g < kAhead; ++g) prefetch(g);
   for (uint64_t g = 0; g < groups; ++g) {
     prefetch(g + kAhead);
@@ -327,38 +352,22 @@ Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
       // A partition the topic gained during the walk: its records are all
       // after the file's positions (it is read from its start on load).
       if (o.partition >= parts.size()) continue;
-      // Chunks are flushed once past kSnapshotChunkBytes, so with this
+      // Chunks are written once past kSnapshotChunkBytes, so with this
       // bound none passes kSnapshotMaxChunkBytes.
       const uint64_t bytes = sizeof(EntryHeader) + uint64_t{e.key_len} + e.value_len;
       if (bytes > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) {
         return Error{Errc::kTooLarge, where + ": an entry of " + std::to_string(bytes) +
                                           " bytes is larger than a snapshot chunk may hold"};
       }
-      if (chunks.add(e, o) && i + 1 < kSlotsPerGroup) {
-        // Full inside a group: the rest of it comes under the next guard.
-        guard.end();
-        if (!chunks.flush()) return sys_error("writing " + where, errno);
-        auto again = guard.begin();
-        if (!again) return std::move(again).error();
-        v = *again;
-        if (v.generation != generation) {
-          out.replaced = true;
-          return out;
-        }
+      const bool full = chunks.add(e, o);
+      guarded_bytes += bytes;
+      // The rest of the group comes under the next guard.
+      if ((full || ++guarded_entries >= kEntriesPerGuard || guarded_bytes >= kBytesPerGuard) &&
+          !renew()) {
+        return stopped();
       }
     }
-    if (!chunks.full() && ++guarded_groups < kGroupsPerGuard) continue;
-    // The chunk is copied: the guard ends while it is written.
-    guarded_groups = 0;
-    guard.end();
-    if (chunks.full() && !chunks.flush()) return sys_error("writing " + where, errno);
-    auto again = guard.begin();
-    if (!again) return std::move(again).error();
-    v = *again;
-    if (v.generation != generation) {
-      out.replaced = true;
-      return out;
-    }
+    if (++guarded_groups >= kGroupsPerGuard && !renew()) return stopped();
   }
   guard.end();
   if (!chunks.finish()) return sys_error("writing " + where, errno);
