@@ -3,10 +3,22 @@
 #pragma once
 
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
+#include <ctime>
 #include <string>
 
 namespace kvs::log {
+
+// "2026-12-03T01:41:18Z": a Unix time in ns, for messages.
+inline std::string utc_time(uint64_t unix_ns) {
+  const auto t = static_cast<time_t>(unix_ns / 1000000000);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
 
 enum class Level { kError = 3, kWarning = 4, kInfo = 6, kDebug = 7 };
 

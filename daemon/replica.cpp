@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <ctime>
 #include <thread>
 
 #include "growth.hpp"
@@ -47,14 +46,7 @@ int64_t timestamp_ms(const rd_kafka_message_t* m) {
 
 static uint64_t ms_to_ns(int64_t ms) { return ms > 0 ? static_cast<uint64_t>(ms) * 1000000 : 0; }
 
-static std::string utc_time(uint64_t unix_ns) {
-  const auto t = static_cast<time_t>(unix_ns / 1000000000);
-  struct tm tm {};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+using log::utc_time;
 
 static std::string mib(uint64_t bytes) {
   char buf[32];

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cinttypes>
-#include <ctime>
 
 #include "growth.hpp"
 #include "log.hpp"
@@ -11,15 +10,6 @@
 namespace kvs::daemon {
 
 namespace {
-
-std::string utc(uint64_t unix_ns) {
-  const auto t = static_cast<time_t>(unix_ns / 1000000000);
-  struct tm tm {};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 // A segment for the snapshot's entries.
 TableSize size_for(const SnapshotInfo& info, const config::TableConfig& cfg) {
@@ -93,7 +83,7 @@ bool load(Replica& t, const Candidate& c, const std::vector<std::pair<int64_t, i
   KVS_LOG_INFO("table %s: cold start from snapshot %s (taken %s, %" PRIu64
                " entries, %.1f MiB), loaded in %.0f ms; consuming the %" PRIu64
                " offsets after its positions from topic %s",
-               t.cfg.name.c_str(), c.path.c_str(), utc(c.info.created_unix_ns).c_str(),
+               t.cfg.name.c_str(), c.path.c_str(), log::utc_time(c.info.created_unix_ns).c_str(),
                c.info.entries, static_cast<double>(c.info.file_bytes) / (1 << 20),
                std::chrono::duration<double, std::milli>(clock::now() - start).count(), behind,
                t.cfg.topic.c_str());
@@ -159,7 +149,7 @@ bool seed_from_snapshot(Replica& t, const std::vector<std::pair<int64_t, int64_t
     if (const std::string why = why_not_usable(t, c.info, wms, format::now_unix_ns());
         !why.empty()) {
       KVS_LOG_WARN("table %s: snapshot %s (taken %s) not used: %s", t.cfg.name.c_str(),
-                   c.path.c_str(), utc(c.info.created_unix_ns).c_str(), why.c_str());
+                   c.path.c_str(), log::utc_time(c.info.created_unix_ns).c_str(), why.c_str());
       continue;
     }
     if (load(t, c, wms)) return true;

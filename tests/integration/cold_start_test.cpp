@@ -40,13 +40,7 @@ class ColdStartTest : public KvsdTest {
     p.send(topic_, static_cast<int>(id % kPartitions), test::make_key(id), std::nullopt);
     ++sent_[id % kPartitions];
   }
-  bool all_applied(const Table& t) {
-    for (uint32_t p = 0; p < kPartitions; ++p) {
-      auto o = t.partition_offsets(p);
-      if (!o || o->next_offset < sent_[p]) return false;
-    }
-    return true;
-  }
+  bool all_applied(const Table& t) { return KvsdTest::all_applied(t, sent_, kPartitions); }
   // What the topic holds now: each key's last record, tombstones erasing.
   std::map<std::string, std::string> topic_state() {
     std::map<std::string, std::string> m;

@@ -43,13 +43,7 @@ class GrowthTest : public KvsdTest {
     }
   }
   // Every record produced is applied.
-  bool all_applied(const Table& t) {
-    for (uint32_t p = 0; p < kPartitions; ++p) {
-      auto o = t.partition_offsets(p);
-      if (!o || o->next_offset < sent_[p]) return false;
-    }
-    return true;
-  }
+  bool all_applied(const Table& t) { return KvsdTest::all_applied(t, sent_, kPartitions); }
   int64_t sent_[kPartitions] = {};
   std::string write_growth_config(const std::string& extra = "") {
     const std::string path = (dir_ / "kvsd.toml").string();

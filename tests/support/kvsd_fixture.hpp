@@ -91,6 +91,14 @@ class KvsdTest : public ::testing::Test {
     return t;
   }
   std::map<std::string, std::string> contents(const Table& t) { return test::contents(t); }
+  // The table has applied every record produced: partition p up to sent[p].
+  static bool all_applied(const Table& t, const int64_t* sent, int partitions) {
+    for (int p = 0; p < partitions; ++p) {
+      auto o = t.partition_offsets(static_cast<uint32_t>(p));
+      if (!o || o->next_offset < sent[p]) return false;
+    }
+    return true;
+  }
   const format::TableHeader& header() {
     if (!segment_) {
       auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadOnly);

@@ -19,10 +19,13 @@
 #include "kvs/kvs.hpp"
 #include "support/table_contents.hpp"
 #include "support/test_support.hpp"
+#include "support/writer_support.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs {
 namespace {
+
+using test::open_writer;
 
 using format::Origin;
 
@@ -39,11 +42,6 @@ class ResizeTest : public ::testing::Test {
     o.max_key_bytes = 256;
     o.max_value_bytes = 4096;
     return o;
-  }
-  std::unique_ptr<TableWriter> open_writer(const WriterOptions& o) {
-    auto w = TableWriter::open(o);
-    EXPECT_TRUE(w) << (w ? "" : w.error().message);
-    return w ? std::move(*w) : nullptr;
   }
   Table open_reader(const std::string& table) {
     auto t = Table::open(table, {shm_.prefix()});

@@ -23,9 +23,12 @@
 
 #include "kvs/kvs.hpp"
 #include "support/test_support.hpp"
+#include "support/writer_support.hpp"
 
 namespace kvs {
 namespace {
+
+using test::open_writer;
 
 namespace fs = std::filesystem;
 using format::Origin;
@@ -55,11 +58,6 @@ class SnapshotTest : public ::testing::Test {
     o.max_key_bytes = 256;
     o.max_value_bytes = 4096;
     return o;
-  }
-  std::unique_ptr<TableWriter> open_writer(const WriterOptions& o) {
-    auto w = TableWriter::open(o);
-    EXPECT_TRUE(w) << (w ? "" : w.error().message);
-    return w ? std::move(*w) : nullptr;
   }
   static std::map<std::string, std::string> contents(TableWriter& w) {
     std::map<std::string, std::string> m;

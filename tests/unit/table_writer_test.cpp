@@ -16,9 +16,12 @@
 
 #include "kvs/kvs.hpp"
 #include "support/test_support.hpp"
+#include "support/writer_support.hpp"
 
 namespace kvs {
 namespace {
+
+using test::open_writer;
 
 using format::TableState;
 
@@ -61,11 +64,6 @@ class TableWriterTest : public ::testing::Test {
     o.max_key_bytes = 256;
     o.max_value_bytes = 4096;
     return o;
-  }
-  std::unique_ptr<TableWriter> open_writer(const WriterOptions& o) {
-    auto w = TableWriter::open(o);
-    EXPECT_TRUE(w) << (w ? "" : w.error().message);
-    return w ? std::move(*w) : nullptr;
   }
   Table open_reader() {
     auto t = Table::open("t", {shm_.prefix()});
