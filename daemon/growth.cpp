@@ -20,13 +20,14 @@ static std::string mib(uint64_t bytes) {
   return buf;
 }
 
-static uint64_t segment_bytes(TableSize s, uint32_t partition_capacity) {
-  return format::geometry(s.capacity, partition_capacity, s.arena_bytes).segment_bytes;
+static uint64_t segment_bytes(TableSize s, uint32_t partition_capacity, uint64_t log_entries) {
+  return format::geometry(s.capacity, partition_capacity, s.arena_bytes, log_entries).segment_bytes;
 }
 
-static bool fits(TableSize s, uint64_t max_bytes, uint32_t partition_capacity) {
-  return format::geometry_in_bounds(s.capacity, partition_capacity, s.arena_bytes) &&
-         (max_bytes == 0 || segment_bytes(s, partition_capacity) <= max_bytes);
+static bool fits(TableSize s, uint64_t max_bytes, uint32_t partition_capacity,
+                 uint64_t log_entries) {
+  return format::geometry_in_bounds(s.capacity, partition_capacity, s.arena_bytes, log_entries) &&
+         (max_bytes == 0 || segment_bytes(s, partition_capacity, log_entries) <= max_bytes);
 }
 
 std::optional<TableSize> bootstrap_projection(const WriterStats& st, uint64_t applied,
@@ -42,16 +43,16 @@ std::optional<TableSize> bootstrap_projection(const WriterStats& st, uint64_t ap
 }
 
 std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint64_t max_bytes,
-                                     uint32_t partition_capacity,
+                                     uint32_t partition_capacity, uint64_t log_entries,
                                      std::optional<TableSize> expected) {
   if (expected) {
     // Both dimensions to what the table is expected to hold, and at least
     // what plain growth would give.
-    auto plain = plan_growth(st, need, max_bytes, partition_capacity);
+    auto plain = plan_growth(st, need, max_bytes, partition_capacity, log_entries);
     if (plain) {
       TableSize s{std::max(plain->capacity, expected->capacity),
                   format::align_up(std::max(plain->arena_bytes, expected->arena_bytes), 4096)};
-      if (fits(s, max_bytes, partition_capacity)) return s;
+      if (fits(s, max_bytes, partition_capacity, log_entries)) return s;
     }
     return plain;
   }
@@ -73,7 +74,7 @@ std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint6
         s.arena_bytes = std::max(st.arena_bytes + step, arena_floor + need);
       }
       s.arena_bytes = format::align_up(s.arena_bytes, 4096);
-      if (fits(s, max_bytes, partition_capacity)) return s;
+      if (fits(s, max_bytes, partition_capacity, log_entries)) return s;
     }
   }
   return std::nullopt;
@@ -96,7 +97,8 @@ std::optional<TableSize> plan_resize(const WriterStats& st, const config::TableC
   if (over || st.arena_bytes < cfg.memory_limit_bytes || st.arena_bytes > 2 * want.arena_bytes) {
     s.arena_bytes = want.arena_bytes;
   }
-  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions)) return std::nullopt;
+  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions, cfg.change_log_entries))
+    return std::nullopt;
   return s;
 }
 
@@ -104,7 +106,7 @@ TableSize rebuild_size(const WriterStats& st, const config::TableConfig& cfg) {
   TableSize s{
       std::max(cfg.capacity, st.size + st.size / 2),
       format::align_up(std::max(cfg.memory_limit_bytes, st.live_bytes + st.live_bytes / 2), 4096)};
-  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions))
+  if (!fits(s, cfg.max_memory_bytes, cfg.max_partitions, cfg.change_log_entries))
     s = {cfg.capacity, cfg.memory_limit_bytes};
   return s;
 }
@@ -117,7 +119,7 @@ TableSize seed_size(uint64_t entries, uint64_t live_bytes, const config::TableCo
         format::align_up(std::max(cfg.memory_limit_bytes,
                                   static_cast<uint64_t>(static_cast<double>(live_bytes) * factor)),
                          4096)};
-    if (fits(s, cfg.max_memory_bytes, cfg.max_partitions)) break;
+    if (fits(s, cfg.max_memory_bytes, cfg.max_partitions, cfg.change_log_entries)) break;
   }
   return s;
 }
@@ -206,8 +208,8 @@ Result<void> grow(Replica& t, uint64_t need) {
                    ? seeded_projection(st, t.seed.entries, t.seed.live_bytes, t.applied, remaining)
                    : bootstrap_projection(st, t.applied, remaining);
   }
-  const auto size =
-      plan_growth(st, need, t.cfg.max_memory_bytes, full.header().partition_capacity, expected);
+  const auto size = plan_growth(st, need, t.cfg.max_memory_bytes, full.header().partition_capacity,
+                                t.cfg.change_log_entries, expected);
   if (!size) {
     t.at_limit = true;
     return make_error(Errc::kTableFull,

@@ -23,10 +23,11 @@ namespace kvs::daemon {
 // over half used (and the limit allows); the arena always takes the live
 // entries and the record. `expected`: what the table will hold once it has
 // caught up (a bootstrap's projection), which both dimensions grow to at
-// once if the limit allows. nullopt: the limit (or the layout's bounds)
+// once if the limit allows. `partition_capacity` and `log_entries` are
+// the new segment's (they count towards max_bytes). nullopt: the limit (or the layout's bounds)
 // leaves no larger segment.
 std::optional<TableSize> plan_growth(const WriterStats& st, uint64_t need, uint64_t max_bytes,
-                                     uint32_t partition_capacity,
+                                     uint32_t partition_capacity, uint64_t log_entries,
                                      std::optional<TableSize> expected = std::nullopt);
 
 // While a table bootstraps (or is rebuilt): the entries and arena bytes it

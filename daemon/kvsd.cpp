@@ -22,6 +22,8 @@
 #include "replica.hpp"
 #include "server/server.hpp"
 #include "snapshots.hpp"
+#include "src/registry.hpp"
+#include "wait_hub.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs::daemon {
@@ -279,7 +281,8 @@ Result<std::unique_ptr<kafka::EmbeddedKafka>> start_embedded(
 // created. An exit code if that failed.
 std::optional<int> open_replicas(const config::Config& cfg, bool fresh,
                                  std::vector<Replica>& tables,
-                                 std::map<std::string, size_t, std::less<>>& by_topic) {
+                                 std::map<std::string, size_t, std::less<>>& by_topic,
+                                 WaitHub& waits) {
   auto gid = config::resolve_group(cfg.shm_group, "shm_group");
   if (!gid) {
     KVS_LOG_ERROR("%s", gid.error().message.c_str());
@@ -291,8 +294,22 @@ std::optional<int> open_replicas(const config::Config& cfg, bool fresh,
       KVS_LOG_ERROR("table %s: %s", tc.name.c_str(), t.error().message.c_str());
       return 1;
     }
+    // Without its wait socket a table works as before: waiting readers
+    // poll every millisecond.
+    auto waiting = waits.listen(tc.name, registry::dir_path(t->writer->segment_name()),
+                                cfg.registry_mode, *gid, tc.reader_slots);
+    if (waiting) {
+      t->writer->wake_for(*waiting);
+    } else {
+      KVS_LOG_WARN("table %s: no wait socket (%s); readers that wait poll every millisecond",
+                   tc.name.c_str(), waiting.error().message.c_str());
+    }
     by_topic[tc.topic] = tables.size();
     tables.push_back(std::move(*t));
+  }
+  if (auto ok = waits.start(); !ok) {
+    KVS_LOG_ERROR("%s", ok.error().message.c_str());
+    return 1;
   }
   return std::nullopt;
 }
@@ -414,9 +431,10 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     embedded = std::move(*k);
   }
   // 1. The tables.
+  WaitHub waits;  // outlives the tables' writers, which read its counts
   std::vector<Replica> tables;
   std::map<std::string, size_t, std::less<>> by_topic;
-  if (auto code = open_replicas(cfg, embedded != nullptr, tables, by_topic)) return *code;
+  if (auto code = open_replicas(cfg, embedded != nullptr, tables, by_topic, waits)) return *code;
   // 2. Kafka: where each partition starts.
   auto consumer = kafka::Consumer::create(properties);
   if (!consumer) {

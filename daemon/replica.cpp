@@ -78,7 +78,7 @@ static HoldReason reason_of(Replica& t, Errc code) {
 // remember. With more, a tombstone's origin is kept until a record of its
 // key replaces it (see Tombstones).
 Result<void> apply_to(Replica& t, std::string_view key, const char* payload, size_t len,
-                      format::Origin origin) {
+                      format::Origin origin, int64_t offset) {
   using Applied = TableWriter::Applied;
   // The key's hash only when a tombstone is remembered or looked up: most
   // records of most tables need none.
@@ -88,7 +88,7 @@ Result<void> apply_to(Replica& t, std::string_view key, const char* payload, siz
   if (track && !tombstone && t.tombstones.wins_over(hash, origin)) return {};
   std::optional<std::string_view> value;
   if (!tombstone) value.emplace(payload, len);
-  auto r = t.active().apply(key, value, origin);
+  auto r = t.active().apply(key, value, origin, offset);
   if (!r) return std::move(r).error();
   if (track && *r != Applied::kSuperseded) {
     if (tombstone) {
@@ -105,11 +105,11 @@ Result<void> apply_to(Replica& t, std::string_view key, const char* payload, siz
 // than room (a descriptor limit, a corrupt arena that a rebuild will
 // replace) leaves the record waiting, as a full table does.
 static Result<void> apply_or_grow(Replica& t, std::string_view key, const char* payload, size_t len,
-                                  format::Origin origin) {
-  auto r = apply_to(t, key, payload, len, origin);
+                                  format::Origin origin, int64_t offset) {
+  auto r = apply_to(t, key, payload, len, origin, offset);
   if (r || r.error().code != Errc::kTableFull) return r;
   auto grown = grow(t, format::block_bytes_for(key.size(), payload ? len : 0));
-  if (grown) return apply_to(t, key, payload, len, origin);
+  if (grown) return apply_to(t, key, payload, len, origin, offset);
   if (needs_room(grown.error().code)) return grown;
   const auto now = clock::now();
   if (now >= t.next_grow_error_log) {
@@ -194,7 +194,7 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
     if (h.offset < 0 || now < h.next_try) continue;
     const format::Origin origin{h.timestamp_ms, static_cast<uint32_t>(p)};
     const char* payload = h.tombstone ? nullptr : h.value.data();
-    auto r = apply_or_grow(t, h.key, payload, h.value.size(), origin);
+    auto r = apply_or_grow(t, h.key, payload, h.value.size(), origin, h.offset);
     if (!r && r.error().code == Errc::kBusy && now - h.since >= kGrowPastReadersAfter && !t.grow) {
       // Readers hold the room back for long: the table takes new memory
       // (a copy of its live entries), and leaves the old segment to them.
@@ -203,7 +203,7 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
             "table %s: its room has waited for readers for %.1f s; the table grows into a "
             "new segment, and the readers keep the old one until they end their reads",
             t.cfg.name.c_str(), std::chrono::duration<double>(now - h.since).count());
-        r = apply_to(t, h.key, payload, h.value.size(), origin);
+        r = apply_to(t, h.key, payload, h.value.size(), origin, h.offset);
       }
     }
     if (!r && needs_room(r.error().code)) {
@@ -567,6 +567,7 @@ Result<Replica> open_replica(const config::Config& cfg, const config::TableConfi
   wo.group = gid;
   wo.dead_reader_check = std::chrono::milliseconds(cfg.dead_reader_check_ms);
   wo.reader_scan_interval = std::chrono::milliseconds(1);
+  wo.change_log_entries = tc.change_log_entries;
   if (fresh) {
     if (auto seg = shm::segment_name(cfg.shm_prefix, tc.name)) discard_segment(*seg);
   }
@@ -737,7 +738,7 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   const std::string_view key(static_cast<const char*>(m->key), m->key_len);
   const int64_t ts = timestamp_ms(m);
   auto r = apply_or_grow(t, key, static_cast<const char*>(m->payload), m->len,
-                         format::Origin{ts, static_cast<uint32_t>(p)});
+                         format::Origin{ts, static_cast<uint32_t>(p)}, m->offset);
   // Skipping a record that needs room would lose data: it waits, and only
   // its partition with it.
   if (!r && needs_room(r.error().code)) return hold(t, c, m, r.error());
@@ -766,6 +767,8 @@ bool end_batch(Replica& t, kafka::Consumer& c) {
     if (t.pending[p] > t.active().next_offset(up)) t.active().set_next_offset(up, t.pending[p]);
     t.pending[p] = -1;
   }
+  // What the batch changed is published to sleepers before anything slow.
+  t.active().publish_batch();
   t.active().reclaim();
   if (!continue_growth(t, c)) return false;
   resize_if_due(t);

@@ -149,10 +149,11 @@ bool end_batch(Replica& t, kafka::Consumer& c);
 int64_t timestamp_ms(const rd_kafka_message_t* m);  // the record's Kafka timestamp; 0: none
 // The table has no room for the record (it must wait, never be skipped).
 bool needs_room(Errc code);
-// Applies one record of `origin` to t's active segment: a put, or an erase
-// when payload is null (a tombstone), by the rule of format::replaces.
+// Applies the record at `offset` of `origin` to t's active segment: a put,
+// or an erase when payload is null (a tombstone), by the rule of
+// format::replaces.
 Result<void> apply_to(Replica& t, std::string_view key, const char* payload, size_t len,
-                      format::Origin origin);
+                      format::Origin origin, int64_t offset);
 void note_skipped(Replica& t, int32_t p, int64_t offset, const Error& e);
 // Record m needs room the table does not have: it waits in t.held and its
 // partition is not fetched until it is applied. False if the partition

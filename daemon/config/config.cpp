@@ -177,6 +177,14 @@ const Key kKeys[] = {
     {"table", "max_partitions", Kind::kInt, "256", 1, 65536,
      "Most partitions the topic may have (the segment keeps an offset for each).",
      [](Config&, TableConfig& t, const Val& v) { t.max_partitions = static_cast<uint32_t>(v.i); }},
+    {"table", "change_log_entries", Kind::kInt, "65536", 0, int64_t{1} << 26,
+     "Entries of the table's change log, the ring in its segment that watchers (kvs_watch_*, "
+     "kvsctl watch) read: 64 bytes each; a change takes one, plus one per 56 key bytes past 16. "
+     "A watcher that falls further behind is told it lost changes. 0: no log (watches are "
+     "refused). Takes effect with the table's next segment (a growth, a rebuild).",
+     [](Config&, TableConfig& t, const Val& v) {
+       t.change_log_entries = static_cast<uint64_t>(v.i);
+     }},
     {"table", "create_topic", Kind::kBool, "false", 0, 0,
      "Create the topic (cleanup.policy=compact) if it does not exist.",
      [](Config&, TableConfig& t, const Val& v) { t.create_topic = v.b; }},
@@ -486,13 +494,22 @@ Result<Config> parse(std::string_view text, const std::string& source) {
       return make_error(Errc::kInvalidArgument,
                         at + ": topic '" + t.topic + "' already feeds another table");
     }
+    if (t.change_log_entries > 0 &&
+        t.change_log_entries < 4 * format::change_entries(t.max_key_bytes)) {
+      return make_error(Errc::kInvalidArgument,
+                        at + ": change_log_entries = " + std::to_string(t.change_log_entries) +
+                            " is below 4 changes of the longest key (max_key_bytes = " +
+                            std::to_string(t.max_key_bytes) + "): set it to 0 or at least " +
+                            std::to_string(4 * format::change_entries(t.max_key_bytes)));
+    }
     if (t.max_key_bytes + uint64_t{t.max_value_bytes} + 16 > t.memory_limit_bytes) {
       return make_error(Errc::kInvalidArgument,
                         at + ": memory_limit_bytes = " + std::to_string(t.memory_limit_bytes) +
                             " cannot hold one entry of max_key_bytes + max_value_bytes");
     }
     const uint64_t initial =
-        format::geometry(t.capacity, t.max_partitions, t.memory_limit_bytes).segment_bytes;
+        format::geometry(t.capacity, t.max_partitions, t.memory_limit_bytes, t.change_log_entries)
+            .segment_bytes;
     if (t.max_memory_bytes != 0 && t.max_memory_bytes < initial) {
       return make_error(Errc::kInvalidArgument,
                         at + ": max_memory_bytes = " + std::to_string(t.max_memory_bytes) +

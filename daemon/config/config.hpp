@@ -30,6 +30,7 @@ struct TableConfig {
   uint32_t max_value_bytes = 1 << 20;
   uint32_t reader_slots = 1024;
   uint32_t max_partitions = 256;
+  uint64_t change_log_entries = 65536;  // the change log ring; 0: none (watches are refused)
   bool create_topic = false;
   int32_t create_partitions = 1;
   int32_t create_replication_factor = -1;  // -1: the broker's default

@@ -201,14 +201,14 @@ inline HeaderVerdict check_header(const uint8_t* base, uint64_t mapped_bytes) {
   }
   // Geometry must be within the writer's bounds (so that computing it cannot
   // overflow) and describe exactly this mapping.
-  if (!geometry_in_bounds(h.capacity, h.partition_capacity, h.arena_bytes)) {
+  if (!geometry_in_bounds(h.capacity, h.partition_capacity, h.arena_bytes, h.log_entries)) {
     return {HeaderCheck::kCorrupt, h.layout_version};
   }
-  const Geometry g = geometry(h.capacity, h.partition_capacity, h.arena_bytes);
+  const Geometry g = geometry(h.capacity, h.partition_capacity, h.arena_bytes, h.log_entries);
   if (h.segment_bytes != mapped_bytes || g.segment_bytes != h.segment_bytes ||
       g.groups_offset != h.groups_offset || g.group_count != h.group_count ||
       g.arena_offset != h.arena_offset || g.partitions_offset != h.partitions_offset ||
-      h.group_count < 2) {
+      g.log_offset != h.log_offset || h.group_count < 2) {
     return {HeaderCheck::kCorrupt, h.layout_version};
   }
   return {HeaderCheck::kOk, h.layout_version};

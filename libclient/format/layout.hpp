@@ -8,6 +8,7 @@
 //   TableHeader            4 cache lines; immutable geometry, the reader-hot
 //                          line (epoch), the writer-hot line (counters)
 //   PartitionState[P]      applied offset + high watermark per partition
+//   ChangeEntry[L]         the change log: a ring of the latest changes
 //   Group[G]               the index: 64-byte groups of 7 slots + control
 //   arena                  variable-size entry blocks, 8-byte aligned
 //
@@ -31,7 +32,7 @@ namespace kvs::format {
 
 inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;       // ".kvstab1"
 inline constexpr uint64_t kReaderFileMagic = 0x3272647273766b2eULL;  // ".kvsrdr2"
-inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kLayoutVersion = 4;
 inline constexpr size_t kCacheLine = 64;
 
 // Times in the segment and the registry: nanoseconds since the Unix epoch.
@@ -204,8 +205,29 @@ struct alignas(kCacheLine) TableHeader {
   // The Kafka timestamp of the oldest record kvsd knows it has not applied
   // (an upper bound on its age; 0: none, or not known yet).
   std::atomic<uint64_t> oldest_unapplied_unix_ns;
+  // Line 5: change notification (docs/format.md, "Watching a table").
+  // `changes` is the futex word readers sleep on: kvsd adds 1 after each
+  // batch it published (positions, entries, the change log, the state) and
+  // whenever it sets `replaced`, then wakes the sleepers with FUTEX_WAKE if
+  // a process told it that it waits (`waiters`, counted by kvsd from its
+  // wait socket). Nobody waiting costs kvsd no syscall.
+  alignas(kCacheLine) std::atomic<uint32_t> changes;
+  std::atomic<uint32_t> waiters;  // processes kvsd wakes for, for monitoring
+  std::atomic<uint64_t> wakes;    // FUTEX_WAKE calls kvsd made, for monitoring
+  // The change log: ChangeEntry[log_entries] at log_offset (immutable; 0
+  // entries: none). Entries below position `log_head` are published.
+  uint64_t log_offset;
+  uint64_t log_entries;
+  std::atomic<uint64_t> log_head;
+  // Positions continue those of the segment of incarnation
+  // `log_predecessor` (a resize carries the log on), from `log_start`:
+  // a watcher of that segment keeps its place here. 0: a log of its own.
+  // Set before the segment gets its name.
+  uint64_t log_start;
+  uint64_t log_predecessor;
+  uint64_t reserved4;
 };
-static_assert(sizeof(TableHeader) == 5 * kCacheLine);
+static_assert(sizeof(TableHeader) == 6 * kCacheLine);
 
 // Why a table's partitions wait (TableHeader::hold_reason).
 enum class HoldReason : uint32_t {
@@ -239,6 +261,38 @@ inline const char* hold_reason_text(uint32_t reason) {
 static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);
 static_assert(offsetof(TableHeader, state) == 3 * kCacheLine);
 static_assert(offsetof(TableHeader, oldest_unapplied_unix_ns) == 5 * kCacheLine - 8);
+static_assert(offsetof(TableHeader, changes) == 5 * kCacheLine);
+static_assert(sizeof(std::atomic<uint32_t>) == 4);  // the futex word
+
+// ---------------------------------------------------------------- change log
+// A ring of the latest changes kvsd applied, in the order it applied them
+// (so in offset order per partition). A change takes one entry, plus one
+// per 56 key bytes past the first 16. The entry at position p (slot
+// p % log_entries) is a seqlock of its own: word 0 holds p + 1 once the
+// entry is whole, 0 while kvsd writes it; a watcher that reads p + 1 before
+// and after copying the words has a whole entry of position p, and one that
+// reads anything else was overtaken (the change is lost to it).
+//
+// First entry: [0] p + 1, [1] key hash (hash_key), [2] Kafka offset,
+// [3] Kafka timestamp ms, [4] partition | kind << 32, [5] key length,
+// [6..7] the first 16 key bytes. Continuation: [0] p + 1, [1..7] 56 key bytes.
+enum class ChangeKind : uint32_t { kPut = 1, kErase = 2 };
+
+struct alignas(kCacheLine) ChangeEntry {
+  std::atomic<uint64_t> w[8];
+};
+static_assert(sizeof(ChangeEntry) == kCacheLine);
+inline constexpr uint64_t kChangeInlineKeyBytes = 16;
+inline constexpr uint64_t kChangeMoreKeyBytes = 56;
+inline constexpr uint64_t kMaxLogEntries = uint64_t{1} << 26;
+
+// Entries a change of a key of `key_len` bytes takes.
+constexpr uint64_t change_entries(uint64_t key_len) {
+  return key_len <= kChangeInlineKeyBytes
+             ? 1
+             : 1 + (key_len - kChangeInlineKeyBytes + kChangeMoreKeyBytes - 1) /
+                       kChangeMoreKeyBytes;
+}
 
 // ---------------------------------------------------------------- registry
 // Each reader process keeps one file per segment it reads (more when over
@@ -288,7 +342,8 @@ constexpr uint64_t layout_fingerprint() {
         uint64_t{kTagShift}, uint64_t{sizeof(PartitionState)}, uint64_t{sizeof(ReaderSlot)},
         uint64_t{sizeof(ReaderFileHeader)}, uint64_t{kReaderFileSlots},
         uint64_t{offsetof(TableHeader, epoch)}, uint64_t{offsetof(TableHeader, state)},
-        uint64_t{XXH_VERSION_MAJOR}}) {
+        uint64_t{offsetof(TableHeader, changes)}, uint64_t{sizeof(ChangeEntry)},
+        uint64_t{kChangeInlineKeyBytes}, uint64_t{XXH_VERSION_MAJOR}}) {
     h = (h ^ v) * 1099511628211ULL;
   }
   return h;
@@ -324,22 +379,25 @@ inline uint64_t groups_for_capacity(uint64_t capacity) {
 inline constexpr uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 struct Geometry {
-  uint64_t partitions_offset, groups_offset, group_count, arena_offset, arena_bytes, segment_bytes;
+  uint64_t partitions_offset, log_offset, groups_offset, group_count, arena_offset, arena_bytes,
+      segment_bytes;
 };
 
-inline bool geometry_in_bounds(uint64_t capacity, uint32_t partition_capacity,
-                               uint64_t arena_bytes) {
+inline bool geometry_in_bounds(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes,
+                               uint64_t log_entries) {
   return capacity >= 1 && capacity <= kMaxCapacity && partition_capacity >= 1 &&
          partition_capacity <= kMaxPartitions && arena_bytes >= kMinArenaBytes &&
-         arena_bytes <= kMaxArenaBytes;
+         arena_bytes <= kMaxArenaBytes && log_entries <= kMaxLogEntries;
 }
 
 // Within geometry_in_bounds every term is below 2^51, so nothing overflows.
-inline Geometry geometry(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes) {
+inline Geometry geometry(uint64_t capacity, uint32_t partition_capacity, uint64_t arena_bytes,
+                         uint64_t log_entries) {
   Geometry g{};
   g.partitions_offset = sizeof(TableHeader);
-  g.groups_offset =
+  g.log_offset =
       align_up(g.partitions_offset + uint64_t{partition_capacity} * sizeof(PartitionState), 4096);
+  g.groups_offset = align_up(g.log_offset + log_entries * sizeof(ChangeEntry), 4096);
   g.group_count = groups_for_capacity(capacity);
   g.arena_offset = align_up(g.groups_offset + g.group_count * sizeof(Group), 4096);
   g.arena_bytes = align_up(arena_bytes, 4096);

@@ -30,6 +30,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,9 +38,12 @@
 #include "format/index.hpp"
 #include "format/layout.hpp"
 #include "kvs/kvs.h"
+#include "protocol/wait_socket.hpp"
+#include "src/futex.hpp"
 #include "src/reader_internal.hpp"
 #include "src/registry.hpp"
 #include "src/shm.hpp"
+#include "src/wait_link.hpp"
 
 using namespace kvs;
 using namespace kvs::format;
@@ -102,7 +106,11 @@ struct Generation {
   const TableHeader* header = nullptr;
   TableView view;
   std::string registry_dir;
+  uid_t owner = 0;  // the segment's owner: kvsd's user
   std::shared_ptr<SlotPool> pool = std::make_shared<SlotPool>();
+  // Threads sleeping on the futex word in this mapping: it stays mapped
+  // until they wake (see sleep_on_changes).
+  std::atomic<uint32_t> sleepers{0};
 };
 
 }  // namespace
@@ -116,6 +124,7 @@ struct kvs_table {
   std::string name;  // as kvs_open was given it
   uint64_t id = 0;
   std::atomic<int64_t> next_reopen_ns{0};  // steady clock; retry pacing
+  std::unique_ptr<WaitLink> link;          // to kvsd's wait socket
 };
 
 struct kvs_txn {
@@ -194,6 +203,7 @@ Result<std::unique_ptr<Generation>> open_generation(const std::string& segment) 
   if (auto ok = shm::check_segment_owner(*g->data, &owner); !ok) {
     return std::move(ok).error();
   }
+  g->owner = owner;
   g->registry_dir = registry::dir_path(segment);
   if (auto ok = registry::check_dir(g->registry_dir, owner); !ok) return std::move(ok).error();
   g->header = reinterpret_cast<const TableHeader*>(g->data->data());
@@ -236,7 +246,7 @@ void maybe_reopen(kvs_table* t) {
 void collect(kvs_table* t) {
   Generation* cur = t->cur.load(std::memory_order_relaxed);
   std::erase_if(t->gens, [&](std::unique_ptr<Generation>& g) {
-    if (g.get() == cur) return false;
+    if (g.get() == cur || g->sleepers.load(std::memory_order_relaxed) > 0) return false;
     std::lock_guard lock(g->pool->mu);
     if (!g->pool->retired) {
       g->pool->retired = true;
@@ -418,6 +428,60 @@ auto with_current(kvs_table* t, F fn) -> decltype(fn(std::declval<const Generati
   return fn(*t->cur.load(std::memory_order_relaxed));
 }
 
+// How long a waiter sleeps at most while kvsd has not counted it (no kvsd,
+// an older one, or its answer is late): it polls, as before there was a
+// wait socket.
+constexpr auto kUncountedSleep = std::chrono::milliseconds(1);
+// A counted waiter looks again at least this often: a kvsd that died with
+// no successor wakes nobody.
+constexpr auto kCountedSleep = std::chrono::seconds(1);
+
+// Calls ready(current generation) under the table's lock until it returns a
+// code, sleeping on the segment's futex word in between; KVS_ETIMEDOUT
+// once timeout_ms (< 0: none) has passed. The word is read before ready()
+// looks: kvsd moves it after it published, so a change that ready() missed
+// makes the sleep return at once.
+template <class Ready>
+int wait_until(kvs_table* t, int timeout_ms, Ready ready) {
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::milliseconds(std::max(timeout_ms, 0));
+  struct Waiting {
+    WaitLink& link;
+    ~Waiting() { link.leave(); }
+  } waiting{*t->link};
+  bool counted = t->link->enter();
+  for (;;) {
+    Generation* g = nullptr;
+    uint32_t seen = 0;
+    {
+      std::lock_guard lock(t->mu);
+      maybe_reopen(t);
+      collect(t);
+      g = t->cur.load(std::memory_order_relaxed);
+      // seq_cst: pairs with kvsd's increment and its read of the waiter
+      // count (TableWriter::publish_batch).
+      seen = g->header->changes.load(std::memory_order_seq_cst);
+      if (auto rc = ready(*g)) return *rc;
+      g->sleepers.fetch_add(1, std::memory_order_relaxed);
+    }
+    const auto now = clock::now();
+    std::chrono::nanoseconds slice = counted ? std::chrono::nanoseconds(kCountedSleep)
+                                             : std::chrono::nanoseconds(kUncountedSleep);
+    if (timeout_ms >= 0) slice = std::min<std::chrono::nanoseconds>(slice, deadline - now);
+    futex::wait(&g->header->changes, seen, slice);
+    {
+      std::lock_guard lock(t->mu);  // collect() reads it under the lock
+      g->sleepers.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (timeout_ms >= 0 && clock::now() >= deadline) {
+      std::lock_guard lock(t->mu);
+      if (auto rc = ready(*t->cur.load(std::memory_order_relaxed))) return *rc;
+      return KVS_ETIMEDOUT;
+    }
+    counted = t->link->counted();
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -438,6 +502,7 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
     t->name = name;
     auto g = open_generation(*seg);
     if (!g) return fail(g.error());
+    t->link = std::make_unique<WaitLink>(wait_socket::path((*g)->registry_dir), (*g)->owner);
     t->gens.push_back(std::move(*g));
     t->cur.store(t->gens.back().get(), std::memory_order_release);
     t->id = g_next_table_id.fetch_add(1, std::memory_order_relaxed);
@@ -661,21 +726,15 @@ int kvs_state(kvs_table* t) {
 
 int kvs_wait_ready(kvs_table* t, int timeout_ms) {
   if (t == nullptr) return fail(Errc::kInvalidArgument, "kvs_wait_ready: NULL table");
-  using clock = std::chrono::steady_clock;
-  const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
-  auto pause = std::chrono::microseconds(100);
-  // Polls: the state changes once per kvsd start, and a futex would need a
-  // writable mapping in every reader.
-  while (kvs_state(t) != KVS_STATE_READY) {
-    if (timeout_ms >= 0 && clock::now() >= deadline) {
-      return fail(Errc::kTimeout, shm::path_of(t->segment) + " not READY after " +
-                                      std::to_string(timeout_ms) +
-                                      " ms (kvsd still bootstrapping)");
-    }
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::microseconds(10000));
-  }
-  return KVS_OK;
+  const int rc = wait_until(t, timeout_ms, [](const Generation& g) -> std::optional<int> {
+    if (g.header->state.load(std::memory_order_acquire) ==
+        static_cast<uint32_t>(TableState::kReady))
+      return KVS_OK;
+    return std::nullopt;
+  });
+  if (rc != KVS_ETIMEDOUT) return rc;
+  return fail(Errc::kTimeout, shm::path_of(t->segment) + " not READY after " +
+                                  std::to_string(timeout_ms) + " ms (kvsd still bootstrapping)");
 }
 
 uint32_t kvs_partition_count(kvs_table* t) {
@@ -777,6 +836,10 @@ int kvs_stat(kvs_table* t, kvs_table_stats* out) {
     s.holder_since_unix_ns = h.holder_since_unix_ns.load(std::memory_order_relaxed);
     s.holder_bytes = h.holder_bytes.load(std::memory_order_relaxed);
     s.oldest_unapplied_unix_ns = h.oldest_unapplied_unix_ns.load(std::memory_order_relaxed);
+    s.waiters = h.waiters.load(std::memory_order_relaxed);
+    s.wakes = h.wakes.load(std::memory_order_relaxed);
+    s.change_log_entries = h.log_entries;
+    s.change_log_position = h.log_head.load(std::memory_order_relaxed);
     const uint32_t parts =
         std::min(h.partition_count.load(std::memory_order_acquire), h.partition_capacity);
     const auto* ps = reinterpret_cast<const PartitionState*>(g.data->data() + h.partitions_offset);
@@ -797,41 +860,31 @@ int kvs_wait(kvs_table* t, const kvs_token* token, int timeout_ms) {
                                             ", " + std::to_string(token->offset) +
                                             ") is not one a write returned");
   }
-  using clock = std::chrono::steady_clock;
-  const auto deadline = clock::now() + std::chrono::milliseconds(timeout_ms);
-  auto pause = std::chrono::microseconds(20);
-  // Polls, as kvs_wait_ready: readers map the segment read-only, so there is
-  // no futex to sleep on; the pause grows to 1 ms, which bounds the delay.
-  for (;;) {
-    int64_t next = -1;
-    const uint32_t parts = kvs_partition_count(t);
+  const auto p = static_cast<uint32_t>(token->partition);
+  int64_t next = -1;
+  const int rc = wait_until(t, timeout_ms, [&](const Generation& g) -> std::optional<int> {
+    const TableHeader& h = *g.header;
+    if (p >= h.partition_capacity) {
+      return fail(Errc::kInvalidArgument, "kvs_wait: " + shm::path_of(t->segment) +
+                                              " tracks at most " +
+                                              std::to_string(h.partition_capacity) +
+                                              " partitions, no partition " + std::to_string(p));
+    }
     // A partition the topic gained lately is followed once kvsd sees it:
     // waited for, unless the segment cannot track it at all.
-    const uint32_t room = with_current(
-        t, [](const Generation& g) -> uint32_t { return g.header->partition_capacity; });
-    if (static_cast<uint32_t>(token->partition) >= room) {
-      return fail(Errc::kInvalidArgument, "kvs_wait: " + shm::path_of(t->segment) +
-                                              " tracks at most " + std::to_string(room) +
-                                              " partitions, no partition " +
-                                              std::to_string(token->partition));
-    }
-    if (static_cast<uint32_t>(token->partition) < parts) {
-      if (int rc =
-              kvs_partition_offsets(t, static_cast<uint32_t>(token->partition), &next, nullptr);
-          rc != KVS_OK)
-        return rc;
-      if (next > token->offset) return KVS_OK;
-    }
-    if (timeout_ms >= 0 && clock::now() >= deadline) {
-      return fail(Errc::kTimeout, shm::path_of(t->segment) + " has not applied partition " +
-                                      std::to_string(token->partition) + " offset " +
-                                      std::to_string(token->offset) + " within " +
-                                      std::to_string(timeout_ms) +
-                                      " ms (next offset there: " + std::to_string(next) + ")");
-    }
-    std::this_thread::sleep_for(pause);
-    pause = std::min(pause * 2, std::chrono::microseconds(1000));
-  }
+    if (p >= std::min(h.partition_count.load(std::memory_order_acquire), h.partition_capacity))
+      return std::nullopt;
+    const auto* ps = reinterpret_cast<const PartitionState*>(g.data->data() + h.partitions_offset);
+    next = ps[p].next_offset.load(std::memory_order_acquire);
+    if (next > token->offset) return KVS_OK;
+    return std::nullopt;
+  });
+  if (rc != KVS_ETIMEDOUT) return rc;
+  return fail(Errc::kTimeout, shm::path_of(t->segment) + " has not applied partition " +
+                                  std::to_string(token->partition) + " offset " +
+                                  std::to_string(token->offset) + " within " +
+                                  std::to_string(timeout_ms) +
+                                  " ms (next offset there: " + std::to_string(next) + ")");
 }
 
 }  // extern "C"
@@ -844,5 +897,15 @@ GuardView guard_view(const kvs_txn* x) {
 }
 
 const std::string& table_name(const kvs_table* t) { return t->name; }
+
+WaitLink& wait_link(kvs_table* t) { return *t->link; }
+
+Result<std::unique_ptr<shm::Mapping>> map_segment(const kvs_table* t) {
+  auto m = shm::open_segment(t->segment, shm::Access::kReadOnly);
+  if (!m) return m;
+  if (auto ok = check_table(**m); !ok) return std::move(ok).error();
+  if (auto ok = shm::check_segment_owner(**m, nullptr); !ok) return std::move(ok).error();
+  return m;
+}
 
 }  // namespace kvs::detail

@@ -1,13 +1,17 @@
-// What the rest of libkvs (snapshot_write.cpp) may see of a read guard: the
-// mapped segment behind it. Internal; not part of the ABI.
+// What the rest of libkvs (snapshot_write.cpp, watch.cpp) may see of a
+// table and a read guard. Internal; not part of the ABI.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "format/index.hpp"
 #include "format/layout.hpp"
 #include "kvs/kvs.h"
+#include "kvs/result.hpp"
+#include "src/shm.hpp"
+#include "src/wait_link.hpp"
 
 namespace kvs::detail {
 
@@ -26,5 +30,10 @@ GuardView guard_view(const kvs_txn* x);
 const std::string& table_name(const kvs_table* t);
 // Records `message` for kvs_last_error() and returns code (reader.cpp).
 int set_last_error(int code, std::string message);
+// The table's link to kvsd's wait socket.
+WaitLink& wait_link(kvs_table* t);
+// Maps the segment that carries the table's name now (read-only), after
+// the checks kvs_open makes; without a reader slot or registry file.
+Result<std::unique_ptr<shm::Mapping>> map_segment(const kvs_table* t);
 
 }  // namespace kvs::detail

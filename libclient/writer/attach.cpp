@@ -55,6 +55,12 @@ Result<void> validate(const WriterOptions& o) {
   if (o.max_key_bytes < 1 || o.max_value_bytes > (1u << 30)) {
     return bad("max_key_bytes must be >= 1 and max_value_bytes <= 1 GiB");
   }
+  if (o.change_log_entries > kMaxLogEntries ||
+      (o.change_log_entries > 0 && change_entries(o.max_key_bytes) > o.change_log_entries)) {
+    return bad("change_log_entries = " + std::to_string(o.change_log_entries) + ", must be 0 or " +
+               std::to_string(change_entries(o.max_key_bytes)) +
+               " (a change of the longest key).." + std::to_string(kMaxLogEntries));
+  }
   if (o.data_mode & (S_IWGRP | S_IWOTH)) {
     return bad("data_mode must not let the group or others write: readers refuse such a table");
   }
@@ -144,7 +150,8 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
 }
 
 Result<void> TableWriter::create_temp(const std::string& segment, TableSize size) {
-  const Geometry g = geometry(size.capacity, opts_.partition_capacity, size.arena_bytes);
+  const Geometry g =
+      geometry(size.capacity, opts_.partition_capacity, size.arena_bytes, opts_.change_log_entries);
   const std::string tmp = temp_name(segment);
   auto created = shm::create_segment(tmp, g.segment_bytes, opts_.data_mode, opts_.group);
   if (!created) return std::move(created).error().context("creating table " + opts_.table);
@@ -176,7 +183,8 @@ void TableWriter::remove_stale_temps(const std::string& segment) {
 
 Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement(std::optional<TableSize> size) {
   const TableSize sz = size.value_or(TableSize{opts_.capacity, opts_.arena_bytes});
-  if (!geometry_in_bounds(sz.capacity, opts_.partition_capacity, sz.arena_bytes) ||
+  if (!geometry_in_bounds(sz.capacity, opts_.partition_capacity, sz.arena_bytes,
+                          opts_.change_log_entries) ||
       block_bytes_for(opts_.max_key_bytes, opts_.max_value_bytes) > sz.arena_bytes) {
     return make_error(Errc::kInvalidArgument, "table " + opts_.table + ": a segment of " +
                                                   std::to_string(sz.capacity) + " entries and " +
@@ -187,6 +195,7 @@ Result<std::unique_ptr<TableWriter>> TableWriter::begin_replacement(std::optiona
   w->opts_ = opts_;
   w->roster_ = roster_;
   w->segment_ = segment_;
+  w->waiting_ = waiting_;
   if (auto ok = w->create_temp(segment_, sz); !ok) return std::move(ok).error();
   w->init_new(sz, opts_.partition_capacity);
   // Readers announce epochs per segment (their files name its incarnation),
@@ -206,6 +215,9 @@ Result<void> TableWriter::publish_replacement(TableWriter& next) {
     return ok;
   }
   next.data_->name = segment_;
+  // Sleepers on this segment move to the new one (rare: no need to ask
+  // whether anyone sleeps).
+  wake_all();
   return {};
 }
 
@@ -226,7 +238,8 @@ TableWriter::~TableWriter() {
 
 void TableWriter::init_new(TableSize size, uint32_t partition_capacity) {
   const uint64_t capacity = size.capacity;
-  const Geometry g = geometry(capacity, partition_capacity, size.arena_bytes);
+  const Geometry g =
+      geometry(capacity, partition_capacity, size.arena_bytes, opts_.change_log_entries);
   base_ = data_->data();
   KVS_UNPOISON(base_, data_->size());  // see ~TableWriter
   header_ = reinterpret_cast<TableHeader*>(base_);
@@ -242,6 +255,8 @@ void TableWriter::init_new(TableSize size, uint32_t partition_capacity) {
   header_->capacity = capacity;
   header_->partition_capacity = partition_capacity;
   header_->partitions_offset = g.partitions_offset;
+  header_->log_offset = g.log_offset;
+  header_->log_entries = opts_.change_log_entries;
   header_->created_unix_ns = now_unix_ns();
   header_->incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
   header_->epoch.store(1, std::memory_order_relaxed);  // 0 means "not reading"
@@ -252,6 +267,9 @@ void TableWriter::init_new(TableSize size, uint32_t partition_capacity) {
   header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
   groups_ = reinterpret_cast<Group*>(base_ + g.groups_offset);
   partitions_ = reinterpret_cast<PartitionState*>(base_ + g.partitions_offset);
+  log_ =
+      opts_.change_log_entries > 0 ? reinterpret_cast<ChangeEntry*>(base_ + g.log_offset) : nullptr;
+  log_pos_ = 0;
   for (uint32_t p = 0; p < partition_capacity; ++p)
     partitions_[p].last_offset.store(-1, std::memory_order_relaxed);
   view_ = TableView(base_, *header_);
@@ -264,6 +282,10 @@ Result<void> TableWriter::attach_existing() {
   header_ = reinterpret_cast<TableHeader*>(base_);
   groups_ = reinterpret_cast<Group*>(base_ + header_->groups_offset);
   partitions_ = reinterpret_cast<PartitionState*>(base_ + header_->partitions_offset);
+  log_ = header_->log_entries > 0 ? reinterpret_cast<ChangeEntry*>(base_ + header_->log_offset)
+                                  : nullptr;
+  // Entries a writer wrote past the head before it died are written again.
+  log_pos_ = header_->log_head.load(std::memory_order_relaxed);
   view_ = TableView(base_, *header_);
   if (auto ok = rebuild_allocator(); !ok) return ok;
   header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
@@ -272,6 +294,9 @@ Result<void> TableWriter::attach_existing() {
   // writer that died while replacing it does not stand.
   header_->replaced.store(0, std::memory_order_release);
   header_->reader_slot_limit.store(opts_.reader_slots, std::memory_order_relaxed);
+  // Processes that slept for the previous writer announce themselves to
+  // this one (its wait socket is new).
+  wake_all();
   attach_kind_ = AttachKind::kAttached;
   return {};
 }

@@ -49,6 +49,14 @@ Result<std::unique_ptr<TableWriter>> TableWriter::begin_resize(TableSize size) {
   auto r = begin_replacement(size);
   if (!r) return r;
   TableWriter& w = **r;
+  // The change log goes on in the new segment: what this one logged is
+  // published now (it is not written again), and a watcher that follows
+  // the table to the new segment keeps its place there.
+  publish_batch();
+  w.header_->log_start = log_pos_;
+  w.header_->log_predecessor = header_->incarnation;
+  w.log_pos_ = log_pos_;
+  w.header_->log_head.store(log_pos_, std::memory_order_relaxed);
   // The arena the copy needs is backed now: a full /dev/shm is an error
   // here, not in the middle of the copy.
   if (!w.back_until(w.header_->arena_offset + std::min(size.arena_bytes, st.live_bytes))) {

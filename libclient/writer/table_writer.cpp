@@ -48,8 +48,12 @@ Result<bool> TableWriter::erase(std::string_view key) {
 
 Result<TableWriter::Applied> TableWriter::apply(std::string_view key,
                                                 std::optional<std::string_view> value,
-                                                Origin origin) {
-  return value ? put_from(key, *value, origin) : erase_from(key, origin);
+                                                Origin origin, int64_t offset) {
+  auto r = value ? put_from(key, *value, origin) : erase_from(key, origin);
+  if (r && *r == Applied::kApplied && offset >= 0 && log_ != nullptr) {
+    log_change(key, value ? ChangeKind::kPut : ChangeKind::kErase, origin, offset);
+  }
+  return r;
 }
 
 Origin TableWriter::origin_of(uint64_t word) const {
@@ -229,6 +233,7 @@ Result<void> TableWriter::set_partition_count(uint32_t count) {
                                                   std::to_string(header_->partition_capacity));
   }
   header_->partition_count.store(count, std::memory_order_release);
+  dirty_ = true;
   return {};
 }
 
@@ -237,6 +242,7 @@ void TableWriter::set_next_offset(uint32_t partition, int64_t next_offset) {
   // release: every record below next_offset is visible before the offset is
   // (DESIGN.md invariant 3).
   ps.next_offset.store(next_offset, std::memory_order_release);
+  dirty_ = true;
   // The log holds at least what was applied: the high watermark readers see
   // never trails the applied offset, though kvsd learns the broker's only
   // now and then. (Single writer: load and store need no CAS.)
@@ -308,6 +314,9 @@ void TableWriter::for_each_entry(
 
 void TableWriter::set_state(TableState state) {
   header_->state.store(static_cast<uint32_t>(state), std::memory_order_release);
+  // At once, not at the end of the batch: kvs_wait_ready sleeps on it.
+  dirty_ = true;
+  publish_batch();
 }
 
 void TableWriter::count_skipped() { header_->skipped.fetch_add(1, std::memory_order_relaxed); }

@@ -62,6 +62,10 @@ struct WriterOptions {
   std::chrono::microseconds reader_scan_interval{0};
   // Arena bytes the attach walk covers per reclaim() (see above).
   uint64_t attach_walk_bytes = 2 << 20;
+  // Entries of the change log ring (format::ChangeEntry); 0: no log. A
+  // segment keeps the size it was made with; new ones (rebuilds, resizes)
+  // take this one.
+  uint64_t change_log_entries = 4096;
 };
 
 // How the arena walk of an attach ended; see TableWriter::take_attach_walk_report.
@@ -143,9 +147,23 @@ class TableWriter {
   // Applies one Kafka record of `origin`: a put, or an erase when `value`
   // is nullopt (a tombstone). Unlike put() and erase(), the record changes
   // nothing when the table's record of the key, from another partition,
-  // wins by format::replaces. Errors as put().
+  // wins by format::replaces. A record at `offset` (>= 0) that changes the
+  // table goes into the change log (published by publish_batch); a load
+  // (offset -1) does not. Errors as put().
   Result<Applied> apply(std::string_view key, std::optional<std::string_view> value,
-                        format::Origin origin);
+                        format::Origin origin, int64_t offset = -1);
+  // Ends a batch for readers: publishes the change log's new entries, and
+  // if anything was published since the last call (positions, state, log
+  // entries), adds 1 to the futex word and, when a process waits (the
+  // count given to wake_for is above 0), wakes the sleepers. True if it
+  // woke. Nobody waiting costs no syscall.
+  bool publish_batch();
+  // The number of processes that wait on this table (kvsd's wait socket
+  // counts them; it must outlive this writer and its replacements). Null:
+  // none ever waits.
+  void wake_for(const std::atomic<uint32_t>* waiting) { waiting_ = waiting; }
+  // The change log's next position (entries below it are written).
+  uint64_t log_position() const { return log_pos_; }
   // Publishes that the record at `offset` of `partition` (with this
   // timestamp and key) was applied: its fingerprint (PartitionState::last_*),
   // then next_offset = offset + 1.
@@ -260,6 +278,11 @@ class TableWriter {
   // Writes an entry's block; its offset, or 0 with the error in `err`
   // (kBusy, kNoMemory, kTableFull).
   uint64_t place(std::string_view key, std::string_view value, format::Origin origin, Error* err);
+  // Writes a change of `key` into the change log at log_pos_ (change_log.cpp).
+  void log_change(std::string_view key, format::ChangeKind kind, format::Origin origin,
+                  int64_t offset);
+  // Adds 1 to the futex word and wakes every sleeper (change_log.cpp).
+  void wake_all();
   // Publishes `word` in a free slot of the key's probe sequence.
   void insert_slot(uint64_t hash, uint64_t word);
   // While copying: copies the key's entry from the source first, unless it
@@ -307,6 +330,10 @@ class TableWriter {
   format::TableHeader* header_ = nullptr;
   format::Group* groups_ = nullptr;
   format::PartitionState* partitions_ = nullptr;
+  format::ChangeEntry* log_ = nullptr;
+  uint64_t log_pos_ = 0;  // the next change's position (TableHeader::log_head trails it)
+  bool dirty_ = false;    // published something since publish_batch
+  const std::atomic<uint32_t>* waiting_ = nullptr;  // see wake_for
   format::TableView view_;
   uint8_t* base_ = nullptr;
   AttachKind attach_kind_ = AttachKind::kCreated;

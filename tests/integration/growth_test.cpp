@@ -278,7 +278,8 @@ TEST_F(GrowthTest, HardLimitHoldsAtTheFirstRecordPastItAndRaisingItResumes) {
   for (uint64_t id = 0; id < n; ++id) p.send(topic_, 0, test::make_key(id), small_value(id, 7));
   ASSERT_TRUE(p.flush());
   // Room for 4096 entries and 1 MiB, not for 8192.
-  const uint64_t limit = format::geometry(4096, 256, 1 << 20).segment_bytes;
+  const uint64_t limit =
+      format::geometry(4096, 256, 1 << 20, /*kvsd's change_log_entries=*/65536).segment_bytes;
   auto kvsd = start_kvsd(write_growth_config("max_memory_bytes = " + std::to_string(limit) + "\n"));
   Table t = open_table();
   ASSERT_TRUE(test::wait_until([&] { return stat(t).held_partitions == 1; }, 60s)) << log();

@@ -94,7 +94,8 @@ TEST_F(PressureTest, TableAtItsLimitWaitsInItsOwnPartitionWhileEverythingElseGoe
   for (int i = 0; i < kCapacity; ++i) p.send(topic_, 0, "k" + std::to_string(i), "v");
   p.send(topic_, 0, "overflow", "waits");  // offset 1024
   ASSERT_TRUE(p.flush());
-  const uint64_t limit = format::geometry(kCapacity, 256, 4 << 20).segment_bytes;
+  const uint64_t limit =
+      format::geometry(kCapacity, 256, 4 << 20, /*kvsd's change_log_entries=*/65536).segment_bytes;
   auto kvsd = start_kvsd(write_two_tables("capacity = 1024\nmemory_limit_bytes = 4194304\n" +
                                           ("max_memory_bytes = " + std::to_string(limit) + "\n")));
   Table t = open_table("t");
@@ -181,7 +182,8 @@ TEST_F(PressureTest, StuckReaderIsNamedAndHoldsBackOnlyItsTable) {
   test::NotifySocket notify((dir_ / "notify.sock").string());
   ::setenv("NOTIFY_SOCKET", (dir_ / "notify.sock").c_str(), 1);
   ::setenv("WATCHDOG_USEC", "1000000", 1);
-  const uint64_t limit = format::geometry(1024, 256, 1 << 20).segment_bytes;
+  const uint64_t limit =
+      format::geometry(1024, 256, 1 << 20, /*kvsd's change_log_entries=*/65536).segment_bytes;
   auto kvsd = start_kvsd(
       write_two_tables("capacity = 1024\nmemory_limit_bytes = 1048576\nmax_value_bytes = 65536\n" +
                        ("max_memory_bytes = " + std::to_string(limit) + "\n")));

@@ -14,54 +14,54 @@ WriterStats stats(uint64_t size, uint64_t capacity, uint64_t live, uint64_t aren
   s.live_bytes = live;
   s.live_bytes_exact = true;
   s.arena_bytes = arena;
-  s.segment_bytes = format::geometry(capacity, 256, arena).segment_bytes;
+  s.segment_bytes = format::geometry(capacity, 256, arena, 0).segment_bytes;
   return s;
 }
 
 TEST(GrowthPlanTest, AFullIndexDoublesAndTheArenaKeepsItsSize) {
-  auto s = plan_growth(stats(1024, 1024, 100 << 10, 1 << 20), 64, 0, 256);
+  auto s = plan_growth(stats(1024, 1024, 100 << 10, 1 << 20), 64, 0, 256, 0);
   ASSERT_TRUE(s);
   EXPECT_EQ(s->capacity, 2048u);
   EXPECT_EQ(s->arena_bytes, 1u << 20);
 }
 
 TEST(GrowthPlanTest, TheOtherDimensionDoublesTooWhenItIsOverHalfUsed) {
-  auto s = plan_growth(stats(1024, 1024, 600 << 10, 1 << 20), 64, 0, 256);
+  auto s = plan_growth(stats(1024, 1024, 600 << 10, 1 << 20), 64, 0, 256, 0);
   ASSERT_TRUE(s);
   EXPECT_EQ(s->capacity, 2048u);
   EXPECT_EQ(s->arena_bytes, 2u << 20);
-  auto a = plan_growth(stats(600, 1024, (1 << 20) - 100, 1 << 20), 4096, 0, 256);
+  auto a = plan_growth(stats(600, 1024, (1 << 20) - 100, 1 << 20), 4096, 0, 256, 0);
   ASSERT_TRUE(a);
   EXPECT_EQ(a->capacity, 2048u);
   EXPECT_EQ(a->arena_bytes, 2u << 20);
   // Where the limit has no room for both, the short one alone.
-  const uint64_t limit = format::geometry(2048, 256, 1 << 20).segment_bytes;
-  auto one = plan_growth(stats(1024, 1024, 600 << 10, 1 << 20), 64, limit, 256);
+  const uint64_t limit = format::geometry(2048, 256, 1 << 20, 0).segment_bytes;
+  auto one = plan_growth(stats(1024, 1024, 600 << 10, 1 << 20), 64, limit, 256, 0);
   ASSERT_TRUE(one);
   EXPECT_EQ(one->capacity, 2048u);
   EXPECT_EQ(one->arena_bytes, 1u << 20);
 }
 
 TEST(GrowthPlanTest, AFullArenaDoublesAndTheIndexKeepsItsSize) {
-  auto s = plan_growth(stats(500, 1024, (1 << 20) - 100, 1 << 20), 4096, 0, 256);
+  auto s = plan_growth(stats(500, 1024, (1 << 20) - 100, 1 << 20), 4096, 0, 256, 0);
   ASSERT_TRUE(s);
   EXPECT_EQ(s->capacity, 1024u);
   EXPECT_EQ(s->arena_bytes, 2u << 20);
   // A record larger than the arena: room for the live entries and twice it.
-  auto big = plan_growth(stats(500, 1024, (1 << 20) - 100, 1 << 20), 3 << 20, 0, 256);
+  auto big = plan_growth(stats(500, 1024, (1 << 20) - 100, 1 << 20), 3 << 20, 0, 256, 0);
   ASSERT_TRUE(big);
   EXPECT_GE(big->arena_bytes, (1u << 20) - 100 + 2 * (3u << 20));
 }
 
 TEST(GrowthPlanTest, TheLimitShortensTheStepAndThenRefuses) {
-  const uint64_t at = format::geometry(1024, 256, 1 << 20).segment_bytes;
+  const uint64_t at = format::geometry(1024, 256, 1 << 20, 0).segment_bytes;
   // Room for an eighth more entries, not for twice as many.
-  const uint64_t limit = format::geometry(1024 + 128, 256, 1 << 20).segment_bytes;
-  auto s = plan_growth(stats(1024, 1024, 1000, 1 << 20), 64, limit, 256);
+  const uint64_t limit = format::geometry(1024 + 128, 256, 1 << 20, 0).segment_bytes;
+  auto s = plan_growth(stats(1024, 1024, 1000, 1 << 20), 64, limit, 256, 0);
   ASSERT_TRUE(s);
   EXPECT_GT(s->capacity, 1024u);
-  EXPECT_LE(format::geometry(s->capacity, 256, s->arena_bytes).segment_bytes, limit);
-  EXPECT_FALSE(plan_growth(stats(1024, 1024, 1000, 1 << 20), 64, at, 256));
+  EXPECT_LE(format::geometry(s->capacity, 256, s->arena_bytes, 0).segment_bytes, limit);
+  EXPECT_FALSE(plan_growth(stats(1024, 1024, 1000, 1 << 20), 64, at, 256, 0));
 }
 
 TEST(GrowthPlanTest, ABootstrapGrowsToItsProjectionAtOnceIfTheLimitAllows) {
@@ -71,13 +71,13 @@ TEST(GrowthPlanTest, ABootstrapGrowsToItsProjectionAtOnceIfTheLimitAllows) {
   ASSERT_TRUE(expected);
   EXPECT_NEAR(static_cast<double>(expected->capacity), 1.1e6, 1e3);
   EXPECT_NEAR(static_cast<double>(expected->arena_bytes), 1.1 * 150 * 1024 * 1000000 / 1024.0, 1e5);
-  auto s = plan_growth(st, 200, 0, 256, expected);
+  auto s = plan_growth(st, 200, 0, 256, 0, expected);
   ASSERT_TRUE(s);
   EXPECT_EQ(s->capacity, expected->capacity);
   EXPECT_GE(s->arena_bytes, expected->arena_bytes);
   // Past the limit, plain growth.
-  const uint64_t limit = format::geometry(4096, 256, 4 << 20).segment_bytes;
-  auto capped = plan_growth(st, 200, limit, 256, expected);
+  const uint64_t limit = format::geometry(4096, 256, 4 << 20, 0).segment_bytes;
+  auto capped = plan_growth(st, 200, limit, 256, 0, expected);
   ASSERT_TRUE(capped);
   EXPECT_EQ(capped->capacity, 2048u);
   // Current, or nothing applied yet: no projection.
@@ -146,11 +146,14 @@ TEST(GrowthPlanTest, ASeededTableIsSizedForItsSnapshotWithinTheLimit) {
   auto roomy = seed_size(100000, 16 << 20, cfg);
   EXPECT_EQ(roomy.capacity, 150000u);
   EXPECT_GE(roomy.arena_bytes, 24u << 20);
-  cfg.max_memory_bytes = format::geometry(110000, cfg.max_partitions, 18 << 20).segment_bytes;
+  cfg.max_memory_bytes =
+      format::geometry(110000, cfg.max_partitions, 18 << 20, cfg.change_log_entries).segment_bytes;
   auto tight = seed_size(100000, 16 << 20, cfg);
   EXPECT_GE(tight.capacity, 100000u);
   EXPECT_GE(tight.arena_bytes, 16u << 20);
-  EXPECT_LE(format::geometry(tight.capacity, cfg.max_partitions, tight.arena_bytes).segment_bytes,
+  EXPECT_LE(format::geometry(tight.capacity, cfg.max_partitions, tight.arena_bytes,
+                             cfg.change_log_entries)
+                .segment_bytes,
             cfg.max_memory_bytes);
   auto small = seed_size(10, 1000, cfg);
   EXPECT_EQ(small.capacity, 1024u);

@@ -80,13 +80,14 @@ TEST_F(ReaderTest, CapacityThatWrapsTheGeometryIsRefused) {
   auto w = make_table();
   format::TableHeader* h = writable_header();
   const format::Geometry real =
-      format::geometry(h->capacity, h->partition_capacity, h->arena_bytes);
+      format::geometry(h->capacity, h->partition_capacity, h->arena_bytes, h->log_entries);
   const uint64_t target = real.group_count + (uint64_t{1} << 58);  // * 64 wraps to the same
   const auto approx = static_cast<uint64_t>(static_cast<double>(target) * 7 * format::kMaxSlotLoad);
   uint64_t crafted = 0;
   for (int64_t i = -200000; i <= 200000 && crafted == 0; ++i) {
     const uint64_t c = approx + static_cast<uint64_t>(i * 64);
-    const format::Geometry g = format::geometry(c, h->partition_capacity, h->arena_bytes);
+    const format::Geometry g =
+        format::geometry(c, h->partition_capacity, h->arena_bytes, h->log_entries);
     if (g.arena_offset == real.arena_offset && g.segment_bytes == real.segment_bytes) crafted = c;
   }
   ASSERT_NE(crafted, 0u) << "no wrapping capacity found near " << approx;

@@ -4,6 +4,7 @@
 // /etc/kvs/kvsd.toml; a missing default file means kvsd's defaults) or from
 // flags, and needs no table name when the config has one table. Reads go
 // through libkvs (shared memory), writes through kvsd's socket.
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -190,6 +192,78 @@ int cmd_dump(const Target& t, const std::string& format) {
   kvs_close(tb);
   if (rc == 1) return fail(KVS_ESYS, "writing to stdout");
   return rc == KVS_OK ? 0 : fail(rc, "dump");
+}
+
+volatile sig_atomic_t g_interrupted = 0;
+void on_interrupt(int) { g_interrupted = 1; }
+
+// The key's current value, under a short guard ("": none).
+std::optional<std::string> current_value(kvs_table* tb, const void* key, size_t key_len) {
+  kvs_txn* x = nullptr;
+  if (kvs_read_begin(tb, &x) != KVS_OK) return std::nullopt;
+  const void* v = nullptr;
+  size_t vl = 0;
+  std::optional<std::string> out;
+  if (kvs_get(x, key, key_len, &v, &vl) == KVS_OK) out.emplace(static_cast<const char*>(v), vl);
+  kvs_read_end(x);
+  return out;
+}
+
+std::string change_line(const kvs_change& c, const std::optional<std::string>& value, bool json) {
+  const char* kind = c.kind == KVS_CHANGE_PUT     ? "put"
+                     : c.kind == KVS_CHANGE_ERASE ? "erase"
+                                                  : "lost";
+  const std::string_view key(static_cast<const char*>(c.key), c.key_len);
+  if (c.kind == KVS_CHANGE_LOST) {
+    return json ? "{\"kind\":\"lost\"}\n"
+                : "lost\t-\t-\t(changes were lost: the watch fell behind the change log)\n";
+  }
+  const std::string token = std::to_string(c.partition) + ":" + std::to_string(c.offset);
+  if (json) {
+    return "{\"kind\":\"" + std::string(kind) + "\",\"partition\":" + std::to_string(c.partition) +
+           ",\"offset\":" + std::to_string(c.offset) +
+           ",\"timestamp_ms\":" + std::to_string(c.timestamp_ms) + ",\"key\":" + json_escape(key) +
+           ",\"value\":" + (value ? json_escape(*value) : std::string("null")) + "}\n";
+  }
+  return std::string(kind) + "\t" + token + "\t" + tsv_escape(key) + "\t" +
+         (value ? tsv_escape(*value) : std::string("-")) + "\n";
+}
+
+// Prints the changes that pass the filter as they are applied, with the
+// key's value as the table holds it when printed, until Ctrl-C (or
+// max_changes lines).
+int cmd_watch(const Target& t, int filter, const std::string& key, const std::string& format,
+              uint64_t max_changes) {
+  kvs_table* tb = nullptr;
+  if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
+  kvs_watch* w = nullptr;
+  if (int rc = kvs_watch_open(tb, filter, key.data(), key.size(), &w); rc != KVS_OK) {
+    kvs_close(tb);
+    return fail(rc, "watch");
+  }
+  struct sigaction sa {};
+  sa.sa_handler = on_interrupt;  // no SA_RESTART: the futex sleep ends at once
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  int rc = KVS_OK;
+  for (uint64_t n = 0; !g_interrupted && (max_changes == 0 || n < max_changes);) {
+    kvs_change c{};
+    rc = kvs_watch_next(w, &c, 1000);
+    if (rc == KVS_ETIMEDOUT) continue;
+    if (rc != KVS_OK) break;
+    std::optional<std::string> value;
+    if (c.kind == KVS_CHANGE_PUT) value = current_value(tb, c.key, c.key_len);
+    const std::string line = change_line(c, value, format == "json");
+    if (std::fwrite(line.data(), 1, line.size(), stdout) != line.size() || std::fflush(stdout)) {
+      rc = KVS_ESYS;
+      break;
+    }
+    ++n;
+  }
+  kvs_watch_close(w);
+  kvs_close(tb);
+  if (rc == KVS_ETIMEDOUT) rc = KVS_OK;
+  return rc == KVS_OK ? 0 : fail(rc, "watch");
 }
 
 std::string human_bytes(uint64_t b) {
@@ -582,6 +656,17 @@ int main(int argc, char** argv) {
       "snapshot",
       "Write a snapshot of the live table to a file (kvsd's seed_from on another host)");
   snapshot->add_option("--out", out, "the file (written beside it, then renamed)")->required();
+  std::string watch_key, watch_prefix;
+  uint64_t max_changes = 0;
+  auto* watch = app.add_subcommand(
+      "watch",
+      "Print changes as kvsd applies them (kind, partition:offset, key, value) until Ctrl-C");
+  watch->add_option("--key", watch_key, "only this key");
+  watch->add_option("--prefix", watch_prefix, "only keys that start with this");
+  watch->add_option("--format", format, "tsv (backslash escapes) or json (JSON lines)")
+      ->check(CLI::IsMember({"tsv", "json"}))
+      ->capture_default_str();
+  watch->add_option("--max-changes", max_changes, "stop after this many lines (0: never)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -639,5 +724,24 @@ int main(int argc, char** argv) {
   if (ready->parsed()) return cmd_wait_ready(t, timeout_ms);
   if (wait->parsed()) return cmd_wait(t, partition, offset, timeout_ms);
   if (snapshot->parsed()) return cmd_snapshot(t, out);
+  if (watch->parsed()) {
+    if (!watch_key.empty() && !watch_prefix.empty()) {
+      std::fprintf(stderr, "kvsctl: watch: --key and --prefix exclude each other\n");
+      return kExitUsage;
+    }
+    if (hex) {
+      bool ok = true;
+      watch_key = from_hex(watch_key, &ok);
+      if (ok) watch_prefix = from_hex(watch_prefix, &ok);
+      if (!ok) {
+        std::fprintf(stderr, "kvsctl: --hex: --key and --prefix must be pairs of hex digits\n");
+        return kExitUsage;
+      }
+    }
+    const int filter = !watch_key.empty()      ? KVS_WATCH_KEY
+                       : !watch_prefix.empty() ? KVS_WATCH_PREFIX
+                                               : KVS_WATCH_ALL;
+    return cmd_watch(t, filter, watch_key.empty() ? watch_prefix : watch_key, format, max_changes);
+  }
   return kExitUsage;
 }

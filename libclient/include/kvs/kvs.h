@@ -206,6 +206,11 @@ typedef struct kvs_table_stats {
   uint64_t backlog;                  /* records stored in Kafka and not applied yet (sum of lags) */
   uint64_t oldest_unapplied_unix_ns; /* Kafka timestamp of the oldest record not applied yet:
                                         an upper bound on its age (0: none, or not known) */
+  /* Change notification (kvs_wait*, kvs_watch_*): */
+  uint32_t waiters;             /* processes kvsd wakes after each batch (they wait or watch) */
+  uint64_t wakes;               /* FUTEX_WAKE calls kvsd made for this segment */
+  uint64_t change_log_entries;  /* the change log's size (0: none; watches are refused) */
+  uint64_t change_log_position; /* changes logged so far: the next change's position */
 } kvs_table_stats;
 
 /* kvs_table_stats.hold_reason */
@@ -254,6 +259,69 @@ typedef struct kvs_snapshot_info {
  * KVS_ETOOBIG (an entry over 63 MiB), KVS_ENOMEM, KVS_ECORRUPT, and those of
  * kvs_read_begin. */
 KVS_API int kvs_snapshot_write(kvs_table *table, const char *path, kvs_snapshot_info *info);
+
+/* ---- Watching changes --------------------------------------------------- */
+
+/* A watch follows the table's change log (docs/format.md, "Watching a
+ * table"): a ring in the segment of the latest changes kvsd applied, in the
+ * order it applied them (so per partition in offset order). A watch starts
+ * at the newest change: it reports what is applied after kvs_watch_open.
+ * While it sleeps in kvs_watch_next, kvsd wakes it with a futex after each
+ * batch it applied. A watch that falls further behind than the ring holds
+ * is told so (KVS_CHANGE_LOST), never skips silently; it then goes on from
+ * the newest change and the caller re-reads what it cares about. It follows
+ * the table through a growth without losing its place (as long as the ring
+ * holds what the growth applied meanwhile), and reports KVS_CHANGE_LOST
+ * for a rebuild. A change says which key changed; read its value with
+ * kvs_get (it may be newer than the change).
+ *
+ *   kvs_watch *w;
+ *   kvs_watch_open(t, KVS_WATCH_PREFIX, "flags/", 6, &w);
+ *   kvs_change c;
+ *   while (kvs_watch_next(w, &c, -1) == 0) {
+ *     if (c.kind == KVS_CHANGE_LOST) reload_all(); else reload(c.key, c.key_len);
+ *   }
+ *   kvs_watch_close(w);
+ *
+ * A watch belongs to one thread at a time; the table must outlive it. A
+ * kvsd that restarts replays records after its last published position:
+ * their changes may be reported twice. */
+typedef struct kvs_watch kvs_watch; /* opaque */
+
+#define KVS_WATCH_ALL 0    /* every change */
+#define KVS_WATCH_KEY 1    /* changes of one key */
+#define KVS_WATCH_PREFIX 2 /* changes of keys that start with the given bytes */
+
+#define KVS_CHANGE_PUT 1   /* the key was written */
+#define KVS_CHANGE_ERASE 2 /* the key was erased (a tombstone) */
+#define KVS_CHANGE_LOST 3  /* changes were lost to this watch: re-read what you watch */
+
+typedef struct kvs_change {
+  int kind;             /* KVS_CHANGE_* */
+  uint32_t partition;   /* the Kafka record's (not for KVS_CHANGE_LOST) */
+  int64_t offset;       /* the record's offset: a kvs_token of {partition, offset} */
+  int64_t timestamp_ms; /* the record's Kafka timestamp (0: none) */
+  const void *key;      /* the key's bytes: valid until this watch's next call */
+  size_t key_len;
+  uint64_t position; /* the change's position in the log */
+} kvs_change;
+
+/* Opens a watch of `table` with a filter: KVS_WATCH_ALL (key ignored),
+ * KVS_WATCH_KEY or KVS_WATCH_PREFIX (key, key_len: the key or prefix; an
+ * empty prefix matches all). Errors: KVS_EINVAL (NULL argument, unknown
+ * filter), KVS_ENOTSUP (the table has no change log: change_log_entries = 0
+ * in kvsd.toml), KVS_ENOMEM, and those of kvs_open. */
+KVS_API int kvs_watch_open(kvs_table *table, int filter, const void *key, size_t key_len,
+                           kvs_watch **out);
+
+/* The next change that passes the filter, waiting up to timeout_ms (< 0:
+ * forever; 0: only what is there). Returns 0 with *change filled, or
+ * KVS_ETIMEDOUT (nothing new; retriable), KVS_EINVAL, KVS_ENOTSUP (kvsd
+ * replaced the table with one without a change log), KVS_ENOMEM. */
+KVS_API int kvs_watch_next(kvs_watch *watch, kvs_change *change, int timeout_ms);
+
+/* Ends the watch. NULL is a no-op. */
+KVS_API void kvs_watch_close(kvs_watch *watch);
 
 /* ---- Read-your-writes ------------------------------------------------- */
 

@@ -132,6 +132,80 @@ struct Token {
   bool operator==(const Token&) const = default;
 };
 
+// A change a Watch reports (kvs_change). `key` is valid until the watch's
+// next call.
+struct Change {
+  enum class Kind { kPut = KVS_CHANGE_PUT, kErase = KVS_CHANGE_ERASE, kLost = KVS_CHANGE_LOST };
+  Kind kind;
+  std::string_view key;
+  uint32_t partition;
+  int64_t offset;
+  int64_t timestamp_ms;
+  uint64_t position;
+  Token token() const { return Token{static_cast<int32_t>(partition), offset}; }
+};
+
+// A watch of a table's changes (kvs_watch_*), made by Table::watch(). Used
+// by one thread at a time; the Table must outlive it.
+//
+//   auto w = table->watch(kvs::Watch::Filter::kPrefix, "flags/");
+//   w->for_each([&](const kvs::Change& c) {
+//     if (c.kind == kvs::Change::Kind::kLost) reload_all(); else reload(c.key);
+//     return !stopping;
+//   });
+class Watch {
+ public:
+  enum class Filter { kAll = KVS_WATCH_ALL, kKey = KVS_WATCH_KEY, kPrefix = KVS_WATCH_PREFIX };
+
+  Watch(Watch&& o) noexcept : w_(std::exchange(o.w_, nullptr)) {}
+  Watch& operator=(Watch&& o) noexcept {
+    if (this != &o) {
+      kvs_watch_close(w_);
+      w_ = std::exchange(o.w_, nullptr);
+    }
+    return *this;
+  }
+  Watch(const Watch&) = delete;
+  Watch& operator=(const Watch&) = delete;
+  ~Watch() { kvs_watch_close(w_); }
+
+  // The next change that passes the filter, or nullopt if none came within
+  // `timeout` (negative: wait forever). Errors: kUnsupported, kNoMemory.
+  Result<std::optional<Change>> next(std::chrono::milliseconds timeout) {
+    kvs_change c{};
+    const int rc = kvs_watch_next(w_, &c, static_cast<int>(timeout.count()));
+    if (rc == KVS_ETIMEDOUT) return std::optional<Change>();
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return std::optional<Change>(Change{static_cast<Change::Kind>(c.kind),
+                                        {static_cast<const char*>(c.key), c.key_len},
+                                        c.partition,
+                                        c.offset,
+                                        c.timestamp_ms,
+                                        c.position});
+  }
+  // Calls fn(change) for every change until fn returns false; looks at
+  // `stop()` at least every `tick` (a stop flag, for Ctrl-C).
+  template <class Fn, class Stop>
+  Result<void> for_each(Fn fn, Stop stop,
+                        std::chrono::milliseconds tick = std::chrono::seconds(1)) {
+    while (!stop()) {
+      auto c = next(tick);
+      if (!c) return std::move(c).error();
+      if (*c && !fn(**c)) return {};
+    }
+    return {};
+  }
+  template <class Fn>
+  Result<void> for_each(Fn fn) {
+    return for_each(fn, [] { return false; });
+  }
+
+ private:
+  friend class Table;
+  explicit Watch(kvs_watch* w) : w_(w) {}
+  kvs_watch* w_;
+};
+
 class Table {
  public:
   // Errors: kNoTable (retriable: kvsd may be starting), kLayoutMismatch,
@@ -212,6 +286,15 @@ class Table {
     const int rc = kvs_snapshot_write(t_, path.c_str(), &info);
     if (rc != KVS_OK) return detail::last_error(rc);
     return info;
+  }
+
+  // Watches the changes applied from now on: all, of one key, or of keys
+  // with a prefix (`key`). Errors: kUnsupported (no change log), kNoMemory.
+  Result<Watch> watch(Watch::Filter filter = Watch::Filter::kAll, std::string_view key = {}) const {
+    kvs_watch* w = nullptr;
+    const int rc = kvs_watch_open(t_, static_cast<int>(filter), key.data(), key.size(), &w);
+    if (rc != KVS_OK) return detail::last_error(rc);
+    return Watch(w);
   }
 
   kvs_table* native() const { return t_; }

@@ -1,0 +1,69 @@
+// kvsd's wait sockets (protocol/wait_socket.hpp): one per table, in the
+// table's reader registry, on a thread of their own. Each counts the
+// processes that sleep on the table's futex word, which the apply thread
+// reads after every batch (TableWriter::wake_for): it wakes the sleepers
+// only while the count is above 0.
+//
+// Everything that arrives here is untrusted: a connection counts once
+// however often it says it waits, a byte outside the protocol or a peer
+// that does not read its answers closes the connection, and connections
+// per table are bounded. A closed connection (its process died, in any pid
+// namespace) no longer counts.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "kvs/result.hpp"
+
+namespace kvs::daemon {
+
+class WaitHub {
+ public:
+  WaitHub() = default;
+  ~WaitHub();
+  WaitHub(const WaitHub&) = delete;
+  WaitHub& operator=(const WaitHub&) = delete;
+
+  // Listens on the wait socket in `registry_dir` (mode and group as the
+  // registry's files; a stale socket there is replaced). The count stays
+  // valid as long as the hub. Call before start(). Errors: kSystem,
+  // kInvalidArgument (the path is too long for a socket).
+  Result<const std::atomic<uint32_t>*> listen(const std::string& table,
+                                              const std::string& registry_dir, mode_t mode,
+                                              gid_t group, uint32_t max_connections);
+  Result<void> start();
+  // Closes every connection and removes the sockets.
+  void stop();
+
+ private:
+  struct Table {
+    std::string name, path;
+    int fd = -1;
+    uint32_t max_connections = 0, connections = 0;
+    std::atomic<uint32_t> waiting{0};
+  };
+  struct Conn {
+    Table* table = nullptr;
+    bool waiting = false;
+  };
+  void run();
+  void accept_all(Table& t);
+  void serve(int fd);
+  void drop(int fd);
+
+  std::vector<std::unique_ptr<Table>> tables_;
+  std::unordered_map<int, Conn> conns_;
+  int epoll_fd_ = -1;
+  int stop_fd_ = -1;  // an eventfd: stop() wakes the thread
+  std::thread thread_;
+};
+
+}  // namespace kvs::daemon

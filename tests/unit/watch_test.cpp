@@ -1,0 +1,360 @@
+// Change notification: the change log the writer keeps in the segment
+// (kvs_watch_*), the futex word and kvsd's wait socket (WaitHub), with the
+// writer in this process and the readers in this process or forked ones.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvs/kvs.hpp"
+#include "protocol/wait_socket.hpp"
+#include "src/registry.hpp"
+#include "support/test_support.hpp"
+#include "support/writer_support.hpp"
+#include "wait_hub.hpp"
+
+namespace kvs {
+namespace {
+
+using namespace std::chrono_literals;
+using format::Origin;
+using test::open_writer;
+
+// A change as a watcher saw it.
+struct Seen {
+  Change::Kind kind;
+  std::string key;
+  uint32_t partition;
+  int64_t offset;
+};
+
+class WatchTest : public ::testing::Test {
+ protected:
+  WriterOptions options(uint64_t log_entries) {
+    WriterOptions o;
+    o.table = "w";
+    o.shm_prefix = shm_.prefix();
+    o.capacity = 1 << 16;
+    o.arena_bytes = 32 << 20;
+    o.reader_slots = 16;
+    o.max_key_bytes = 1024;
+    o.max_value_bytes = 4096;
+    o.change_log_entries = log_entries;
+    return o;
+  }
+  Table open_table() {
+    auto t = Table::open("w", OpenOptions{shm_.prefix()});
+    EXPECT_TRUE(t) << (t ? "" : t.error().message);
+    return std::move(*t);
+  }
+  // Applies a put (or, with value nullopt, an erase) at the partition's
+  // next offset.
+  void apply(TableWriter& w, const std::string& key, std::optional<std::string> value,
+             uint32_t partition = 0) {
+    int64_t& off = next_offset_[partition];
+    std::optional<std::string_view> v;
+    if (value) v = *value;
+    auto r = w.apply(key, v, Origin{1000 + off, partition}, off);
+    ASSERT_TRUE(r) << r.error().message;
+    w.record_applied(partition, off, 1000 + off, key);
+    ++off;
+  }
+  static std::vector<Seen> drain(Watch& w, std::chrono::milliseconds timeout = 0ms) {
+    std::vector<Seen> out;
+    for (;;) {
+      auto c = w.next(timeout);
+      EXPECT_TRUE(c) << (c ? "" : c.error().message);
+      if (!c || !*c) return out;
+      out.push_back(Seen{(*c)->kind, std::string((*c)->key), (*c)->partition, (*c)->offset});
+    }
+  }
+
+  test::ShmScope shm_;
+  std::map<uint32_t, int64_t> next_offset_;
+};
+
+TEST_F(WatchTest, AWatchSeesTheChangesOfItsFilterInOrderWithTheirKeys) {
+  auto w = open_writer(options(4096));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto all = t.watch();
+  auto prefixed = t.watch(Watch::Filter::kPrefix, "a/");
+  const std::string long_key = "a/" + std::string(300, 'x');  // six entries of the log
+  auto one = t.watch(Watch::Filter::kKey, long_key);
+  ASSERT_TRUE(all && prefixed && one);
+  apply(*w, "a/1", "v1");
+  apply(*w, "b/1", "v2", 1);
+  apply(*w, long_key, "v3");
+  apply(*w, "a/1", std::nullopt);
+  apply(*w, "b/2", std::nullopt, 1);  // absent: changes nothing, logs nothing
+  apply(*w, "a/22222222222222222", "v4", 1);
+  // Nothing is visible before the batch is published.
+  EXPECT_TRUE(drain(*all).empty());
+  w->publish_batch();
+  const auto everything = drain(*all);
+  ASSERT_EQ(everything.size(), 5u);
+  EXPECT_EQ(everything[0].key, "a/1");
+  EXPECT_EQ(everything[0].kind, Change::Kind::kPut);
+  EXPECT_EQ(everything[1].key, "b/1");
+  EXPECT_EQ(everything[1].partition, 1u);
+  EXPECT_EQ(everything[1].offset, 0);
+  EXPECT_EQ(everything[2].key, long_key);
+  EXPECT_EQ(everything[3].kind, Change::Kind::kErase);
+  EXPECT_EQ(everything[3].offset, 2);  // partition 0: a/1, the long key, the erase
+  EXPECT_EQ(everything[4].key, "a/22222222222222222");
+  const auto a = drain(*prefixed);
+  ASSERT_EQ(a.size(), 4u);
+  for (const auto& s : a) EXPECT_EQ(s.key.substr(0, 2), "a/");
+  const auto just = drain(*one);
+  ASSERT_EQ(just.size(), 1u);
+  EXPECT_EQ(just[0].key, long_key);
+}
+
+TEST_F(WatchTest, AWatcherThatFallsBehindTheRingIsToldSoAndGoesOn) {
+  auto w = open_writer(options(1024));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  apply(*w, "first", "1");
+  w->publish_batch();
+  auto c = watch->next(0ms);
+  ASSERT_TRUE(c && *c);
+  EXPECT_EQ((*c)->key, "first");
+  for (int i = 0; i < 3000; ++i) apply(*w, "k" + std::to_string(i), "v");
+  w->publish_batch();
+  c = watch->next(0ms);
+  ASSERT_TRUE(c && *c);
+  EXPECT_EQ((*c)->kind, Change::Kind::kLost);
+  EXPECT_TRUE(drain(*watch).empty()) << "after the loss, the watch goes on from the newest change";
+  apply(*w, "after", "1");
+  w->publish_batch();
+  const auto rest = drain(*watch);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].key, "after");
+}
+
+TEST_F(WatchTest, NextTimesOutWhenNothingChanges) {
+  auto w = open_writer(options(1024));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  const auto start = std::chrono::steady_clock::now();
+  auto c = watch->next(50ms);
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(*c);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 50ms);
+}
+
+TEST_F(WatchTest, ATableWithoutAChangeLogRefusesWatches) {
+  auto w = open_writer(options(0));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_FALSE(watch);
+  EXPECT_EQ(watch.error().code, Errc::kUnsupported);
+  EXPECT_NE(watch.error().message.find("change_log_entries"), std::string::npos);
+}
+
+// A writer thread applies 100,000 records (keys of one and of two entries,
+// both partitions) while a watcher thread follows one prefix: it sees each
+// of that prefix's changes once, in the order applied.
+TEST_F(WatchTest, AWatcherThreadSeesEveryChangeOfAPrefixWhileTheWriterRuns) {
+  constexpr int kRecords = 100000;
+  auto w = open_writer(options(1 << 19));  // holds every change: none may be lost
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch(Watch::Filter::kPrefix, "p/");
+  ASSERT_TRUE(watch);
+  std::vector<Seen> expected;
+  for (int i = 0; i < kRecords; ++i) {
+    const uint32_t partition = i % 2;
+    const int64_t offset = i / 2;
+    const std::string key = (i % 3 == 0 ? "p/" : "q/") + std::to_string(i % 7000) +
+                            (i % 5 == 0 ? "-with-a-longer-tail" : "");
+    if (key.starts_with("p/")) expected.push_back(Seen{Change::Kind::kPut, key, partition, offset});
+  }
+  std::thread writer([&] {
+    for (int i = 0; i < kRecords; ++i) {
+      const std::string key = (i % 3 == 0 ? "p/" : "q/") + std::to_string(i % 7000) +
+                              (i % 5 == 0 ? "-with-a-longer-tail" : "");
+      apply(*w, key, "v" + std::to_string(i), i % 2);
+      if (i % 64 == 63) w->publish_batch();
+    }
+    w->publish_batch();
+  });
+  std::vector<Seen> seen;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (seen.size() < expected.size() && std::chrono::steady_clock::now() < deadline) {
+    auto c = watch->next(100ms);
+    ASSERT_TRUE(c) << c.error().message;
+    if (!*c) continue;
+    ASSERT_NE((*c)->kind, Change::Kind::kLost) << "after " << seen.size() << " changes";
+    seen.push_back(Seen{(*c)->kind, std::string((*c)->key), (*c)->partition, (*c)->offset});
+  }
+  writer.join();
+  ASSERT_EQ(seen.size(), expected.size());
+  for (size_t i = 0; i < seen.size(); ++i) {
+    ASSERT_EQ(seen[i].key, expected[i].key) << "change " << i;
+    ASSERT_EQ(seen[i].partition, expected[i].partition) << "change " << i;
+    ASSERT_EQ(seen[i].offset, expected[i].offset) << "change " << i;
+  }
+}
+
+TEST_F(WatchTest, AWatchKeepsItsPlaceThroughAGrowth) {
+  auto w = open_writer(options(4096));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  apply(*w, "before", "1");
+  w->publish_batch();
+  auto grown = w->begin_resize(TableSize{1 << 17, 64 << 20});
+  ASSERT_TRUE(grown) << grown.error().message;
+  apply(**grown, "during", "2");
+  (*grown)->publish_batch();
+  for (;;) {
+    auto done = (*grown)->copy_step(UINT64_MAX);
+    ASSERT_TRUE(done);
+    if (*done) break;
+  }
+  ASSERT_TRUE(w->publish_replacement(**grown));
+  apply(**grown, "after", "3");
+  (*grown)->publish_batch();
+  const auto seen = drain(*watch, 200ms);
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0].key, "before");
+  EXPECT_EQ(seen[1].key, "during");
+  EXPECT_EQ(seen[2].key, "after");
+}
+
+TEST_F(WatchTest, ARebuildIsReportedAsLost) {
+  auto w = open_writer(options(4096));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  auto fresh = w->begin_replacement();
+  ASSERT_TRUE(fresh);
+  apply(**fresh, "rebuilt", "1");
+  ASSERT_TRUE(w->publish_replacement(**fresh));
+  (*fresh)->publish_batch();
+  auto c = watch->next(1000ms);
+  ASSERT_TRUE(c && *c);
+  EXPECT_EQ((*c)->kind, Change::Kind::kLost);
+  apply(**fresh, "next", "2");
+  (*fresh)->publish_batch();
+  const auto rest = drain(*watch, 200ms);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].key, "next");
+}
+
+// kvsd's side: the wait socket counts the processes that wait, and the
+// writer wakes them (and only then makes the syscall).
+class WakeTest : public WatchTest {
+ protected:
+  void SetUp() override {
+    writer_ = open_writer(options(4096));
+    ASSERT_TRUE(writer_);
+    auto counted = hub_.listen("w", registry::dir_path(writer_->segment_name()), 0660,
+                               static_cast<gid_t>(-1), 4);
+    ASSERT_TRUE(counted) << counted.error().message;
+    waiting_ = *counted;
+    writer_->wake_for(waiting_);
+    ASSERT_TRUE(writer_->set_partition_count(2));
+    ASSERT_TRUE(hub_.start());
+  }
+  void TearDown() override { hub_.stop(); }
+  uint64_t wakes() const { return writer_->header().wakes.load(); }
+
+  daemon::WaitHub hub_;
+  const std::atomic<uint32_t>* waiting_ = nullptr;
+  std::unique_ptr<TableWriter> writer_;
+};
+
+TEST_F(WakeTest, NobodyWaitingCostsTheWriterNoWake) {
+  for (int i = 0; i < 100; ++i) {
+    apply(*writer_, "k" + std::to_string(i), "v");
+    EXPECT_FALSE(writer_->publish_batch());
+  }
+  EXPECT_EQ(wakes(), 0u);
+  EXPECT_EQ(writer_->header().changes.load(), 100u) << "the word moves per batch regardless";
+}
+
+TEST_F(WakeTest, AWaitingThreadIsWokenByTheBatchThatAppliesItsToken) {
+  auto t = open_table();
+  Result<void> result;
+  std::thread waiter([&] { result = t.wait(Token{0, 0}, 60s); });
+  ASSERT_TRUE(test::wait_until([&] { return waiting_->load() == 1; }))
+      << "the waiting process never announced itself on the wait socket";
+  apply(*writer_, "token", "v");
+  EXPECT_TRUE(writer_->publish_batch()) << "a process waits: the batch must wake it";
+  waiter.join();
+  EXPECT_TRUE(result) << result.error().message;
+  EXPECT_GE(wakes(), 1u);
+  ASSERT_TRUE(test::wait_until([&] { return waiting_->load() == 0; }))
+      << "the process still counts as waiting after its wait returned";
+  apply(*writer_, "later", "v");
+  EXPECT_FALSE(writer_->publish_batch());
+}
+
+TEST_F(WakeTest, AWatcherKilledWhileItSleepsStopsCounting) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto t = Table::open("w", OpenOptions{shm_.prefix()});
+    if (!t) ::_exit(2);
+    auto w = t->watch();
+    if (!w) ::_exit(3);
+    (void)w->next(-1ms);  // sleeps until killed
+    ::_exit(0);
+  }
+  ASSERT_TRUE(test::wait_until([&] { return waiting_->load() == 1; }));
+  apply(*writer_, "a", "v");
+  EXPECT_TRUE(writer_->publish_batch());
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(test::wait_until([&] { return waiting_->load() == 0; }))
+      << "a killed watcher left kvsd waking for nobody";
+  apply(*writer_, "b", "v");
+  EXPECT_FALSE(writer_->publish_batch());
+}
+
+TEST_F(WakeTest, AHostileClientCountsOnceAndGarbageClosesItsConnection) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string path = wait_socket::path(registry::dir_path(writer_->segment_name()));
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string many(100, wait_socket::kWaiting);
+  ASSERT_EQ(::send(fd, many.data(), many.size(), 0), 100);
+  ASSERT_TRUE(test::wait_until([&] { return waiting_->load() == 1; }));
+  char answers[128];
+  size_t got = 0;
+  while (got < 100) {
+    const ssize_t n = ::recv(fd, answers, sizeof answers, 0);
+    ASSERT_GT(n, 0);
+    got += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(waiting_->load(), 1u) << "one connection counts once";
+  ASSERT_EQ(::send(fd, "x", 1, 0), 1);
+  char c;
+  EXPECT_EQ(::recv(fd, &c, 1, 0), 0) << "a byte outside the protocol closes the connection";
+  EXPECT_TRUE(test::wait_until([&] { return waiting_->load() == 0; }));
+  ::close(fd);
+}
+
+}  // namespace
+}  // namespace kvs
