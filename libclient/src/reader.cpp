@@ -450,7 +450,7 @@ int wait_until(kvs_table* t, int timeout_ms, Ready ready) {
     ~Waiting() { link.leave(); }
   } waiting{*t->link};
   bool counted = t->link->enter();
-  for (;;) {
+  for (bool first = true;; first = false) {
     Generation* g = nullptr;
     uint32_t seen = 0;
     {
@@ -464,6 +464,10 @@ int wait_until(kvs_table* t, int timeout_ms, Ready ready) {
       if (auto rc = ready(*g)) return *rc;
       g->sleepers.fetch_add(1, std::memory_order_relaxed);
     }
+    // After a wake, whether kvsd still counts us (it may have restarted):
+    // asked only now, so that a wake that brought what we wait for returns
+    // without that syscall.
+    if (!first) counted = t->link->counted();
     const auto now = clock::now();
     std::chrono::nanoseconds slice = counted ? std::chrono::nanoseconds(kCountedSleep)
                                              : std::chrono::nanoseconds(kUncountedSleep);
@@ -478,7 +482,6 @@ int wait_until(kvs_table* t, int timeout_ms, Ready ready) {
       if (auto rc = ready(*t->cur.load(std::memory_order_relaxed))) return *rc;
       return KVS_ETIMEDOUT;
     }
-    counted = t->link->counted();
   }
 }
 

@@ -68,10 +68,15 @@ struct kvs_watch {
   }
   uint64_t head() const { return header->log_head.load(std::memory_order_acquire); }
 
-  // Reads the change at `cursor` into `change`; false if it was overwritten
-  // (or makes no sense). Moves the cursor past it either way.
-  bool read();
+  // Reads the change at `cursor` into `change` and moves the cursor past
+  // it: kLost if it was overwritten (or makes no sense), kFiltered if it
+  // does not pass the filter (told by its first entry where possible, so
+  // that most changes a narrow watch skips cost one entry and no copy).
+  enum class Read { kLost, kFiltered, kChange };
+  Read read();
   bool read_entry(uint64_t pos, uint64_t (&w)[8]) const;
+  // From the first entry alone: false if the change cannot pass the filter.
+  bool may_pass(uint64_t key_len, uint64_t hash, const uint64_t (&w)[8]) const;
   bool passes() const;
   // The table's segment was replaced and this one's log is drained: maps
   // the new one. False while it cannot be mapped yet.
@@ -90,22 +95,34 @@ bool kvs_watch::read_entry(uint64_t pos, uint64_t (&w)[8]) const {
   return e.w[0].load(std::memory_order_relaxed) == pos + 1;
 }
 
-bool kvs_watch::read() {
+bool kvs_watch::may_pass(uint64_t key_len, uint64_t hash, const uint64_t (&w)[8]) const {
+  if (filter == KVS_WATCH_KEY) return key_len == key.size() && hash == key_hash;
+  if (filter != KVS_WATCH_PREFIX) return true;
+  if (key_len < key.size()) return false;
+  const size_t inline_bytes = std::min<size_t>(key.size(), kChangeInlineKeyBytes);
+  return std::memcmp(&w[6], key.data(), inline_bytes) == 0;
+}
+
+kvs_watch::Read kvs_watch::read() {
   const uint64_t pos = cursor;
   uint64_t w[8];
-  if (!read_entry(pos, w)) return false;
+  if (!read_entry(pos, w)) return Read::kLost;
   const uint64_t key_len = w[5];
   const auto kind = static_cast<uint32_t>(w[4] >> 32);
   if (key_len > uint64_t{1} << 30 || change_entries(key_len) > entries ||
       (kind != static_cast<uint32_t>(ChangeKind::kPut) &&
        kind != static_cast<uint32_t>(ChangeKind::kErase)))
-    return false;
+    return Read::kLost;
   const uint64_t n = change_entries(key_len);
+  if (!may_pass(key_len, w[1], w)) {
+    cursor = pos + n;
+    return Read::kFiltered;
+  }
   key_buf.resize(key_len);
   std::memcpy(key_buf.data(), &w[6], std::min<uint64_t>(key_len, kChangeInlineKeyBytes));
   for (uint64_t i = 1; i < n; ++i) {
     uint64_t c[8];
-    if (!read_entry(pos + i, c)) return false;
+    if (!read_entry(pos + i, c)) return Read::kLost;
     const uint64_t from = kChangeInlineKeyBytes + (i - 1) * kChangeMoreKeyBytes;
     std::memcpy(key_buf.data() + from, &c[1], std::min(key_len - from, kChangeMoreKeyBytes));
   }
@@ -119,7 +136,7 @@ bool kvs_watch::read() {
   change.key_len = key_len;
   change.position = pos;
   change_hash = w[1];
-  return true;
+  return Read::kChange;
 }
 
 bool kvs_watch::passes() const {
@@ -174,12 +191,14 @@ bool next_from_log(kvs_watch* w) {
     if (w->cursor == head) return false;
     // Behind the ring, overwritten while read, or past the head (a log
     // that makes no sense): lost, and on from the head.
-    if (w->cursor > head || head - w->cursor > w->entries || !w->read()) {
+    const auto r =
+        w->cursor > head || head - w->cursor > w->entries ? kvs_watch::Read::kLost : w->read();
+    if (r == kvs_watch::Read::kLost) {
       w->cursor = w->head();
       w->lost = true;
       continue;
     }
-    if (w->passes()) return true;
+    if (r == kvs_watch::Read::kChange && w->passes()) return true;
   }
 }
 

@@ -43,7 +43,8 @@ void TableWriter::log_change(std::string_view key, ChangeKind kind, Origin origi
   const uint64_t p = log_pos_;
   ChangeEntry& e = log_[p % n];
   begin_entry(e);
-  e.w[1].store(hash_key(key.data(), key.size()), std::memory_order_relaxed);
+  // apply() logs the key put_from/erase_from just looked up.
+  e.w[1].store(looked_up_hash_, std::memory_order_relaxed);
   e.w[2].store(static_cast<uint64_t>(offset), std::memory_order_relaxed);
   e.w[3].store(static_cast<uint64_t>(origin.timestamp_ms), std::memory_order_relaxed);
   e.w[4].store(origin.partition | (uint64_t{static_cast<uint32_t>(kind)} << 32),

@@ -75,6 +75,7 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
                                            std::to_string(opts_.max_value_bytes));
   }
   const uint64_t hash = hash_key(key.data(), key.size());
+  looked_up_hash_ = hash;
   const uint64_t need = block_bytes_for(key.size(), value.size());
   if (copying()) {
     if (auto ok = copy_key(key, hash); !ok) return std::move(ok).error();
@@ -186,6 +187,7 @@ void TableWriter::insert_slot(uint64_t hash, uint64_t word) {
 Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
                                                      std::optional<Origin> origin) {
   const uint64_t hash = hash_key(key.data(), key.size());
+  looked_up_hash_ = hash;
   if (copying()) {
     if (auto ok = copy_key(key, hash); !ok) return std::move(ok).error();
   }

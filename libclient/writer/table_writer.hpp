@@ -334,6 +334,7 @@ class TableWriter {
   uint64_t log_pos_ = 0;  // the next change's position (TableHeader::log_head trails it)
   bool dirty_ = false;    // published something since publish_batch
   const std::atomic<uint32_t>* waiting_ = nullptr;  // see wake_for
+  uint64_t looked_up_hash_ = 0;  // hash_key of the key put_from/erase_from last looked up
   format::TableView view_;
   uint8_t* base_ = nullptr;
   AttachKind attach_kind_ = AttachKind::kCreated;
