@@ -219,12 +219,13 @@ struct alignas(kCacheLine) TableHeader {
   uint64_t log_offset;
   uint64_t log_entries;
   std::atomic<uint64_t> log_head;
-  // Positions continue those of the segment of incarnation
-  // `log_predecessor` (a resize carries the log on), from `log_start`:
-  // a watcher of that segment keeps its place here. 0: a log of its own.
-  // Set before the segment gets its name.
+  // The log's positions are one sequence across the segments of one
+  // `log_lineage` (random when a segment starts a log of its own; a resize
+  // carries the log on, with its latest entries): a watcher keeps its place
+  // in a segment of its lineage that still holds its position, the
+  // first of which is `log_start`. Set before the segment gets its name.
   uint64_t log_start;
-  uint64_t log_predecessor;
+  uint64_t log_lineage;
   uint64_t reserved4;
 };
 static_assert(sizeof(TableHeader) == 6 * kCacheLine);

@@ -155,11 +155,12 @@ bool kvs_watch::follow() {
   if (!m) return false;
   const auto* h = reinterpret_cast<const TableHeader*>((*m)->data());
   if (h->incarnation == header->incarnation) return false;  // not renamed yet
-  // The new log continues this one's positions (a growth) and still holds
-  // the cursor: the watch keeps its place. Otherwise (a rebuild, or more
-  // changes since than the new ring holds) the changes in between are lost.
+  // The new log continues this one's positions (a growth, or several) and
+  // still holds the cursor: the watch keeps its place. Otherwise (a
+  // rebuild, or more changes since than the new ring holds) the changes in
+  // between are lost.
   const uint64_t new_head = h->log_head.load(std::memory_order_acquire);
-  const bool keeps_place = h->log_entries > 0 && h->log_predecessor == header->incarnation &&
+  const bool keeps_place = h->log_entries > 0 && h->log_lineage == header->log_lineage &&
                            h->log_start <= cursor && cursor <= new_head &&
                            new_head - cursor <= h->log_entries;
   if (!keeps_place) {

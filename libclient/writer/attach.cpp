@@ -257,6 +257,7 @@ void TableWriter::init_new(TableSize size, uint32_t partition_capacity) {
   header_->partitions_offset = g.partitions_offset;
   header_->log_offset = g.log_offset;
   header_->log_entries = opts_.change_log_entries;
+  header_->log_lineage = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
   header_->created_unix_ns = now_unix_ns();
   header_->incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
   header_->epoch.store(1, std::memory_order_relaxed);  // 0 means "not reading"

@@ -30,6 +30,32 @@ constexpr uint64_t kCopyBatchGroups = 8;
 
 }  // namespace
 
+// The change log goes on in the new segment: what this one logged is
+// published now (it is not written again), and its latest entries are
+// copied, so that a watcher that follows the table to the new segment keeps
+// its place there, also one that was still reading an older segment when
+// this one was replaced.
+void TableWriter::carry_log_to(TableWriter& w) {
+  publish_batch();
+  const uint64_t head = log_pos_;
+  uint64_t from = head;
+  if (log_ != nullptr && w.log_ != nullptr) {
+    from =
+        head - std::min({head - header_->log_start, header_->log_entries, w.header_->log_entries});
+    for (uint64_t p = from; p < head; ++p) {
+      const ChangeEntry& e = log_[p % header_->log_entries];
+      ChangeEntry& to = w.log_[p % w.header_->log_entries];
+      for (int i = 0; i < 8; ++i)
+        to.w[i].store(e.w[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    }
+  }
+  // Nobody maps the new segment yet: plain stores are enough.
+  w.header_->log_start = from;
+  w.header_->log_lineage = header_->log_lineage;
+  w.log_pos_ = head;
+  w.header_->log_head.store(head, std::memory_order_relaxed);
+}
+
 Result<std::unique_ptr<TableWriter>> TableWriter::begin_resize(TableSize size) {
   // An attach walk still under way ends here: a copy must not take blocks
   // of an arena the walk would find off (the report stays for the caller,
@@ -49,14 +75,7 @@ Result<std::unique_ptr<TableWriter>> TableWriter::begin_resize(TableSize size) {
   auto r = begin_replacement(size);
   if (!r) return r;
   TableWriter& w = **r;
-  // The change log goes on in the new segment: what this one logged is
-  // published now (it is not written again), and a watcher that follows
-  // the table to the new segment keeps its place there.
-  publish_batch();
-  w.header_->log_start = log_pos_;
-  w.header_->log_predecessor = header_->incarnation;
-  w.log_pos_ = log_pos_;
-  w.header_->log_head.store(log_pos_, std::memory_order_relaxed);
+  carry_log_to(w);
   // The arena the copy needs is backed now: a full /dev/shm is an error
   // here, not in the middle of the copy.
   if (!w.back_until(w.header_->arena_offset + std::min(size.arena_bytes, st.live_bytes))) {

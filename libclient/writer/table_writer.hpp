@@ -283,6 +283,9 @@ class TableWriter {
                   int64_t offset);
   // Adds 1 to the futex word and wakes every sleeper (change_log.cpp).
   void wake_all();
+  // Makes `next` (a resize's new segment) continue this segment's change
+  // log (resize.cpp).
+  void carry_log_to(TableWriter& next);
   // Publishes `word` in a free slot of the key's probe sequence.
   void insert_slot(uint64_t hash, uint64_t word);
   // While copying: copies the key's entry from the source first, unless it

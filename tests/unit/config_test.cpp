@@ -59,6 +59,19 @@ TEST(ConfigTest, SnapshotKeysHaveDefaultsAndAreChecked) {
   EXPECT_NE(e.message.find("snapshot_interval_s = 0"), std::string::npos) << e.message;
 }
 
+TEST(ConfigTest, ChangeLogEntriesHaveADefaultAndMustHoldTheLongestKey) {
+  auto c = parse(kMinimal, "kvsd.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->tables[0].change_log_entries, 65536u);
+  auto off = parse(std::string(kMinimal) + "change_log_entries = 0\n", "kvsd.toml");
+  ASSERT_TRUE(off) << off.error().message;
+  EXPECT_EQ(off->tables[0].change_log_entries, 0u);
+  // A 4096-byte key takes 74 entries: a log must hold 4 such changes.
+  const Error e = parse_error(std::string(kMinimal) + "change_log_entries = 100\n");
+  EXPECT_NE(e.message.find("change_log_entries = 100"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("at least 296"), std::string::npos) << e.message;
+}
+
 TEST(ConfigTest, ValuesAreRead) {
   auto c = parse(R"(
 [kvsd]

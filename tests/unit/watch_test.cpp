@@ -238,6 +238,41 @@ TEST_F(WatchTest, AWatchKeepsItsPlaceThroughAGrowth) {
   EXPECT_EQ(seen[2].key, "after");
 }
 
+// The watcher reads nothing while the table grows twice: when it looks, the
+// segment it has was replaced by one that was replaced in turn.
+TEST_F(WatchTest, AWatchKeepsItsPlaceThroughTwoGrowthsInARow) {
+  auto w = open_writer(options(4096));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  std::vector<std::unique_ptr<TableWriter>> segments;
+  TableWriter* cur = w.get();
+  for (int growth = 0; growth < 2; ++growth) {
+    apply(*cur, "before-" + std::to_string(growth), "1");
+    cur->publish_batch();
+    auto grown = cur->begin_resize(TableSize{uint64_t{1} << (17 + growth), 64 << 20});
+    ASSERT_TRUE(grown) << grown.error().message;
+    apply(**grown, "during-" + std::to_string(growth), "2");
+    for (;;) {
+      auto done = (*grown)->copy_step(UINT64_MAX);
+      ASSERT_TRUE(done);
+      if (*done) break;
+    }
+    ASSERT_TRUE(cur->publish_replacement(**grown));
+    (*grown)->publish_batch();
+    segments.push_back(std::move(*grown));
+    cur = segments.back().get();
+  }
+  const auto seen = drain(*watch, 200ms);
+  ASSERT_EQ(seen.size(), 4u);
+  EXPECT_EQ(seen[0].key, "before-0");
+  EXPECT_EQ(seen[1].key, "during-0");
+  EXPECT_EQ(seen[2].key, "before-1");
+  EXPECT_EQ(seen[3].key, "during-1");
+  for (const auto& s : seen) EXPECT_NE(s.kind, Change::Kind::kLost);
+}
+
 TEST_F(WatchTest, ARebuildIsReportedAsLost) {
   auto w = open_writer(options(4096));
   ASSERT_TRUE(w);
@@ -306,6 +341,31 @@ TEST_F(WakeTest, AWaitingThreadIsWokenByTheBatchThatAppliesItsToken) {
       << "the process still counts as waiting after its wait returned";
   apply(*writer_, "later", "v");
   EXPECT_FALSE(writer_->publish_batch());
+}
+
+TEST_F(WakeTest, AWaitThatTimesOutStopsCounting) {
+  auto t = open_table();
+  const auto start = std::chrono::steady_clock::now();
+  auto r = t.wait(Token{1, 0}, 50ms);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kTimeout);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 50ms);
+  EXPECT_TRUE(test::wait_until([&] { return waiting_->load() == 0; }));
+  auto ready = t.wait_ready(20ms);
+  EXPECT_EQ(ready.error().code, Errc::kTimeout);
+  EXPECT_TRUE(test::wait_until([&] { return waiting_->load() == 0; }));
+}
+
+TEST_F(WakeTest, WaitReadyIsWokenWhenTheTableTurnsReady) {
+  auto t = open_table();
+  Result<void> result;
+  std::thread waiter([&] { result = t.wait_ready(60s); });
+  ASSERT_TRUE(test::wait_until([&] { return waiting_->load() == 1; }));
+  const uint64_t before = wakes();
+  writer_->set_state(format::TableState::kReady);  // publishes at once
+  waiter.join();
+  EXPECT_TRUE(result) << result.error().message;
+  EXPECT_EQ(wakes(), before + 1);
 }
 
 TEST_F(WakeTest, AWatcherKilledWhileItSleepsStopsCounting) {

@@ -446,7 +446,8 @@ int cmd_stats(const Target& t, bool json) {
         "\"writer_attaches\":%llu,\"reader_slots\":%u,\"reader_slots_used\":%u,"
         "\"readers_reading\":%u,\"held_partitions\":%u,\"hold_reason\":\"%s\","
         "\"holder_pid\":%d,\"holder_since_unix_ns\":%llu,\"holder_bytes\":%llu,"
-        "\"backlog\":%llu,\"oldest_unapplied_unix_ns\":%llu,\"partitions\":[",
+        "\"backlog\":%llu,\"oldest_unapplied_unix_ns\":%llu,\"waiters\":%u,\"wakes\":%llu,"
+        "\"change_log_entries\":%llu,\"change_log_position\":%llu,\"partitions\":[",
         json_escape(t.table).c_str(), ready ? "READY" : "BOOTSTRAPPING",
         static_cast<unsigned long long>(s.entries), static_cast<unsigned long long>(s.capacity),
         static_cast<unsigned long long>(s.arena_used_bytes),
@@ -457,7 +458,10 @@ int cmd_stats(const Target& t, bool json) {
         s.reader_slots_used, s.readers_reading, s.held_partitions, hold_reason_name(s.hold_reason),
         s.holder_pid, static_cast<unsigned long long>(s.holder_since_unix_ns),
         static_cast<unsigned long long>(s.holder_bytes), static_cast<unsigned long long>(s.backlog),
-        static_cast<unsigned long long>(s.oldest_unapplied_unix_ns));
+        static_cast<unsigned long long>(s.oldest_unapplied_unix_ns), s.waiters,
+        static_cast<unsigned long long>(s.wakes),
+        static_cast<unsigned long long>(s.change_log_entries),
+        static_cast<unsigned long long>(s.change_log_position));
     for (uint32_t p = 0; p < parts; ++p) {
       int64_t next = 0, hw = 0;
       (void)kvs_partition_offsets(tb, p, &next, &hw);
@@ -499,6 +503,17 @@ int cmd_stats(const Target& t, bool json) {
       std::printf("kvsd counters   %s\n", out.c_str());
     }
     print_snapshot(server, t.table);
+    if (s.change_log_entries > 0) {
+      std::printf(
+          "changes         %llu logged (ring of %llu entries); %u processes wait or watch, "
+          "%llu wakes\n",
+          static_cast<unsigned long long>(s.change_log_position),
+          static_cast<unsigned long long>(s.change_log_entries), s.waiters,
+          static_cast<unsigned long long>(s.wakes));
+    } else {
+      std::printf("changes         no change log (change_log_entries = 0); %u processes wait\n",
+                  s.waiters);
+    }
     std::printf("%-10s %15s %15s %10s\n", "partition", "applied", "high_watermark", "lag");
     for (uint32_t p = 0; p < parts; ++p) {
       int64_t next = 0, hw = 0;
