@@ -311,6 +311,9 @@ std::optional<int> open_replicas(const config::Config& cfg, bool fresh,
     KVS_LOG_ERROR("%s", ok.error().message.c_str());
     return 1;
   }
+  // Processes that slept on a segment before this kvsd listened try the
+  // new sockets now.
+  for (auto& t : tables) t.writer->wake_all();
   return std::nullopt;
 }
 

@@ -1,5 +1,6 @@
 #include "wait_hub.hpp"
 
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -30,6 +31,55 @@ Error sys_error(const std::string& what) {
 
 WaitHub::~WaitHub() { stop(); }
 
+// Binds a socket at `path`. It is bound under a name of its own first and
+// then renamed over `path`, replacing whatever is there: the registry
+// directory lets readers create entries, and one may have put something
+// under the name (a directory there is moved aside: kvsd owns the sticky
+// directory, so it may).
+static Result<int> bind_socket(const std::string& path, mode_t mode, gid_t group) {
+  sockaddr_un addr{};
+  const std::string temp = path + ".new." + std::to_string(::getpid());
+  if (temp.size() >= sizeof addr.sun_path) {
+    return make_error(Errc::kInvalidArgument,
+                      path + " is longer than a socket path may be (" +
+                          std::to_string(sizeof addr.sun_path - 1 - (temp.size() - path.size())) +
+                          " bytes)");
+  }
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, temp.c_str(), temp.size() + 1);
+  ::unlink(temp.c_str());
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return sys_error("socket for " + path);
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::chmod(temp.c_str(), mode & 0666) != 0 ||
+      (group != static_cast<gid_t>(-1) &&
+       ::chown(temp.c_str(), static_cast<uid_t>(-1), group) != 0) ||
+      ::listen(fd, 128) != 0) {
+    auto e = sys_error(path);
+    ::close(fd);
+    ::unlink(temp.c_str());
+    return e;
+  }
+  for (int attempt = 0;; ++attempt) {
+    if (::rename(temp.c_str(), path.c_str()) == 0) return fd;
+    const int err = errno;
+    if (attempt < 3 && (err == EISDIR || err == ENOTEMPTY || err == EEXIST)) {
+      const std::string aside =
+          path + ".removed." + std::to_string(::getpid()) + "." + std::to_string(attempt);
+      if (::rename(path.c_str(), aside.c_str()) == 0) {
+        KVS_LOG_WARN("%s was a directory kvsd did not make; moved to %s", path.c_str(),
+                     aside.c_str());
+        continue;
+      }
+    }
+    errno = err;
+    auto e = sys_error("rename to " + path);
+    ::close(fd);
+    ::unlink(temp.c_str());
+    return e;
+  }
+}
+
 Result<const std::atomic<uint32_t>*> WaitHub::listen(const std::string& table,
                                                      const std::string& registry_dir, mode_t mode,
                                                      gid_t group, uint32_t max_connections) {
@@ -37,29 +87,9 @@ Result<const std::atomic<uint32_t>*> WaitHub::listen(const std::string& table,
   t->name = table;
   t->path = wait_socket::path(registry_dir);
   t->max_connections = max_connections;
-  sockaddr_un addr{};
-  if (t->path.size() >= sizeof addr.sun_path) {
-    return make_error(Errc::kInvalidArgument, t->path + " is longer than a socket path may be (" +
-                                                  std::to_string(sizeof addr.sun_path - 1) +
-                                                  " bytes)");
-  }
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, t->path.c_str(), t->path.size() + 1);
-  // The registry directory is sticky and ours: only we (or a previous
-  // kvsd) can have left something under this name.
-  ::unlink(t->path.c_str());
-  t->fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (t->fd < 0) return sys_error("socket for " + t->path);
-  if (::bind(t->fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::chmod(t->path.c_str(), mode & 0666) != 0 ||
-      (group != static_cast<gid_t>(-1) &&
-       ::chown(t->path.c_str(), static_cast<uid_t>(-1), group) != 0) ||
-      ::listen(t->fd, 128) != 0) {
-    auto e = sys_error(t->path);
-    ::close(t->fd);
-    ::unlink(t->path.c_str());
-    return e;
-  }
+  auto fd = bind_socket(t->path, mode, group);
+  if (!fd) return std::move(fd).error();
+  t->fd = *fd;
   tables_.push_back(std::move(t));
   return &tables_.back()->waiting;
 }
@@ -67,6 +97,7 @@ Result<const std::atomic<uint32_t>*> WaitHub::listen(const std::string& table,
 Result<void> WaitHub::start() {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (epoll_fd_ < 0 || stop_fd_ < 0) return sys_error("wait sockets: epoll");
   epoll_event ev{};
   ev.events = EPOLLIN;
@@ -96,7 +127,8 @@ void WaitHub::stop() {
   }
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (stop_fd_ >= 0) ::close(stop_fd_);
-  epoll_fd_ = stop_fd_ = -1;
+  if (spare_fd_ >= 0) ::close(spare_fd_);
+  epoll_fd_ = stop_fd_ = spare_fd_ = -1;
 }
 
 void WaitHub::run() {
@@ -121,9 +153,22 @@ void WaitHub::run() {
 
 void WaitHub::accept_all(Table& t) {
   for (;;) {
-    const int fd = ::accept4(t.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;  // EAGAIN, or out of descriptors: the reader polls
-    if (t.connections >= t.max_connections) {
+    int fd = ::accept4(t.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && spare_fd_ >= 0) {
+      // Out of descriptors: the pending connection would keep the
+      // listener readable (and this thread spinning). It is taken with the
+      // spare descriptor and closed; its reader polls.
+      ::close(spare_fd_);
+      fd = ::accept4(t.fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd >= 0) ::close(fd);
+      spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      continue;
+    }
+    if (fd < 0) return;  // EAGAIN
+    // At the limit, a connection that does not wait now makes room: only
+    // the waiting ones count against it (a process keeps its connection
+    // between waits).
+    if (t.connections >= t.max_connections && !drop_idle(t)) {
       ::close(fd);
       continue;
     }
@@ -147,24 +192,35 @@ void WaitHub::serve(int fd) {
   const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   if (n <= 0) return drop(fd);
+  // Announcements alternate with withdrawals; anything else is not libkvs
+  // and closes the connection (so one connection costs one answer per
+  // wait it announces).
   for (ssize_t i = 0; i < n; ++i) {
-    if (buf[i] == wait_socket::kWaiting) {
-      if (!c.waiting) {
-        // seq_cst: pairs with the apply thread's load after it moved the
-        // futex word (TableWriter::publish_batch).
-        c.table->waiting.fetch_add(1, std::memory_order_seq_cst);
-        c.waiting = true;
-      }
+    if (buf[i] == wait_socket::kWaiting && !c.waiting) {
+      // seq_cst: pairs with the apply thread's load after it moved the
+      // futex word (TableWriter::publish_batch).
+      c.table->waiting.fetch_add(1, std::memory_order_seq_cst);
+      c.waiting = true;
       const char answer = wait_socket::kCounted;
       // A peer that does not read its answers is not served further.
       if (::send(fd, &answer, 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1) return drop(fd);
-    } else if (buf[i] == wait_socket::kDone) {
-      if (c.waiting) c.table->waiting.fetch_sub(1, std::memory_order_relaxed);
+    } else if (buf[i] == wait_socket::kDone && c.waiting) {
+      c.table->waiting.fetch_sub(1, std::memory_order_relaxed);
       c.waiting = false;
     } else {
       return drop(fd);
     }
   }
+}
+
+bool WaitHub::drop_idle(Table& t) {
+  for (const auto& [fd, c] : conns_) {
+    if (c.table == &t && !c.waiting) {
+      drop(fd);
+      return true;
+    }
+  }
+  return false;
 }
 
 void WaitHub::drop(int fd) {

@@ -4,11 +4,16 @@
 // reads after every batch (TableWriter::wake_for): it wakes the sleepers
 // only while the count is above 0.
 //
-// Everything that arrives here is untrusted: a connection counts once
-// however often it says it waits, a byte outside the protocol or a peer
-// that does not read its answers closes the connection, and connections
-// per table are bounded. A closed connection (its process died, in any pid
-// namespace) no longer counts.
+// Everything that arrives here is untrusted: a connection counts once, a
+// byte outside the protocol (or an announcement that repeats itself) or a
+// peer that does not read its answers closes the connection, connections
+// per table are bounded (at the bound an idle one makes room for a new
+// one), and running out of descriptors costs the new connection, not a
+// spinning thread. A closed connection (its process died, in any pid
+// namespace) no longer counts. What a hostile reader can still do is hold
+// waiting connections up to the bound, and move sleepers off the futex
+// word (FUTEX_CMP_REQUEUE needs read access only): waiters then poll, and
+// a counted one looks again every second.
 #pragma once
 
 #include <sys/types.h>
@@ -58,11 +63,14 @@ class WaitHub {
   void accept_all(Table& t);
   void serve(int fd);
   void drop(int fd);
+  // Closes a connection of `t` that does not wait; false if none.
+  bool drop_idle(Table& t);
 
   std::vector<std::unique_ptr<Table>> tables_;
   std::unordered_map<int, Conn> conns_;
   int epoll_fd_ = -1;
-  int stop_fd_ = -1;  // an eventfd: stop() wakes the thread
+  int stop_fd_ = -1;   // an eventfd: stop() wakes the thread
+  int spare_fd_ = -1;  // given up to accept (and close) a connection when out of descriptors
   std::thread thread_;
 };
 

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -124,7 +125,7 @@ struct kvs_table {
   std::string name;  // as kvs_open was given it
   uint64_t id = 0;
   std::atomic<int64_t> next_reopen_ns{0};  // steady clock; retry pacing
-  std::unique_ptr<WaitLink> link;          // to kvsd's wait socket
+  std::shared_ptr<WaitLink> link;          // to kvsd's wait socket (watches share it)
 };
 
 struct kvs_txn {
@@ -404,6 +405,7 @@ void after_fork_in_child() {
       old.closed = true;
       old.mu.unlock();
       g->pool = std::make_shared<SlotPool>();
+      g->sleepers.store(0, std::memory_order_relaxed);  // the parent's threads
     }
     t->mu.unlock();
   }
@@ -432,9 +434,6 @@ auto with_current(kvs_table* t, F fn) -> decltype(fn(std::declval<const Generati
 // an older one, or its answer is late): it polls, as before there was a
 // wait socket.
 constexpr auto kUncountedSleep = std::chrono::milliseconds(1);
-// A counted waiter looks again at least this often: a kvsd that died with
-// no successor wakes nobody.
-constexpr auto kCountedSleep = std::chrono::seconds(1);
 
 // Calls ready(current generation) under the table's lock until it returns a
 // code, sleeping on the segment's futex word in between; KVS_ETIMEDOUT
@@ -445,6 +444,13 @@ template <class Ready>
 int wait_until(kvs_table* t, int timeout_ms, Ready ready) {
   using clock = std::chrono::steady_clock;
   const auto deadline = clock::now() + std::chrono::milliseconds(std::max(timeout_ms, 0));
+  {
+    // What is there already costs no word with kvsd.
+    std::lock_guard lock(t->mu);
+    maybe_reopen(t);
+    collect(t);
+    if (auto rc = ready(*t->cur.load(std::memory_order_relaxed))) return *rc;
+  }
   struct Waiting {
     WaitLink& link;
     ~Waiting() { link.leave(); }
@@ -469,8 +475,8 @@ int wait_until(kvs_table* t, int timeout_ms, Ready ready) {
     // without that syscall.
     if (!first) counted = t->link->counted();
     const auto now = clock::now();
-    std::chrono::nanoseconds slice = counted ? std::chrono::nanoseconds(kCountedSleep)
-                                             : std::chrono::nanoseconds(kUncountedSleep);
+    std::chrono::nanoseconds slice =
+        counted ? detail::counted_sleep() : std::chrono::nanoseconds(kUncountedSleep);
     if (timeout_ms >= 0) slice = std::min<std::chrono::nanoseconds>(slice, deadline - now);
     futex::wait(&g->header->changes, seen, slice);
     {
@@ -505,7 +511,7 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
     t->name = name;
     auto g = open_generation(*seg);
     if (!g) return fail(g.error());
-    t->link = std::make_unique<WaitLink>(wait_socket::path((*g)->registry_dir), (*g)->owner);
+    t->link = std::make_shared<WaitLink>(wait_socket::path((*g)->registry_dir), (*g)->owner);
     t->gens.push_back(std::move(*g));
     t->cur.store(t->gens.back().get(), std::memory_order_release);
     t->id = g_next_table_id.fetch_add(1, std::memory_order_relaxed);
@@ -901,10 +907,26 @@ GuardView guard_view(const kvs_txn* x) {
 
 const std::string& table_name(const kvs_table* t) { return t->name; }
 
-WaitLink& wait_link(kvs_table* t) { return *t->link; }
+const std::shared_ptr<WaitLink>& wait_link(kvs_table* t) { return t->link; }
 
-Result<std::unique_ptr<shm::Mapping>> map_segment(const kvs_table* t) {
-  auto m = shm::open_segment(t->segment, shm::Access::kReadOnly);
+const std::string& segment_name(const kvs_table* t) { return t->segment; }
+
+std::chrono::nanoseconds counted_sleep() {
+  // A counted waiter looks again at least this often anyway: a kvsd that
+  // died with no successor wakes nobody, and any reader may move sleepers
+  // off the word (FUTEX_CMP_REQUEUE needs only read access), which this
+  // bounds. Tests lengthen it (KVS_WAIT_RECHECK_MS) so that a missed wake
+  // shows.
+  static const std::chrono::nanoseconds slice = [] {
+    const char* v = std::getenv("KVS_WAIT_RECHECK_MS");
+    const long ms = v ? std::strtol(v, nullptr, 10) : 0;
+    return std::chrono::nanoseconds(std::chrono::milliseconds(ms > 0 ? ms : 1000));
+  }();
+  return slice;
+}
+
+Result<std::unique_ptr<shm::Mapping>> map_segment(const std::string& segment) {
+  auto m = shm::open_segment(segment, shm::Access::kReadOnly);
   if (!m) return m;
   if (auto ok = check_table(**m); !ok) return std::move(ok).error();
   if (auto ok = shm::check_segment_owner(**m, nullptr); !ok) return std::move(ok).error();

@@ -2,6 +2,7 @@
 // table and a read guard. Internal; not part of the ABI.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -30,10 +31,14 @@ GuardView guard_view(const kvs_txn* x);
 const std::string& table_name(const kvs_table* t);
 // Records `message` for kvs_last_error() and returns code (reader.cpp).
 int set_last_error(int code, std::string message);
-// The table's link to kvsd's wait socket.
-WaitLink& wait_link(kvs_table* t);
-// Maps the segment that carries the table's name now (read-only), after
-// the checks kvs_open makes; without a reader slot or registry file.
-Result<std::unique_ptr<shm::Mapping>> map_segment(const kvs_table* t);
+// The table's link to kvsd's wait socket (a watch keeps it past kvs_close).
+const std::shared_ptr<WaitLink>& wait_link(kvs_table* t);
+// The table's segment name (what kvs_open mapped).
+const std::string& segment_name(const kvs_table* t);
+// Maps the segment that carries this name now (read-only), after the
+// checks kvs_open makes; without a reader slot or registry file.
+Result<std::unique_ptr<shm::Mapping>> map_segment(const std::string& segment);
+// How long a waiter that kvsd counts sleeps at most before it looks again.
+std::chrono::nanoseconds counted_sleep();
 
 }  // namespace kvs::detail

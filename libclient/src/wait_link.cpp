@@ -1,7 +1,6 @@
 #include "src/wait_link.hpp"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -18,10 +17,9 @@ namespace kvs {
 
 namespace {
 
-// kvsd answers from a thread of its own within microseconds; a kvsd that
-// takes longer is counted once its late answer arrives (counted()).
-constexpr auto kAnswerWait = std::chrono::milliseconds(100);
-// How long a process that found no kvsd listening waits before it tries again.
+// How long a process that found no kvsd listening (or whose connection
+// kvsd closed at once: it serves a bounded number) waits before it tries
+// again.
 constexpr auto kRetryAfter = std::chrono::milliseconds(200);
 
 // Every link, for the fork handlers. Lock order: g_links_mu, then a link's mu_.
@@ -69,16 +67,20 @@ WaitLink::~WaitLink() {
   close_locked();
 }
 
-bool WaitLink::enter() {
+bool WaitLink::enter(bool watch) {
   std::lock_guard lock(mu_);
   ++waiting_;
+  if (watch) ++watches_;
+  // An answer that came meanwhile, or a kvsd that went away since.
+  if (fd_ >= 0 && !drain_locked()) close_locked();
   if (!announced_) announce_locked();
   return counted_;
 }
 
-void WaitLink::leave() {
+void WaitLink::leave(bool watch) {
   std::lock_guard lock(mu_);
   if (waiting_ == 0) return;
+  if (watch && watches_ > 0) --watches_;
   if (--waiting_ > 0 || !announced_) return;
   if (!send_byte(fd_, wait_socket::kDone)) {
     close_locked();
@@ -104,15 +106,15 @@ void WaitLink::announce_locked() {
       next_try_ = now + kRetryAfter;
       return;
     }
+    connected_at_ = now;
   }
   if (!send_byte(fd_, wait_socket::kWaiting)) {
     close_locked();
     return;
   }
+  // The answer is read later (counted()): a waiter never blocks on kvsd.
   announced_ = true;
   ++unanswered_;
-  pollfd p{fd_, POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(kAnswerWait.count())) > 0 && !drain_locked()) close_locked();
 }
 
 bool WaitLink::drain_locked() {
@@ -130,6 +132,8 @@ bool WaitLink::drain_locked() {
 }
 
 void WaitLink::close_locked() {
+  const auto now = std::chrono::steady_clock::now();
+  if (fd_ >= 0 && now - connected_at_ < kRetryAfter) next_try_ = now + kRetryAfter;
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   announced_ = false;
@@ -157,6 +161,8 @@ void WaitLink::after_fork_in_child() {
     l->counted_ = false;
     l->unanswered_ = 0;
     l->next_try_ = {};
+    // The parent's waiting threads are not in the child; its open watches are.
+    l->waiting_ = l->watches_;
     l->mu_.unlock();
   }
   g_links_mu.unlock();

@@ -26,11 +26,12 @@ class WaitLink {
   WaitLink(const WaitLink&) = delete;
   WaitLink& operator=(const WaitLink&) = delete;
 
-  // The caller waits from now on. True if kvsd counts this process (it
-  // wakes the sleepers after every batch).
-  bool enter();
+  // The caller (a waiting thread, or an open watch) waits from now on.
+  // True if kvsd counts this process already (it wakes the sleepers after
+  // every batch); else kvsd's answer is read by a later counted().
+  bool enter(bool watch = false);
   // The caller no longer waits.
-  void leave();
+  void leave(bool watch = false);
   // For a waiter that woke: true if kvsd still counts this process. Reads
   // a late answer, and reconnects once kvsd restarted (its new socket).
   bool counted();
@@ -40,8 +41,7 @@ class WaitLink {
   static void after_fork_in_child();
 
  private:
-  // Under mu_: connects if needed and sends kWaiting; waits up to
-  // kAnswerWait for the answer.
+  // Under mu_: connects if needed and sends kWaiting.
   void announce_locked();
   // Under mu_: reads what kvsd sent without blocking; false if the
   // connection closed (kvsd stopped).
@@ -53,10 +53,12 @@ class WaitLink {
   std::mutex mu_;
   int fd_ = -1;
   uint32_t waiting_ = 0;     // threads waiting and open watches
+  uint32_t watches_ = 0;     // of which open watches (a forked child keeps these)
   bool announced_ = false;   // kWaiting sent on fd_, kDone not since
   uint32_t unanswered_ = 0;  // announcements on fd_ kvsd has not answered yet
   bool counted_ = false;     // kvsd answered the announcement that stands
   std::chrono::steady_clock::time_point next_try_{};  // after a failed connect
+  std::chrono::steady_clock::time_point connected_at_{};
 };
 
 }  // namespace kvs

@@ -29,9 +29,8 @@ using namespace kvs::format;
 namespace {
 
 // As kvs_wait (reader.cpp): poll while kvsd has not counted this process,
-// look again now and then when it has.
+// look again now and then (detail::counted_sleep) when it has.
 constexpr auto kUncountedSleep = std::chrono::milliseconds(1);
-constexpr auto kCountedSleep = std::chrono::seconds(1);
 // While the table's new segment cannot be mapped yet.
 constexpr auto kFollowRetry = std::chrono::milliseconds(1);
 
@@ -42,7 +41,9 @@ int fail(Errc code, std::string message) {
 }  // namespace
 
 struct kvs_watch {
-  kvs_table* table = nullptr;
+  // Its own, so that a watch does not depend on its kvs_table's lifetime.
+  std::string segment_name;
+  std::shared_ptr<WaitLink> link;  // entered while the watch is open
   int filter = KVS_WATCH_ALL;
   std::string key;  // the key or prefix
   uint64_t key_hash = 0;
@@ -57,7 +58,7 @@ struct kvs_watch {
   uint64_t change_hash = 0;  // its key's hash, as the log says
 
   ~kvs_watch() {
-    if (table != nullptr) detail::wait_link(table).leave();
+    if (link) link->leave(/*watch=*/true);
   }
 
   void use(std::unique_ptr<shm::Mapping> m) {
@@ -151,7 +152,7 @@ bool kvs_watch::passes() const {
 }
 
 bool kvs_watch::follow() {
-  auto m = detail::map_segment(table);
+  auto m = detail::map_segment(segment_name);
   if (!m) return false;
   const auto* h = reinterpret_cast<const TableHeader*>((*m)->data());
   if (h->incarnation == header->incarnation) return false;  // not renamed yet
@@ -216,7 +217,7 @@ int kvs_watch_open(kvs_table* table, int filter, const void* key, size_t key_len
                     " is none of KVS_WATCH_ALL, KVS_WATCH_KEY, KVS_WATCH_PREFIX");
   *out = nullptr;
   try {
-    auto m = detail::map_segment(table);
+    auto m = detail::map_segment(detail::segment_name(table));
     if (!m) return fail(m.error().code, m.error().message);
     const auto* h = reinterpret_cast<const TableHeader*>((*m)->data());
     if (h->log_entries == 0) {
@@ -226,14 +227,15 @@ int kvs_watch_open(kvs_table* table, int filter, const void* key, size_t key_len
                       "kvsd.toml (it takes effect with the table's next segment)");
     }
     auto w = std::make_unique<kvs_watch>();
+    w->segment_name = detail::segment_name(table);
     w->filter = filter;
     if (filter != KVS_WATCH_ALL) w->key.assign(static_cast<const char*>(key), key_len);
     w->key_hash = hash_key(w->key.data(), w->key.size());
     w->use(std::move(*m));
     w->cursor = w->head();
     // kvsd wakes this process after each batch while the watch is open.
-    detail::wait_link(table).enter();
-    w->table = table;
+    w->link = detail::wait_link(table);
+    w->link->enter(/*watch=*/true);
     *out = w.release();
     return KVS_OK;
   } catch (const std::bad_alloc&) {
@@ -268,9 +270,8 @@ int kvs_watch_next(kvs_watch* w, kvs_change* change, int timeout_ms) {
         return fail(Errc::kTimeout,
                     "kvs_watch_next: no change within " + std::to_string(timeout_ms) + " ms");
       }
-      std::chrono::nanoseconds slice = detail::wait_link(w->table).counted()
-                                           ? std::chrono::nanoseconds(kCountedSleep)
-                                           : std::chrono::nanoseconds(kUncountedSleep);
+      std::chrono::nanoseconds slice =
+          w->link->counted() ? detail::counted_sleep() : std::chrono::nanoseconds(kUncountedSleep);
       if (w->header->replaced.load(std::memory_order_relaxed) != 0)
         slice = std::min<std::chrono::nanoseconds>(slice, kFollowRetry);
       if (timeout_ms >= 0) slice = std::min<std::chrono::nanoseconds>(slice, deadline - now);

@@ -285,8 +285,16 @@ Result<void> TableWriter::attach_existing() {
   partitions_ = reinterpret_cast<PartitionState*>(base_ + header_->partitions_offset);
   log_ = header_->log_entries > 0 ? reinterpret_cast<ChangeEntry*>(base_ + header_->log_offset)
                                   : nullptr;
-  // Entries a writer wrote past the head before it died are written again.
+  // A writer that died logged the records it applied (and may have
+  // published their offsets, which are not applied again) without
+  // publishing the log's head: the whole changes past the head are kept
+  // (those of records applied again are then logged twice), a torn one is
+  // written over.
   log_pos_ = header_->log_head.load(std::memory_order_relaxed);
+  if (log_ != nullptr) {
+    log_pos_ = whole_changes_from(log_pos_);
+    header_->log_head.store(log_pos_, std::memory_order_release);
+  }
   view_ = TableView(base_, *header_);
   if (auto ok = rebuild_allocator(); !ok) return ok;
   header_->writer_pid.store(::getpid(), std::memory_order_relaxed);

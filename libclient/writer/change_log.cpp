@@ -63,6 +63,25 @@ void TableWriter::log_change(std::string_view key, ChangeKind kind, Origin origi
   dirty_ = true;
 }
 
+uint64_t TableWriter::whole_changes_from(uint64_t pos) const {
+  const uint64_t n = header_->log_entries;
+  const uint64_t end = pos + n;
+  while (pos < end) {
+    const ChangeEntry& e = log_[pos % n];
+    if (e.w[0].load(std::memory_order_acquire) != pos + 1) break;
+    const uint64_t key_len = e.w[5].load(std::memory_order_relaxed);
+    if (key_len > (uint64_t{1} << 30)) break;
+    const uint64_t entries = change_entries(key_len);
+    if (entries > end - pos) break;
+    bool whole = true;
+    for (uint64_t i = 1; i < entries && whole; ++i)
+      whole = log_[(pos + i) % n].w[0].load(std::memory_order_acquire) == pos + i + 1;
+    if (!whole) break;
+    pos += entries;
+  }
+  return pos;
+}
+
 bool TableWriter::publish_batch() {
   const uint32_t counted = waiting_ ? waiting_->load(std::memory_order_relaxed) : 0;
   if (header_->waiters.load(std::memory_order_relaxed) != counted)

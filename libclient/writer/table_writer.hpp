@@ -158,6 +158,9 @@ class TableWriter {
   // count given to wake_for is above 0), wakes the sleepers. True if it
   // woke. Nobody waiting costs no syscall.
   bool publish_batch();
+  // Adds 1 to the futex word and wakes every sleeper, whoever waits (after
+  // a replacement or an attach; kvsd when its wait socket is new).
+  void wake_all();
   // The number of processes that wait on this table (kvsd's wait socket
   // counts them; it must outlive this writer and its replacements). Null:
   // none ever waits.
@@ -281,8 +284,9 @@ class TableWriter {
   // Writes a change of `key` into the change log at log_pos_ (change_log.cpp).
   void log_change(std::string_view key, format::ChangeKind kind, format::Origin origin,
                   int64_t offset);
-  // Adds 1 to the futex word and wakes every sleeper (change_log.cpp).
-  void wake_all();
+  // The position after the whole changes logged from `pos` on (a writer
+  // that died logged them, but did not publish them; change_log.cpp).
+  uint64_t whole_changes_from(uint64_t pos) const;
   // Makes `next` (a resize's new segment) continue this segment's change
   // log (resize.cpp).
   void carry_log_to(TableWriter& next);

@@ -200,5 +200,59 @@ TEST_F(WatchKvsdTest, AWatchFollowsAGrowthAndAKvsdRestart) {
   EXPECT_EQ(kvsd->wait_for(60s), 0);
 }
 
+// kvsd killed (SIGKILL) five times while it applies a stream of records: a
+// watch that goes on through the restarts sees every record's change at
+// least once (a restart replays some) and is never told it lost any.
+TEST_F(WatchKvsdTest, KvsdKilledWhileApplyingLeavesNoGapInTheChanges) {
+  constexpr int kRecords = 100000;
+  ASSERT_TRUE(kafka_.create_topic(topic_, kPartitions));
+  config_ = write_config("change_log_entries = 262144\n");
+  auto kvsd = start_kvsd(config_);
+  Table t = open_ready();
+  auto w = t.watch();
+  ASSERT_TRUE(w) << w.error().message;
+  int64_t sent[kPartitions] = {};
+  std::thread producer([&] {
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < kRecords; ++i) {
+      p.send(topic_, i % kPartitions, "k/" + std::to_string(i), "v");
+      ++sent[i % kPartitions];
+    }
+    p.flush();
+  });
+  std::vector<std::vector<bool>> seen(kPartitions, std::vector<bool>(kRecords, false));
+  int distinct = 0, kills = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (distinct < kRecords && std::chrono::steady_clock::now() < deadline) {
+    auto c = w->next(1s);
+    ASSERT_TRUE(c) << c.error().message;
+    if (!*c) continue;
+    ASSERT_NE((*c)->kind, Change::Kind::kLost) << "after " << distinct << " changes";
+    ASSERT_LT((*c)->partition, static_cast<uint32_t>(kPartitions));
+    ASSERT_GE((*c)->offset, 0);
+    ASSERT_LT((*c)->offset, kRecords);
+    auto bit = seen[(*c)->partition][static_cast<size_t>((*c)->offset)];
+    if (!bit) ++distinct;
+    bit = true;
+    if (kills < 5 && distinct >= (kills + 1) * kRecords / 7) {
+      kvsd->kill(SIGKILL);
+      kvsd->wait();
+      ++kills;
+      kvsd = start_kvsd(config_);
+    }
+  }
+  producer.join();
+  EXPECT_EQ(kills, 5);
+  for (int q = 0; q < kPartitions; ++q) {
+    for (int64_t o = 0; o < sent[q]; ++o) {
+      ASSERT_TRUE(seen[q][static_cast<size_t>(o)])
+          << "partition " << q << " offset " << o << " never reached the watch (" << distinct
+          << " of " << kRecords << " did)";
+    }
+  }
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(60s), 0);
+}
+
 }  // namespace
 }  // namespace kvs
