@@ -15,7 +15,10 @@
 //    kvsd applies them) with no watcher, then with 8 watcher processes of
 //    a prefix that 1% of the keys have, then with 8 that take every change.
 //    Ratio = rate with / rate without (target >= 0.95x); CPU per record of
-//    the writer and of the watchers. Also: the writer without a change log.
+//    the writer and of the watchers. Also: the writer without a change log,
+//    and pinned to a CPU of its own with the watchers on the other.
+// 4. (not by default) The change log's cost alone: ingest with and without
+//    it, 2K+1 alternated rounds.
 #include <linux/futex.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -405,6 +408,26 @@ int main(int argc, char** argv) {
         "  writer pinned to CPU 0, watchers to CPU 1: no watcher %.0f rec/s; 8 watchers of a 1%% "
         "prefix %.0f rec/s, ratio %.3fx; writer %.0f / %.0f ns CPU/rec\n",
         rate(np), rate(sp), rate(sp) / rate(np), np.writer_cpu_ns, sp.writer_cpu_ns);
+  }
+  if (phases.find('4') != std::string::npos) {
+    // The change log's cost to the writer alone: with and without, alternated.
+    std::vector<double> with, without, with_cpu, without_cpu;
+    for (int r = 0; r < 2 * ingest_rounds + 1; ++r) {
+      const Ingest a = ingest(s, prefix, records, 0, false, 65536);
+      const Ingest b = ingest(s, prefix, records, 0, false, 0);
+      with.push_back(a.seconds);
+      without.push_back(b.seconds);
+      with_cpu.push_back(a.writer_cpu_ns);
+      without_cpu.push_back(b.writer_cpu_ns);
+    }
+    auto med = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    std::printf(
+        "change log, %zu rounds: ingest with / without %.3fx (rate); writer CPU %.0f / %.0f ns per "
+        "record\n",
+        with.size(), med(without) / med(with), med(with_cpu), med(without_cpu));
   }
   remove_segments(prefix);
   return 0;

@@ -35,8 +35,15 @@ echo "    and this host's table shows it; prints the token: partition offset)"
 kvsctl put --visible checkout.v2 on
 echo "--- read with kvsctl get (shared memory, no kvsd involved)"
 kvsctl get checkout.v2; echo
+echo "--- kvsctl watch, in the background: kvsd wakes it (a futex) when the table changes"
+kvsctl watch --max-changes 1 > "$dir/watch" &
+watch=$!
+for _ in $(seq 100); do kvsctl stats | grep -q "waiting or watching: 1 " && break; sleep 0.1; done
 echo "--- write with kcat straight to topic 'flags', as any Kafka producer can"
 echo "search.beta:off" | kcat -P -b "$bootstrap" -t flags -K:
+wait $watch
+echo "--- what the watch printed (kind, partition:offset, key, value)"
+cat "$dir/watch"
 echo "--- read: the C example looks keys up in /dev/shm/${KVS_SHM_PREFIX}flags, zero-copy"
 for _ in $(seq 100); do
   out=$(./build-demo/kvs_example_c flags checkout.v2 search.beta missing.key)

@@ -146,6 +146,35 @@ TEST_F(WatchTest, AWatcherThatFallsBehindTheRingIsToldSoAndGoesOn) {
   EXPECT_EQ(rest[0].key, "after");
 }
 
+TEST_F(WatchTest, ForEachCallsBackUntilToldToStop) {
+  auto w = open_writer(options(1024));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto watch = t.watch(Watch::Filter::kKey, "flag");
+  ASSERT_TRUE(watch);
+  apply(*w, "flag", "on");
+  apply(*w, "other", "x");
+  apply(*w, "flag", std::nullopt);
+  apply(*w, "flag", "off");
+  w->publish_batch();
+  std::vector<std::pair<Change::Kind, Token>> got;
+  auto r = watch->for_each([&](const Change& c) {
+    got.emplace_back(c.kind, c.token());
+    return got.size() < 2;
+  });
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].first, Change::Kind::kPut);
+  EXPECT_EQ(got[0].second, (Token{0, 0}));
+  EXPECT_EQ(got[1].first, Change::Kind::kErase);
+  EXPECT_EQ(got[1].second, (Token{0, 2}));
+  // The stop predicate ends a loop that has nothing to report.
+  int looks = 0;
+  r = watch->for_each([](const Change&) { return true; }, [&] { return ++looks > 2; }, 10ms);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(looks, 3) << "the change after the stop was reported in the first look";
+}
+
 TEST_F(WatchTest, NextTimesOutWhenNothingChanges) {
   auto w = open_writer(options(1024));
   ASSERT_TRUE(w);

@@ -505,14 +505,15 @@ int cmd_stats(const Target& t, bool json) {
     print_snapshot(server, t.table);
     if (s.change_log_entries > 0) {
       std::printf(
-          "changes         %llu logged (ring of %llu entries); %u processes wait or watch, "
-          "%llu wakes\n",
+          "changes         %llu logged (ring of %llu entries); waiting or watching: %u "
+          "process(es); %llu wakes\n",
           static_cast<unsigned long long>(s.change_log_position),
           static_cast<unsigned long long>(s.change_log_entries), s.waiters,
           static_cast<unsigned long long>(s.wakes));
     } else {
-      std::printf("changes         no change log (change_log_entries = 0); %u processes wait\n",
-                  s.waiters);
+      std::printf(
+          "changes         no change log (change_log_entries = 0); waiting: %u process(es)\n",
+          s.waiters);
     }
     std::printf("%-10s %15s %15s %10s\n", "partition", "applied", "high_watermark", "lag");
     for (uint32_t p = 0; p < parts; ++p) {
