@@ -477,6 +477,10 @@ int wait_until(kvs_table* t, int timeout_ms, Ready ready) {
     const auto now = clock::now();
     std::chrono::nanoseconds slice =
         counted ? detail::counted_sleep() : std::chrono::nanoseconds(kUncountedSleep);
+    // A replacement not mapped yet is retried every kReopenRetry, and the
+    // old segment's word does not move again.
+    if (g->header->replaced.load(std::memory_order_relaxed) != 0)
+      slice = std::min<std::chrono::nanoseconds>(slice, kReopenRetry);
     if (timeout_ms >= 0) slice = std::min<std::chrono::nanoseconds>(slice, deadline - now);
     futex::wait(&g->header->changes, seen, slice);
     {

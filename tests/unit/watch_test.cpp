@@ -71,6 +71,19 @@ class WatchTest : public ::testing::Test {
     w.record_applied(partition, off, 1000 + off, key);
     ++off;
   }
+  // A resize of `from` into a segment of `size`, its entries copied (not
+  // published yet); records are applied to it meanwhile by the caller.
+  static std::unique_ptr<TableWriter> resized(TableWriter& from, TableSize size) {
+    auto grown = from.begin_resize(size);
+    EXPECT_TRUE(grown) << grown.error().message;
+    if (!grown) return nullptr;
+    for (;;) {
+      auto done = (*grown)->copy_step(UINT64_MAX);
+      EXPECT_TRUE(done);
+      if (!done || *done) break;
+    }
+    return std::move(*grown);
+  }
   static std::vector<Seen> drain(Watch& w, std::chrono::milliseconds timeout = 0ms) {
     std::vector<Seen> out;
     for (;;) {
@@ -251,18 +264,13 @@ TEST_F(WatchTest, AWatchKeepsItsPlaceThroughAGrowth) {
   ASSERT_TRUE(watch);
   apply(*w, "before", "1");
   w->publish_batch();
-  auto grown = w->begin_resize(TableSize{1 << 17, 64 << 20});
-  ASSERT_TRUE(grown) << grown.error().message;
-  apply(**grown, "during", "2");
-  (*grown)->publish_batch();
-  for (;;) {
-    auto done = (*grown)->copy_step(UINT64_MAX);
-    ASSERT_TRUE(done);
-    if (*done) break;
-  }
-  ASSERT_TRUE(w->publish_replacement(**grown));
-  apply(**grown, "after", "3");
-  (*grown)->publish_batch();
+  auto grown = resized(*w, TableSize{1 << 17, 64 << 20});
+  ASSERT_TRUE(grown);
+  apply(*grown, "during", "2");
+  grown->publish_batch();
+  ASSERT_TRUE(w->publish_replacement(*grown));
+  apply(*grown, "after", "3");
+  grown->publish_batch();
   const auto seen = drain(*watch, 200ms);
   ASSERT_EQ(seen.size(), 3u);
   EXPECT_EQ(seen[0].key, "before");
@@ -283,17 +291,12 @@ TEST_F(WatchTest, AWatchKeepsItsPlaceThroughTwoGrowthsInARow) {
   for (int growth = 0; growth < 2; ++growth) {
     apply(*cur, "before-" + std::to_string(growth), "1");
     cur->publish_batch();
-    auto grown = cur->begin_resize(TableSize{uint64_t{1} << (17 + growth), 64 << 20});
-    ASSERT_TRUE(grown) << grown.error().message;
-    apply(**grown, "during-" + std::to_string(growth), "2");
-    for (;;) {
-      auto done = (*grown)->copy_step(UINT64_MAX);
-      ASSERT_TRUE(done);
-      if (*done) break;
-    }
-    ASSERT_TRUE(cur->publish_replacement(**grown));
-    (*grown)->publish_batch();
-    segments.push_back(std::move(*grown));
+    auto grown = resized(*cur, TableSize{uint64_t{1} << (17 + growth), 64 << 20});
+    ASSERT_TRUE(grown);
+    apply(*grown, "during-" + std::to_string(growth), "2");
+    ASSERT_TRUE(cur->publish_replacement(*grown));
+    grown->publish_batch();
+    segments.push_back(std::move(grown));
     cur = segments.back().get();
   }
   const auto seen = drain(*watch, 200ms);
