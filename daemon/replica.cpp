@@ -545,7 +545,7 @@ static void discard_segment(const std::string& name) {
       m && (*m)->size() >= sizeof(format::TableHeader)) {
     auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
     if (h->magic == format::kTableMagic && h->layout_version == format::kLayoutVersion) {
-      h->replaced.store(1, std::memory_order_release);
+      TableWriter::flag_replaced(*h);
     }
   }
   shm::remove_segment(name);

@@ -1,5 +1,6 @@
 #include "wait_hub.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -8,8 +9,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <random>
 
 #include "log.hpp"
 #include "protocol/wait_socket.hpp"
@@ -27,57 +32,85 @@ Error sys_error(const std::string& what) {
   return Error{Errc::kSystem, what + ": " + std::strerror(errno)};
 }
 
+// A name beside `path` that a reader cannot guess in advance.
+std::string beside(const std::string& path, const char* what) {
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", static_cast<unsigned>(std::random_device{}()));
+  return path + what + hex;
+}
+
+// Removes the sockets a kvsd of this user left beside `path` (it died
+// between binding and renaming).
+void remove_leftovers(const std::string& path) {
+  const std::string dir = path.substr(0, path.rfind('/'));
+  const std::string prefix = path.substr(dir.size() + 1) + ".new.";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (const dirent* e = ::readdir(d)) {
+    if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) != 0) continue;
+    struct stat st {};
+    const std::string p = dir + "/" + e->d_name;
+    if (::lstat(p.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_uid == ::geteuid())
+      ::unlink(p.c_str());
+  }
+  ::closedir(d);
+}
+
+// Connections a burst may bring per listener before the others are served.
+constexpr int kAcceptsPerWakeup = 64;
+// How long a listener rests when kvsd is out of descriptors.
+constexpr auto kListenerRest = std::chrono::milliseconds(100);
+
 }  // namespace
 
 WaitHub::~WaitHub() { stop(); }
 
-// Binds a socket at `path`. It is bound under a name of its own first and
-// then renamed over `path`, replacing whatever is there: the registry
-// directory lets readers create entries, and one may have put something
-// under the name (a directory there is moved aside: kvsd owns the sticky
+// Binds a listening socket at `path`: under a random name beside it first,
+// then renamed over it, replacing whatever is there. The registry directory
+// lets readers create entries, and one may have put something under these
+// names (a directory under `path` is moved aside: kvsd owns the sticky
 // directory, so it may).
 static Result<int> bind_socket(const std::string& path, mode_t mode, gid_t group) {
   sockaddr_un addr{};
-  const std::string temp = path + ".new." + std::to_string(::getpid());
-  if (temp.size() >= sizeof addr.sun_path) {
-    return make_error(Errc::kInvalidArgument,
-                      path + " is longer than a socket path may be (" +
-                          std::to_string(sizeof addr.sun_path - 1 - (temp.size() - path.size())) +
-                          " bytes)");
+  if (beside(path, ".new.").size() >= sizeof addr.sun_path) {
+    return make_error(Errc::kInvalidArgument, path + " is too long for a socket path (" +
+                                                  std::to_string(sizeof addr.sun_path - 1 - 13) +
+                                                  " bytes at most)");
   }
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, temp.c_str(), temp.size() + 1);
-  ::unlink(temp.c_str());
+  remove_leftovers(path);
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return sys_error("socket for " + path);
-  if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::chmod(temp.c_str(), mode & 0666) != 0 ||
+  std::string temp;
+  bool bound = false;
+  for (int attempt = 0; attempt < 4 && !bound; ++attempt) {
+    temp = beside(path, ".new.");
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, temp.c_str(), temp.size() + 1);
+    bound = ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+    if (!bound && errno != EADDRINUSE) break;
+  }
+  auto fail = [&](const std::string& what) {
+    auto e = sys_error(what);
+    ::close(fd);
+    if (bound) ::unlink(temp.c_str());
+    return e;
+  };
+  if (!bound) return fail("bind beside " + path);
+  if (::chmod(temp.c_str(), mode & 0666) != 0 ||
       (group != static_cast<gid_t>(-1) &&
        ::chown(temp.c_str(), static_cast<uid_t>(-1), group) != 0) ||
-      ::listen(fd, 128) != 0) {
-    auto e = sys_error(path);
-    ::close(fd);
-    ::unlink(temp.c_str());
-    return e;
-  }
-  for (int attempt = 0;; ++attempt) {
+      ::listen(fd, 128) != 0)
+    return fail(path);
+  for (int attempt = 0; attempt < 4; ++attempt) {
     if (::rename(temp.c_str(), path.c_str()) == 0) return fd;
-    const int err = errno;
-    if (attempt < 3 && (err == EISDIR || err == ENOTEMPTY || err == EEXIST)) {
-      const std::string aside =
-          path + ".removed." + std::to_string(::getpid()) + "." + std::to_string(attempt);
-      if (::rename(path.c_str(), aside.c_str()) == 0) {
-        KVS_LOG_WARN("%s was a directory kvsd did not make; moved to %s", path.c_str(),
-                     aside.c_str());
-        continue;
-      }
+    if (errno != EISDIR && errno != ENOTEMPTY && errno != EEXIST) break;
+    const std::string aside = beside(path, ".removed.");
+    if (::rename(path.c_str(), aside.c_str()) == 0) {
+      KVS_LOG_WARN("%s was a directory kvsd did not make; moved to %s", path.c_str(),
+                   aside.c_str());
     }
-    errno = err;
-    auto e = sys_error("rename to " + path);
-    ::close(fd);
-    ::unlink(temp.c_str());
-    return e;
   }
+  return fail("rename to " + path);
 }
 
 Result<const std::atomic<uint32_t>*> WaitHub::listen(const std::string& table,
@@ -104,6 +137,7 @@ Result<void> WaitHub::start() {
   ev.data.u64 = kStop;
   if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, stop_fd_, &ev) != 0) return sys_error("epoll_ctl");
   for (size_t i = 0; i < tables_.size(); ++i) {
+    tables_[i]->index = i;
     ev.data.u64 = kListener | i;
     if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, tables_[i]->fd, &ev) != 0)
       return sys_error("epoll_ctl");
@@ -134,7 +168,14 @@ void WaitHub::stop() {
 void WaitHub::run() {
   epoll_event events[64];
   for (;;) {
-    const int n = ::epoll_wait(epoll_fd_, events, 64, -1);
+    int timeout_ms = -1;
+    if (!resting_.empty()) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+          rest_until_ - std::chrono::steady_clock::now());
+      timeout_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
+    }
+    const int n = ::epoll_wait(epoll_fd_, events, 64, timeout_ms);
+    if (!resting_.empty() && std::chrono::steady_clock::now() >= rest_until_) wake_listeners();
     if (n < 0 && errno != EINTR) {
       KVS_LOG_ERROR("wait sockets: epoll_wait: %s; waiting readers poll", std::strerror(errno));
       return;
@@ -152,12 +193,14 @@ void WaitHub::run() {
 }
 
 void WaitHub::accept_all(Table& t) {
-  for (;;) {
+  const uint64_t round = next_seq_;
+  for (int i = 0; i < kAcceptsPerWakeup; ++i) {
     int fd = ::accept4(t.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && spare_fd_ >= 0) {
-      // Out of descriptors: the pending connection would keep the
-      // listener readable (and this thread spinning). It is taken with the
-      // spare descriptor and closed; its reader polls.
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+      // Out of descriptors: the pending connection keeps the listener
+      // readable. It is taken with the spare descriptor and closed (its
+      // reader polls), or, without one, the listener rests a while.
+      if (spare_fd_ < 0) return rest(t);
       ::close(spare_fd_);
       fd = ::accept4(t.fd, nullptr, nullptr, SOCK_CLOEXEC);
       if (fd >= 0) ::close(fd);
@@ -165,10 +208,9 @@ void WaitHub::accept_all(Table& t) {
       continue;
     }
     if (fd < 0) return;  // EAGAIN
-    // At the limit, a connection that does not wait now makes room: only
-    // the waiting ones count against it (a process keeps its connection
-    // between waits).
-    if (t.connections >= t.max_connections && !drop_idle(t)) {
+    // At the limit, a connection that does not wait (and did not arrive in
+    // this burst) makes room: a process keeps its connection between waits.
+    if (t.connections >= t.max_connections && !drop_idle(t, round)) {
       ::close(fd);
       continue;
     }
@@ -179,9 +221,31 @@ void WaitHub::accept_all(Table& t) {
       ::close(fd);
       continue;
     }
-    conns_[fd] = Conn{&t, false};
+    const uint64_t seq = next_seq_++;
+    conns_[fd] = Conn{&t, false, seq};
+    t.idle.emplace(seq, fd);
     ++t.connections;
   }
+}
+
+void WaitHub::rest(Table& t) {
+  epoll_event ev{};
+  ev.events = 0;
+  ev.data.u64 = kListener | t.index;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, t.fd, &ev);
+  resting_.push_back(&t);
+  rest_until_ = std::chrono::steady_clock::now() + kListenerRest;
+}
+
+void WaitHub::wake_listeners() {
+  if (spare_fd_ < 0) spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  for (Table* t : resting_) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kListener | t->index;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, t->fd, &ev);
+  }
+  resting_.clear();
 }
 
 void WaitHub::serve(int fd) {
@@ -201,33 +265,37 @@ void WaitHub::serve(int fd) {
       // futex word (TableWriter::publish_batch).
       c.table->waiting.fetch_add(1, std::memory_order_seq_cst);
       c.waiting = true;
+      c.table->idle.erase({c.idle_seq, fd});
       const char answer = wait_socket::kCounted;
       // A peer that does not read its answers is not served further.
       if (::send(fd, &answer, 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1) return drop(fd);
     } else if (buf[i] == wait_socket::kDone && c.waiting) {
       c.table->waiting.fetch_sub(1, std::memory_order_relaxed);
       c.waiting = false;
+      c.idle_seq = next_seq_++;
+      c.table->idle.emplace(c.idle_seq, fd);
     } else {
       return drop(fd);
     }
   }
 }
 
-bool WaitHub::drop_idle(Table& t) {
-  for (const auto& [fd, c] : conns_) {
-    if (c.table == &t && !c.waiting) {
-      drop(fd);
-      return true;
-    }
-  }
-  return false;
+bool WaitHub::drop_idle(Table& t, uint64_t before) {
+  if (t.idle.empty() || t.idle.begin()->first >= before) return false;
+  drop(t.idle.begin()->second);  // the one idle longest
+  return true;
 }
 
 void WaitHub::drop(int fd) {
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
-  if (it->second.waiting) it->second.table->waiting.fetch_sub(1, std::memory_order_relaxed);
-  --it->second.table->connections;
+  Conn& c = it->second;
+  if (c.waiting) {
+    c.table->waiting.fetch_sub(1, std::memory_order_relaxed);
+  } else {
+    c.table->idle.erase({c.idle_seq, fd});
+  }
+  --c.table->connections;
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);

@@ -19,8 +19,10 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -52,22 +54,33 @@ class WaitHub {
   struct Table {
     std::string name, path;
     int fd = -1;
+    size_t index = 0;  // in tables_
     uint32_t max_connections = 0, connections = 0;
     std::atomic<uint32_t> waiting{0};
+    // Connections that do not wait, by when they stopped (or arrived).
+    std::set<std::pair<uint64_t, int>> idle;
   };
   struct Conn {
     Table* table = nullptr;
     bool waiting = false;
+    uint64_t idle_seq = 0;  // its key in table->idle while it does not wait
   };
   void run();
   void accept_all(Table& t);
   void serve(int fd);
   void drop(int fd);
-  // Closes a connection of `t` that does not wait; false if none.
-  bool drop_idle(Table& t);
+  // Closes the connection of `t` idle longest, if it became idle before
+  // `before` (a sequence number); false if none.
+  bool drop_idle(Table& t, uint64_t before);
+  // Out of descriptors and spare: `t`'s listener is not watched for a while.
+  void rest(Table& t);
+  void wake_listeners();
 
   std::vector<std::unique_ptr<Table>> tables_;
   std::unordered_map<int, Conn> conns_;
+  uint64_t next_seq_ = 1;
+  std::vector<Table*> resting_;
+  std::chrono::steady_clock::time_point rest_until_{};
   int epoll_fd_ = -1;
   int stop_fd_ = -1;   // an eventfd: stop() wakes the thread
   int spare_fd_ = -1;  // given up to accept (and close) a connection when out of descriptors

@@ -924,7 +924,8 @@ std::chrono::nanoseconds counted_sleep() {
   static const std::chrono::nanoseconds slice = [] {
     const char* v = std::getenv("KVS_WAIT_RECHECK_MS");
     const long ms = v ? std::strtol(v, nullptr, 10) : 0;
-    return std::chrono::nanoseconds(std::chrono::milliseconds(ms > 0 ? ms : 1000));
+    return std::chrono::nanoseconds(
+        std::chrono::milliseconds(ms > 0 ? std::min<long>(ms, 3600 * 1000) : 1000));
   }();
   return slice;
 }

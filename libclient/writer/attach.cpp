@@ -138,9 +138,7 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
   w->init_new(size, options.partition_capacity);
   // Readers of the inconsistent one learn that a new one takes its name
   // (flag first, as in publish_replacement).
-  if (stale) {
-    reinterpret_cast<TableHeader*>(stale->data())->replaced.store(1, std::memory_order_release);
-  }
+  if (stale) flag_replaced(*reinterpret_cast<TableHeader*>(stale->data()));
   if (auto ok = shm::rename_segment(w->data_->name, *seg); !ok) {
     shm::remove_segment(w->data_->name);
     return std::move(ok).error();
@@ -285,18 +283,10 @@ Result<void> TableWriter::attach_existing() {
   partitions_ = reinterpret_cast<PartitionState*>(base_ + header_->partitions_offset);
   log_ = header_->log_entries > 0 ? reinterpret_cast<ChangeEntry*>(base_ + header_->log_offset)
                                   : nullptr;
-  // A writer that died logged the records it applied (and may have
-  // published their offsets, which are not applied again) without
-  // publishing the log's head: the whole changes past the head are kept
-  // (those of records applied again are then logged twice), a torn one is
-  // written over.
   log_pos_ = header_->log_head.load(std::memory_order_relaxed);
-  if (log_ != nullptr) {
-    log_pos_ = whole_changes_from(log_pos_);
-    header_->log_head.store(log_pos_, std::memory_order_release);
-  }
   view_ = TableView(base_, *header_);
   if (auto ok = rebuild_allocator(); !ok) return ok;
+  recover_log();
   header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
   header_->writer_attaches.fetch_add(1, std::memory_order_relaxed);
   // The segment under the table's name is the current one: a flag left by a
@@ -308,6 +298,23 @@ Result<void> TableWriter::attach_existing() {
   wake_all();
   attach_kind_ = AttachKind::kAttached;
   return {};
+}
+
+// A writer that died logged the records it applied (and may have published
+// their offsets, which are not applied again) without publishing the log's
+// head: the whole changes past the head are kept (those of records applied
+// again are then logged twice), a torn one is written over. What lies
+// beyond them is cleared: entries that an earlier writer logged and never
+// published, which a later recovery must not take for this writer's.
+void TableWriter::recover_log() {
+  if (log_ == nullptr) return;
+  log_pos_ = whole_changes_from(log_pos_);
+  const uint64_t n = header_->log_entries;
+  for (uint64_t i = 0; i < n; ++i) {
+    auto& w0 = log_[i].w[0];
+    if (w0.load(std::memory_order_relaxed) > log_pos_) w0.store(0, std::memory_order_relaxed);
+  }
+  header_->log_head.store(log_pos_, std::memory_order_release);
 }
 
 // Rebuilds free space from the live set: every slot's block is live; every

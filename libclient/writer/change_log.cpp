@@ -96,6 +96,12 @@ bool TableWriter::publish_batch() {
   return true;
 }
 
+void TableWriter::flag_replaced(TableHeader& h) {
+  h.replaced.store(1, std::memory_order_release);
+  h.changes.fetch_add(1, std::memory_order_seq_cst);
+  futex::wake_all(&h.changes);
+}
+
 void TableWriter::wake_all() {
   header_->changes.fetch_add(1, std::memory_order_seq_cst);
   futex::wake_all(&header_->changes);

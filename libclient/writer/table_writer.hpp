@@ -158,6 +158,9 @@ class TableWriter {
   // count given to wake_for is above 0), wakes the sleepers. True if it
   // woke. Nobody waiting costs no syscall.
   bool publish_batch();
+  // Tells the readers of a segment of this layout that another takes its
+  // place: sets `replaced`, then moves the futex word and wakes them.
+  static void flag_replaced(format::TableHeader& h);
   // Adds 1 to the futex word and wakes every sleeper, whoever waits (after
   // a replacement or an attach; kvsd when its wait socket is new).
   void wake_all();
@@ -287,6 +290,8 @@ class TableWriter {
   // The position after the whole changes logged from `pos` on (a writer
   // that died logged them, but did not publish them; change_log.cpp).
   uint64_t whole_changes_from(uint64_t pos) const;
+  // At an attach: publishes what a writer that died logged (attach.cpp).
+  void recover_log();
   // Makes `next` (a resize's new segment) continue this segment's change
   // log (resize.cpp).
   void carry_log_to(TableWriter& next);

@@ -308,6 +308,35 @@ TEST_F(WatchTest, AWatchKeepsItsPlaceThroughTwoGrowthsInARow) {
   for (const auto& s : seen) EXPECT_NE(s.kind, Change::Kind::kLost);
 }
 
+// Writers that die before they publish a batch: the next one publishes the
+// whole changes the last one logged, and never older ones that an earlier
+// writer logged past the head (here a batch larger than the ring).
+TEST_F(WatchTest, WritersKilledBeforeTheyPublishLeaveOnlyTheirOwnChanges) {
+  auto a = open_writer(options(32));
+  ASSERT_TRUE(a);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  for (int i = 0; i < 40; ++i) apply(*a, "a" + std::to_string(i), "1");
+  a.reset();  // killed before its batch was published
+  auto b = open_writer(options(32));
+  ASSERT_TRUE(b);
+  for (int i = 0; i < 4; ++i) apply(*b, "b" + std::to_string(i), "2");
+  b->publish_batch();
+  // Positions 4..7: what follows them in the ring is a's position 8.
+  for (int i = 0; i < 4; ++i) apply(*b, "b-unpublished" + std::to_string(i), "2");
+  b.reset();
+  auto c = open_writer(options(32));
+  ASSERT_TRUE(c);
+  const auto seen = drain(*watch, 200ms);
+  ASSERT_EQ(seen.size(), 8u) << "a writer's stale changes were published as new";
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(seen[i].key, "b" + std::to_string(i));
+    EXPECT_EQ(seen[4 + i].key, "b-unpublished" + std::to_string(i))
+        << "the last writer's whole changes were not kept";
+  }
+}
+
 TEST_F(WatchTest, ARebuildIsReportedAsLost) {
   auto w = open_writer(options(4096));
   ASSERT_TRUE(w);
