@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 
 #include "format/index.hpp"
@@ -47,6 +48,10 @@ struct kvs_watch {
   int filter = KVS_WATCH_ALL;
   std::string key;  // the key or prefix
   uint64_t key_hash = 0;
+  // The prefix's first 16 bytes as the inline key words hold them, and
+  // which bytes count: the first entry's test without a call to memcmp.
+  uint64_t prefix_words[2] = {0, 0};
+  uint64_t prefix_masks[2] = {0, 0};
   std::unique_ptr<shm::Mapping> seg;
   const TableHeader* header = nullptr;
   const ChangeEntry* log = nullptr;
@@ -76,6 +81,7 @@ struct kvs_watch {
   enum class Read { kLost, kFiltered, kChange };
   Read read();
   bool read_entry(uint64_t pos, uint64_t (&w)[8]) const;
+  void set_prefix_words();
   // From the first entry alone: false if the change cannot pass the filter.
   bool may_pass(uint64_t key_len, uint64_t hash, const uint64_t (&w)[8]) const;
   bool passes() const;
@@ -85,7 +91,7 @@ struct kvs_watch {
 };
 
 bool kvs_watch::read_entry(uint64_t pos, uint64_t (&w)[8]) const {
-  const ChangeEntry& e = log[pos % entries];
+  const ChangeEntry& e = log[change_slot(pos, entries)];
   // acquire: pairs with the release store of word 0 (change_log.cpp).
   w[0] = e.w[0].load(std::memory_order_acquire);
   if (w[0] != pos + 1) return false;
@@ -96,12 +102,17 @@ bool kvs_watch::read_entry(uint64_t pos, uint64_t (&w)[8]) const {
   return e.w[0].load(std::memory_order_relaxed) == pos + 1;
 }
 
+void kvs_watch::set_prefix_words() {
+  const size_t n = std::min<size_t>(key.size(), kChangeInlineKeyBytes);
+  std::memcpy(prefix_words, key.data(), n);
+  std::memset(prefix_masks, 0xff, n);
+}
+
 bool kvs_watch::may_pass(uint64_t key_len, uint64_t hash, const uint64_t (&w)[8]) const {
   if (filter == KVS_WATCH_KEY) return key_len == key.size() && hash == key_hash;
   if (filter != KVS_WATCH_PREFIX) return true;
-  if (key_len < key.size()) return false;
-  const size_t inline_bytes = std::min<size_t>(key.size(), kChangeInlineKeyBytes);
-  return std::memcmp(&w[6], key.data(), inline_bytes) == 0;
+  return key_len >= key.size() && (w[6] & prefix_masks[0]) == prefix_words[0] &&
+         (w[7] & prefix_masks[1]) == prefix_words[1];
 }
 
 kvs_watch::Read kvs_watch::read() {
@@ -231,6 +242,7 @@ int kvs_watch_open(kvs_table* table, int filter, const void* key, size_t key_len
     w->filter = filter;
     if (filter != KVS_WATCH_ALL) w->key.assign(static_cast<const char*>(key), key_len);
     w->key_hash = hash_key(w->key.data(), w->key.size());
+    w->set_prefix_words();
     w->use(std::move(*m));
     w->cursor = w->head();
     // kvsd wakes this process after each batch while the watch is open.
@@ -246,7 +258,8 @@ int kvs_watch_open(kvs_table* table, int filter, const void* key, size_t key_len
 int kvs_watch_next(kvs_watch* w, kvs_change* change, int timeout_ms) {
   if (w == nullptr || change == nullptr)
     return fail(Errc::kInvalidArgument, "kvs_watch_next: NULL argument");
-  const auto deadline = clock::now() + std::chrono::milliseconds(std::max(timeout_ms, 0));
+  // Set at the first sleep: a change already in the log costs no clock read.
+  std::optional<clock::time_point> deadline;
   try {
     for (;;) {
       // seq_cst: read before the log is, as in kvs_wait (reader.cpp).
@@ -266,7 +279,8 @@ int kvs_watch_next(kvs_watch* w, kvs_change* change, int timeout_ms) {
         if (moved) continue;
       }
       const auto now = clock::now();
-      if (timeout_ms >= 0 && now >= deadline) {
+      if (!deadline) deadline = now + std::chrono::milliseconds(std::max(timeout_ms, 0));
+      if (timeout_ms >= 0 && now >= *deadline) {
         return fail(Errc::kTimeout,
                     "kvs_watch_next: no change within " + std::to_string(timeout_ms) + " ms");
       }
@@ -274,7 +288,7 @@ int kvs_watch_next(kvs_watch* w, kvs_change* change, int timeout_ms) {
           w->link->counted() ? detail::counted_sleep() : std::chrono::nanoseconds(kUncountedSleep);
       if (w->header->replaced.load(std::memory_order_relaxed) != 0)
         slice = std::min<std::chrono::nanoseconds>(slice, kFollowRetry);
-      if (timeout_ms >= 0) slice = std::min<std::chrono::nanoseconds>(slice, deadline - now);
+      if (timeout_ms >= 0) slice = std::min<std::chrono::nanoseconds>(slice, *deadline - now);
       futex::wait(&w->header->changes, seen, slice);
     }
   } catch (const std::bad_alloc&) {

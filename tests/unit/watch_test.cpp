@@ -29,6 +29,7 @@ namespace kvs {
 namespace {
 
 using namespace std::chrono_literals;
+using namespace std::string_literals;
 using format::Origin;
 using test::open_writer;
 
@@ -133,6 +134,40 @@ TEST_F(WatchTest, AWatchSeesTheChangesOfItsFilterInOrderWithTheirKeys) {
   const auto just = drain(*one);
   ASSERT_EQ(just.size(), 1u);
   EXPECT_EQ(just[0].key, long_key);
+}
+
+TEST_F(WatchTest, APrefixWatchPassesExactlyTheKeysThatStartWithIt) {
+  // Prefixes of every length around the 16 key bytes the first entry holds
+  // (which decide most changes before the whole key is read).
+  auto w = open_writer(options(4096));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  const std::string alphabet = "abcdefghijklmnopqrstu";
+  std::vector<std::string> prefixes;
+  for (size_t n = 0; n <= alphabet.size(); ++n) prefixes.push_back(alphabet.substr(0, n));
+  prefixes.insert(prefixes.end(), {"abd", "abcdefghijklmnoX", "abcdefghijklmnopX", "\0a"s});
+  std::vector<Watch> watches;
+  for (const auto& p : prefixes) {
+    auto watch = t.watch(Watch::Filter::kPrefix, p);
+    ASSERT_TRUE(watch) << watch.error().message;
+    watches.push_back(std::move(*watch));
+  }
+  std::vector<std::string> keys;
+  for (size_t n = 1; n <= alphabet.size(); ++n) {
+    keys.push_back(alphabet.substr(0, n));
+    keys.push_back(alphabet.substr(0, n - 1) + "X");
+  }
+  keys.insert(keys.end(),
+              {"abd", "b", "\0a"s, "\0ab"s, "abcdefghijklmnop" + std::string(100, 'z')});
+  for (const auto& k : keys) apply(*w, k, "v");
+  w->publish_batch();
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    std::vector<std::string> expected, seen;
+    for (const auto& k : keys)
+      if (k.starts_with(prefixes[i])) expected.push_back(k);
+    for (const auto& c : drain(watches[i])) seen.push_back(c.key);
+    EXPECT_EQ(seen, expected) << "prefix \"" << prefixes[i] << "\"";
+  }
 }
 
 TEST_F(WatchTest, AWatcherThatFallsBehindTheRingIsToldSoAndGoesOn) {
