@@ -39,6 +39,14 @@ int fail(Errc code, std::string message) {
   return detail::set_last_error(static_cast<int>(code), std::move(message));
 }
 
+// A valid first entry's length and kind (read() reports anything else lost).
+bool sane_first_entry(uint64_t key_len, uint64_t partition_kind, uint64_t entries) {
+  const auto kind = static_cast<uint32_t>(partition_kind >> 32);
+  return key_len <= uint64_t{1} << 30 && change_entries(key_len) <= entries &&
+         (kind == static_cast<uint32_t>(ChangeKind::kPut) ||
+          kind == static_cast<uint32_t>(ChangeKind::kErase));
+}
+
 }  // namespace
 
 struct kvs_watch {
@@ -81,9 +89,15 @@ struct kvs_watch {
   enum class Read { kLost, kFiltered, kChange };
   Read read();
   bool read_entry(uint64_t pos, uint64_t (&w)[8]) const;
+  // Moves the cursor past the changes before `head` that their first entry
+  // rules out, reading only the words that decide it (a narrow watch spends
+  // most of its time here). Stops at anything else, a change that may pass
+  // or an entry overwritten or that makes no sense, for read() to look at.
+  void skip_ruled_out(uint64_t head);
   void set_prefix_words();
-  // From the first entry alone: false if the change cannot pass the filter.
-  bool may_pass(uint64_t key_len, uint64_t hash, const uint64_t (&w)[8]) const;
+  // From the first entry alone (its hash and inline key words): false if
+  // the change cannot pass the filter.
+  bool may_pass(uint64_t key_len, uint64_t hash, uint64_t key0, uint64_t key1) const;
   bool passes() const;
   // The table's segment was replaced and this one's log is drained: maps
   // the new one. False while it cannot be mapped yet.
@@ -108,11 +122,32 @@ void kvs_watch::set_prefix_words() {
   std::memset(prefix_masks, 0xff, n);
 }
 
-bool kvs_watch::may_pass(uint64_t key_len, uint64_t hash, const uint64_t (&w)[8]) const {
+bool kvs_watch::may_pass(uint64_t key_len, uint64_t hash, uint64_t key0, uint64_t key1) const {
   if (filter == KVS_WATCH_KEY) return key_len == key.size() && hash == key_hash;
   if (filter != KVS_WATCH_PREFIX) return true;
-  return key_len >= key.size() && (w[6] & prefix_masks[0]) == prefix_words[0] &&
-         (w[7] & prefix_masks[1]) == prefix_words[1];
+  return key_len >= key.size() && (key0 & prefix_masks[0]) == prefix_words[0] &&
+         (key1 & prefix_masks[1]) == prefix_words[1];
+}
+
+void kvs_watch::skip_ruled_out(uint64_t head) {
+  if (filter == KVS_WATCH_ALL) return;
+  uint64_t pos = cursor;
+  while (pos < head) {
+    const ChangeEntry& e = log[change_slot(pos, entries)];
+    // acquire, fence, re-read: the seqlock of read_entry, on 5 of the words.
+    if (e.w[0].load(std::memory_order_acquire) != pos + 1) break;
+    const uint64_t hash = e.w[1].load(std::memory_order_relaxed);
+    const uint64_t partition_kind = e.w[4].load(std::memory_order_relaxed);
+    const uint64_t key_len = e.w[5].load(std::memory_order_relaxed);
+    const uint64_t key0 = e.w[6].load(std::memory_order_relaxed);
+    const uint64_t key1 = e.w[7].load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (e.w[0].load(std::memory_order_relaxed) != pos + 1 ||
+        !sane_first_entry(key_len, partition_kind, entries) || may_pass(key_len, hash, key0, key1))
+      break;
+    pos += change_entries(key_len);
+  }
+  cursor = pos;
 }
 
 kvs_watch::Read kvs_watch::read() {
@@ -121,12 +156,9 @@ kvs_watch::Read kvs_watch::read() {
   if (!read_entry(pos, w)) return Read::kLost;
   const uint64_t key_len = w[5];
   const auto kind = static_cast<uint32_t>(w[4] >> 32);
-  if (key_len > uint64_t{1} << 30 || change_entries(key_len) > entries ||
-      (kind != static_cast<uint32_t>(ChangeKind::kPut) &&
-       kind != static_cast<uint32_t>(ChangeKind::kErase)))
-    return Read::kLost;
+  if (!sane_first_entry(key_len, w[4], entries)) return Read::kLost;
   const uint64_t n = change_entries(key_len);
-  if (!may_pass(key_len, w[1], w)) {
+  if (!may_pass(key_len, w[1], w[6], w[7])) {
     cursor = pos + n;
     return Read::kFiltered;
   }
@@ -202,6 +234,10 @@ bool next_from_log(kvs_watch* w) {
     }
     const uint64_t head = w->head();
     if (w->cursor == head) return false;
+    if (w->cursor < head && head - w->cursor <= w->entries) {
+      w->skip_ruled_out(head);
+      if (w->cursor == head) return false;
+    }
     // Behind the ring, overwritten while read, or past the head (a log
     // that makes no sense): lost, and on from the head.
     const auto r =
