@@ -295,13 +295,6 @@ constexpr uint64_t change_entries(uint64_t key_len) {
                        kChangeMoreKeyBytes;
 }
 
-// The slot of position `pos` in a ring of `entries`: a mask for the usual
-// power-of-two sizes (a watcher takes this once per change it skips, and a
-// 64-bit division costs more than the rest of the skip).
-constexpr uint64_t change_slot(uint64_t pos, uint64_t entries) {
-  return (entries & (entries - 1)) == 0 ? pos & (entries - 1) : pos % entries;
-}
-
 // ---------------------------------------------------------------- registry
 // Each reader process keeps one file per segment it reads (more when over
 // kReaderFileSlots threads read at once) in the table's registry directory:

@@ -105,7 +105,7 @@ struct kvs_watch {
 };
 
 bool kvs_watch::read_entry(uint64_t pos, uint64_t (&w)[8]) const {
-  const ChangeEntry& e = log[change_slot(pos, entries)];
+  const ChangeEntry& e = log[pos % entries];
   // acquire: pairs with the release store of word 0 (change_log.cpp).
   w[0] = e.w[0].load(std::memory_order_acquire);
   if (w[0] != pos + 1) return false;
@@ -133,7 +133,7 @@ void kvs_watch::skip_ruled_out(uint64_t head) {
   if (filter == KVS_WATCH_ALL) return;
   uint64_t pos = cursor;
   while (pos < head) {
-    const ChangeEntry& e = log[change_slot(pos, entries)];
+    const ChangeEntry& e = log[pos % entries];
     // acquire, fence, re-read: the seqlock of read_entry, on 5 of the words.
     if (e.w[0].load(std::memory_order_acquire) != pos + 1) break;
     const uint64_t hash = e.w[1].load(std::memory_order_relaxed);

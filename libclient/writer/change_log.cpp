@@ -41,7 +41,7 @@ void begin_entry(ChangeEntry& e) {
 void TableWriter::log_change(std::string_view key, ChangeKind kind, Origin origin, int64_t offset) {
   const uint64_t n = header_->log_entries;
   const uint64_t p = log_pos_;
-  ChangeEntry& e = log_[change_slot(p, n)];
+  ChangeEntry& e = log_[p % n];
   begin_entry(e);
   // apply() logs the key put_from/erase_from just looked up.
   e.w[1].store(looked_up_hash_, std::memory_order_relaxed);
@@ -54,7 +54,7 @@ void TableWriter::log_change(std::string_view key, ChangeKind kind, Origin origi
   e.w[0].store(p + 1, std::memory_order_release);
   const uint64_t entries = change_entries(key.size());
   for (uint64_t i = 1; i < entries; ++i) {
-    ChangeEntry& c = log_[change_slot(p + i, n)];
+    ChangeEntry& c = log_[(p + i) % n];
     begin_entry(c);
     store_key_words(c, 1, key, kChangeInlineKeyBytes + (i - 1) * kChangeMoreKeyBytes);
     c.w[0].store(p + i + 1, std::memory_order_release);
@@ -67,7 +67,7 @@ uint64_t TableWriter::whole_changes_from(uint64_t pos) const {
   const uint64_t n = header_->log_entries;
   const uint64_t end = pos + n;
   while (pos < end) {
-    const ChangeEntry& e = log_[change_slot(pos, n)];
+    const ChangeEntry& e = log_[pos % n];
     if (e.w[0].load(std::memory_order_acquire) != pos + 1) break;
     const uint64_t key_len = e.w[5].load(std::memory_order_relaxed);
     if (key_len > (uint64_t{1} << 30)) break;
@@ -75,7 +75,7 @@ uint64_t TableWriter::whole_changes_from(uint64_t pos) const {
     if (entries > end - pos) break;
     bool whole = true;
     for (uint64_t i = 1; i < entries && whole; ++i)
-      whole = log_[change_slot(pos + i, n)].w[0].load(std::memory_order_acquire) == pos + i + 1;
+      whole = log_[(pos + i) % n].w[0].load(std::memory_order_acquire) == pos + i + 1;
     if (!whole) break;
     pos += entries;
   }

@@ -43,7 +43,7 @@ void TableWriter::carry_log_to(TableWriter& w) {
     from =
         head - std::min({head - header_->log_start, header_->log_entries, w.header_->log_entries});
     for (uint64_t p = from; p < head; ++p) {
-      const ChangeEntry& e = log_[change_slot(p, header_->log_entries)];
+      const ChangeEntry& e = log_[p % header_->log_entries];
       ChangeEntry& to = w.log_[p % w.header_->log_entries];
       for (int i = 0; i < 8; ++i)
         to.w[i].store(e.w[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
