@@ -74,11 +74,19 @@ struct kvs_watch {
     if (link) link->leave(/*watch=*/true);
   }
 
+  // Maps the log of `m`, or none (entries 0) if it does not fit in it:
+  // map_segment checked the header, but its owner could rewrite it since,
+  // so the log's place is read once here and checked against the mapping.
   void use(std::unique_ptr<shm::Mapping> m) {
     seg = std::move(m);
     header = reinterpret_cast<const TableHeader*>(seg->data());
-    entries = header->log_entries;
-    log = reinterpret_cast<const ChangeEntry*>(seg->data() + header->log_offset);
+    const uint64_t n = *static_cast<const volatile uint64_t*>(&header->log_entries);
+    const uint64_t off = *static_cast<const volatile uint64_t*>(&header->log_offset);
+    const bool fits = n <= kMaxLogEntries && off >= sizeof(TableHeader) &&
+                      off % alignof(ChangeEntry) == 0 && off <= seg->size() &&
+                      n * sizeof(ChangeEntry) <= seg->size() - off;
+    entries = fits ? n : 0;
+    log = reinterpret_cast<const ChangeEntry*>(seg->data() + (fits ? off : 0));
   }
   uint64_t head() const { return header->log_head.load(std::memory_order_acquire); }
 
@@ -145,7 +153,11 @@ void kvs_watch::skip_ruled_out(uint64_t head) {
     if (e.w[0].load(std::memory_order_relaxed) != pos + 1 ||
         !sane_first_entry(key_len, partition_kind, entries) || may_pass(key_len, hash, key0, key1))
       break;
-    pos += change_entries(key_len);
+    // A change ends at or before the head: past it, the log makes no sense
+    // (read() says so), and the loop never runs past the head.
+    const uint64_t n = change_entries(key_len);
+    if (n > head - pos) break;
+    pos += n;
   }
   cursor = pos;
 }
@@ -236,7 +248,7 @@ bool next_from_log(kvs_watch* w) {
     if (w->cursor == head) return false;
     if (w->cursor < head && head - w->cursor <= w->entries) {
       w->skip_ruled_out(head);
-      if (w->cursor == head) return false;
+      if (w->cursor == head) continue;  // the head may have moved meanwhile
     }
     // Behind the ring, overwritten while read, or past the head (a log
     // that makes no sense): lost, and on from the head.
@@ -266,20 +278,19 @@ int kvs_watch_open(kvs_table* table, int filter, const void* key, size_t key_len
   try {
     auto m = detail::map_segment(detail::segment_name(table));
     if (!m) return fail(m.error().code, m.error().message);
-    const auto* h = reinterpret_cast<const TableHeader*>((*m)->data());
-    if (h->log_entries == 0) {
+    auto w = std::make_unique<kvs_watch>();
+    w->use(std::move(*m));
+    if (w->entries == 0) {
       return fail(Errc::kUnsupported,
-                  shm::path_of((*m)->name) +
+                  shm::path_of(w->seg->name) +
                       " has no change log: set change_log_entries in the table's section of "
                       "kvsd.toml (it takes effect with the table's next segment)");
     }
-    auto w = std::make_unique<kvs_watch>();
     w->segment_name = detail::segment_name(table);
     w->filter = filter;
     if (filter != KVS_WATCH_ALL) w->key.assign(static_cast<const char*>(key), key_len);
     w->key_hash = hash_key(w->key.data(), w->key.size());
     w->set_prefix_words();
-    w->use(std::move(*m));
     w->cursor = w->head();
     // kvsd wakes this process after each batch while the watch is open.
     w->link = detail::wait_link(table);

@@ -201,6 +201,28 @@ TEST_F(WatchTest, AWatcherThatFallsBehindTheRingIsToldSoAndGoesOn) {
   }
 }
 
+TEST_F(WatchTest, ANarrowWatchOvertakenWhileItSkipsIsToldSo) {
+  // The published changes fit in the ring, but the writer has already
+  // overwritten the oldest of them with changes it has not published: the
+  // watch finds that out while it skips changes it does not want.
+  auto w = open_writer(options(1024));
+  ASSERT_TRUE(w);
+  auto t = open_table();
+  auto narrow = t.watch(Watch::Filter::kPrefix, "a");
+  ASSERT_TRUE(narrow);
+  for (int i = 0; i < 1000; ++i) apply(*w, "k" + std::to_string(i), "v");
+  w->publish_batch();
+  for (int i = 0; i < 100; ++i) apply(*w, "m" + std::to_string(i), "v");
+  auto c = narrow->next(0ms);
+  ASSERT_TRUE(c && *c);
+  EXPECT_EQ((*c)->kind, Change::Kind::kLost);
+  apply(*w, "after", "1");
+  w->publish_batch();
+  const auto rest = drain(*narrow);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].key, "after");
+}
+
 TEST_F(WatchTest, ForEachCallsBackUntilToldToStop) {
   auto w = open_writer(options(1024));
   ASSERT_TRUE(w);

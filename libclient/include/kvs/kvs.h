@@ -315,7 +315,9 @@ KVS_API int kvs_watch_open(kvs_table *table, int filter, const void *key, size_t
                            kvs_watch **out);
 
 /* The next change that passes the filter, waiting up to timeout_ms (< 0:
- * forever; 0: only what is there). Returns 0 with *change filled, or
+ * forever; 0: only what is there) once the log has nothing more for it
+ * (reading what is there is not counted: a watch far behind may take a
+ * millisecond to skip a full ring it does not want). Returns 0 with *change filled, or
  * KVS_ETIMEDOUT (nothing new; retriable), KVS_EINVAL, KVS_ENOTSUP (kvsd
  * replaced the table with one without a change log), KVS_ENOMEM. */
 KVS_API int kvs_watch_next(kvs_watch *watch, kvs_change *change, int timeout_ms);
