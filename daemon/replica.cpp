@@ -545,7 +545,10 @@ static void discard_segment(const std::string& name) {
       m && (*m)->size() >= sizeof(format::TableHeader)) {
     auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
     if (h->magic == format::kTableMagic && h->layout_version == format::kLayoutVersion) {
-      TableWriter::flag_replaced(*h);
+      TableWriter::flag_replaced(*h, format::kReplacedPending);
+      shm::remove_segment(name);
+      TableWriter::flag_replaced(*h, format::kReplacedNamed);
+      return;
     }
   }
   shm::remove_segment(name);

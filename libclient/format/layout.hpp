@@ -173,7 +173,7 @@ struct alignas(kCacheLine) TableHeader {
   uint64_t reserved1;
   // Line 2: reader-hot. Readers load `epoch` at every read_begin.
   alignas(kCacheLine) std::atomic<uint64_t> epoch;  // global reclamation epoch
-  std::atomic<uint32_t> replaced;                   // 1: a newer segment has this name; reopen
+  std::atomic<uint32_t> replaced;                   // kReplaced*: 0 while current
   uint32_t reserved2;
   // Line 3: writer-hot.
   alignas(kCacheLine) std::atomic<uint32_t> state;  // TableState
@@ -229,6 +229,14 @@ struct alignas(kCacheLine) TableHeader {
   uint64_t reserved4;
 };
 static_assert(sizeof(TableHeader) == 6 * kCacheLine);
+
+// TableHeader::replaced. Flagged before the successor takes the name (a
+// writer that dies in between leaves the flag for the next one to clear),
+// then marked named: a reader that finds this segment still under the name
+// while the flag is pending tries again once it reads kReplacedNamed, not a
+// fixed time later. Readers treat any other non-zero value as pending.
+inline constexpr uint32_t kReplacedPending = 1;  // a successor is about to take the name
+inline constexpr uint32_t kReplacedNamed = 2;    // a successor has the name (or it is gone)
 
 // Why a table's partitions wait (TableHeader::hold_reason).
 enum class HoldReason : uint32_t {

@@ -124,8 +124,12 @@ struct kvs_table {
   std::string segment;
   std::string name;  // as kvs_open was given it
   uint64_t id = 0;
-  std::atomic<int64_t> next_reopen_ns{0};  // steady clock; retry pacing
-  std::shared_ptr<WaitLink> link;          // to kvsd's wait socket (watches share it)
+  // Retry pacing (under mu): after a try that found no successor, the
+  // next waits until next_reopen_ns, unless `replaced` has moved past
+  // reopen_flag (the successor was named since).
+  int64_t next_reopen_ns = 0;  // steady clock
+  uint32_t reopen_flag = 0;
+  std::shared_ptr<WaitLink> link;  // to kvsd's wait socket (watches share it)
 };
 
 struct kvs_txn {
@@ -222,19 +226,24 @@ Result<std::unique_ptr<Generation>> open_generation(const std::string& segment) 
 
 // Under t->mu: if the current generation was replaced, maps the new segment
 // and makes it current. Failures leave the old one current (readers keep
-// reading it) and are retried after kReopenRetry.
+// reading it) and are retried after kReopenRetry, or at once when the flag
+// says the successor was named since (a try inside the swap's window finds
+// the old segment still under the name).
 void maybe_reopen(kvs_table* t) {
   Generation* cur = t->cur.load(std::memory_order_relaxed);
-  if (cur->header->replaced.load(std::memory_order_acquire) == 0) return;
+  const uint32_t flag = cur->header->replaced.load(std::memory_order_acquire);
+  if (flag == 0) return;
   const int64_t now = steady_ns();
-  if (now < t->next_reopen_ns.load(std::memory_order_relaxed)) return;
+  const bool named_since = flag == kReplacedNamed && t->reopen_flag != kReplacedNamed;
+  if (!named_since && now < t->next_reopen_ns) return;
   auto g = open_generation(t->segment);
   if (!g || (*g)->header->incarnation == cur->header->incarnation) {
-    t->next_reopen_ns.store(
-        now + std::chrono::duration_cast<std::chrono::nanoseconds>(kReopenRetry).count(),
-        std::memory_order_relaxed);
+    t->reopen_flag = flag;
+    t->next_reopen_ns =
+        now + std::chrono::duration_cast<std::chrono::nanoseconds>(kReopenRetry).count();
     return;
   }
+  t->reopen_flag = 0;
   t->gens.push_back(std::move(*g));
   // seq_cst: ordered before collect()'s loads of slot epochs (pairs with the
   // reader's exchange, then reload of `cur`).

@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "format/sanitizers.hpp"
+#include "writer/fault_points.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs {
@@ -138,12 +139,14 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
   w->init_new(size, options.partition_capacity);
   // Readers of the inconsistent one learn that a new one takes its name
   // (flag first, as in publish_replacement).
-  if (stale) flag_replaced(*reinterpret_cast<TableHeader*>(stale->data()));
+  auto* stale_header = stale ? reinterpret_cast<TableHeader*>(stale->data()) : nullptr;
+  if (stale_header) flag_replaced(*stale_header, kReplacedPending);
   if (auto ok = shm::rename_segment(w->data_->name, *seg); !ok) {
     shm::remove_segment(w->data_->name);
     return std::move(ok).error();
   }
   w->data_->name = *seg;
+  if (stale_header) flag_replaced(*stale_header, kReplacedNamed);
   return w;
 }
 
@@ -206,8 +209,10 @@ Result<void> TableWriter::publish_replacement(TableWriter& next) {
   // flagged segment under the name, which the next writer clears when it
   // attaches; the other order could strand readers on a segment no longer
   // named, with nothing telling them to move. A reader that sees the flag
-  // before the rename finds the same segment and tries again a second later.
-  header_->replaced.store(1, std::memory_order_release);
+  // before the rename finds the same segment, and tries again as soon as
+  // it reads kReplacedNamed, which follows the rename.
+  header_->replaced.store(kReplacedPending, std::memory_order_release);
+  fault::at(fault::Point::kReplacementFlagged);
   if (auto ok = shm::rename_segment(next.data_->name, segment_); !ok) {
     header_->replaced.store(0, std::memory_order_release);
     return ok;
@@ -215,6 +220,7 @@ Result<void> TableWriter::publish_replacement(TableWriter& next) {
   next.data_->name = segment_;
   // Sleepers on this segment move to the new one (rare: no need to ask
   // whether anyone sleeps).
+  header_->replaced.store(kReplacedNamed, std::memory_order_release);
   wake_all();
   return {};
 }
@@ -300,19 +306,32 @@ Result<void> TableWriter::attach_existing() {
   return {};
 }
 
-// A writer that died logged the records it applied (and may have published
-// their offsets, which are not applied again) without publishing the log's
-// head: the whole changes past the head are kept (those of records applied
-// again are then logged twice), a torn one is written over. What lies
-// beyond them is cleared: entries that an earlier writer logged and never
-// published, which a later recovery must not take for this writer's.
+// A writer that died logged the changes it made (and may have published
+// their records' offsets, which are not applied again) without publishing
+// the log's head. It never overwrote an entry past the head, so the whole
+// changes past it are its own, in order: they are kept (those of records
+// applied again are then logged twice), a torn one at their end is
+// written over. What lies beyond them is cleared: entries that an earlier
+// writer logged and never published, which a later recovery must not take
+// for this writer's. A ring the dead writer did overwrite past the head
+// (a kvsd that did not publish mid-batch) holds changes no chain can
+// reach: the head moves past every position there, so that watchers read
+// KVS_CHANGE_LOST instead of a gap.
 void TableWriter::recover_log() {
   if (log_ == nullptr) return;
-  log_pos_ = whole_changes_from(log_pos_);
   const uint64_t n = header_->log_entries;
-  for (uint64_t i = 0; i < n; ++i) {
-    auto& w0 = log_[i].w[0];
-    if (w0.load(std::memory_order_relaxed) > log_pos_) w0.store(0, std::memory_order_relaxed);
+  const uint64_t head = log_pos_;
+  uint64_t end = 0;  // past the highest position an entry holds
+  for (uint64_t i = 0; i < n; ++i)
+    end = std::max(end, log_[i].w[0].load(std::memory_order_relaxed));
+  if (end > head + n) {
+    log_pos_ = end;
+  } else {
+    log_pos_ = whole_changes_from(head);
+    for (uint64_t i = 0; i < n; ++i) {
+      auto& w0 = log_[i].w[0];
+      if (w0.load(std::memory_order_relaxed) > log_pos_) w0.store(0, std::memory_order_relaxed);
+    }
   }
   header_->log_head.store(log_pos_, std::memory_order_release);
 }

@@ -4,6 +4,10 @@
 // Invariants enforced here:
 // - An entry's word 0 is 0 while its other words change, and holds its
 //   position + 1 only once they are whole (a seqlock per entry).
+// - A change is logged before the store that makes it, and no entry past
+//   log_head is overwritten before log_head passes it: whatever instruction
+//   the writer dies at, every change it made is in the ring past the head
+//   (or was published), whole or torn at the very end.
 // - log_head is published (release) only after the entries below it are
 //   whole, and the futex word moves only after what it announces is
 //   published; the count of waiting processes is read after the futex word
@@ -38,13 +42,21 @@ void begin_entry(ChangeEntry& e) {
 
 }  // namespace
 
-void TableWriter::log_change(std::string_view key, ChangeKind kind, Origin origin, int64_t offset) {
+void TableWriter::log_change(std::string_view key, uint64_t hash, ChangeKind kind, Origin origin,
+                             int64_t offset) {
   const uint64_t n = header_->log_entries;
   const uint64_t p = log_pos_;
+  const uint64_t entries = change_entries(key.size());
+  // The head passes the changes logged so far (each one's store is done)
+  // before this one could overwrite a change past it: a writer that dies
+  // inside a batch of any size leaves every change it logged since the
+  // head in the ring, for the next one to publish (recover_log). At half a
+  // ring, so that watchers keep up with a long batch too.
+  if (p + entries - header_->log_head.load(std::memory_order_relaxed) > n / 2)
+    header_->log_head.store(p, std::memory_order_release);
   ChangeEntry& e = log_[p % n];
   begin_entry(e);
-  // apply() logs the key put_from/erase_from just looked up.
-  e.w[1].store(looked_up_hash_, std::memory_order_relaxed);
+  e.w[1].store(hash, std::memory_order_relaxed);
   e.w[2].store(static_cast<uint64_t>(offset), std::memory_order_relaxed);
   e.w[3].store(static_cast<uint64_t>(origin.timestamp_ms), std::memory_order_relaxed);
   e.w[4].store(origin.partition | (uint64_t{static_cast<uint32_t>(kind)} << 32),
@@ -52,7 +64,6 @@ void TableWriter::log_change(std::string_view key, ChangeKind kind, Origin origi
   e.w[5].store(key.size(), std::memory_order_relaxed);
   store_key_words(e, 6, key, 0);
   e.w[0].store(p + 1, std::memory_order_release);
-  const uint64_t entries = change_entries(key.size());
   for (uint64_t i = 1; i < entries; ++i) {
     ChangeEntry& c = log_[(p + i) % n];
     begin_entry(c);
@@ -96,8 +107,8 @@ bool TableWriter::publish_batch() {
   return true;
 }
 
-void TableWriter::flag_replaced(TableHeader& h) {
-  h.replaced.store(1, std::memory_order_release);
+void TableWriter::flag_replaced(TableHeader& h, uint32_t how) {
+  h.replaced.store(how, std::memory_order_release);
   h.changes.fetch_add(1, std::memory_order_seq_cst);
   futex::wake_all(&h.changes);
 }

@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "writer/fault_points.hpp"
+
 namespace kvs {
 using namespace format;
 
@@ -49,11 +51,8 @@ Result<bool> TableWriter::erase(std::string_view key) {
 Result<TableWriter::Applied> TableWriter::apply(std::string_view key,
                                                 std::optional<std::string_view> value,
                                                 Origin origin, int64_t offset) {
-  auto r = value ? put_from(key, *value, origin) : erase_from(key, origin);
-  if (r && *r == Applied::kApplied && offset >= 0 && log_ != nullptr) {
-    log_change(key, value ? ChangeKind::kPut : ChangeKind::kErase, origin, offset);
-  }
-  return r;
+  const int64_t log_offset = log_ != nullptr ? offset : -1;
+  return value ? put_from(key, *value, origin, log_offset) : erase_from(key, origin, log_offset);
 }
 
 Origin TableWriter::origin_of(uint64_t word) const {
@@ -63,7 +62,8 @@ Origin TableWriter::origin_of(uint64_t word) const {
 }
 
 Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::string_view value,
-                                                   std::optional<Origin> origin) {
+                                                   std::optional<Origin> origin,
+                                                   int64_t log_offset) {
   if (key.size() > opts_.max_key_bytes) {
     return make_error(Errc::kTooLarge, "key of " + std::to_string(key.size()) +
                                            " bytes exceeds table " + opts_.table + "'s limit of " +
@@ -75,7 +75,6 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
                                            std::to_string(opts_.max_value_bytes));
   }
   const uint64_t hash = hash_key(key.data(), key.size());
-  looked_up_hash_ = hash;
   const uint64_t need = block_bytes_for(key.size(), value.size());
   if (copying()) {
     if (auto ok = copy_key(key, hash); !ok) return std::move(ok).error();
@@ -107,6 +106,10 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
   const uint64_t off = place(key, value, origin.value_or(Origin{}), &err);
   if (off == 0) return err;
   const uint64_t word = make_slot(hash_tag(hash), off);
+  // Logged before the store that makes the change: a writer that dies in
+  // between leaves a change logged twice (its record is applied again),
+  // never one made and not logged.
+  if (log_offset >= 0) log_change(key, hash, ChangeKind::kPut, *origin, log_offset);
   if (found == Lookup::kFound) {
     // release: the entry is complete before a reader can load its slot.
     groups_[where.group].slots[where.slot].store(word, std::memory_order_release);
@@ -115,6 +118,7 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
   } else {
     insert_slot(hash, word);
   }
+  fault::at(fault::Point::kPutStored);
   if (!copy_.erased.empty()) {
     if (auto it = copy_.erased.find(key); it != copy_.erased.end()) copy_.erased.erase(it);
   }
@@ -185,9 +189,9 @@ void TableWriter::insert_slot(uint64_t hash, uint64_t word) {
 }
 
 Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
-                                                     std::optional<Origin> origin) {
+                                                     std::optional<Origin> origin,
+                                                     int64_t log_offset) {
   const uint64_t hash = hash_key(key.data(), key.size());
-  looked_up_hash_ = hash;
   if (copying()) {
     if (auto ok = copy_key(key, hash); !ok) return std::move(ok).error();
   }
@@ -202,7 +206,11 @@ Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
       break;
   }
   if (origin && !replaces(*origin, origin_of(where.word))) return Applied::kSuperseded;
+  // Logged first, as in put_from: applied again, a tombstone finds the key
+  // absent and logs nothing.
+  if (log_offset >= 0) log_change(key, hash, ChangeKind::kErase, *origin, log_offset);
   groups_[where.group].slots[where.slot].store(0, std::memory_order_release);
+  fault::at(fault::Point::kEraseCleared);
   // Overflow counts drop after the slot is cleared: a crash in between leaves
   // them too high, which only lengthens some probes.
   const uint64_t home = home_group(hash, header_->group_count);

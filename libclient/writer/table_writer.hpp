@@ -159,8 +159,10 @@ class TableWriter {
   // woke. Nobody waiting costs no syscall.
   bool publish_batch();
   // Tells the readers of a segment of this layout that another takes its
-  // place: sets `replaced`, then moves the futex word and wakes them.
-  static void flag_replaced(format::TableHeader& h);
+  // place: sets `replaced` to `how` (format::kReplacedPending before the
+  // successor is renamed over the name, kReplacedNamed after), then moves
+  // the futex word and wakes them.
+  static void flag_replaced(format::TableHeader& h, uint32_t how);
   // Adds 1 to the futex word and wakes every sleeper, whoever waits (after
   // a replacement or an attach; kvsd when its wait socket is new).
   void wake_all();
@@ -284,9 +286,10 @@ class TableWriter {
   // Writes an entry's block; its offset, or 0 with the error in `err`
   // (kBusy, kNoMemory, kTableFull).
   uint64_t place(std::string_view key, std::string_view value, format::Origin origin, Error* err);
-  // Writes a change of `key` into the change log at log_pos_ (change_log.cpp).
-  void log_change(std::string_view key, format::ChangeKind kind, format::Origin origin,
-                  int64_t offset);
+  // Writes a change of `key` (whose hash_key is `hash`) into the change log
+  // at log_pos_ (change_log.cpp).
+  void log_change(std::string_view key, uint64_t hash, format::ChangeKind kind,
+                  format::Origin origin, int64_t offset);
   // The position after the whole changes logged from `pos` on (a writer
   // that died logged them, but did not publish them; change_log.cpp).
   uint64_t whole_changes_from(uint64_t pos) const;
@@ -309,9 +312,12 @@ class TableWriter {
   void remove_stale_temps(const std::string& segment);
 
   // put() and erase() from `origin`, or whatever the table holds (nullopt).
+  // A change they make is logged at `log_offset` (>= 0; origin set) before
+  // the store that makes it.
   Result<Applied> put_from(std::string_view key, std::string_view value,
-                           std::optional<format::Origin> origin);
-  Result<Applied> erase_from(std::string_view key, std::optional<format::Origin> origin);
+                           std::optional<format::Origin> origin, int64_t log_offset = -1);
+  Result<Applied> erase_from(std::string_view key, std::optional<format::Origin> origin,
+                             int64_t log_offset = -1);
   // The origin of the entry whose slot word is `word`.
   format::Origin origin_of(uint64_t word) const;
   // Backs the segment's bytes [0, end) with tmpfs pages (posix_fallocate),
@@ -346,7 +352,6 @@ class TableWriter {
   uint64_t log_pos_ = 0;  // the next change's position (TableHeader::log_head trails it)
   bool dirty_ = false;    // published something since publish_batch
   const std::atomic<uint32_t>* waiting_ = nullptr;  // see wake_for
-  uint64_t looked_up_hash_ = 0;  // hash_key of the key put_from/erase_from last looked up
   format::TableView view_;
   uint8_t* base_ = nullptr;
   AttachKind attach_kind_ = AttachKind::kCreated;

@@ -20,6 +20,7 @@
 #include "support/table_contents.hpp"
 #include "support/test_support.hpp"
 #include "support/writer_support.hpp"
+#include "writer/fault_points.hpp"
 #include "writer/table_writer.hpp"
 
 namespace kvs {
@@ -299,6 +300,37 @@ TEST_F(ResizeTest, ShrinkCopiesOnlyTheLiveEntries) {
   auto t = open_reader("t");
   EXPECT_EQ(contents(t).size(), 100u);
   EXPECT_LT(stat("t").segment_bytes, 2u << 20);
+}
+
+// A read that begins between the old segment being flagged replaced and
+// the new one taking its name must not leave its reader on the old segment
+// for long: the next read after the swap sees what was written to the new
+// segment since (a write acknowledged VISIBLE is visible to every reader).
+TEST_F(ResizeTest, AReadInsideTheSwapWindowDoesNotKeepTheReaderOnTheOldSegment) {
+  auto w = open_writer(options("t", 1024, 1 << 20));
+  ASSERT_TRUE(w->put("before", "1"));
+  static Table* reader = nullptr;
+  auto t = open_reader("t");
+  reader = &t;
+  ASSERT_TRUE(t.get_copy("before"));
+  auto next = resize(*w, TableSize{4096, 4 << 20});
+  ASSERT_TRUE(next);
+  auto done = next->copy_step(UINT64_MAX);
+  ASSERT_TRUE(done && *done);
+  // The window the swap opens: the reader begins a read right there.
+  fault::g_hook.store([](fault::Point p) {
+    if (p != fault::Point::kReplacementFlagged) return;
+    auto v = reader->get_copy("before");
+    EXPECT_TRUE(v) << "the old segment is still whole";
+  });
+  auto published = w->publish_replacement(*next);
+  fault::g_hook.store(nullptr);
+  ASSERT_TRUE(published);
+  ASSERT_TRUE(next->put("after", "2"));
+  auto v = t.get_copy("after");
+  EXPECT_TRUE(v) << "the reader still reads the replaced segment after the swap: "
+                 << v.error().message;
+  reader = nullptr;
 }
 
 // Reader threads read while the writer resizes the table three times,

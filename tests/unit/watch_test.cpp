@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include "support/test_support.hpp"
 #include "support/writer_support.hpp"
 #include "wait_hub.hpp"
+#include "writer/fault_points.hpp"
 
 namespace kvs {
 namespace {
@@ -372,22 +374,66 @@ TEST_F(WatchTest, AWatchKeepsItsPlaceThroughTwoGrowthsInARow) {
   for (const auto& s : seen) EXPECT_NE(s.kind, Change::Kind::kLost);
 }
 
+// What a watch promises (kvs.h): every change of its filter, in order, or
+// KVS_CHANGE_LOST where changes were lost; never a silent gap. "" if `seen`
+// keeps that promise for the changes of `expected` (keys, each applied
+// once, in order), else what went unreported. A change may be seen twice
+// (a writer that died has its records applied again).
+std::string unreported(const std::vector<std::string>& expected, const std::vector<Seen>& seen) {
+  auto name = [](const std::string& k) { return k.size() > 24 ? k.substr(0, 24) + "..." : k; };
+  size_t next = 0;    // the first expected change not seen yet
+  bool told = false;  // a LOST since the last change seen
+  for (const Seen& s : seen) {
+    if (s.kind == Change::Kind::kLost) {
+      told = true;
+      continue;
+    }
+    const auto it =
+        std::find(expected.begin() + static_cast<ptrdiff_t>(next), expected.end(), s.key);
+    if (it == expected.end()) continue;  // seen again, or not one of these
+    const auto at = static_cast<size_t>(it - expected.begin());
+    if (at > next && !told) {
+      return std::to_string(at - next) + " change(s) from " + name(expected[next]) +
+             " missing before " + name(s.key) + " with no LOST";
+    }
+    next = at + 1;
+    told = false;
+  }
+  if (next < expected.size() && !told) {
+    return std::to_string(expected.size() - next) + " change(s) from " + name(expected[next]) +
+           " missing at the end with no LOST";
+  }
+  return "";
+}
+
+std::vector<std::string> keys(const std::string& prefix, int n, size_t pad = 0) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) {
+    std::string k = prefix + std::to_string(i);
+    out.push_back(k + std::string(pad > k.size() ? pad - k.size() : 0, '.'));
+  }
+  return out;
+}
+
 // Writers that die before they publish a batch: the next one publishes the
 // whole changes the last one logged, and never older ones that an earlier
-// writer logged past the head (here a batch larger than the ring).
+// writer logged past the head. A batch larger than the ring is told as
+// LOST to a watch that did not keep up, never skipped silently.
 TEST_F(WatchTest, WritersKilledBeforeTheyPublishLeaveOnlyTheirOwnChanges) {
   auto a = open_writer(options(32));
   ASSERT_TRUE(a);
   auto t = open_table();
   auto watch = t.watch();
   ASSERT_TRUE(watch);
-  for (int i = 0; i < 40; ++i) apply(*a, "a" + std::to_string(i), "1");
+  const auto from_a = keys("a", 40);
+  for (const auto& k : from_a) apply(*a, k, "1");
   a.reset();  // killed before its batch was published
   auto b = open_writer(options(32));
   ASSERT_TRUE(b);
+  b->publish_batch();
+  EXPECT_EQ(unreported(from_a, drain(*watch, 200ms)), "");
   for (int i = 0; i < 4; ++i) apply(*b, "b" + std::to_string(i), "2");
   b->publish_batch();
-  // Positions 4..7: what follows them in the ring is a's position 8.
   for (int i = 0; i < 4; ++i) apply(*b, "b-unpublished" + std::to_string(i), "2");
   b.reset();
   auto c = open_writer(options(32));
@@ -399,6 +445,120 @@ TEST_F(WatchTest, WritersKilledBeforeTheyPublishLeaveOnlyTheirOwnChanges) {
     EXPECT_EQ(seen[4 + i].key, "b-unpublished" + std::to_string(i))
         << "the last writer's whole changes were not kept";
   }
+}
+
+// A batch that logs more than the ring holds (long keys: 18 entries each),
+// its records' offsets published one by one, and the writer killed before
+// the batch ends. A watch that keeps reading sees every change; one that
+// reads only afterwards is told LOST. Neither misses a change silently.
+TEST_F(WatchTest, AWriterKilledInsideABatchLargerThanTheRingLosesNoChangeUnannounced) {
+  auto a = open_writer(options(1024));
+  ASSERT_TRUE(a);
+  auto t = open_table();
+  auto steady = t.watch();
+  auto idle = t.watch();
+  ASSERT_TRUE(steady && idle);
+  const auto batch = keys("long-", 100, 1000);
+  std::vector<Seen> steady_seen;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    apply(*a, batch[i], "v");
+    if (i % 10 == 9) {
+      for (auto& c : drain(*steady)) steady_seen.push_back(c);
+    }
+  }
+  a.reset();  // killed: the batch was never ended
+  auto b = open_writer(options(1024));
+  ASSERT_TRUE(b);
+  b->publish_batch();
+  for (auto& c : drain(*steady, 200ms)) steady_seen.push_back(c);
+  EXPECT_EQ(unreported(batch, steady_seen), "");
+  size_t lost = 0;
+  for (const auto& c : steady_seen) lost += c.kind == Change::Kind::kLost;
+  EXPECT_EQ(lost, 0u) << "a watch that kept up lost changes";
+  EXPECT_EQ(unreported(batch, drain(*idle, 200ms)), "");
+}
+
+// A writer killed after it cleared an erased key's slot: the next one
+// applies the tombstone again and finds the key absent, so the erase must
+// be in the log already.
+TEST_F(WatchTest, AnEraseCutAfterItsSlotWasClearedIsStillReported) {
+  auto a = open_writer(options(4096));
+  ASSERT_TRUE(a);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  apply(*a, "k", "v");
+  a->publish_batch();
+  a.reset();
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto w = TableWriter::open(options(4096));
+    if (!w) ::_exit(2);
+    fault::g_hook.store([](fault::Point p) {
+      if (p == fault::Point::kEraseCleared) ::_exit(0);
+    });
+    (void)(*w)->apply("k", std::nullopt, Origin{1001, 0}, 1);
+    ::_exit(3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  auto b = open_writer(options(4096));
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->next_offset(0), 1) << "the erase's offset was not published";
+  apply(*b, "k", std::nullopt);  // applied again: the key is absent now
+  b->publish_batch();
+  const auto seen = drain(*watch, 200ms);
+  ASSERT_GE(seen.size(), 2u);
+  EXPECT_EQ(seen[0].kind, Change::Kind::kPut);
+  EXPECT_EQ(seen[1].kind, Change::Kind::kErase) << "the erase was never reported";
+  EXPECT_EQ(seen[1].key, "k");
+}
+
+// A ring that a writer which died mid-batch overwrote past its published
+// head (as kvsd before it published mid-batch could leave it): the next
+// writer cannot chain those changes, and says so to the watchers.
+TEST_F(WatchTest, ARingLappedByAWriterThatDiedIsReportedLost) {
+  auto a = open_writer(options(32));
+  ASSERT_TRUE(a);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  for (int i = 0; i < 4; ++i) apply(*a, "k" + std::to_string(i), "v");
+  a->publish_batch();
+  ASSERT_EQ(drain(*watch).size(), 4u);
+  {
+    // Positions 4..40 logged, one entry each, never published.
+    auto m = shm::open_segment(a->segment_name(), shm::Access::kReadWrite);
+    ASSERT_TRUE(m);
+    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+    auto* log = reinterpret_cast<format::ChangeEntry*>((*m)->data() + h->log_offset);
+    for (uint64_t p = 4; p <= 40; ++p) {
+      auto& e = log[p % h->log_entries];
+      const std::string key = "x" + std::to_string(p);
+      uint64_t words[2] = {0, 0};
+      std::memcpy(words, key.data(), key.size());
+      e.w[1].store(format::hash_key(key.data(), key.size()));
+      e.w[2].store(p);
+      e.w[3].store(1000);
+      e.w[4].store(uint64_t{static_cast<uint32_t>(format::ChangeKind::kPut)} << 32);
+      e.w[5].store(key.size());
+      e.w[6].store(words[0]);
+      e.w[7].store(words[1]);
+      e.w[0].store(p + 1);
+    }
+  }
+  a.reset();
+  auto b = open_writer(options(32));
+  ASSERT_TRUE(b);
+  b->publish_batch();
+  std::vector<std::string> lapped;
+  for (int p = 4; p <= 40; ++p) lapped.push_back("x" + std::to_string(p));
+  const auto seen = drain(*watch, 200ms);
+  EXPECT_EQ(unreported(lapped, seen), "");
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen[0].kind, Change::Kind::kLost);
 }
 
 TEST_F(WatchTest, ARebuildIsReportedAsLost) {
