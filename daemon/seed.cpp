@@ -23,7 +23,16 @@ struct Candidate {
   SnapshotInfo info;
 };
 
-// The table's own snapshots and seed_from, whose headers read, newest first.
+// How far along the log a snapshot is: the sum of its next offsets.
+uint64_t positions(const SnapshotInfo& info) {
+  uint64_t sum = 0;
+  for (const auto& p : info.partitions)
+    sum += static_cast<uint64_t>(std::max<int64_t>(0, p.next_offset));
+  return sum;
+}
+
+// The table's own snapshots and seed_from, whose headers read, furthest
+// along the log first.
 std::vector<Candidate> candidates(const Replica& t) {
   std::vector<std::string> paths = list_snapshots(t.snapshot_dir);
   if (!t.cfg.seed_from.empty()) paths.push_back(t.cfg.seed_from);
@@ -37,7 +46,11 @@ std::vector<Candidate> candidates(const Replica& t) {
     }
     out.push_back(Candidate{p, std::move(*head)});
   }
+  // The furthest along the log first: a clock decides nothing a position
+  // can (a host whose clock ran ahead dates its snapshots in the future).
   std::stable_sort(out.begin(), out.end(), [](const Candidate& a, const Candidate& b) {
+    const uint64_t pa = positions(a.info), pb = positions(b.info);
+    if (pa != pb) return pa > pb;
     return a.info.created_unix_ns > b.info.created_unix_ns;
   });
   return out;
@@ -116,6 +129,11 @@ std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
       info.source_cluster != t.source_cluster) {
     return "it is a snapshot of another Kafka cluster (the cluster id differs)";
   }
+  if (info.created_unix_ns > now_unix_ns + kSnapshotClockSlack_s * 1000000000) {
+    return "it was created at " + log::utc_time(info.created_unix_ns) + ", after now (" +
+           log::utc_time(now_unix_ns) +
+           "): a clock ran ahead, so its age, which must be below snapshot_max_age_s, is unknown";
+  }
   const uint64_t age_s =
       now_unix_ns > info.created_unix_ns ? (now_unix_ns - info.created_unix_ns) / 1000000000 : 0;
   if (t.snapshot_max_age_s != 0 && age_s > t.snapshot_max_age_s) {
@@ -145,13 +163,19 @@ std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
 }
 
 bool seed_from_snapshot(Replica& t, const std::vector<std::pair<int64_t, int64_t>>& wms) {
-  for (const Candidate& c : candidates(t)) {
+  // Every one that cannot be used is named, also behind one that can: a
+  // bad file in the state directory is worth an operator's look.
+  std::vector<Candidate> usable;
+  for (Candidate& c : candidates(t)) {
     if (const std::string why = why_not_usable(t, c.info, wms, format::now_unix_ns());
         !why.empty()) {
       KVS_LOG_WARN("table %s: snapshot %s (taken %s) not used: %s", t.cfg.name.c_str(),
                    c.path.c_str(), log::utc_time(c.info.created_unix_ns).c_str(), why.c_str());
       continue;
     }
+    usable.push_back(std::move(c));
+  }
+  for (const Candidate& c : usable) {
     if (load(t, c, wms)) return true;
   }
   return false;

@@ -24,14 +24,16 @@ bool blank(const TableWriter& w);
 // Why `info` cannot start table t, whose topic has t.partitions partitions
 // with (low, high) watermarks `wms`, at `now_unix_ns`, or "" if it can:
 // another topic or cluster, older than t.snapshot_max_age_s (compaction may
-// have removed tombstones it needs), more partitions than the topic, or a
+// have removed tombstones it needs) or created after now (its age is
+// unknown), more partitions than the topic, or a
 // position outside the log (retention deleted records after it, or the
 // topic was re-created).
 std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
                            const std::vector<std::pair<int64_t, int64_t>>& wms,
                            uint64_t now_unix_ns);
 
-// Starts t from the newest usable snapshot: t.rebuild holds it, its
+// Starts t from the usable snapshot furthest along the log (its own, or
+// seed_from; of equal positions, the newest): t.rebuild holds it, its
 // positions, and the fingerprints to check against the log (t.verify).
 // False if none is usable; each one refused is logged, saying why.
 bool seed_from_snapshot(Replica& t, const std::vector<std::pair<int64_t, int64_t>>& wms);

@@ -23,9 +23,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kSuffix = ".snapshot";
-// Snapshots kept per table: the newest, and one to fall back to.
-constexpr size_t kKeep = 2;
-
 std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
@@ -69,6 +66,39 @@ std::vector<std::string> list_snapshots(const std::string& dir) {
   // The names are zero-padded creation times: the newest sorts last.
   std::sort(out.rbegin(), out.rend());
   return out;
+}
+
+size_t prune_snapshots(const std::string& dir, const std::string& table, const std::string& keep,
+                       uint64_t now_unix_ns) {
+  const uint64_t latest_ok = now_unix_ns + kSnapshotClockSlack_s * 1000000000;
+  std::string fallback;  // the newest other one that is not from the future
+  uint64_t fallback_ns = 0;
+  std::vector<std::pair<std::string, std::string>> doomed;  // path, why
+  for (const auto& path : list_snapshots(dir)) {
+    if (path == keep) continue;
+    auto head = read_snapshot_header(path, table);
+    if (!head) {
+      doomed.emplace_back(path, head.error().message);
+    } else if (head->created_unix_ns > latest_ok) {
+      doomed.emplace_back(path, "created " + log::utc_time(head->created_unix_ns) +
+                                    ", after now: a clock that ran ahead");
+    } else if (fallback.empty() || head->created_unix_ns > fallback_ns) {
+      if (!fallback.empty()) doomed.emplace_back(fallback, "");
+      fallback = path;
+      fallback_ns = head->created_unix_ns;
+    } else {
+      doomed.emplace_back(path, "");
+    }
+  }
+  size_t n = 0;
+  for (const auto& [path, why] : doomed) {
+    std::error_code ec;
+    if (!fs::remove(path, ec)) continue;
+    ++n;
+    if (!why.empty())
+      KVS_LOG_WARN("table %s: removed snapshot %s: %s", table.c_str(), path.c_str(), why.c_str());
+  }
+  return n;
 }
 
 size_t sweep_temporaries(const std::string& dir) {
@@ -171,13 +201,7 @@ void Snapshotter::write_one(Target& t) {
   } else {
     return failed("the snapshot just written does not read back: " + head.error().message);
   }
-  // The one just written, and the newest other (whatever the clock did).
-  size_t kept = 1;
-  for (const auto& old : list_snapshots(t.dir)) {
-    if (old == path) continue;
-    if (kept++ < kKeep) continue;
-    fs::remove(old, ec);
-  }
+  prune_snapshots(t.dir, t.name, path, now_ns);
   const double ms = static_cast<double>(info->duration_ns) / 1e6;
   KVS_LOG_INFO("table %s: snapshot %s: %" PRIu64 " entries, %.1f MiB, written in %.0f ms",
                t.name.c_str(), path.c_str(), info->entries,

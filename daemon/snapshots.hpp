@@ -29,10 +29,22 @@ namespace kvs::daemon {
 // which a table outgrows after a second, as it does any stuck reader.
 void lower_priority();
 
+// How far past kvsd's clock a snapshot's creation time may lie (clocks of
+// hosts that share seed_from files disagree a little). A snapshot created
+// later than that comes from a clock that ran ahead: its age cannot be
+// known, so it is never started from and never kept.
+constexpr uint64_t kSnapshotClockSlack_s = 60;
+
 // Where table `table`'s snapshots live.
 std::string snapshot_dir(const config::Config& cfg, const std::string& table);
-// The snapshot files in `dir`, newest first; none if it does not exist.
+// The snapshot files in `dir`, by name (their creation time when kvsd
+// wrote them), newest first; none if it does not exist.
 std::vector<std::string> list_snapshots(const std::string& dir);
+// Removes every snapshot of table `table` in `dir` but `keep` and the one
+// created last before it (by the time in its header, not its name) that is
+// not from the future; logs what it removes and why. Returns how many.
+size_t prune_snapshots(const std::string& dir, const std::string& table, const std::string& keep,
+                       uint64_t now_unix_ns);
 // Removes what writers that died left in `dir` (".tmp." files); their count.
 size_t sweep_temporaries(const std::string& dir);
 

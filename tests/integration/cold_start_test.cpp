@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "format/snapshot.hpp"
 #include "support/kvsd_fixture.hpp"
 #include "support/producer.hpp"
 #include "support/topic_reader.hpp"
@@ -313,6 +314,71 @@ TEST_F(ColdStartTest, DamagedAndForeignSnapshotsAreRefusedAndTheTableIsRight) {
   const std::string l = log().substr(log_before);
   EXPECT_EQ(l.find("cold start from snapshot"), std::string::npos) << l;
   EXPECT_NE(l.find("checksum does not match"), std::string::npos) << l;
+  stop();
+}
+
+// A snapshot dated 30 days ahead (a clock that ran ahead when it was
+// written, or a seed_from file of such a host): it is not kept when kvsd
+// prunes (the older good one is), and a cold start refuses it, saying
+// why, and starts from the snapshot furthest along the log.
+TEST_F(ColdStartTest, ASnapshotDatedInTheFutureIsNeitherKeptNorStartedFrom) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, kPartitions));
+  test::Producer p(kafka_.bootstrap());
+  produce(p, 0, 2000, 1);
+  ASSERT_TRUE(p.flush());
+  run_until_applied_and_stop(write_config());
+  ASSERT_EQ(snapshots().size(), 1u);
+  const std::string first = snapshots()[0];
+  // The same snapshot, its creation time moved 30 days ahead.
+  auto plant_future = [&] {
+    std::string b = test::slurp(first);
+    format::FileHeader h;
+    std::memcpy(&h, b.data(), sizeof h);
+    h.created_unix_ns = format::now_unix_ns() + uint64_t{30} * 86400 * 1000000000;
+    h.checksum = format::header_checksum(h);
+    std::memcpy(b.data(), &h, sizeof h);
+    char name[64];
+    std::snprintf(name, sizeof name, "/%020llu.snapshot",
+                  static_cast<unsigned long long>(h.created_unix_ns));
+    const std::string path = snapshot_dir() + name;
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << b;
+    return path;
+  };
+  std::string future = plant_future();
+  EXPECT_EQ(load_error(future), "") << "a well-formed file";
+
+  produce(p, 0, 300, 2);
+  erase(p, 7);
+  ASSERT_TRUE(p.flush());
+  run_until_applied_and_stop(write_config());  // resumes its segment, writes a snapshot
+  auto now = snapshots();
+  EXPECT_EQ(std::count(now.begin(), now.end(), future), 0) << "the future one was kept";
+  EXPECT_EQ(std::count(now.begin(), now.end(), first), 1) << "the good older one was removed";
+  ASSERT_EQ(now.size(), 2u);
+  EXPECT_NE(log().find("removed snapshot " + future), std::string::npos) << log();
+  const std::string second = now[0] == first ? now[1] : now[0];
+
+  future = plant_future();
+  remove_segments();
+  produce(p, 2000, 2300, 1);
+  ASSERT_TRUE(p.flush());
+  const size_t log_before = log().size();
+  EXPECT_TRUE(same(cold_start(write_config("", "snapshot_interval_s = 0\n")), topic_state()));
+  std::string l = log().substr(log_before);
+  EXPECT_NE(l.find("cold start from snapshot " + second), std::string::npos) << l;
+  EXPECT_EQ(records_after_snapshot(l), 300) << l;
+  stop();
+
+  // Only the future one left: refused, saying why; the topic is read.
+  remove_segments();
+  fs::remove(first);
+  fs::remove(second);
+  const size_t log_before_alone = log().size();
+  EXPECT_TRUE(same(cold_start(write_config("", "snapshot_interval_s = 0\n")), topic_state()));
+  l = log().substr(log_before_alone);
+  EXPECT_NE(l.find(future + " (taken"), std::string::npos) << l;
+  EXPECT_NE(l.find("after now"), std::string::npos) << l;
+  EXPECT_EQ(l.find("cold start from snapshot"), std::string::npos) << l;
   stop();
 }
 

@@ -53,6 +53,18 @@ TEST_F(SeedTest, AnOldSnapshotIsRefused) {
   EXPECT_EQ(why(), "");
 }
 
+// A clock that ran ahead (an RTC wrong at boot, later stepped back by NTP)
+// dated it: its age is unknown, so it could be older than the tombstones
+// it needs.
+TEST_F(SeedTest, ASnapshotFromTheFutureIsRefused) {
+  info_.created_unix_ns = kNow + uint64_t{30} * 86400 * 1000000000;
+  EXPECT_NE(why().find("after now"), std::string::npos) << why();
+  t_.snapshot_max_age_s = 0;
+  EXPECT_NE(why().find("after now"), std::string::npos) << "refused whatever the age limit";
+  info_.created_unix_ns = kNow + uint64_t{30} * 1000000000;  // clocks a little apart
+  EXPECT_EQ(why(), "");
+}
+
 TEST_F(SeedTest, PositionsOutsideTheLogOrMorePartitionsAreRefused) {
   wms_[1] = {60, 80};  // retention moved partition 1's start past 50
   EXPECT_NE(why().find("retention deleted records the snapshot does not have"), std::string::npos)
