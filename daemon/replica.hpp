@@ -1,7 +1,8 @@
 // One table's replica in kvsd: its writer (and a rebuild's), the positions
 // and targets of its partitions, READY, rebuild-and-swap, and the records
 // that wait for room, with the functions that apply consumed records to it
-// and report on it. Everything here runs on kvsd's apply thread (run() in
+// (replica.cpp), follow its topic (following.cpp) and report on it
+// (readiness.cpp). Everything here runs on kvsd's apply thread (run() in
 // kvsd.cpp), which owns the replicas.
 #pragma once
 
@@ -147,6 +148,7 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m);
 bool end_batch(Replica& t, kafka::Consumer& c);
 
 int64_t timestamp_ms(const rd_kafka_message_t* m);  // the record's Kafka timestamp; 0: none
+inline uint64_t ms_to_ns(int64_t ms) { return ms > 0 ? static_cast<uint64_t>(ms) * 1000000 : 0; }
 // The table has no room for the record (it must wait, never be skipped).
 bool needs_room(Errc code);
 // Applies the record at `offset` of `origin` to t's active segment: a put,
@@ -164,6 +166,8 @@ bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Err
 bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now);
 // The earliest time a held record of any table is due (or `limit`).
 clock::time_point next_hold_try(const std::vector<Replica>& tables, clock::time_point limit);
+// A rebuild starts every partition of the table over: nothing waits.
+void drop_holds(Replica& t, kafka::Consumer& c);
 
 // ---- READY and swaps
 
@@ -174,6 +178,8 @@ ReadyChange check_ready(Replica& t);
 
 // ---- Reporting
 
+// "reader process 123 (file) has held 1.0 MiB back from reuse since T".
+std::string describe_holder(const ReaderHolder& h, uint64_t bytes);
 // Names, in the log, the reader that has held memory back for 3 s, then
 // every minute while it does.
 void report_holder(Replica& t, clock::time_point now);

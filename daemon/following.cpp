@@ -1,0 +1,289 @@
+// One table's replica, part 2 of 3: following the topic. A table's start
+// (its segment, its partitions, whether the segment can resume), rebuilds
+// from the beginning of the topic, and partitions the topic gains or loses
+// while kvsd runs.
+#include <algorithm>
+#include <thread>
+
+#include "growth.hpp"
+#include "log.hpp"
+#include "replica.hpp"
+#include "seed.hpp"
+#include "snapshots.hpp"
+
+namespace kvs::daemon {
+
+using namespace std::chrono_literals;
+
+// Retries `fn` while it fails with kTimeout (a broker not answering yet),
+// logging each failure, until it succeeds, fails otherwise, or kvsd stops.
+template <class F>
+static auto with_retry(const char* what, F fn) -> decltype(fn()) {
+  for (int attempt = 1;; ++attempt) {
+    auto r = fn();
+    if (r || r.error().code != Errc::kTimeout || g_stop) return r;
+    KVS_LOG_WARN("%s: %s; retrying (attempt %d)", what, r.error().message.c_str(), attempt);
+    for (int i = 0; i < 10 && !g_stop; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+static uint64_t hash_of(const std::string& s) { return format::hash_key(s.data(), s.size()); }
+
+// Grows the replica's per-partition state to n partitions.
+static void resize_partitions(Replica& t, int32_t n) {
+  t.partitions = n;
+  t.target.resize(n, 0);
+  t.reached.resize(n, false);
+  t.pending.resize(n, -1);
+  t.held.resize(n, Held{});
+  t.verify.resize(n, TableWriter::LastRecord{});
+  t.last_applied_ts_ns.resize(n, 0);
+  t.caught_up_ns.resize(n, 0);
+}
+
+// Queries every partition's watermarks; records the high watermarks as the
+// targets to reach and in `into`. Returns (low, high) per partition.
+static Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Replica& t,
+                                                                        kafka::Consumer& c,
+                                                                        TableWriter& into) {
+  auto wms = with_retry("fetching watermarks",
+                        [&] { return c.watermarks(t.cfg.topic, t.partitions, 5000); });
+  if (!wms) return std::move(wms).error();
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    t.target[p] = (*wms)[p].second;
+    into.set_high_watermark(static_cast<uint32_t>(p), (*wms)[p].second);
+  }
+  return wms;
+}
+
+// Starts filling a new segment for `t` from the beginning of its topic.
+// `seek`: the partitions are assigned already and must go back.
+Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& why, bool seek) {
+  KVS_LOG_WARN(
+      "table %s: %s; rebuilding it from the beginning of topic %s in a new segment "
+      "(readers keep the current data until the new segment has caught up)",
+      t.cfg.name.c_str(), why.c_str(), t.cfg.topic.c_str());
+  drop_holds(t, c);
+  t.grow.reset();     // records since it began are read again from the beginning
+  t.rebuild.reset();  // a rebuild under way starts over
+  auto r = t.writer->begin_replacement(rebuild_size(t.writer->stats(), t.cfg));
+  if (!r) return std::move(r).error().context("table " + t.cfg.name + ": rebuild");
+  TableWriter& w = **r;
+  if (auto ok = w.set_partition_count(static_cast<uint32_t>(t.partitions)); !ok) return ok;
+  w.set_source(t.source_cluster, t.source_topic);
+  w.set_state(format::TableState::kBootstrapping);
+  auto wms = capture_targets(t, c, w);
+  if (!wms) return std::move(wms).error();
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const auto [lo, hi] = (*wms)[p];
+    // Nothing below the log start exists: it counts as applied.
+    w.set_next_offset(static_cast<uint32_t>(p), lo);
+    t.reached[p] = hi <= lo;
+    t.pending[p] = -1;
+  }
+  t.rebuild = std::move(*r);
+  t.seed = Replica::Seed{};
+  t.tombstones.clear();
+  t.verify.assign(t.partitions, TableWriter::LastRecord{});
+  t.applied = t.skipped = 0;
+  t.skip_batch = true;
+  if (seek) return c.reassign_from_beginning(t.cfg.topic, t.partitions);
+  return {};
+}
+
+// Why the segment cannot resume from its recorded offsets, or "".
+static std::string why_rebuild(const Replica& t,
+                               const std::vector<std::pair<int64_t, int64_t>>& wms) {
+  const TableWriter& w = *t.writer;
+  if (const std::string change = w.size_change(); !change.empty()) {
+    return "the config sizes it differently from its segment (" + change + ")";
+  }
+  if (w.source_topic() != 0 && w.source_topic() != t.source_topic) {
+    return "its segment was filled from another topic";
+  }
+  if (w.source_cluster() != 0 && t.source_cluster != 0 && w.source_cluster() != t.source_cluster) {
+    return "its segment was filled from another Kafka cluster (the cluster id differs)";
+  }
+  for (int32_t p = 0; p < t.partitions; ++p) {
+    const int64_t next = w.next_offset(static_cast<uint32_t>(p));
+    const auto [lo, hi] = wms[p];
+    if (next > 0 && (next < lo || next > hi)) {
+      return "offset " + std::to_string(next) + " recorded for " + t.cfg.topic + "[" +
+             std::to_string(p) + "] is not in the log (" + std::to_string(lo) + ".." +
+             std::to_string(hi) + ")";
+    }
+  }
+  return "";
+}
+
+// At start: the partitions the table follows, the high watermarks to reach
+// and where each partition starts (appended to `starts`). A segment that
+// cannot resume (why_rebuild) or cannot hold the topic's partitions is
+// rebuilt from the beginning of the topic.
+Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
+                             std::vector<kafka::PartitionStart>& starts) {
+  if (static_cast<uint32_t>(n) > t.cfg.max_partitions) {
+    return make_error(Errc::kInvalidArgument,
+                      "table " + t.cfg.name + ": topic " + t.cfg.topic + " has " +
+                          std::to_string(n) + " partitions, above max_partitions = " +
+                          std::to_string(t.cfg.max_partitions) + "; raise it");
+  }
+  // A segment that tracks fewer partitions is not touched beyond them.
+  const bool fits = static_cast<bool>(t.writer->set_partition_count(static_cast<uint32_t>(n)));
+  resize_partitions(t, n);
+  t.source_topic = hash_of(t.cfg.topic);
+  if (auto id = c.cluster_id(2000)) {
+    t.source_cluster = hash_of(*id);
+  } else {
+    KVS_LOG_DEBUG("table %s: %s; the segment's cluster is not checked", t.cfg.name.c_str(),
+                  id.error().message.c_str());
+  }
+  std::string why;
+  std::vector<std::pair<int64_t, int64_t>> wms;
+  if (!fits) {
+    why = "its segment tracks at most " + std::to_string(t.writer->header().partition_capacity) +
+          " partitions and topic " + t.cfg.topic + " has " + std::to_string(n);
+  } else {
+    auto got = capture_targets(t, c, *t.writer);
+    if (!got) return std::move(got).error().context("table " + t.cfg.name);
+    wms = std::move(*got);
+    why = why_rebuild(t, wms);
+  }
+  // Without a segment to resume, the newest usable snapshot saves reading
+  // the whole topic.
+  if (fits && (!why.empty() || blank(*t.writer)) && seed_from_snapshot(t, wms)) {
+    if (!why.empty()) {
+      KVS_LOG_WARN("table %s: %s; starting from the snapshot instead of its segment",
+                   t.cfg.name.c_str(), why.c_str());
+    }
+  } else if (!why.empty()) {
+    if (auto ok = start_rebuild(t, c, why, /*seek=*/false); !ok) return ok;
+  } else {
+    t.writer->set_source(t.source_cluster, t.source_topic);
+  }
+  for (int32_t p = 0; p < n; ++p) {
+    const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
+    if (t.rebuild && t.seed.path.empty()) {
+      starts.push_back({t.cfg.topic, p, -2});
+      continue;
+    }
+    t.reached[p] = next >= t.target[p];
+    starts.push_back({t.cfg.topic, p, next > 0 ? next : -2});
+    // The last record applied is read again and compared (check_log).
+    const TableWriter::LastRecord last = t.active().last_record(static_cast<uint32_t>(p));
+    if (last.offset >= 0 && last.offset < next && last.offset >= wms[p].first &&
+        last.offset < wms[p].second) {
+      t.verify[p] = last;
+      t.reached[p] = false;
+      starts.back().offset = last.offset;
+    }
+  }
+  return {};
+}
+
+bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
+                           int32_t n) {
+  const int32_t had = t.partitions;
+  if (n <= had) return true;
+  if (static_cast<uint32_t>(n) > t.cfg.max_partitions) {
+    if (t.refused_partitions != n) {
+      t.refused_partitions = n;
+      KVS_LOG_ERROR(
+          "table %s: topic %s now has %d partitions, above max_partitions = %u: records of "
+          "partitions %u..%d are NOT applied; raise max_partitions and restart kvsd",
+          t.cfg.name.c_str(), t.cfg.topic.c_str(), n, t.cfg.max_partitions, t.cfg.max_partitions,
+          n - 1);
+    }
+    n = static_cast<int32_t>(t.cfg.max_partitions);
+    if (n <= had) return true;
+  }
+  // The segment (and a rebuild's or a growth's) has room for max_partitions.
+  for (TableWriter* w : {t.writer.get(), t.rebuild.get(), t.grow.get()}) {
+    if (w == nullptr) continue;
+    if (auto ok = w->set_partition_count(static_cast<uint32_t>(n)); !ok) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+      return true;  // the start's check rebuilds such a segment
+    }
+  }
+  resize_partitions(t, n);
+  for (int32_t p = had; p < n; ++p) {
+    // READY stays: a new partition only holds records written after it
+    // was added, which is lag, not a bootstrap. A table still
+    // bootstrapping waits for the partition's first record or its end.
+    t.reached[p] = t.ready;
+    if (auto ok = c.start_partition(t.cfg.topic, p, RD_KAFKA_OFFSET_BEGINNING); !ok) {
+      KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+      return false;
+    }
+  }
+  poller.follow(t.cfg.topic, n);
+  KVS_LOG_WARN(
+      "table %s: topic %s grew from %d to %d partitions; following partitions %d..%d from "
+      "their beginning. Keys now move between partitions: where a key has records in two "
+      "partitions, the one with the later Kafka timestamp wins (docs/format.md, \"Keys in "
+      "two partitions\")",
+      t.cfg.name.c_str(), t.cfg.topic.c_str(), had, n, had, n - 1);
+  return true;
+}
+
+// Removes a table's segment so that the next writer starts afresh, first
+// flagging it replaced (if it is one of this layout that kvsd may write), so
+// that open readers move to the new segment instead of reading the removed
+// one for as long as they run.
+static void discard_segment(const std::string& name) {
+  if (auto m = shm::open_segment(name, shm::Access::kReadWrite);
+      m && (*m)->size() >= sizeof(format::TableHeader)) {
+    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+    if (h->magic == format::kTableMagic && h->layout_version == format::kLayoutVersion) {
+      TableWriter::flag_replaced(*h, format::kReplacedPending);
+      shm::remove_segment(name);
+      TableWriter::flag_replaced(*h, format::kReplacedNamed);
+      return;
+    }
+  }
+  shm::remove_segment(name);
+}
+
+Result<Replica> open_replica(const config::Config& cfg, const config::TableConfig& tc, gid_t gid,
+                             bool fresh) {
+  WriterOptions wo;
+  wo.table = tc.name;
+  wo.shm_prefix = cfg.shm_prefix;
+  wo.capacity = tc.capacity;
+  wo.arena_bytes = tc.memory_limit_bytes;
+  wo.partition_capacity = tc.max_partitions;
+  wo.reader_slots = tc.reader_slots;
+  wo.max_key_bytes = tc.max_key_bytes;
+  wo.max_value_bytes = tc.max_value_bytes;
+  wo.data_mode = cfg.data_mode;
+  wo.registry_mode = cfg.registry_mode;
+  wo.group = gid;
+  wo.dead_reader_check = std::chrono::milliseconds(cfg.dead_reader_check_ms);
+  wo.reader_scan_interval = std::chrono::milliseconds(1);
+  wo.change_log_entries = tc.change_log_entries;
+  if (fresh) {
+    if (auto seg = shm::segment_name(cfg.shm_prefix, tc.name)) discard_segment(*seg);
+  }
+  auto w = TableWriter::open(wo);
+  if (!w) return std::move(w).error();
+  const char* how = (*w)->attach_kind() == AttachKind::kAttached  ? "attached to"
+                    : (*w)->attach_kind() == AttachKind::kCreated ? "created"
+                                                                  : "replaced";
+  KVS_LOG_INFO("table %s: %s /dev/shm/%s (%llu entries)", tc.name.c_str(), how,
+               (*w)->segment_name().c_str(), static_cast<unsigned long long>((*w)->stats().size));
+  (*w)->set_state(format::TableState::kBootstrapping);
+  Replica t;
+  t.cfg = tc;
+  t.writer = std::move(*w);
+  // An embedded cluster starts empty: no snapshot of it can be current.
+  if (!fresh) t.snapshot_dir = snapshot_dir(cfg, tc.name);
+  t.snapshot_max_age_s = cfg.snapshot_max_age_s;
+  if (const size_t n = sweep_temporaries(t.snapshot_dir); n > 0) {
+    KVS_LOG_INFO("table %s: removed %zu unfinished snapshot file(s) from %s", tc.name.c_str(), n,
+                 t.snapshot_dir.c_str());
+  }
+  return t;
+}
+
+}  // namespace kvs::daemon
