@@ -57,6 +57,24 @@ static Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Replica&
   return wms;
 }
 
+// The topic has `n` partitions, fewer than the table follows (it was
+// deleted and re-created): the partitions that are gone are no longer
+// fetched nor asked about (librdkafka 2.0.2 may hang at its destroy after
+// requests for partitions that do not exist).
+static void forget_partitions(Replica& t, kafka::Consumer& c, int32_t n) {
+  for (int32_t p = n; p < t.partitions; ++p) {
+    if (t.held[p].offset >= 0) {  // not fetched already
+      t.held[p] = Held{};
+      --t.n_held;
+      continue;
+    }
+    if (auto ok = c.stop_partition(t.cfg.topic, p); !ok) {
+      KVS_LOG_WARN("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
+    }
+  }
+  resize_partitions(t, n);
+}
+
 // Starts filling a new segment for `t` from the beginning of its topic.
 // `seek`: the partitions are assigned already and must go back.
 Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& why, bool seek) {
@@ -64,6 +82,17 @@ Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& wh
       "table %s: %s; rebuilding it from the beginning of topic %s in a new segment "
       "(readers keep the current data until the new segment has caught up)",
       t.cfg.name.c_str(), why.c_str(), t.cfg.topic.c_str());
+  // A rebuild while kvsd runs often follows a topic re-created: with fewer
+  // partitions, those that are gone are neither read nor waited for.
+  if (seek) {
+    auto n = with_retry("fetching the partition count",
+                        [&] { return c.partition_count(t.cfg.topic, 5000); });
+    if (n && *n < t.partitions) {
+      KVS_LOG_WARN("table %s: topic %s has %d partitions now, fewer than the %d it followed",
+                   t.cfg.name.c_str(), t.cfg.topic.c_str(), *n, t.partitions);
+      forget_partitions(t, c, *n);
+    }
+  }
   drop_holds(t, c);
   t.grow.reset();     // records since it began are read again from the beginning
   t.rebuild.reset();  // a rebuild under way starts over
@@ -129,8 +158,15 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
                           std::to_string(n) + " partitions, above max_partitions = " +
                           std::to_string(t.cfg.max_partitions) + "; raise it");
   }
-  // A segment that tracks fewer partitions is not touched beyond them.
-  const bool fits = static_cast<bool>(t.writer->set_partition_count(static_cast<uint32_t>(n)));
+  // A segment that tracks fewer partitions is not touched beyond them; one
+  // that tracks more than the topic has now holds keys of partitions that
+  // are gone (the topic was re-created), whatever the others hold.
+  const TableWriter& seg = *t.writer;
+  const uint32_t tracked = std::min(seg.header().partition_count.load(std::memory_order_relaxed),
+                                    seg.header().partition_capacity);
+  const bool fits = static_cast<uint32_t>(n) <= seg.header().partition_capacity;
+  if (fits && static_cast<uint32_t>(n) >= tracked)
+    (void)t.writer->set_partition_count(static_cast<uint32_t>(n));
   resize_partitions(t, n);
   t.source_topic = hash_of(t.cfg.topic);
   if (auto id = c.cluster_id(2000)) {
@@ -148,7 +184,11 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
     auto got = capture_targets(t, c, *t.writer);
     if (!got) return std::move(got).error().context("table " + t.cfg.name);
     wms = std::move(*got);
-    why = why_rebuild(t, wms);
+    why = static_cast<uint32_t>(n) < tracked
+              ? "its segment follows " + std::to_string(tracked) + " partitions and topic " +
+                    t.cfg.topic + " has " + std::to_string(n) +
+                    " (was it deleted and re-created with fewer partitions?)"
+              : why_rebuild(t, wms);
   }
   // Without a segment to resume, the newest usable snapshot saves reading
   // the whole topic.
@@ -180,6 +220,22 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
     }
   }
   return {};
+}
+
+bool follow_fewer_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
+                             int32_t n) {
+  const int32_t had = t.partitions;
+  if (n <= 0 || n >= had) return true;
+  const std::string why = "topic " + t.cfg.topic + " now has " + std::to_string(n) +
+                          " partitions, fewer than the " + std::to_string(had) +
+                          " the table follows: it was deleted and re-created";
+  forget_partitions(t, c, n);
+  poller.follow(t.cfg.topic, n);
+  if (auto ok = start_rebuild(t, c, why, /*seek=*/true); !ok) {
+    KVS_LOG_ERROR("%s", ok.error().message.c_str());
+    return false;
+  }
+  return true;
 }
 
 bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <map>
 #include <memory>
@@ -15,6 +16,7 @@
 
 #include "kafka/consumer.hpp"
 #include "kafka/embedded_kafka.hpp"
+#include "kafka/shutdown.hpp"
 #include "kafka/topic_checks.hpp"
 #include "kafka/topic_wait.hpp"
 #include "kafka/watermark_poller.hpp"
@@ -200,6 +202,8 @@ class Housekeeping {
       for (auto& t : tables_) {
         const int32_t n = poller_.partition_count(t.cfg.topic);
         if (n > t.partitions) ok = follow_new_partitions(t, consumer_, poller_, n) && ok;
+        if (n > 0 && n < t.partitions) ok = follow_fewer_partitions(t, consumer_, poller_, n) && ok;
+        poller_.follow(t.cfg.topic, t.partitions);  // a rebuild may have changed it
         refresh_lag(t, consumer_, poller_);
         report_holder(t, now);
       }
@@ -468,6 +472,16 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     snapshots.write_all();
   }
   KVS_LOG_INFO("stopping: segments stay for the next start");
+  server->reset();
+  consumer->close(kafka::kDestroyLimit);
+  if (kafka::unfinished_destroys() > 0) {
+    // librdkafka's threads are still running: exit() would run destructors
+    // under them. The segments are consistent at any instruction; the
+    // writers mark them as having no writer first.
+    tables.clear();
+    KVS_LOG_INFO("exiting now with code %d", exit_code);
+    std::_Exit(exit_code);
+  }
   return exit_code;
 }
 

@@ -136,6 +136,13 @@ Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& wh
 // loudly. False if kvsd cannot go on.
 bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
                            int32_t n);
+// The topic has `n` partitions now, fewer than the table follows: it was
+// deleted and re-created. The partitions that are gone are no longer
+// fetched, and the table is rebuilt from the new topic (readers keep the
+// old data until the new segment has caught up). False if kvsd cannot go
+// on.
+bool follow_fewer_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
+                             int32_t n);
 
 // ---- Applying records
 

@@ -2,8 +2,11 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <utility>
+
 #include "kafka/properties.hpp"
 #include "kafka/rdkafka_log.hpp"
+#include "kafka/shutdown.hpp"
 
 namespace kvs::kafka {
 namespace {
@@ -88,13 +91,17 @@ Consumer::Consumer(Consumer&& o) noexcept
   o.admin_queue_ = nullptr;
 }
 
-Consumer::~Consumer() {
-  if (queue_) rd_kafka_queue_destroy(queue_);
-  if (admin_queue_) rd_kafka_queue_destroy(admin_queue_);
-  if (rk_) {
-    rd_kafka_consumer_close(rk_);
-    rd_kafka_destroy(rk_);
-  }
+Consumer::~Consumer() { close(kDestroyLimit); }
+
+bool Consumer::close(std::chrono::milliseconds limit) {
+  rd_kafka_t* rk = std::exchange(rk_, nullptr);
+  rd_kafka_queue_t* queue = std::exchange(queue_, nullptr);
+  rd_kafka_queue_t* admin = std::exchange(admin_queue_, nullptr);
+  return destroy_within(rk, limit, "consumer", [rk, queue, admin] {
+    if (queue) rd_kafka_queue_destroy(queue);
+    if (admin) rd_kafka_queue_destroy(admin);
+    rd_kafka_consumer_close(rk);
+  });
 }
 
 Result<int32_t> Consumer::partition_count(const std::string& topic, int timeout_ms) {

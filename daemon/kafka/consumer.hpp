@@ -5,6 +5,7 @@
 // control records and empty partitions.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -34,7 +35,10 @@ class Consumer {
       const std::vector<std::pair<std::string, std::string>>& properties);
   Consumer(Consumer&& o) noexcept;
   Consumer& operator=(Consumer&&) = delete;
-  ~Consumer();
+  ~Consumer();  // close(kDestroyLimit)
+  // Closes the consumer and destroys librdkafka's handle, waiting at most
+  // `limit` (kafka/shutdown.hpp). False if librdkafka did not end in time.
+  bool close(std::chrono::milliseconds limit);
 
   // Partition count of `topic`. Errors: kNotFound (the topic does not
   // exist), kTimeout (no broker answered within timeout_ms).

@@ -20,7 +20,9 @@ WatermarkPoller::~WatermarkPoller() {
 void WatermarkPoller::follow(const std::string& topic, int32_t partitions) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    topics_[topic] = partitions;
+    auto [it, added] = topics_.try_emplace(topic, partitions);
+    if (!added && it->second == partitions) return;
+    it->second = partitions;
     changed_ = true;
   }
   wake_.notify_all();
@@ -55,8 +57,15 @@ void WatermarkPoller::run() {
         std::lock_guard<std::mutex> check(mu_);
         if (stop_) return;
       }
-      // librdkafka's calls are thread-safe; this one blocks only this thread.
-      auto wms = consumer_.watermarks(topic, n, static_cast<int>(timeout_.count()));
+      // Never about partitions the topic does not have (any more): a topic
+      // re-created with fewer partitions. librdkafka's calls are
+      // thread-safe; this one blocks only this thread.
+      int32_t asked = n;
+      {
+        std::lock_guard<std::mutex> check(mu_);
+        if (auto c = counts_.find(topic); c != counts_.end()) asked = std::min(asked, c->second);
+      }
+      auto wms = consumer_.watermarks(topic, asked, static_cast<int>(timeout_.count()));
       if (!wms) {
         KVS_LOG_DEBUG("refreshing high watermarks: %s", wms.error().message.c_str());
         continue;

@@ -1,9 +1,11 @@
 #include "server/producer.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include "kafka/properties.hpp"
 #include "kafka/rdkafka_log.hpp"
+#include "kafka/shutdown.hpp"
 #include "log.hpp"
 
 namespace kvs::daemon::server {
@@ -36,7 +38,7 @@ Producer::~Producer() {
       t->rkt = nullptr;
     }
   }
-  if (rk_) rd_kafka_destroy(rk_);
+  kafka::destroy_within(std::exchange(rk_, nullptr), kafka::kDestroyLimit, "producer");
 }
 
 void Producer::on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {

@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "support/test_support.hpp"
 
@@ -19,15 +20,13 @@ namespace kvs::test {
 class KafkaCluster {
  public:
   // `mock_helper`: path of kvs_mock_kafka (default: next to this program).
-  explicit KafkaCluster(const std::string& mock_helper = helper("kvs_mock_kafka")) {
+  explicit KafkaCluster(const std::string& mock_helper = helper("kvs_mock_kafka"))
+      : mock_helper_(mock_helper) {
     if (const char* b = std::getenv("KVS_TEST_BOOTSTRAP"); b && *b) {
       bootstrap_ = b;
       return;
     }
-    mock_ = std::make_unique<Child>(std::vector<std::string>{mock_helper});
-    const std::string line = mock_->read_line();
-    if (line.rfind("bootstrap ", 0) != 0) throw std::runtime_error("kvs_mock_kafka: " + line);
-    bootstrap_ = line.substr(10);
+    start_mock({});
   }
   ~KafkaCluster() {
     if (mock_) {
@@ -115,6 +114,27 @@ class KafkaCluster {
     rd_kafka_DeleteTopic_destroy(dt);
     return ok;
   }
+  // Mock only: stops the mock cluster and starts another on the same ports
+  // with `topic` of `partitions` partitions and nothing else. To a client
+  // it is the same brokers whose topic was deleted and re-created (the
+  // cluster id differs). False on a real cluster, or if the ports are
+  // taken meanwhile.
+  bool restart_with_topic(const std::string& topic, int partitions) {
+    if (!mock_) return false;
+    std::string ports;
+    for (size_t at = 0; at < bootstrap_.size();) {
+      const size_t colon = bootstrap_.find(':', at);
+      const size_t comma = std::min(bootstrap_.find(',', at), bootstrap_.size());
+      if (colon == std::string::npos || colon > comma) return false;
+      ports += (ports.empty() ? "" : ",") + bootstrap_.substr(colon + 1, comma - colon - 1);
+      at = comma + 1;
+    }
+    const std::string was = bootstrap_;
+    mock_->close_stdin();
+    mock_->wait();
+    start_mock({"--ports", ports, "--topic", topic + ":" + std::to_string(partitions)});
+    return bootstrap_ == was;
+  }
   // Fault injection: mock only (tests skip otherwise).
   bool set_broker_down(int broker, bool down) {
     return mock_ && command((down ? "down " : "up ") + std::to_string(broker));
@@ -154,10 +174,19 @@ class KafkaCluster {
     rd_kafka_destroy(rk);
     return ok;
   }
+  void start_mock(const std::vector<std::string>& args) {
+    std::vector<std::string> argv{mock_helper_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    mock_ = std::make_unique<Child>(argv);
+    const std::string line = mock_->read_line();
+    if (line.rfind("bootstrap ", 0) != 0) throw std::runtime_error("kvs_mock_kafka: " + line);
+    bootstrap_ = line.substr(10);
+  }
   bool command(const std::string& c) {
     mock_->write_line(c);
     return mock_->read_line() == "ok";
   }
+  std::string mock_helper_;
   std::string bootstrap_;
   std::unique_ptr<Child> mock_;
 };

@@ -1,0 +1,103 @@
+// What Kafka operators do to a table's topic, with kvsd (a process) down
+// or running: a topic re-created with fewer partitions. The mock cluster
+// cannot delete a topic: a mock cluster stopped and started again on the
+// same ports with another partition count stands in for it (to kvsd, the
+// same brokers now hold a new topic of that name); with KVS_TEST_BOOTSTRAP
+// the real cluster deletes and re-creates the topic.
+#include <signal.h>
+
+#include <map>
+#include <string>
+
+#include "support/kvsd_fixture.hpp"
+#include "support/producer.hpp"
+
+namespace kvs {
+namespace {
+
+constexpr auto npos = std::string::npos;
+
+class TopicChangeTest : public KvsdTest {
+ protected:
+  // The topic deleted and re-created with `partitions` partitions.
+  void recreate_topic(int partitions) {
+    if (kafka_.is_mock()) {
+      ASSERT_TRUE(kafka_.restart_with_topic(topic_, partitions))
+          << "the mock cluster's ports were taken meanwhile";
+      return;
+    }
+    ASSERT_TRUE(kafka_.delete_topic(topic_));
+    // Deletion completes in the background: creating may fail meanwhile.
+    ASSERT_TRUE(test::wait_until([&] { return kafka_.create_topic(topic_, partitions); }, 60s));
+  }
+  // Produces `n` keys prefix0.. to `partition`; what the table should hold.
+  std::map<std::string, std::string> produce(const std::string& prefix, int n, int partition) {
+    std::map<std::string, std::string> model;
+    test::Producer p(kafka_.bootstrap());
+    for (int i = 0; i < n; ++i) {
+      p.send(topic_, partition, prefix + std::to_string(i), std::string("v"));
+      model[prefix + std::to_string(i)] = "v";
+    }
+    EXPECT_TRUE(p.flush());
+    return model;
+  }
+  // The segment's record of its cluster cleared (as one whose cluster id
+  // was not known): only the partitions can tell the new topic from the
+  // old one (the mock cluster that stands in for it has another id).
+  void forget_source_cluster() {
+    auto m = shm::open_segment(shm_.prefix() + "t", shm::Access::kReadWrite);
+    ASSERT_TRUE(m) << m.error().message;
+    reinterpret_cast<format::TableHeader*>((*m)->data())->source_cluster.store(0);
+  }
+};
+
+// Old topic: 2 partitions, keys only in partition 1 (partition 0 empty, so
+// its last record cannot be checked). Re-created while kvsd was down with 1
+// partition: the segment tracks a partition the topic no longer has, so it
+// is rebuilt, whatever partition 0 holds.
+TEST_F(TopicChangeTest, ATopicRecreatedWithFewerPartitionsWhileDownIsRebuilt) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  produce("old-", 1000, 1);
+  auto kvsd = start_kvsd(write_config());
+  {
+    Table t = open_ready();
+    ASSERT_EQ(t.size(), 1000u);
+  }
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0) << log();
+  forget_source_cluster();
+  recreate_topic(1);
+  const auto model = produce("new-", 300, 0);
+  kvsd = start_kvsd(write_config("", "snapshot_interval_s = 0\n"));
+  Table t = open_table();
+  ASSERT_TRUE(test::wait_until([&] { return log().find("rebuilt from the topic") != npos; }, 30s))
+      << log();
+  EXPECT_NE(log().find("partition"), npos) << log();
+  EXPECT_TRUE(t.wait_ready(10s));
+  EXPECT_EQ(contents(t), model);
+  EXPECT_EQ(t.partition_count(), 1u);
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+}
+
+// Re-created with fewer partitions while kvsd runs: kvsd rebuilds the
+// table from the new topic (readers move to it), and still stops when told.
+TEST_F(TopicChangeTest, ATopicRecreatedWithFewerPartitionsWhileRunningIsRebuiltAndKvsdStops) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  produce("old-a", 200, 0);
+  produce("old-b", 1000, 1);
+  auto kvsd = start_kvsd(write_config());
+  Table t = open_ready();
+  ASSERT_EQ(t.size(), 1200u);
+  recreate_topic(1);
+  const auto model = produce("new-", 300, 0);
+  ASSERT_TRUE(test::wait_until([&] { return contents(t) == model; }, 60s)) << t.size() << " keys\n"
+                                                                           << log();
+  EXPECT_EQ(t.partition_count(), 1u);
+  EXPECT_NE(log().find("fewer than the 2 the table follows"), npos) << log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0) << "kvsd did not stop\n" << log();
+}
+
+}  // namespace
+}  // namespace kvs
