@@ -127,21 +127,6 @@ Result<int32_t> Consumer::partition_count(const std::string& topic, int timeout_
   return out;
 }
 
-Result<std::map<std::string, int32_t>> Consumer::known_partition_counts(int timeout_ms) {
-  const rd_kafka_metadata_t* md = nullptr;
-  const rd_kafka_resp_err_t e = rd_kafka_metadata(rk_, 0, nullptr, &md, timeout_ms);
-  if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    return make_error(Errc::kTimeout, std::string("metadata: ") + rd_kafka_err2str(e));
-  }
-  std::map<std::string, int32_t> out;
-  for (int i = 0; i < md->topic_cnt; ++i) {
-    const auto& t = md->topics[i];
-    if (t.err == RD_KAFKA_RESP_ERR_NO_ERROR && t.partition_cnt > 0) out[t.topic] = t.partition_cnt;
-  }
-  rd_kafka_metadata_destroy(md);
-  return out;
-}
-
 Result<std::vector<std::pair<int64_t, int64_t>>> Consumer::watermarks(const std::string& topic,
                                                                       int32_t partitions,
                                                                       int timeout_ms) {

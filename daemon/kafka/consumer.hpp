@@ -40,14 +40,10 @@ class Consumer {
   // `limit` (kafka/shutdown.hpp). False if librdkafka did not end in time.
   bool close(std::chrono::milliseconds limit);
 
-  // Partition count of `topic`. Errors: kNotFound (the topic does not
-  // exist), kTimeout (no broker answered within timeout_ms).
+  // Partition count of `topic`, from a metadata request that never creates
+  // it (thread-safe). Errors: kNotFound (the topic does not exist),
+  // kTimeout (no broker answered within timeout_ms).
   Result<int32_t> partition_count(const std::string& topic, int timeout_ms);
-  // The partition counts of the topics this consumer knows (those it is
-  // assigned partitions of), from one metadata request: no topic handle is
-  // made or dropped, so it is safe on another thread while this consumer
-  // consumes. Errors: kTimeout.
-  Result<std::map<std::string, int32_t>> known_partition_counts(int timeout_ms);
   // Low and high watermarks of partitions 0..partitions-1, asked of every
   // leader at once (two ListOffsets requests per broker, not two per
   // partition). Errors: kTimeout (a broker did not answer, or a partition's

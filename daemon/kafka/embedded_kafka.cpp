@@ -30,6 +30,11 @@ Result<std::unique_ptr<EmbeddedKafka>> EmbeddedKafka::start(int brokers) {
   if (k->cluster_ == nullptr) {
     return make_error(Errc::kSystem, "embedded Kafka: could not start the mock cluster");
   }
+  // Metadata up to v4, as brokers since 0.11 answer it: a client's
+  // allow.auto.create.topics is then honoured. With the v0-v2 the mock
+  // offers by default, it creates (4 partitions, not compacted) every topic
+  // any client asks about, as a broker with auto.create.topics.enable does.
+  rd_kafka_mock_set_apiversion(k->cluster_, /*Metadata*/ 3, 0, 4);
   k->bootstrap_ = rd_kafka_mock_cluster_bootstraps(k->cluster_);
   return k;
 }

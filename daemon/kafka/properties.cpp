@@ -22,6 +22,8 @@ std::vector<Override> producer_overrides(uint32_t write_timeout_ms) {
       {"acks", "all", "a write is acknowledged once every in-sync replica has it"},
       {"partitioner", "murmur2_random", "keys land where Java's producers put them"},
       {"message.timeout.ms", std::to_string(write_timeout_ms), "set write_timeout_ms instead"},
+      {"allow.auto.create.topics", "false",
+       "a write never creates a table's topic (a broker would make it uncompacted)"},
   };
 }
 

@@ -48,9 +48,14 @@ void WatermarkPoller::run() {
     changed_ = false;
     const auto topics = topics_;
     lock.unlock();
-    if (auto counts = consumer_.known_partition_counts(static_cast<int>(timeout_.count()))) {
+    // One metadata request per topic: a request for "the topics this client
+    // knows" lets the broker auto-create one of them that was deleted
+    // (librdkafka 2.0.2 allows it when they are all in its cache).
+    for (const auto& [topic, n] : topics) {
+      auto count = consumer_.partition_count(topic, static_cast<int>(timeout_.count()));
+      if (!count) continue;
       std::lock_guard<std::mutex> store(mu_);
-      for (const auto& [topic, n] : *counts) counts_[topic] = n;
+      counts_[topic] = *count;
     }
     for (const auto& [topic, n] : topics) {
       {

@@ -226,6 +226,14 @@ void Requests::delivered(const rd_kafka_message_t* m) {
       std::string why = std::string("Kafka did not store the record in ") + r.table->topic + ": " +
                         rd_kafka_err2str(m->err);
       if (errc_of(m->err) == Errc::kTimeout) why = producer_.no_ack_message(cfg_.write_timeout_ms);
+      if (m->err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+          m->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+          m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+        why = "topic " + r.table->topic + " (table " + r.table->name +
+              ") does not exist, or lost the record's partition: was it deleted? kvsd never "
+              "creates a table's topic on a write (" +
+              rd_kafka_err2str(m->err) + ")";
+      }
       op_done(r, ref->index, errc_of(m->err), why);
     } else {
       const proto::Token tok{m->partition, m->offset};

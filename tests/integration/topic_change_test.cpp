@@ -99,5 +99,32 @@ TEST_F(TopicChangeTest, ATopicRecreatedWithFewerPartitionsWhileRunningIsRebuiltA
   EXPECT_EQ(kvsd->wait_for(30s), 0) << "kvsd did not stop\n" << log();
 }
 
+// A write while the topic is deleted: a broker with Kafka's default
+// auto.create.topics.enable=true would create it (one partition, not
+// compacted) for a producer that lets it. kvsd's producer does not: the
+// write fails, saying the topic is missing, and no topic appears.
+TEST_F(TopicChangeTest, AWriteWhileTheTopicIsDeletedFailsAndDoesNotCreateIt) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 2));
+  auto kvsd = start_kvsd(write_config("", "write_timeout_ms = 5000\n"));
+  Table t = open_ready();
+  auto c = Client::connect(socket_path());
+  ASSERT_TRUE(c) << c.error().message;
+  ASSERT_TRUE(c->put("t", "before", "v", {.visible = true}));
+  if (kafka_.is_mock()) {
+    ASSERT_TRUE(kafka_.restart_with_topic(test::KafkaCluster::unique_topic("other"), 1));
+  } else {
+    ASSERT_TRUE(kafka_.delete_topic(topic_));
+  }
+  ASSERT_TRUE(test::wait_until([&] { return kafka_.topic_exists(topic_) == 0; }, 30s));
+  auto r = c->put("t", "during", "v");
+  ASSERT_FALSE(r) << "a write to a deleted topic was acknowledged at " << r->partition << ":"
+                  << r->offset;
+  EXPECT_NE(r.error().message.find("topic " + topic_ + " (table t) does not exist"), npos)
+      << r.error().message;
+  EXPECT_EQ(kafka_.topic_exists(topic_), 0) << "the write created the topic";
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+}
+
 }  // namespace
 }  // namespace kvs

@@ -75,6 +75,27 @@ class KafkaCluster {
     rd_kafka_destroy(rk);
     return ok;
   }
+  // Whether the cluster has `topic`, asked in a way that creates nothing
+  // (metadata of every topic): 1 yes, 0 no, -1 no answer.
+  int topic_exists(const std::string& topic) {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (rk == nullptr) return -1;
+    const rd_kafka_metadata_t* md = nullptr;
+    int found = -1;
+    if (rd_kafka_metadata(rk, 1, nullptr, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      found = 0;
+      for (int i = 0; i < md->topic_cnt; ++i) {
+        if (topic == md->topics[i].topic && md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+          found = 1;
+      }
+      rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_destroy(rk);
+    return found;
+  }
   // (low, high) watermarks of a partition, or (-1, -1) if no broker answers.
   std::pair<int64_t, int64_t> watermarks(const std::string& topic, int partition) {
     char err[512];
