@@ -189,8 +189,9 @@ class BatchApplier {
 // changes, and the bootstrap progress every second), the watchdog.
 class Housekeeping {
  public:
-  Housekeeping(std::vector<Replica>& tables, kafka::Consumer& c, kafka::WatermarkPoller& poller)
-      : tables_(tables), consumer_(c), poller_(poller) {
+  Housekeeping(std::vector<Replica>& tables, kafka::Consumer& c, kafka::WatermarkPoller& poller,
+               Server& server)
+      : tables_(tables), consumer_(c), poller_(poller), server_(server) {
     watchdog_ = sd_watchdog_enabled(0, &watchdog_usec_) > 0;
   }
 
@@ -201,6 +202,7 @@ class Housekeeping {
       next_second_ = now + std::chrono::seconds(1);
       for (auto& t : tables_) {
         const int32_t n = poller_.partition_count(t.cfg.topic);
+        if (n > 0) server_.set_partition_count(t.cfg.name, n);
         if (n > t.partitions) ok = follow_new_partitions(t, consumer_, poller_, n) && ok;
         if (n > 0 && n < t.partitions) ok = follow_fewer_partitions(t, consumer_, poller_, n) && ok;
         poller_.follow(t.cfg.topic, t.partitions);  // a rebuild may have changed it
@@ -230,6 +232,7 @@ class Housekeeping {
   std::vector<Replica>& tables_;
   kafka::Consumer& consumer_;
   kafka::WatermarkPoller& poller_;
+  Server& server_;
   bool watchdog_ = false;
   uint64_t watchdog_usec_ = 0;
   clock::time_point next_second_{}, next_watchdog_{};
@@ -393,7 +396,9 @@ int apply_until_stopped(const config::Config& cfg, kafka::Consumer& consumer,
   // for partitions that are not fetched while a record of theirs waits.
   kafka::WatermarkPoller poller(consumer, std::chrono::seconds(1), std::chrono::seconds(2));
   for (const auto& t : tables) poller.follow(t.cfg.topic, t.partitions);
-  Housekeeping chores(tables, consumer, poller);
+  Housekeeping chores(tables, consumer, poller, server);
+  // Until the poller's first answer: the partition counts seen at start.
+  for (const auto& t : tables) server.set_partition_count(t.cfg.name, t.partitions);
   BatchApplier applier(tables, by_topic);
   while (!g_stop && exit_code == 0) {
     // A record waiting for room is tried again when due, not a poll later.

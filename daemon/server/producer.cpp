@@ -124,6 +124,18 @@ Result<void> Producer::create(const std::vector<std::pair<std::string, std::stri
   return {};
 }
 
+int32_t Producer::partition_for(const Table& t, std::string_view key) {
+  static const char kEmpty[1] = {0};
+  const int32_t n = t.partitions.load(std::memory_order_relaxed);
+  if (n <= 0) return RD_KAFKA_PARTITION_UA;
+  // librdkafka's own partitioner would use its metadata cache, which a
+  // producer refreshes only every topic.metadata.refresh.interval.ms (5 min
+  // by default): for that long after partitions are added, kvsd's writes
+  // of a key and a Java producer's would land in different partitions.
+  return rd_kafka_msg_partitioner_murmur2_random(nullptr, key.empty() ? kEmpty : key.data(),
+                                                 key.size(), n, nullptr, nullptr);
+}
+
 void Producer::produce(Request& r, uint32_t index, std::string_view key,
                        std::optional<std::string_view> value) {
   // An empty key or value is still a key or value: never hand librdkafka a
@@ -136,6 +148,7 @@ void Producer::produce(Request& r, uint32_t index, std::string_view key,
   m.len = value ? value->size() : 0;
   m.key = const_cast<char*>(key.empty() ? kEmpty : key.data());
   m.key_len = key.size();
+  m.partition = partition_for(*r.table, key);
   m._private = &r.refs[index];
   ++r.outstanding;
   staged_.push_back(m);
@@ -149,8 +162,9 @@ void Producer::send_staged() {
   // the queue is full, this record and every later one of the call fail
   // with QUEUE_FULL (librdkafka stops enqueueing at the first), so parking
   // them in order keeps each partition's order.
-  rd_kafka_produce_batch(staged_table_->rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY,
-                         staged_.data(), static_cast<int>(staged_.size()));
+  rd_kafka_produce_batch(staged_table_->rkt, RD_KAFKA_PARTITION_UA,
+                         RD_KAFKA_MSG_F_COPY | RD_KAFKA_MSG_F_PARTITION, staged_.data(),
+                         static_cast<int>(staged_.size()));
   for (const rd_kafka_message_t& m : staged_) {
     if (m.err == RD_KAFKA_RESP_ERR_NO_ERROR) continue;
     auto* ref = static_cast<MsgRef*>(m._private);

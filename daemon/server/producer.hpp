@@ -51,6 +51,10 @@ class Producer {
                       uint32_t max_frame_bytes, std::vector<std::unique_ptr<Table>>& tables,
                       int wake_fd);
 
+  // The partition a record of `key` goes to: Java's default partitioner
+  // (murmur2) over the topic's partition count as kvsd last learnt it, or
+  // RD_KAFKA_PARTITION_UA while that is not known (librdkafka decides).
+  static int32_t partition_for(const Table& t, std::string_view key);
   // Stages operation `index` of r (value nullopt: a tombstone); the key and
   // value must stay valid until send_staged().
   void produce(Request& r, uint32_t index, std::string_view key,

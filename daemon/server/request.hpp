@@ -7,6 +7,7 @@
 #include <librdkafka/rdkafka.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <boost/container/small_vector.hpp>
 #include <chrono>
 #include <cstdint>
@@ -24,6 +25,10 @@ struct Table {
   std::string name, topic;
   uint32_t max_key_bytes = 0, max_value_bytes = 0;
   uint32_t max_partitions = 0;
+  // The topic's partition count as kvsd's consumer last learnt it (every
+  // second; 0: not known yet): writes are partitioned over it, as Java's
+  // default partitioner does over what its metadata says.
+  std::atomic<int32_t> partitions{0};
   kvs_table* reader = nullptr;  // applied offsets, for VISIBLE and WAIT
   rd_kafka_topic_t* rkt = nullptr;
 };

@@ -70,6 +70,18 @@ std::string Requests::check_sizes(const Table& t, std::string_view key,
   return "";
 }
 
+std::string Requests::check_visible(const Table& t, const proto::Header& h,
+                                    std::string_view key) const {
+  if ((h.flags & proto::kFlagVisible) == 0) return "";
+  const int32_t p = Producer::partition_for(t, key);
+  if (p < 0 || static_cast<uint32_t>(p) < t.max_partitions) return "";
+  return "the key lands in partition " + std::to_string(p) + " of topic " + t.topic +
+         ", which table " + t.name +
+         " does not apply (max_partitions = " + std::to_string(t.max_partitions) +
+         "): it can never become VISIBLE here; raise max_partitions and restart kvsd, or write "
+         "without VISIBLE";
+}
+
 void Requests::write(Conn& c, const proto::Header& h, std::string_view body) {
   auto w = proto::decode_write(h.type, body);
   if (!w) return conns_.protocol_error(c, h.request_id, w.error().message);
@@ -78,6 +90,10 @@ void Requests::write(Conn& c, const proto::Header& h, std::string_view body) {
   if (auto why = check_sizes(*t, w->key, w->value); !why.empty()) {
     ++n_write_errors_;
     return conns_.reply_error(c, h.request_id, Errc::kTooLarge, why);
+  }
+  if (auto why = check_visible(*t, h, w->key); !why.empty()) {
+    ++n_write_errors_;
+    return conns_.reply_error(c, h.request_id, Errc::kUnsupported, why + "; nothing was written");
   }
   const auto reply = static_cast<proto::Type>(h.type) == proto::Type::kPut ? proto::Type::kPutOk
                                                                            : proto::Type::kEraseOk;
@@ -95,6 +111,12 @@ void Requests::batch(Conn& c, const proto::Header& h, std::string_view body) {
     if (auto why = check_sizes(*t, b->ops[i].key, b->ops[i].value); !why.empty()) {
       ++n_write_errors_;
       return conns_.reply_error(c, h.request_id, Errc::kTooLarge,
+                                "batch operation " + std::to_string(i) + ": " + why +
+                                    " (nothing of the batch was written)");
+    }
+    if (auto why = check_visible(*t, h, b->ops[i].key); !why.empty()) {
+      ++n_write_errors_;
+      return conns_.reply_error(c, h.request_id, Errc::kUnsupported,
                                 "batch operation " + std::to_string(i) + ": " + why +
                                     " (nothing of the batch was written)");
     }
@@ -240,8 +262,15 @@ void Requests::delivered(const rd_kafka_message_t* m) {
       r.results[ref->index].token = tok;
       std::string why;
       if (r.visible && !is_applied(*r.table, tok, &why)) {
-        visible_.push_back({{r.slot, r.seq}, ref->index, r.table, tok});
-        visible_count_.store(visible_.size());
+        if (why.empty()) {
+          visible_.push_back({{r.slot, r.seq}, ref->index, r.table, tok});
+          visible_count_.store(visible_.size());
+        } else {
+          // Written, but this kvsd cannot show it: said now, not at the timeout.
+          op_done(r, ref->index, Errc::kUnsupported,
+                  "written at " + std::to_string(tok.partition) + ":" + std::to_string(tok.offset) +
+                      ", but never VISIBLE here: " + why);
+        }
       } else {
         op_done(r, ref->index, Errc::kOk, "");
       }

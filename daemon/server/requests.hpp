@@ -75,6 +75,9 @@ class Requests final : public Connections::Delegate, public Producer::Sink {
   Table* table_or_error(Conn& c, uint64_t id, std::string_view name);
   std::string check_sizes(const Table& t, std::string_view key,
                           std::optional<std::string_view> value) const;
+  // Why a VISIBLE write of `key` can never be answered here (it lands in a
+  // partition beyond max_partitions), or "".
+  std::string check_visible(const Table& t, const proto::Header& h, std::string_view key) const;
   Request& new_request(Conn& c, const proto::Header& h, proto::Type reply, Table* t,
                        uint32_t timeout_ms, size_t ops);
   void add_deadline(const Request& r);

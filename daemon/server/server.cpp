@@ -151,6 +151,12 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() { stop(std::chrono::milliseconds(0)); }
 
+void Server::set_partition_count(const std::string& table, int32_t n) {
+  for (auto& t : impl_->tables.list) {
+    if (t->name == table) t->partitions.store(n, std::memory_order_relaxed);
+  }
+}
+
 void Server::applied() {
   // seq_cst: the applier stored the offsets before this load; a waiter is
   // counted before its offsets are loaded (Requests). One of the two sees

@@ -41,6 +41,11 @@ class Server {
   // they satisfy. Cheap (one atomic load) when nobody waits.
   void applied();
 
+  // The partition count of table `table`'s topic, as the consumer learnt
+  // it: writes are partitioned over it (thread-safe; the apply thread calls
+  // it every second).
+  void set_partition_count(const std::string& table, int32_t n);
+
   // Stops accepting, gives writes in flight up to `drain` to be acknowledged
   // and answered, then closes every connection.
   void stop(std::chrono::milliseconds drain);

@@ -4,6 +4,7 @@
 // same ports with another partition count stands in for it (to kvsd, the
 // same brokers now hold a new topic of that name); with KVS_TEST_BOOTSTRAP
 // the real cluster deletes and re-creates the topic.
+#include <librdkafka/rdkafka.h>
 #include <signal.h>
 
 #include <map>
@@ -122,6 +123,64 @@ TEST_F(TopicChangeTest, AWriteWhileTheTopicIsDeletedFailsAndDoesNotCreateIt) {
   EXPECT_NE(r.error().message.find("topic " + topic_ + " (table t) does not exist"), npos)
       << r.error().message;
   EXPECT_EQ(kafka_.topic_exists(topic_), 0) << "the write created the topic";
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+}
+
+// Where Java's default partitioner puts `key` among `n` partitions
+// (librdkafka's murmur2 is Java's: WriteTest checks it against kafka-python).
+int32_t java_partition(const std::string& key, int32_t n) {
+  return rd_kafka_msg_partitioner_murmur2(nullptr, key.data(), key.size(), n, nullptr, nullptr);
+}
+
+// The topic grows from 4 to 6 partitions while kvsd runs: once kvsd follows
+// 6, its writes land where a Java producer's do, among 6 (two live records
+// of a key in two partitions would otherwise both stay after compaction).
+// With max_partitions = 4, a VISIBLE write whose key lands in partition 4
+// or 5 is refused at once, saying why, not left waiting for its timeout.
+TEST_F(TopicChangeTest, WritesUseTheTopicsPartitionCountAndSayWhatIsNotApplied) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 4));
+  // Without the fixture's fast metadata refresh: librdkafka's producer then
+  // learns of new partitions only every 5 minutes.
+  fast_metadata_ = false;
+  auto kvsd = start_kvsd(write_config("max_partitions = 4\n", "write_timeout_ms = 20000\n"));
+  Table t = open_ready();
+  auto c = Client::connect(socket_path());
+  ASSERT_TRUE(c) << c.error().message;
+  if (kafka_.is_mock()) {
+    ASSERT_TRUE(kafka_.restart_with_topic(topic_, 6));
+  } else {
+    ASSERT_TRUE(kafka_.add_partitions(topic_, 6));
+  }
+  ASSERT_TRUE(test::wait_until([&] { return log().find("above max_partitions") != npos; }, 30s))
+      << log();
+  int beyond = 0;
+  for (int i = 0; i < 40; ++i) {
+    const std::string key = "key-" + std::to_string(i);
+    const int32_t want = java_partition(key, 6);
+    const auto start = std::chrono::steady_clock::now();
+    auto r = c->put("t", key, "v", {.visible = true});
+    if (want >= 4) {
+      ++beyond;
+      ASSERT_FALSE(r) << key << " acknowledged VISIBLE in partition " << r->partition;
+      EXPECT_NE(r.error().message.find("partition " + std::to_string(want)), npos)
+          << r.error().message;
+      EXPECT_NE(r.error().message.find("max_partitions = 4"), npos) << r.error().message;
+      EXPECT_LT(std::chrono::steady_clock::now() - start, 5s) << "refused only at its timeout";
+      continue;
+    }
+    ASSERT_TRUE(r) << key << ": " << r.error().message;
+    EXPECT_EQ(r->partition, want) << key << " landed where a producer of 4 partitions puts it";
+  }
+  EXPECT_GT(beyond, 5);
+  // Without VISIBLE, a write is taken wherever it lands (other hosts may
+  // apply that partition); its token says where.
+  for (int i = 0; i < 40; ++i) {
+    const std::string key = "plain-" + std::to_string(i);
+    auto r = c->put("t", key, "v");
+    ASSERT_TRUE(r) << key << ": " << r.error().message;
+    EXPECT_EQ(r->partition, java_partition(key, 6)) << key;
+  }
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
 }

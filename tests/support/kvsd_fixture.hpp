@@ -49,7 +49,7 @@ class KvsdTest : public ::testing::Test {
                         << extra_kvsd << "poll_timeout_ms = 20\n"
                         << "[kafka]\n\"bootstrap.servers\" = \""
                         << (bootstrap_.empty() ? kafka_.bootstrap() : bootstrap_) << "\"\n"
-                        << "\"topic.metadata.refresh.interval.ms\" = 1000\n"
+                        << (fast_metadata_ ? "\"topic.metadata.refresh.interval.ms\" = 1000\n" : "")
                         << "[[table]]\nname = \"t\"\ntopic = \"" << topic_ << "\"\n"
                         << "capacity = 65536\nmemory_limit_bytes = 33554432\n"
                         << extra_table;
@@ -114,6 +114,9 @@ class KvsdTest : public ::testing::Test {
   std::filesystem::path dir_;
   std::string topic_;
   std::string bootstrap_;  // write_config's cluster when not kafka_'s
+  // write_config asks librdkafka to refresh metadata every second (its
+  // default: every 5 minutes).
+  bool fast_metadata_ = true;
   std::unique_ptr<shm::Mapping> segment_;
 };
 
