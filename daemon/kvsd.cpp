@@ -240,8 +240,9 @@ class Housekeeping {
 };
 
 // Logs what the cluster said of the topics' configs once it answered (a
-// topic that is not compacted, or not durable).
-void log_topic_warnings(kafka::Consumer& c) {
+// topic that is not compacted, or not durable, or whose records cannot be
+// as large as its table allows).
+void log_topic_warnings(kafka::Consumer& c, const std::vector<Replica>& tables) {
   auto configs = c.poll_topic_configs();
   if (!configs) return;
   for (const auto& [topic, cfgs] : *configs) {
@@ -250,7 +251,14 @@ void log_topic_warnings(kafka::Consumer& c) {
                    cfgs.error().message.c_str());
       continue;
     }
-    for (const auto& w : kafka::topic_warnings(topic, cfgs.value())) KVS_LOG_WARN("%s", w.c_str());
+    uint64_t key_bytes = 0, value_bytes = 0;
+    for (const auto& t : tables) {
+      if (t.cfg.topic != topic) continue;
+      key_bytes = std::max<uint64_t>(key_bytes, t.cfg.max_key_bytes);
+      value_bytes = std::max<uint64_t>(value_bytes, t.cfg.max_value_bytes);
+    }
+    for (const auto& w : kafka::topic_warnings(topic, cfgs.value(), key_bytes, value_bytes))
+      KVS_LOG_WARN("%s", w.c_str());
   }
 }
 
@@ -415,7 +423,7 @@ int apply_until_stopped(const config::Config& cfg, kafka::Consumer& consumer,
     }
     server.applied();
     ok = readiness.update() && ok;
-    log_topic_warnings(consumer);
+    log_topic_warnings(consumer, tables);
     ok = chores.tick(now, readiness.all_ready()) && ok;
     if (!ok) exit_code = 1;
   }

@@ -168,8 +168,10 @@ const Key kKeys[] = {
     {"table", "max_key_bytes", Kind::kInt, "4096", 1, 1 << 20,
      "Longest key; longer ones are refused on write and skipped (logged) on consume.",
      [](Config&, TableConfig& t, const Val& v) { t.max_key_bytes = static_cast<uint32_t>(v.i); }},
-    {"table", "max_value_bytes", Kind::kInt, "1048576", 0, 1 << 30,
-     "Longest value; as max_key_bytes.",
+    {"table", "max_value_bytes", Kind::kInt, "983040", 0, 1 << 30,
+     "Longest value; as max_key_bytes. The default (960 KiB) leaves room for the longest key "
+     "and Kafka's record overhead under a broker's default message.max.bytes (1000012); "
+     "kvsd warns at start when a topic's max.message.bytes is below what a table allows.",
      [](Config&, TableConfig& t, const Val& v) { t.max_value_bytes = static_cast<uint32_t>(v.i); }},
     {"table", "reader_slots", Kind::kInt, "1024", 1, 1 << 20,
      "Reader files kvsd tracks (about one per reading process; kvsd keeps one descriptor each).",

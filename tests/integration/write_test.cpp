@@ -1010,10 +1010,11 @@ TEST_F(WriteTest, SlowClientsHoldAtMostTheUnfinishedFrameBudget) {
   std::string b0;
   ::close(raw_connect_past_hello(b0));
   const uint64_t before = rss_bytes(kvsd->pid());
-  // Each: a put of a 1 MiB value, of which 640 KiB are sent.
+  // Each: a put of a 900 KiB value (under max_value_bytes and a broker's
+  // default limit), of which 640 KiB are sent.
   std::string frame;
   protocol::encode_write(frame, 1, false,
-                         protocol::Write{"t", 0, "slow", std::string(1 << 20, 'x')});
+                         protocol::Write{"t", 0, "slow", std::string(900 << 10, 'x')});
   const size_t part = 640 << 10;
   std::vector<int> fds;
   std::vector<size_t> sent;
@@ -1160,7 +1161,7 @@ TEST_F(WriteTest, LargeRequestsSharingASmallBudgetBothComplete) {
   for (int i = 0; i < 2; ++i) {
     protocol::encode_write(frames[i], 10 + i, false,
                            protocol::Write{"t", 0, "big" + std::to_string(i),
-                                           std::string(1 << 20, static_cast<char>('a' + i))});
+                                           std::string(900 << 10, static_cast<char>('a' + i))});
     fds[i] = raw_connect_past_hello(bufs[i]);
     ASSERT_GE(fds[i], 0);
     ::fcntl(fds[i], F_SETFL, ::fcntl(fds[i], F_GETFL) | O_NONBLOCK);

@@ -393,7 +393,10 @@ KVS_API void kvs_disconnect(kvs_client *client);
  * Errors: KVS_ETOOBIG (key or value over the table's limits; not retriable),
  * KVS_EINVAL (no such table at this kvsd), KVS_ETIMEDOUT (not acknowledged in
  * time, or with visible not applied in time; the write may still be applied;
- * retriable), KVS_EQUEUE (retriable), KVS_EACCES, KVS_EKAFKA. */
+ * retriable), KVS_EQUEUE (retriable), KVS_EACCES, KVS_EKAFKA (Kafka refused
+ * it; also when the topic was deleted: kvsd never creates it), KVS_ENOTSUP
+ * (with visible: the key lands in a partition beyond the table's
+ * max_partitions, which this kvsd does not apply; nothing was written). */
 KVS_API int kvs_put(kvs_client *client, const char *table, const void *key, size_t key_len,
                     const void *value, size_t value_len, const kvs_write_options *options,
                     kvs_token *token);
@@ -406,8 +409,9 @@ KVS_API int kvs_erase(kvs_client *client, const char *table, const void *key, si
 /* Writes `count` operations in one request. Not a transaction: results[i]
  * (0 or a KVS_E* code) and tokens[i] tell each operation's outcome; both
  * arrays may be NULL. Returns 0 when the request was answered (check
- * results), else an error as kvs_put (KVS_ETOOBIG: an operation is over the
- * limits and nothing was written). */
+ * results), else an error as kvs_put (KVS_ETOOBIG, or with visible
+ * KVS_ENOTSUP: an operation is over the limits, or lands in a partition this
+ * kvsd does not apply, and nothing was written). */
 KVS_API int kvs_write_batch(kvs_client *client, const char *table, const kvs_write_op *ops,
                             size_t count, const kvs_write_options *options, int *results,
                             kvs_token *tokens);
