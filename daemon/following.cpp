@@ -146,6 +146,19 @@ static std::string why_rebuild(const Replica& t,
   return "";
 }
 
+// A table with nothing to resume from reads its whole topic: said, with
+// how much that is.
+static void log_cold_start(const Replica& t, const std::vector<std::pair<int64_t, int64_t>>& wms) {
+  uint64_t offsets = 0;
+  for (const auto& [lo, hi] : wms) offsets += static_cast<uint64_t>(std::max<int64_t>(0, hi - lo));
+  KVS_LOG_INFO(
+      "table %s: no segment to resume and no usable snapshot (%s%s%s); reading topic %s from "
+      "its beginning: %llu offsets up to the high watermarks",
+      t.cfg.name.c_str(), t.snapshot_dir.empty() ? "snapshots off" : t.snapshot_dir.c_str(),
+      t.cfg.seed_from.empty() ? "" : ", seed_from ", t.cfg.seed_from.c_str(), t.cfg.topic.c_str(),
+      static_cast<unsigned long long>(offsets));
+}
+
 // At start: the partitions the table follows, the high watermarks to reach
 // and where each partition starts (appended to `starts`). A segment that
 // cannot resume (why_rebuild) or cannot hold the topic's partitions is
@@ -201,6 +214,7 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
     if (auto ok = start_rebuild(t, c, why, /*seek=*/false); !ok) return ok;
   } else {
     t.writer->set_source(t.source_cluster, t.source_topic);
+    if (fits && blank(*t.writer)) log_cold_start(t, wms);
   }
   for (int32_t p = 0; p < n; ++p) {
     const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));

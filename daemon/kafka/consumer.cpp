@@ -47,9 +47,13 @@ Result<Consumer> Consumer::create(
   // (default 100000) and resumes only on a 1-second timer: bootstrapping a
   // large topic would stall a second at a time. The byte limit still bounds
   // the memory that prefetching takes.
+  // A broker that does not answer is tried again within a second (not
+  // librdkafka's 10 s): a kvsd waiting at start turns READY soon after the
+  // cluster is back.
   const std::pair<const char*, const char*> defaults[] = {
       {"queued.min.messages", "10000000"},
       {"queued.max.messages.kbytes", "262144"},
+      {"reconnect.backoff.max.ms", "1000"},
   };
   for (const auto& [k, v] : defaults) {
     if (rd_kafka_conf_set(conf, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {

@@ -89,6 +89,7 @@ Result<void> Producer::create(const std::vector<std::pair<std::string, std::stri
       {"linger.ms", "1"},
       {"message.max.bytes", std::to_string(std::max<uint32_t>(max_frame_bytes, 1000000))},
       {"queue.buffering.max.kbytes", "65536"},
+      {"reconnect.backoff.max.ms", "1000"},  // as the consumer's (kafka/consumer.cpp)
   };
   Result<void> ok;
   for (const auto& [k, v] : defaults) {

@@ -430,7 +430,9 @@ std::string Requests::stats_json() {
     const int st = kvs_state(t->reader);
     j += "{\"name\":\"" + t->name + "\",\"topic\":\"" + t->topic + "\",\"state\":\"" +
          (st == KVS_STATE_READY ? "READY" : "BOOTSTRAPPING") +
-         "\",\"entries\":" + std::to_string(kvs_size(t->reader)) + ",\"partitions\":[";
+         "\",\"entries\":" + std::to_string(kvs_size(t->reader)) +
+         ",\"topic_partitions\":" + std::to_string(t->partitions.load()) +
+         ",\"max_partitions\":" + std::to_string(t->max_partitions) + ",\"partitions\":[";
     const uint32_t n = kvs_partition_count(t->reader);
     for (uint32_t p = 0; p < n; ++p) {
       int64_t next = 0, hw = 0;

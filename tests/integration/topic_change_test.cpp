@@ -31,6 +31,13 @@ class TopicChangeTest : public KvsdTest {
     // Deletion completes in the background: creating may fail meanwhile.
     ASSERT_TRUE(test::wait_until([&] { return kafka_.create_topic(topic_, partitions); }, 60s));
   }
+  // What `kvsctl stats` prints.
+  std::string kvsctl_stats() {
+    const std::string out = (dir_ / "kvsctl.out").string();
+    const std::string cmd = "'" + test::helper("../kvsctl") + "' --config '" +
+                            (dir_ / "kvsd.toml").string() + "' stats > '" + out + "' 2>&1";
+    return std::system(cmd.c_str()) == 0 ? test::slurp(out) : "failed: " + test::slurp(out);
+  }
   // Produces `n` keys prefix0.. to `partition`; what the table should hold.
   std::map<std::string, std::string> produce(const std::string& prefix, int n, int partition) {
     std::map<std::string, std::string> model;
@@ -154,6 +161,11 @@ TEST_F(TopicChangeTest, WritesUseTheTopicsPartitionCountAndSayWhatIsNotApplied) 
   }
   ASSERT_TRUE(test::wait_until([&] { return log().find("above max_partitions") != npos; }, 30s))
       << log();
+  // kvsctl stats says which partitions are not applied.
+  ASSERT_TRUE(test::wait_until(
+      [&] { return kvsctl_stats().find("partitions 4..5 of the 6") != npos; }, 10s))
+      << kvsctl_stats();
+  EXPECT_NE(kvsctl_stats().find("READY (not every partition of the topic is applied)"), npos);
   int beyond = 0;
   for (int i = 0; i < 40; ++i) {
     const std::string key = "key-" + std::to_string(i);

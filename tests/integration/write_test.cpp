@@ -1281,6 +1281,29 @@ TEST_F(KvsctlTest, PutGetDelDumpStatsAndExitCodes) {
   EXPECT_NE(r.err.find("socket_path"), std::string::npos) << r.err;
 }
 
+// A segment that a stopped kvsd left READY stays READY for its readers;
+// wait-ready and stats say that kvsd is not running and the table is not
+// kept current.
+TEST_F(KvsctlTest, AReadyTableWhoseKvsdStoppedIsSaidToBeNotKeptCurrent) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  auto kvsd = start_kvsd(write_config());
+  { Table t = open_ready(); }
+  kvsd->kill(SIGTERM);
+  ASSERT_EQ(kvsd->wait_for(30s), 0);
+  auto r = kvsctl({"wait-ready", "--timeout-ms", "1500"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("t: READY"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("kvsd is not running (its socket " + socket_path() +
+                       " does not answer): the table is as kvsd left it and is not kept current"),
+            std::string::npos)
+      << r.err;
+  r = kvsctl({"stats"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("READY (kvsd is not running: the table is not kept current)"),
+            std::string::npos)
+      << r.out;
+}
+
 // wait-ready on a table whose kvsd is gone says that kvsd is not running,
 // not "BOOTSTRAPPING 0%" until the timeout.
 TEST_F(KvsctlTest, WaitReadyWithKvsdGoneSaysSo) {
