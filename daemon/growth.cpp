@@ -181,6 +181,7 @@ static Result<void> publish_growth(Replica& t) {
       t.cfg.name.c_str(), static_cast<unsigned long long>(t.grow->size().capacity),
       mib(t.grow->size().arena_bytes).c_str(), static_cast<unsigned long long>(t.growth.entries),
       ms);
+  t.replaced.push_back(t.writer->header().incarnation);
   t.writer = std::move(t.grow);
   return {};
 }

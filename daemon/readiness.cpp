@@ -137,6 +137,7 @@ ReadyChange check_ready(Replica& t) {
                     ok.error().message.c_str());
       return ReadyChange::kFailed;
     }
+    t.replaced.push_back(t.writer->header().incarnation);
     t.writer = std::move(t.rebuild);
     change = ReadyChange::kRebuilt;
     if (!t.seed.path.empty()) {

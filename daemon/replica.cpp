@@ -151,6 +151,30 @@ bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Err
   return true;
 }
 
+// Whether the table may grow past readers stuck inside a read once more:
+// the segments it replaced that such readers keep mapped are fewer than
+// grow_past_readers. Else the record waits for them, as a full table's
+// does, and that is said (at most every 10 s).
+static bool may_grow_past_readers(Replica& t, clock::time_point now) {
+  uint32_t kept = 0;
+  std::erase_if(t.replaced, [&](uint64_t incarnation) {
+    if (t.writer->readers_inside(incarnation) == 0) return true;  // left at the next read
+    ++kept;
+    return false;
+  });
+  if (kept < t.cfg.grow_past_readers) return true;
+  if (now >= t.next_grow_error_log) {
+    t.next_grow_error_log = now + 10s;
+    const WriterStats st = t.active().stats();
+    KVS_LOG_ERROR(
+        "table %s: readers stuck inside a read keep %u replaced segment(s) of it mapped "
+        "(grow_past_readers = %u): records wait for them instead of the table growing again%s",
+        t.cfg.name.c_str(), kept, t.cfg.grow_past_readers,
+        st.holder.epoch != 0 ? ("; " + describe_holder(st.holder, st.retired_bytes)).c_str() : "");
+  }
+  return false;
+}
+
 // Applies the held records that are due and fetches their partitions again
 // from the record after. False if kvsd cannot go on.
 bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
@@ -160,7 +184,8 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
     const format::Origin origin{h.timestamp_ms, static_cast<uint32_t>(p)};
     const char* payload = h.tombstone ? nullptr : h.value.data();
     auto r = apply_or_grow(t, h.key, payload, h.value.size(), origin, h.offset);
-    if (!r && r.error().code == Errc::kBusy && now - h.since >= kGrowPastReadersAfter && !t.grow) {
+    if (!r && r.error().code == Errc::kBusy && now - h.since >= kGrowPastReadersAfter && !t.grow &&
+        may_grow_past_readers(t, now)) {
       // Readers hold the room back for long: the table takes new memory
       // (a copy of its live entries), and leaves the old segment to them.
       if (grow(t, format::block_bytes_for(h.key.size(), h.value.size()))) {

@@ -64,6 +64,10 @@ struct Replica {
     uint64_t applied = 0;  // Replica::applied when it began
   } growth;
   bool at_limit = false;  // max_memory_bytes left no larger segment
+  // Segments this table replaced (their incarnations), as long as readers
+  // may still read them: those readers stuck inside a read keep mapped
+  // count against cfg.grow_past_readers.
+  std::vector<uint64_t> replaced;
   clock::time_point next_grow_error_log{};
   bool resize_checked = false;      // resize_if_due ran
   std::string snapshot_dir;         // the table's snapshots (snapshots.hpp)

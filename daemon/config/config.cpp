@@ -176,6 +176,14 @@ const Key kKeys[] = {
     {"table", "reader_slots", Kind::kInt, "1024", 1, 1 << 20,
      "Reader files kvsd tracks (about one per reading process; kvsd keeps one descriptor each).",
      [](Config&, TableConfig& t, const Val& v) { t.reader_slots = static_cast<uint32_t>(v.i); }},
+    {"table", "grow_past_readers", Kind::kInt, "2", 0, 64,
+     "A record that has waited a second for a reader stuck inside a read makes the table grow "
+     "into a new segment, leaving the old one to the reader; this many replaced segments at most "
+     "may be kept mapped that way at once, after which records wait for the readers (the reader "
+     "is named in the log and kvsctl stats). 0: records always wait.",
+     [](Config&, TableConfig& t, const Val& v) {
+       t.grow_past_readers = static_cast<uint32_t>(v.i);
+     }},
     {"table", "max_partitions", Kind::kInt, "256", 1, 65536,
      "Most partitions the topic may have (the segment keeps an offset for each).",
      [](Config&, TableConfig& t, const Val& v) { t.max_partitions = static_cast<uint32_t>(v.i); }},

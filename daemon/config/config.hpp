@@ -27,8 +27,11 @@ struct TableConfig {
   uint64_t memory_limit_bytes = uint64_t{256} << 20;
   uint64_t max_memory_bytes = 0;  // the segment's hard limit; 0: none (/dev/shm's room)
   uint32_t max_key_bytes = 4096;
-  uint32_t max_value_bytes = 1 << 20;
+  uint32_t max_value_bytes = 983040;
   uint32_t reader_slots = 1024;
+  // Replaced segments that readers stuck inside a read may keep mapped
+  // before records wait for them instead of the table growing past them.
+  uint32_t grow_past_readers = 2;
   uint32_t max_partitions = 256;
   uint64_t change_log_entries = 65536;  // the change log ring; 0: none (watches are refused)
   bool create_topic = false;

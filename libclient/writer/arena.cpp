@@ -161,7 +161,10 @@ uint64_t TableWriter::reclaim() {
     publish_reader_counts();
   }
   continue_attach_walk(opts_.attach_walk_bytes);
-  if (retired_.empty()) return 0;
+  if (retired_.empty()) {
+    roster_->tick();
+    return 0;
+  }
   if (now < next_scan_ && retired_bytes_ < kScanBytes) return retired_bytes_;
   return scan_and_free(now);
 }

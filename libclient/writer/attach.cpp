@@ -122,6 +122,7 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
       w->data_ = std::move(*data);
       if (auto ok = w->attach_existing(); ok) {
         if (auto backed = w->back_segment(); !backed) return std::move(backed).error();
+        w->roster_->set_current(w->header_->incarnation);
         return w;
       }
       stale = std::move(w->data_);
@@ -146,6 +147,7 @@ Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& opti
     return std::move(ok).error();
   }
   w->data_->name = *seg;
+  w->roster_->set_current(w->header_->incarnation);
   if (stale_header) flag_replaced(*stale_header, kReplacedNamed);
   return w;
 }
@@ -218,6 +220,8 @@ Result<void> TableWriter::publish_replacement(TableWriter& next) {
     return ok;
   }
   next.data_->name = segment_;
+  // Readers that open the table from now on read `next`.
+  roster_->set_current(next.header_->incarnation);
   // Sleepers on this segment move to the new one (rare: no need to ask
   // whether anyone sleeps).
   header_->replaced.store(kReplacedNamed, std::memory_order_release);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,8 +12,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <limits>
-#include <set>
 
 #include "format/layout.hpp"
 #include "format/sanitizers.hpp"
@@ -108,28 +109,58 @@ Result<std::shared_ptr<ReaderRoster>> ReaderRoster::open(const std::string& segm
     ::close(r->inotify_fd_);
     r->inotify_fd_ = -1;
   }
-  r->relist();
   return r;
 }
 
 ReaderRoster::~ReaderRoster() {
   while (!files_.empty()) forget(files_.begin());
+  if (listing_) ::closedir(listing_);
   if (inotify_fd_ >= 0) ::close(inotify_fd_);
   if (dir_fd_ >= 0) ::close(dir_fd_);
 }
 
-void ReaderRoster::add(const std::string& name) {
-  if (files_.count(name)) return;
-  if (files_.size() >= max_files_) {
-    incomplete_ = true;
+void ReaderRoster::set_current(uint64_t incarnation) {
+  if (incarnation == current_) return;
+  const bool first = current_ == 0;
+  if (!first && (events_left_ || uncertain_.count(current_))) {
+    // What kvsd could not check yet may be readers of the segment that was
+    // current: it stays uncertain until a listing begun from here has ended.
+    auto& u = uncertain_[current_];
+    if (u.since_unix_ns == 0) u.since_unix_ns = now_unix_ns();
+    u.until_pass_after = true;
+    u.after_pass = pass_;
+    start_listing();
+  }
+  current_ = incarnation;
+  other_tracked_ = static_cast<uint32_t>(files_.size()) - tracked(incarnation);
+  if (!first) return;
+  // Until the directory was listed once, any file there may be a reader.
+  uncertain_[incarnation] = Uncertain{now_unix_ns(), 0, true, pass_};
+  start_listing();
+  continue_listing(std::chrono::steady_clock::now() + kRefreshBudget);
+}
+
+void ReaderRoster::doubt(uint64_t incarnation) {
+  auto [it, added] = uncertain_.try_emplace(incarnation);
+  if (added) it->second.since_unix_ns = now_unix_ns();
+  it->second.renewed_pass = pass_;
+}
+
+uint32_t ReaderRoster::limit_for(uint64_t incarnation) const {
+  return incarnation == current_ ? max_files_ : kOtherSegmentsFactor * max_files_;
+}
+
+void ReaderRoster::add(const std::string& name, uint64_t pass) {
+  if (auto it = files_.find(name); it != files_.end()) {
+    if (pass > 0) it->second.listed_pass = pass;
     return;
   }
   const int fd =
       ::openat(dir_fd_, name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) {
     // Gone already, or not a file (a symlink): neither announces anything.
-    // Anything else (no descriptor left) may be a reader we cannot see.
-    if (errno != ENOENT && errno != ELOOP) incomplete_ = true;
+    // Anything else (no descriptor left) may be a reader kvsd cannot see.
+    if (errno != ENOENT && errno != ELOOP) doubt(current_);
     return;
   }
   struct stat st {};
@@ -137,8 +168,17 @@ void ReaderRoster::add(const std::string& name) {
     ::close(fd);
     return;
   }
+  // A reader locks its file before it renames it into place and holds the
+  // lock while it lives: an "r.*" file nobody locks is a dead reader's.
+  if (!locked(fd)) {
+    if (::unlinkat(dir_fd_, name.c_str(), 0) == 0) ++dead_removed_;
+    ::close(fd);
+    return;
+  }
   File f;
   f.fd = fd;
+  f.incarnation = current_;
+  f.listed_pass = pass > 0 ? pass : pass_;
   ReaderFileHeader h{};
   if (::pread(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
       h.magic == kReaderFileMagic && h.layout_version == kLayoutVersion &&
@@ -147,71 +187,140 @@ void ReaderRoster::add(const std::string& name) {
     f.incarnation = h.incarnation;
     f.pid = h.pid;
   }
+  const bool other = f.incarnation != current_;
+  if ((other ? other_tracked_ : tracked(current_)) >= limit_for(f.incarnation)) {
+    ::close(fd);
+    doubt(f.incarnation);
+    return;
+  }
 #ifdef KVS_TSAN
   if (f.header_ok && st.st_size >= static_cast<off_t>(kReaderFileBytes)) {
     void* p = ::mmap(nullptr, kReaderFileBytes, PROT_READ, MAP_SHARED, fd, 0);
     if (p != MAP_FAILED) f.map = static_cast<const uint8_t*>(p);
   }
 #endif
+  ++tracked(f.incarnation);
+  if (other) ++other_tracked_;
   files_.emplace(name, f);
 }
 
-void ReaderRoster::remove(std::map<std::string, File>::iterator it) {
+void ReaderRoster::remove(Files::iterator it) {
   ::unlinkat(dir_fd_, it->first.c_str(), 0);
   forget(it);
 }
 
-void ReaderRoster::forget(std::map<std::string, File>::iterator it) {
-  if (it->second.map) ::munmap(const_cast<uint8_t*>(it->second.map), kReaderFileBytes);
-  ::close(it->second.fd);
+void ReaderRoster::forget(Files::iterator it) {
+  const File& f = it->second;
+  if (f.map) ::munmap(const_cast<uint8_t*>(f.map), kReaderFileBytes);
+  ::close(f.fd);
+  if (--tracked(f.incarnation) == 0) per_incarnation_.erase(f.incarnation);
+  if (f.incarnation != current_) --other_tracked_;
   files_.erase(it);
 }
 
-void ReaderRoster::relist() {
-  incomplete_ = false;
+void ReaderRoster::start_listing() {
+  if (listing_) return;
+  ++pass_;
   const int fd = ::openat(dir_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
-  if (d == nullptr) {
+  listing_ = fd < 0 ? nullptr : ::fdopendir(fd);
+  if (listing_ == nullptr) {
     if (fd >= 0) ::close(fd);
-    incomplete_ = true;
-    return;
+    doubt(current_);  // renewed by every listing that cannot begin
+    passes_done_ = pass_;
   }
-  std::set<std::string> seen;
-  while (const dirent* e = ::readdir(d)) {
-    if (!is_reader_name(e->d_name)) continue;
-    seen.insert(e->d_name);
-    add(e->d_name);
-  }
-  ::closedir(d);
-  for (auto it = files_.begin(); it != files_.end();) {
-    if (seen.count(it->first)) {
-      ++it;
-    } else {
-      forget(it++);
+}
+
+void ReaderRoster::continue_listing(std::chrono::steady_clock::time_point until) {
+  const time_t now = ::time(nullptr);
+  for (size_t n = 1; listing_ != nullptr; ++n) {
+    if (n % kCheckEvery == 0 && std::chrono::steady_clock::now() >= until) return;
+    errno = 0;
+    const dirent* e = ::readdir(listing_);
+    if (e == nullptr) {
+      if (errno != 0) doubt(current_);
+      end_listing();
+      return;
+    }
+    if (is_reader_name(e->d_name)) {
+      add(e->d_name, pass_);
+    } else if (is_temp_name(e->d_name)) {
+      // A reader that died while creating its file left it.
+      const int fd =
+          ::openat(dir_fd_, e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+      if (fd < 0) continue;
+      struct stat st {};
+      if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_ctime > kTempLeftoverAge_s &&
+          !locked(fd)) {
+        ::unlinkat(dir_fd_, e->d_name, 0);
+      }
+      ::close(fd);
     }
   }
 }
 
+void ReaderRoster::end_listing() {
+  ::closedir(listing_);
+  listing_ = nullptr;
+  const uint64_t done = pass_;
+  passes_done_ = done;
+  // Tracked files this whole listing did not meet are gone (their events
+  // may have been dropped).
+  for (auto it = files_.begin(); it != files_.end();) {
+    if (it->second.listed_pass < done) {
+      forget(it++);
+    } else {
+      ++it;
+    }
+  }
+  bool again = false;
+  for (auto it = uncertain_.begin(); it != uncertain_.end();) {
+    const Uncertain& u = it->second;
+    const bool waits = u.until_pass_after && u.after_pass >= done;
+    again = again || waits;
+    if (u.renewed_pass == done || waits) {
+      ++it;
+    } else {
+      it = uncertain_.erase(it);
+    }
+  }
+  if (again) start_listing();
+}
+
 void ReaderRoster::refresh() {
-  if (inotify_fd_ < 0) return relist();
-  bool overflow = false;
+  using clock = std::chrono::steady_clock;
+  if (inotify_fd_ < 0) {
+    // No events: a whole listing every time, as the protocol needs.
+    start_listing();
+    continue_listing(clock::time_point::max());
+    return;
+  }
+  const auto until = clock::now() + kRefreshBudget;
   alignas(inotify_event) char buf[4096];
-  for (;;) {
+  for (size_t handled = 0;;) {
+    if (handled >= kCheckEvery && clock::now() >= until) break;
     const ssize_t n = ::read(inotify_fd_, buf, sizeof buf);
     if (n <= 0) break;
     for (ssize_t off = 0; off < n;) {
       const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
       off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
-      if (ev->mask & IN_Q_OVERFLOW) overflow = true;
+      ++handled;
+      if (ev->mask & IN_Q_OVERFLOW) {
+        // Events were dropped: the current segment is uncertain until a
+        // listing that begins after this has ended.
+        uncertain_[current_] = Uncertain{now_unix_ns(), 0, true, pass_};
+        if (!listing_) start_listing();
+      }
       if (ev->len == 0 || !is_reader_name(ev->name)) continue;
       if (ev->mask & (IN_CREATE | IN_MOVED_TO)) {
-        add(ev->name);
+        add(ev->name, listing_ ? pass_ : 0);
       } else if (auto it = files_.find(ev->name); it != files_.end()) {
         forget(it);
       }
     }
   }
-  if (overflow || incomplete_) relist();
+  int pending = 0;
+  events_left_ = ::ioctl(inotify_fd_, FIONREAD, &pending) != 0 || pending > 0;
+  continue_listing(until);
 }
 
 bool ReaderRoster::alive(const File& f) const { return locked(f.fd); }
@@ -251,18 +360,17 @@ uint64_t ReaderRoster::min_announced(uint64_t incarnation, uint64_t oldest_retir
   refresh();
   uint64_t min_epoch = std::numeric_limits<uint64_t>::max();
   holder_ = ReaderHolder{};
-  if (incomplete_) {
+  const auto u = uncertain_.find(incarnation);
+  if (u != uncertain_.end() || (incarnation == current_ && events_left_)) {
     min_epoch = 1;
-    if (incomplete_since_unix_ns_ == 0) incomplete_since_unix_ns_ = now_unix_ns();
-    holder_ = {1, 0, "(an entry kvsd could not open)", incomplete_since_unix_ns_};
-  } else {
-    incomplete_since_unix_ns_ = 0;
+    holder_ = {1, 0, "(registry entries kvsd could not check)",
+               u != uncertain_.end() ? u->second.since_unix_ns : now_unix_ns()};
   }
   alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
   for (auto it = files_.begin(); it != files_.end();) {
     File& f = it->second;
-    if (f.header_ok && f.incarnation != incarnation) {
-      ++it;  // a reader of another segment of this table (a rebuild)
+    if (f.incarnation != incarnation) {
+      ++it;  // a reader of another segment of this table
       continue;
     }
     const uint64_t file_min = file_min_epoch(f, buf);
@@ -301,7 +409,6 @@ uint64_t ReaderRoster::file_min_epoch(File& f, uint8_t* buf) const {
 
 void ReaderRoster::forget_holders() {
   for (auto& [name, f] : files_) f.min_seen = 0;
-  incomplete_since_unix_ns_ = 0;
   holder_ = ReaderHolder{};
 }
 
@@ -315,48 +422,23 @@ uint32_t ReaderRoster::sweep() {
       remove(it++);
     }
   }
-  // Then every entry not tracked: files of dead readers past the tracking
-  // limit, and leftovers of readers that died while creating their file.
-  const int fd = ::openat(dir_fd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  DIR* d = fd < 0 ? nullptr : ::fdopendir(fd);
-  if (d == nullptr) {
-    if (fd >= 0) ::close(fd);
-    dead_removed_ += removed;
-    return removed;
-  }
-  const time_t now = ::time(nullptr);
-  while (const dirent* e = ::readdir(d)) {
-    const bool reader = is_reader_name(e->d_name);
-    if ((!reader && !is_temp_name(e->d_name)) || (reader && files_.count(e->d_name))) continue;
-    const int efd = ::openat(dir_fd_, e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (efd < 0) continue;
-    struct stat st {};
-    const bool file = ::fstat(efd, &st) == 0 && S_ISREG(st.st_mode);
-    const bool old_enough = reader || now - st.st_ctime > kTempLeftoverAge_s;
-    if (file && old_enough && !locked(efd)) {
-      ::unlinkat(dir_fd_, e->d_name, 0);
-      removed += reader;
-    }
-    ::close(efd);
-  }
-  ::closedir(d);
   dead_removed_ += removed;
-  relist();  // track what is left, up to the limit
+  if (inotify_fd_ >= 0) start_listing();  // finds what is not tracked, a slice per call
   return removed;
 }
 
 ReaderCounts ReaderRoster::counts(uint64_t incarnation) {
   refresh();
   ReaderCounts c;
-  if (incomplete_) ++c.unchecked;
+  if (uncertain_.count(incarnation) || (incarnation == current_ && events_left_)) ++c.unchecked;
   alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
   for (auto& [name, f] : files_) {
+    if (f.incarnation != incarnation) continue;
     const int slots = f.header_ok ? read_slots(f, buf) : -1;
     if (slots < 0) {
       ++c.unchecked;
       continue;
     }
-    if (f.incarnation != incarnation) continue;
     ++c.processes;
     ReaderFileHeader h;
     std::memcpy(&h, buf, sizeof h);
@@ -368,6 +450,18 @@ ReaderCounts ReaderRoster::counts(uint64_t incarnation) {
     }
   }
   return c;
+}
+
+uint32_t ReaderRoster::reading(uint64_t incarnation) {
+  if (uncertain_.count(incarnation)) return 1;
+  uint32_t n = 0;
+  alignas(kCacheLine) uint8_t buf[kReaderFileBytes];
+  for (auto& [name, f] : files_) {
+    if (f.incarnation != incarnation || !alive(f)) continue;
+    const uint64_t e = file_min_epoch(f, buf);
+    if (e != std::numeric_limits<uint64_t>::max()) ++n;
+  }
+  return n;
 }
 
 }  // namespace kvs

@@ -226,6 +226,10 @@ class TableWriter {
   // Removes the registry files of reader processes that died (inside a read
   // or not). reclaim() calls it every second; returns the files removed.
   uint32_t sweep_dead_readers();
+  // Threads inside a read of segment `incarnation` of this table (one
+  // replaced since, that they keep mapped), as the registry says; 1 when
+  // kvsd cannot tell.
+  uint32_t readers_inside(uint64_t incarnation) { return roster_->reading(incarnation); }
 
   // The hashes of the Kafka cluster id and topic the data comes from (0:
   // unknown); see TableHeader::source_cluster.

@@ -6,6 +6,14 @@
 //                                              read must never be absent again)
 //   table_worker hold  PREFIX TABLE            open a guard, say "holding", wait
 //   table_worker open-as-nobody PREFIX TABLE   print kvs_open's code as uid 65534
+//   table_worker idle  PREFIX TABLE            read once, say "idle", wait (a reader file
+//                                              of the segment current then stays)
+//   table_worker garbage-lock PREFIX TABLE     put a file that is no reader's under a
+//                                              reader's name in the registry, lock it,
+//                                              say "locked", wait
+//   table_worker pin-each PREFIX TABLE MS      every MS ms open the table anew and begin a
+//                                              read never ended (whatever segment is
+//                                              current then), up to 300 times
 //
 // Values are test::make_value(key id, version); versions grow across writer
 // restarts because they start from the wall clock.
@@ -371,6 +379,48 @@ int open_as_nobody(const std::string& prefix, const std::string& table) {
 
 }  // namespace
 
+int idle_mode(const std::string& prefix, const std::string& table) {
+  kvs_open_options o{prefix.c_str()};
+  kvs_table* t = nullptr;
+  kvs_txn* x = nullptr;
+  if (kvs_open(table.c_str(), &o, &t) != KVS_OK || kvs_read_begin(t, &x) != KVS_OK) return 2;
+  kvs_read_end(x);
+  std::printf("idle\n");
+  std::fflush(stdout);
+  for (;;) ::pause();
+}
+
+int garbage_lock_mode(const std::string& prefix, const std::string& table) {
+  const std::string path =
+      "/dev/shm/" + prefix + table + ".readers/r.garbage" + std::to_string(::getpid());
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return 2;
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  if (::fcntl(fd, F_OFD_SETLK, &lk) != 0) return 2;
+  const std::string junk(200, 'x');
+  if (::write(fd, junk.data(), junk.size()) != static_cast<ssize_t>(junk.size())) return 2;
+  std::printf("locked\n");
+  std::fflush(stdout);
+  for (;;) ::pause();
+}
+
+int pin_each_mode(const std::string& prefix, const std::string& table, int ms) {
+  kvs_open_options o{prefix.c_str()};
+  for (int i = 0; i < 300; ++i) {
+    kvs_table* t = nullptr;
+    kvs_txn* x = nullptr;
+    if (kvs_open(table.c_str(), &o, &t) != KVS_OK || kvs_read_begin(t, &x) != KVS_OK) return 2;
+    if (i == 0) {
+      std::printf("pinning\n");
+      std::fflush(stdout);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));  // the pace of the attack
+  }
+  for (;;) ::pause();
+}
+
 int main(int argc, char** argv) {
   std::vector<std::string> a(argv + 1, argv + argc);
   if ((a.size() == 5 || a.size() == 6) && a[0] == "write") {
@@ -383,6 +433,9 @@ int main(int argc, char** argv) {
   if (a.size() == 3 && a[0] == "hold") return hold_mode(a[1], a[2]);
   if (a.size() == 3 && a[0] == "open-as-nobody") return open_as_nobody(a[1], a[2]);
   if (a.size() == 3 && a[0] == "stat-then-read") return stat_then_read(a[1], a[2]);
+  if (a.size() == 3 && a[0] == "idle") return idle_mode(a[1], a[2]);
+  if (a.size() == 3 && a[0] == "garbage-lock") return garbage_lock_mode(a[1], a[2]);
+  if (a.size() == 4 && a[0] == "pin-each") return pin_each_mode(a[1], a[2], std::stoi(a[3]));
   if (a.size() == 4 && a[0] == "hostile") return hostile_mode(a[1], a[2], a[3]);
   if (a.size() == 4 && (a[0] == "pin" || a[0] == "fork-pin" || a[0] == "pin-no-fds")) {
     return pin_mode(a[0], a[1], a[2], a[3]);
