@@ -6,6 +6,7 @@
 #include <string>
 
 #include "config/config.hpp"
+#include "config/paths.hpp"
 #include "kafka/properties.hpp"
 #include "kvsd.hpp"
 
@@ -60,6 +61,10 @@ int main(int argc, char** argv) {
     return kExitConfig;
   }
   for (const auto& w : *warnings) std::fprintf(stderr, "<4>kvsd: %s\n", w.c_str());
+  if (auto paths = kvs::config::check_paths(*cfg); !paths) {
+    std::fprintf(stderr, "<3>kvsd: %s\n", paths.error().message.c_str());
+    return kExitConfig;
+  }
   if (check) {
     std::printf("%s: OK (%zu table%s)\n", config_path.c_str(), cfg->tables.size(),
                 cfg->tables.size() == 1 ? "" : "s");

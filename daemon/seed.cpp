@@ -1,8 +1,11 @@
 #include "seed.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cinttypes>
 
+#include "config/paths.hpp"
 #include "growth.hpp"
 #include "log.hpp"
 #include "snapshots.hpp"
@@ -38,6 +41,18 @@ std::vector<Candidate> candidates(const Replica& t) {
   if (!t.cfg.seed_from.empty()) paths.push_back(t.cfg.seed_from);
   std::vector<Candidate> out;
   for (const auto& p : paths) {
+    // Only files that kvsd (or root) owns and nobody else may write: a
+    // snapshot decides what the table holds (config/paths.hpp).
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) == 0) {
+      const std::string why =
+          S_ISLNK(st.st_mode) ? std::string("is a symbolic link") : config::why_untrusted(st);
+      if (!why.empty()) {
+        KVS_LOG_WARN("table %s: snapshot %s not used: it %s", t.cfg.name.c_str(), p.c_str(),
+                     why.c_str());
+        continue;
+      }
+    }
     auto head = read_snapshot_header(p, t.cfg.name);
     if (!head) {
       KVS_LOG_WARN("table %s: snapshot ignored: %s", t.cfg.name.c_str(),
@@ -128,6 +143,9 @@ std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
   if (info.source_cluster != 0 && t.source_cluster != 0 &&
       info.source_cluster != t.source_cluster) {
     return "it is a snapshot of another Kafka cluster (the cluster id differs)";
+  }
+  if (info.source_cluster == 0 && t.source_cluster != 0) {
+    return "it does not record its Kafka cluster, so it cannot be shown to be of this one";
   }
   if (info.created_unix_ns > now_unix_ns + kSnapshotClockSlack_s * 1000000000) {
     return "it was created at " + log::utc_time(info.created_unix_ns) + ", after now (" +

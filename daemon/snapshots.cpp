@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "config/paths.hpp"
 #include "format/layout.hpp"
 #include "log.hpp"
 #include "writer/snapshot.hpp"
@@ -185,9 +186,21 @@ void Snapshotter::write_one(Target& t) {
                 "{\"error\":" + json_string(why) + ",\"failed_unix_ns\":" + std::to_string(now_ns) +
                     ",\"newest\":" + (kept.empty() ? "null" : json_string(kept.front())) + "}");
   };
-  std::error_code ec;
-  fs::create_directories(t.dir, ec);
-  if (ec) return failed("cannot create " + t.dir + ": " + ec.message());
+  // Only kvsd may write where its snapshots are: what is there decides a
+  // table's contents after a cold start (config/paths.hpp).
+  for (const std::string& dir : {cfg_.state_dir, t.dir}) {
+    if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+      return failed("cannot create " + dir + ": " + std::strerror(errno));
+    }
+  }
+  struct stat st {};
+  if (::stat(cfg_.state_dir.c_str(), &st) != 0) {
+    return failed(cfg_.state_dir + ": " + std::strerror(errno));
+  }
+  if (const std::string w = config::why_untrusted(st); !w.empty()) {
+    return failed("state_dir " + cfg_.state_dir + " " + w);
+  }
+  if (const std::string w = config::why_untrusted_dir(t.dir); !w.empty()) return failed(w);
   char name[64];
   std::snprintf(name, sizeof name, "/%020" PRIu64 "%s", now_ns, kSuffix);
   const std::string path = t.dir + name;

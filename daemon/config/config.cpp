@@ -5,6 +5,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -373,6 +374,19 @@ size_t edit_distance(std::string_view a, std::string_view b) {
 }
 
 namespace {
+// Kafka's rule for topic names: 1..249 of [a-zA-Z0-9._-], not "." or "..".
+std::string why_not_topic_name(const std::string& topic) {
+  if (topic.size() > 249) return "longer than Kafka's 249 characters";
+  if (topic == "." || topic == "..") return "not a topic name Kafka allows";
+  for (unsigned char ch : topic) {
+    if (!std::isalnum(ch) && ch != '.' && ch != '_' && ch != '-') {
+      return "holds a character Kafka does not allow in a topic name (only letters, digits, "
+             "'.', '_' and '-')";
+    }
+  }
+  return "";
+}
+
 // Modes that would expose a table: a data segment anyone but kvsd may write
 // (readers refuse it anyway), or that kvsd could not reopen after a restart;
 // a registry or a socket that every local user may write.
@@ -462,18 +476,32 @@ Result<Config> parse(std::string_view text, const std::string& source) {
   auto whole = [&](const std::string& what) {
     return make_error(Errc::kInvalidArgument, source + ": " + what);
   };
+  auto at = [&](const std::string& key, const std::string& what) {
+    return make_error(Errc::kInvalidArgument, c.at(key) + " = " + what);
+  };
   if (c.tables.empty()) return whole("no [[table]]: declare at least one table to serve");
+  const bool has_brokers = std::any_of(c.kafka.begin(), c.kafka.end(), [](const auto& kv) {
+    return (kv.first == "bootstrap.servers" || kv.first == "metadata.broker.list") &&
+           !kv.second.empty();
+  });
+  if (!has_brokers) {
+    return whole(
+        "no [kafka] \"bootstrap.servers\": name the Kafka cluster's brokers in [kafka] (with "
+        "--embedded-kafka, any value: kvsd replaces it)");
+  }
   if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warning" &&
       c.log_level != "error") {
-    return whole("kvsd.log_level = \"" + c.log_level + "\", must be debug, info, warning or error");
+    return at("kvsd.log_level", "\"" + c.log_level + "\", must be debug, info, warning or error");
   }
   if (c.socket_path.empty() || c.socket_path[0] != '/') {
-    return whole("kvsd.socket_path = \"" + c.socket_path + "\" must be an absolute path");
+    return at("kvsd.socket_path", "\"" + c.socket_path + "\" must be an absolute path");
   }
   if (c.snapshot_interval_s > 0 && c.state_dir.empty()) {
-    return whole(
-        "kvsd.state_dir = \"\": name the directory of the snapshots, or set "
-        "snapshot_interval_s = 0");
+    return at("kvsd.state_dir",
+              "\"\": name the directory of the snapshots, or set snapshot_interval_s = 0");
+  }
+  if (!c.state_dir.empty() && c.state_dir[0] != '/') {
+    return at("kvsd.state_dir", "\"" + c.state_dir + "\" must be an absolute path");
   }
   if (auto ok = check_modes(c); !ok) return std::move(ok).error();
   for (const char* key : {"shm_group", "socket_group"}) {
@@ -490,6 +518,10 @@ Result<Config> parse(std::string_view text, const std::string& source) {
       return make_error(Errc::kInvalidArgument,
                         c.at("table[" + std::to_string(index) + "].topic") +
                             " = \"\": name the Kafka topic the table mirrors");
+    }
+    if (const std::string why = why_not_topic_name(t.topic); !why.empty()) {
+      return make_error(Errc::kInvalidArgument, c.at("table[" + std::to_string(index) + "].topic") +
+                                                    " = \"" + t.topic + "\": " + why);
     }
     ++index;
     const std::string at = source + ":" + std::to_string(t.line) + ": table '" + t.name + "'";

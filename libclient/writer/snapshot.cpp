@@ -43,9 +43,17 @@ std::string read_exact(int fd, void* out, size_t n, uint64_t* pos) {
   return "";
 }
 
-}  // namespace
-
-namespace {
+// The latest Kafka timestamp a record in a snapshot created at
+// h.created_unix_ns may carry: producers' clocks (CreateTime) may run
+// ahead of the snapshot's host, by a day at most. A record stamped later
+// would win format::replaces against every later record of its key from
+// another partition: a crafted file could plant a key no tombstone removes.
+int64_t latest_timestamp_ms(const FileHeader& h) {
+  constexpr int64_t kAheadMs = int64_t{86400} * 1000;
+  return static_cast<int64_t>(
+             std::min<uint64_t>(h.created_unix_ns / 1000000, uint64_t{INT64_MAX} - kAheadMs)) +
+         kAheadMs;
+}
 
 // Reads and checks the header and the partitions; leaves the file at the
 // first chunk.
@@ -86,6 +94,10 @@ Result<SnapshotInfo> read_head(int fd, const std::string& path, const std::strin
         sp.last_offset == -1 || (sp.last_offset >= 0 && sp.last_offset < sp.next_offset);
     if (sp.next_offset < 0 || sp.high_watermark < sp.next_offset || !fingerprint_ok) {
       return bad("partition " + std::to_string(p) + "'s position is impossible");
+    }
+    if (sp.last_offset >= 0 && sp.last_timestamp_ms > latest_timestamp_ms(h)) {
+      return bad("partition " + std::to_string(p) +
+                 "'s last record is stamped more than a day after the snapshot was created");
     }
   }
   struct stat st {};
@@ -129,8 +141,8 @@ struct ChunkEntry {
 // the entries a few places ahead are loaded while one is applied, so that
 // their misses overlap.
 Result<void> apply_chunk(const std::vector<char>& buf, uint32_t entries, uint32_t partitions,
-                         TableWriter& into, const std::string& where, uint64_t* bytes,
-                         std::vector<ChunkEntry>& parsed) {
+                         int64_t latest_ms, TableWriter& into, const std::string& where,
+                         uint64_t* bytes, std::vector<ChunkEntry>& parsed) {
   parsed.clear();
   {
     size_t at = 0;
@@ -146,6 +158,12 @@ Result<void> apply_chunk(const std::vector<char>& buf, uint32_t entries, uint32_
         return make_error(Errc::kCorrupt, where + ": an entry of partition " +
                                               std::to_string(e.partition) + " of " +
                                               std::to_string(partitions));
+      }
+      if (e.timestamp_ms > latest_ms) {
+        return make_error(Errc::kCorrupt, where + ": an entry stamped " +
+                                              std::to_string(e.timestamp_ms) +
+                                              " ms, more than a day after the snapshot was "
+                                              "created: a forged or damaged file");
       }
       parsed.push_back(ChunkEntry{std::string_view(buf.data() + at, e.key_len),
                                   std::string_view(buf.data() + at + e.key_len, e.value_len),
@@ -188,6 +206,9 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
     return make_error(Errc::kCorrupt, "snapshot " + path + ": " + what);
   };
   const uint32_t partitions = static_cast<uint32_t>(info->partitions.size());
+  FileHeader h{};
+  h.created_unix_ns = info->created_unix_ns;
+  const int64_t latest_ms = latest_timestamp_ms(h);
   if (partitions > into.header().partition_capacity) {
     return bad(std::to_string(partitions) + " partitions, more than the table tracks (" +
                std::to_string(into.header().partition_capacity) + ", max_partitions)");
@@ -227,7 +248,8 @@ Result<SnapshotInfo> load_snapshot(const std::string& path, const std::string& t
       return bad("chunk " + std::to_string(chunks) + "'s checksum does not match");
     }
     sums.push_back(c.checksum);
-    if (auto ok = apply_chunk(buf, c.entries, partitions, into, "snapshot " + path, &bytes, parsed);
+    if (auto ok = apply_chunk(buf, c.entries, partitions, latest_ms, into, "snapshot " + path,
+                              &bytes, parsed);
         !ok) {
       return std::move(ok).error();
     }

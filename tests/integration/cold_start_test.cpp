@@ -509,7 +509,8 @@ TEST_F(ColdStartTest, AFullDiskCostsNoGoodSnapshotAndKvsdGoesOn) {
   fs::create_directories(state_dir());
   const std::string config = write_config("", "snapshot_interval_s = 1\n");
   const std::string script =
-      "mount -t tmpfs -o size=4m tmpfs \"$0\" || exit 77; exec \"$1\" --config \"$2\"";
+      "mount -t tmpfs -o size=4m,mode=0750 tmpfs \"$0\" || exit 77; exec \"$1\" --config "
+      "\"$2\"";
   kvsd_ = std::make_unique<test::Child>(
       std::vector<std::string>{"/usr/bin/unshare", "-m", "--propagation", "private", "/bin/sh",
                                "-c", script, state_dir(), test::helper("../kvsd"), config},

@@ -512,7 +512,7 @@ TEST_F(KvsdTest, BadConfigExitsWith78NamingFileAndLine) {
 // silently overridden, at run time).
 TEST_F(KvsdTest, CheckConfigValidatesKafkaPropertiesAndNamesOverrides) {
   const std::string bad = (dir_ / "bad.toml").string();
-  std::ofstream(bad) << "[kafka]\n\"no.such.property\" = \"1\"\n"
+  std::ofstream(bad) << "[kafka]\n\"no.such.property\" = \"1\"\n\"bootstrap.servers\" = \"b:9\"\n"
                         "[[table]]\nname = \"t\"\ntopic = \"x\"\n";
   const std::string err = (dir_ / "check.err").string();
   test::Child c({test::helper("../kvsd"), "--config", bad, "--check-config"}, err);
@@ -522,7 +522,8 @@ TEST_F(KvsdTest, CheckConfigValidatesKafkaPropertiesAndNamesOverrides) {
       << test::slurp(err);
 
   const std::string overridden = (dir_ / "overridden.toml").string();
-  std::ofstream(overridden) << "[kafka]\nacks = \"0\"\n[[table]]\nname = \"t\"\ntopic = \"x\"\n";
+  std::ofstream(overridden) << "[kafka]\nacks = \"0\"\n\"bootstrap.servers\" = \"b:9\"\n"
+                               "[[table]]\nname = \"t\"\ntopic = \"x\"\n";
   const std::string err2 = (dir_ / "check2.err").string();
   test::Child ok({test::helper("../kvsd"), "--config", overridden, "--check-config"}, err2);
   EXPECT_EQ(ok.wait_for(30s), 0);

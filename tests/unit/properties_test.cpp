@@ -24,7 +24,7 @@ TEST(PropertiesTest, AnUnknownPropertyNamesFileLineAndKey) {
 }
 
 TEST(PropertiesTest, AnInvalidValueIsRefused) {
-  auto r = check("\"socket.timeout.ms\" = \"soon\"\n");
+  auto r = check("\"bootstrap.servers\" = \"b:9092\"\n\"socket.timeout.ms\" = \"soon\"\n");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("kafka.socket.timeout.ms"), std::string::npos)
       << r.error().message;
@@ -32,7 +32,8 @@ TEST(PropertiesTest, AnInvalidValueIsRefused) {
 
 TEST(PropertiesTest, OverriddenPropertiesAreNamed) {
   auto r = check(
-      "acks = \"0\"\n\"enable.idempotence\" = false\n\"isolation.level\" = "
+      "\"bootstrap.servers\" = \"b:9092\"\nacks = \"0\"\n\"enable.idempotence\" = false\n"
+      "\"isolation.level\" = "
       "\"read_uncommitted\"\n\"request.required.acks\" = \"-1\"\n");
   ASSERT_TRUE(r) << r.error().message;
   ASSERT_EQ(r->size(), 3u);

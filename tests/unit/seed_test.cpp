@@ -40,7 +40,11 @@ TEST_F(SeedTest, AnotherTopicOrClusterIsRefused) {
   info_.source_topic = 7;
   info_.source_cluster = 10;
   EXPECT_NE(why().find("another Kafka cluster"), std::string::npos) << why();
-  info_.source_cluster = 0;  // not known when it was written: not refused for it
+  // Not recorded (a crafted file, or a segment whose cluster was not known):
+  // it cannot be shown to be of this cluster.
+  info_.source_cluster = 0;
+  EXPECT_NE(why().find("does not record its Kafka cluster"), std::string::npos) << why();
+  t_.source_cluster = 0;  // kvsd does not know its own: nothing to compare
   EXPECT_EQ(why(), "");
 }
 

@@ -402,6 +402,37 @@ TEST_F(CraftedSnapshotTest, CountsSizesAndPositionsAreCheckedBeforeUse) {
   EXPECT_TRUE(says(refused([](Parsed& p) { p.h.entries -= 1; }), "more entries than the header"));
 }
 
+// A crafted seed file whose entry is stamped INT64_MAX would win
+// format::replaces against every later record and tombstone of its key from
+// another partition: entries and fingerprints stamped more than a day after
+// the snapshot was created are refused.
+TEST_F(CraftedSnapshotTest, RecordsStampedFarAfterTheSnapshotAreRefused) {
+  auto says = [](const std::string& e, const char* what) {
+    return e.find(what) != std::string::npos ? ::testing::AssertionSuccess()
+                                             : ::testing::AssertionFailure() << e;
+  };
+  EXPECT_TRUE(says(refused([](Parsed& p) {
+                     format::EntryHeader e;
+                     std::memcpy(&e, p.chunks[0].second.data(), sizeof e);
+                     e.timestamp_ms = INT64_MAX;
+                     std::memcpy(p.chunks[0].second.data(), &e, sizeof e);
+                   }),
+                   "more than a day after the snapshot was created"));
+  EXPECT_TRUE(says(refused([](Parsed& p) {
+                     p.parts[0].last_offset = 0;
+                     p.parts[0].last_timestamp_ms = INT64_MAX;
+                   }),
+                   "stamped more than a day after"));
+  // A producer's clock an hour ahead of the snapshot's host is fine.
+  EXPECT_EQ(refused([](Parsed& p) {
+              format::EntryHeader e;
+              std::memcpy(&e, p.chunks[0].second.data(), sizeof e);
+              e.timestamp_ms = static_cast<int64_t>(p.h.created_unix_ns / 1000000) + 3600 * 1000;
+              std::memcpy(p.chunks[0].second.data(), &e, sizeof e);
+            }),
+            "");
+}
+
 // A writer killed while it writes leaves the previous snapshot whole: the
 // name holds either it or the new one, complete.
 TEST_F(SnapshotTest, AWriterKilledWhileWritingLeavesTheLastSnapshotWhole) {
