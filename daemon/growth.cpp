@@ -111,17 +111,17 @@ TableSize rebuild_size(const WriterStats& st, const config::TableConfig& cfg) {
   return s;
 }
 
-TableSize seed_size(uint64_t entries, uint64_t live_bytes, const config::TableConfig& cfg) {
-  TableSize s{};
+std::optional<TableSize> seed_size(uint64_t entries, uint64_t live_bytes,
+                                   const config::TableConfig& cfg) {
   for (const double factor : {1.5, 1.25, 1.1, 1.0}) {
-    s = TableSize{
+    const TableSize s{
         std::max(cfg.capacity, static_cast<uint64_t>(static_cast<double>(entries) * factor)),
         format::align_up(std::max(cfg.memory_limit_bytes,
                                   static_cast<uint64_t>(static_cast<double>(live_bytes) * factor)),
                          4096)};
-    if (fits(s, cfg.max_memory_bytes, cfg.max_partitions, cfg.change_log_entries)) break;
+    if (fits(s, cfg.max_memory_bytes, cfg.max_partitions, cfg.change_log_entries)) return s;
   }
-  return s;
+  return std::nullopt;
 }
 
 std::optional<TableSize> seeded_projection(WriterStats st, uint64_t seed_entries,

@@ -57,8 +57,10 @@ std::optional<TableSize> seeded_projection(WriterStats st, uint64_t seed_entries
 // The size a table loaded from a snapshot of `entries` entries taking
 // `live_bytes` of arena starts with: as a rebuild's (1.5 times that, at
 // least the configured size), or as little as the entries need, down to
-// exactly that, where max_memory_bytes allows no more.
-TableSize seed_size(uint64_t entries, uint64_t live_bytes, const config::TableConfig& cfg);
+// exactly that, where max_memory_bytes allows no more; nullopt if even
+// that is over max_memory_bytes.
+std::optional<TableSize> seed_size(uint64_t entries, uint64_t live_bytes,
+                                   const config::TableConfig& cfg);
 
 // The table's active segment found no room for a record of `need` block
 // bytes: makes a larger one the active segment (its entries are copied in

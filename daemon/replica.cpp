@@ -49,17 +49,17 @@ Result<void> apply_to(Replica& t, std::string_view key, const char* payload, siz
   // records of most tables need none.
   const bool tombstone = payload == nullptr;
   const bool track = t.partitions > 1 && (tombstone || t.tombstones.size() > 0);
-  const uint64_t hash = track ? format::hash_key(key.data(), key.size()) : 0;
-  if (track && !tombstone && t.tombstones.wins_over(hash, origin)) return {};
+  const KeyId id = track ? key_id(key) : KeyId{};
+  if (track && !tombstone && t.tombstones.wins_over(id, origin)) return {};
   std::optional<std::string_view> value;
   if (!tombstone) value.emplace(payload, len);
   auto r = t.active().apply(key, value, origin, offset);
   if (!r) return std::move(r).error();
   if (track && *r != Applied::kSuperseded) {
     if (tombstone) {
-      t.tombstones.remember(hash, origin);
+      t.tombstones.remember(id, origin);
     } else {
-      t.tombstones.forget(hash);
+      t.tombstones.forget(id);
     }
   }
   return {};

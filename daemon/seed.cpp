@@ -14,8 +14,8 @@ namespace kvs::daemon {
 
 namespace {
 
-// A segment for the snapshot's entries.
-TableSize size_for(const SnapshotInfo& info, const config::TableConfig& cfg) {
+// A segment for the snapshot's entries (nullopt: over max_memory_bytes).
+std::optional<TableSize> size_for(const SnapshotInfo& info, const config::TableConfig& cfg) {
   // Each entry's block: its header and bytes, 8-byte aligned.
   return seed_size(info.entries,
                    info.entry_bytes + info.entries * (sizeof(format::BlockHeader) + 8), cfg);
@@ -74,7 +74,16 @@ std::vector<Candidate> candidates(const Replica& t) {
 // Loads `c` into a new segment for t; false (logged) if it does not load.
 bool load(Replica& t, const Candidate& c, const std::vector<std::pair<int64_t, int64_t>>& wms) {
   const auto start = clock::now();
-  auto r = t.writer->begin_replacement(size_for(c.info, t.cfg));
+  const auto size = size_for(c.info, t.cfg);
+  if (!size) {
+    KVS_LOG_WARN(
+        "table %s: snapshot %s not used: its %llu entries need a segment larger than "
+        "max_memory_bytes = %llu",
+        t.cfg.name.c_str(), c.path.c_str(), static_cast<unsigned long long>(c.info.entries),
+        static_cast<unsigned long long>(t.cfg.max_memory_bytes));
+    return false;
+  }
+  auto r = t.writer->begin_replacement(*size);
   if (!r) {
     KVS_LOG_ERROR("table %s: a segment for snapshot %s: %s", t.cfg.name.c_str(), c.path.c_str(),
                   r.error().message.c_str());

@@ -140,9 +140,11 @@ ReaderSlot& ReaderFile::slot(uint32_t i) const {
 ReaderSlot* ReaderFile::take_unused() {
   if (used_ == kReaderFileSlots) return nullptr;
   auto* h = reinterpret_cast<ReaderFileHeader*>(map_);
-  // release: the count is visible before the new slot's first announcement
-  // (kvsd reads only the slots counted; see writer/reader_roster.cpp).
-  __atomic_store_n(&h->slots_handed_out, used_ + 1, __ATOMIC_RELEASE);
+  // seq_cst: the count comes before the new slot's first announcement (a
+  // seq_cst exchange) in the single total order, not only on x86 and ARM
+  // where a release store would do: kvsd reads only the slots counted (see
+  // writer/reader_roster.cpp). Once per slot, so its cost does not matter.
+  __atomic_store_n(&h->slots_handed_out, used_ + 1, __ATOMIC_SEQ_CST);
   return &slot(used_++);
 }
 

@@ -144,20 +144,25 @@ TEST(GrowthPlanTest, ASeededTableIsSizedForItsSnapshotWithinTheLimit) {
   cfg.capacity = 1024;
   cfg.memory_limit_bytes = 1 << 20;
   auto roomy = seed_size(100000, 16 << 20, cfg);
-  EXPECT_EQ(roomy.capacity, 150000u);
-  EXPECT_GE(roomy.arena_bytes, 24u << 20);
+  ASSERT_TRUE(roomy);
+  EXPECT_EQ(roomy->capacity, 150000u);
+  EXPECT_GE(roomy->arena_bytes, 24u << 20);
   cfg.max_memory_bytes =
       format::geometry(110000, cfg.max_partitions, 18 << 20, cfg.change_log_entries).segment_bytes;
   auto tight = seed_size(100000, 16 << 20, cfg);
-  EXPECT_GE(tight.capacity, 100000u);
-  EXPECT_GE(tight.arena_bytes, 16u << 20);
-  EXPECT_LE(format::geometry(tight.capacity, cfg.max_partitions, tight.arena_bytes,
+  ASSERT_TRUE(tight);
+  EXPECT_GE(tight->capacity, 100000u);
+  EXPECT_GE(tight->arena_bytes, 16u << 20);
+  EXPECT_LE(format::geometry(tight->capacity, cfg.max_partitions, tight->arena_bytes,
                              cfg.change_log_entries)
                 .segment_bytes,
             cfg.max_memory_bytes);
   auto small = seed_size(10, 1000, cfg);
-  EXPECT_EQ(small.capacity, 1024u);
-  EXPECT_EQ(small.arena_bytes, 1u << 20);
+  ASSERT_TRUE(small);
+  EXPECT_EQ(small->capacity, 1024u);
+  EXPECT_EQ(small->arena_bytes, 1u << 20);
+  // More than max_memory_bytes holds even at exactly its size: not used.
+  EXPECT_FALSE(seed_size(200000, 32 << 20, cfg));
 }
 
 }  // namespace
