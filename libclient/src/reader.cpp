@@ -22,6 +22,7 @@
 // valid in the child.
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -224,6 +225,13 @@ Result<std::unique_ptr<Generation>> open_generation(const std::string& segment) 
   return g;
 }
 
+// Whether the current generation's segment has lost its name (its link
+// count is 0) with no replacement flagged. An fstat: the slow paths only.
+bool unlinked(const Generation* cur) {
+  struct stat st {};
+  return ::fstat(cur->data->fd(), &st) == 0 && st.st_nlink == 0;
+}
+
 // Under t->mu: if the current generation was replaced, maps the new segment
 // and makes it current. Failures leave the old one current (readers keep
 // reading it) and are retried after kReopenRetry, or at once when the flag
@@ -231,9 +239,14 @@ Result<std::unique_ptr<Generation>> open_generation(const std::string& segment) 
 // the old segment still under the name).
 void maybe_reopen(kvs_table* t) {
   Generation* cur = t->cur.load(std::memory_order_relaxed);
-  const uint32_t flag = cur->header->replaced.load(std::memory_order_acquire);
-  if (flag == 0) return;
+  uint32_t flag = cur->header->replaced.load(std::memory_order_acquire);
   const int64_t now = steady_ns();
+  if (flag == 0) {
+    if (!unlinked(cur)) return;
+    // Deleted from under its readers (by hand, or systemd's RemoveIPC=):
+    // whatever has the name now is followed, as after a replacement.
+    flag = kReplacedNamed;
+  }
   const bool named_since = flag == kReplacedNamed && t->reopen_flag != kReplacedNamed;
   if (!named_since && now < t->next_reopen_ns) return;
   auto g = open_generation(t->segment);

@@ -9,6 +9,8 @@
 // is checked against the entry's seqlock word and the ring's bounds: an
 // entry overwritten meanwhile, or one that makes no sense, is a lost change
 // to report, never a crash or a silent gap.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -110,6 +112,10 @@ struct kvs_watch {
   // The table's segment was replaced and this one's log is drained: maps
   // the new one. False while it cannot be mapped yet.
   bool follow();
+  // About once a second: whether this segment lost its name with no
+  // replacement flagged (deleted by hand, or by systemd's RemoveIPC=).
+  bool unlinked();
+  std::chrono::steady_clock::time_point next_link_check{};
 };
 
 bool kvs_watch::read_entry(uint64_t pos, uint64_t (&w)[8]) const {
@@ -204,6 +210,14 @@ bool kvs_watch::passes() const {
     default:
       return true;
   }
+}
+
+bool kvs_watch::unlinked() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_link_check) return false;
+  next_link_check = now + std::chrono::seconds(1);
+  struct stat st {};
+  return ::fstat(seg->fd(), &st) == 0 && st.st_nlink == 0;
 }
 
 bool kvs_watch::follow() {
@@ -316,7 +330,7 @@ int kvs_watch_next(kvs_watch* w, kvs_change* change, int timeout_ms) {
         return KVS_OK;
       }
       bool moved = false;
-      if (w->header->replaced.load(std::memory_order_acquire) != 0) {
+      if (w->header->replaced.load(std::memory_order_acquire) != 0 || w->unlinked()) {
         moved = w->follow();
         if (moved && w->entries == 0) {
           return fail(Errc::kUnsupported,

@@ -375,6 +375,28 @@ TEST_F(ReaderTest, OpenTableFollowsAReplacedSegment) {
   EXPECT_EQ(removed_mappings(shm_.prefix()), 0) << "the old segment is still mapped";
 }
 
+// A segment deleted from under its readers (by hand, or systemd's
+// RemoveIPC= for a user that is not a system user) and made anew by the
+// next writer: a reader notices at its next slow-path call (kvs_stat,
+// a wait, a first read in a thread) and follows the name.
+TEST_F(ReaderTest, ASegmentDeletedFromUnderItsReadersIsFollowed) {
+  auto w = make_table();
+  ASSERT_TRUE(w->put("old", "1"));
+  auto t = Table::open("r", {shm_.prefix()});
+  ASSERT_TRUE(t);
+  ASSERT_TRUE(t->get_copy("old"));
+  shm::remove_segment(shm_.prefix() + "r");
+  w.reset();
+  w = make_table();
+  ASSERT_EQ(w->attach_kind(), AttachKind::kCreated);
+  ASSERT_TRUE(w->put("new", "2"));
+  kvs_table_stats st{};
+  ASSERT_EQ(kvs_stat(t->native(), &st), KVS_OK);
+  EXPECT_EQ(st.entries, 1u) << "the reader still reads the deleted segment";
+  EXPECT_TRUE(t->get_copy("new"));
+  EXPECT_FALSE(t->get_copy("old"));
+}
+
 // During a rebuild, a reader of the old segment holds back reuse in the old
 // segment only: the new segment's writer frees what its own readers no
 // longer see (epochs of two segments are never compared).

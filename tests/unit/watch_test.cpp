@@ -561,6 +561,28 @@ TEST_F(WatchTest, ARingLappedByAWriterThatDiedIsReportedLost) {
   EXPECT_EQ(seen[0].kind, Change::Kind::kLost);
 }
 
+// The segment deleted from under the watch and made anew by the next
+// writer: the watch follows the name, telling LOST (another log).
+TEST_F(WatchTest, ASegmentDeletedFromUnderAWatchIsFollowed) {
+  auto a = open_writer(options(4096));
+  ASSERT_TRUE(a);
+  auto t = open_table();
+  auto watch = t.watch();
+  ASSERT_TRUE(watch);
+  shm::remove_segment(a->segment_name());
+  a.reset();
+  auto b = open_writer(options(4096));
+  ASSERT_TRUE(b);
+  auto c = watch->next(2000ms);
+  ASSERT_TRUE(c && *c) << "the watch did not notice";
+  EXPECT_EQ((*c)->kind, Change::Kind::kLost);
+  apply(*b, "fresh", "1");
+  b->publish_batch();
+  const auto seen = drain(*watch, 200ms);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].key, "fresh");
+}
+
 TEST_F(WatchTest, ARebuildIsReportedAsLost) {
   auto w = open_writer(options(4096));
   ASSERT_TRUE(w);
