@@ -115,11 +115,15 @@ static Result<int> bind_socket(const std::string& path, mode_t mode, gid_t group
 
 Result<const std::atomic<uint32_t>*> WaitHub::listen(const std::string& table,
                                                      const std::string& registry_dir, mode_t mode,
-                                                     gid_t group, uint32_t max_connections) {
+                                                     gid_t group, uint32_t max_connections,
+                                                     uint32_t max_per_uid) {
   auto t = std::make_unique<Table>();
   t->name = table;
   t->path = wait_socket::path(registry_dir);
   t->max_connections = max_connections;
+  t->max_per_uid = max_per_uid != 0
+                       ? max_per_uid
+                       : std::min(max_connections, std::max<uint32_t>(16, max_connections / 4));
   auto fd = bind_socket(t->path, mode, group);
   if (!fd) return std::move(fd).error();
   t->fd = *fd;
@@ -208,10 +212,10 @@ void WaitHub::accept_all(Table& t) {
       continue;
     }
     if (fd < 0) return;  // EAGAIN
-    // At the limit, a connection that does not wait (and did not arrive in
-    // this burst) makes room: a process keeps its connection between waits.
-    if (t.connections >= t.max_connections && !drop_idle(t, round)) {
-      ::close(fd);
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || !admit(t, cred.uid, round)) {
+      ::close(fd);  // its process polls
       continue;
     }
     epoll_event ev{};
@@ -222,10 +226,21 @@ void WaitHub::accept_all(Table& t) {
       continue;
     }
     const uint64_t seq = next_seq_++;
-    conns_[fd] = Conn{&t, false, seq};
+    conns_[fd] = Conn{&t, false, seq, cred.uid};
     t.idle.emplace(seq, fd);
     ++t.connections;
+    ++t.per_uid[cred.uid];
   }
+}
+
+// At a limit (the user's share, or the table's), a connection that does
+// not wait (and did not arrive in this burst) makes room: a process keeps
+// its connection between waits. A user at its share makes room only among
+// its own.
+bool WaitHub::admit(Table& t, uid_t uid, uint64_t round) {
+  const auto mine = t.per_uid.find(uid);
+  if (mine != t.per_uid.end() && mine->second >= t.max_per_uid) return drop_idle(t, round, uid);
+  return t.connections < t.max_connections || drop_idle(t, round);
 }
 
 void WaitHub::rest(Table& t) {
@@ -280,10 +295,14 @@ void WaitHub::serve(int fd) {
   }
 }
 
-bool WaitHub::drop_idle(Table& t, uint64_t before) {
-  if (t.idle.empty() || t.idle.begin()->first >= before) return false;
-  drop(t.idle.begin()->second);  // the one idle longest
-  return true;
+bool WaitHub::drop_idle(Table& t, uint64_t before, std::optional<uid_t> uid) {
+  for (const auto& [seq, fd] : t.idle) {  // the one idle longest first
+    if (seq >= before) return false;
+    if (uid && conns_.at(fd).uid != *uid) continue;
+    drop(fd);
+    return true;
+  }
+  return false;
 }
 
 void WaitHub::drop(int fd) {
@@ -296,6 +315,8 @@ void WaitHub::drop(int fd) {
     c.table->idle.erase({c.idle_seq, fd});
   }
   --c.table->connections;
+  if (auto u = c.table->per_uid.find(c.uid); u != c.table->per_uid.end() && --u->second == 0)
+    c.table->per_uid.erase(u);
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);

@@ -10,10 +10,12 @@
 // per table are bounded (at the bound an idle one makes room for a new
 // one), and running out of descriptors costs the new connection, not a
 // spinning thread. A closed connection (its process died, in any pid
-// namespace) no longer counts. What a hostile reader can still do is hold
-// waiting connections up to the bound, and move sleepers off the futex
-// word (FUTEX_CMP_REQUEUE needs read access only): waiters then poll, and
-// a counted one looks again every second.
+// namespace) no longer counts. One user may hold a share of the bound
+// only (max_per_uid), so that processes of one user cannot push every
+// other user's waiters to polling. What a hostile reader can still do is
+// hold waiting connections up to that share, and move sleepers off the
+// futex word (FUTEX_CMP_REQUEUE needs read access only): waiters then
+// poll, and a counted one looks again every second.
 #pragma once
 
 #include <sys/types.h>
@@ -22,6 +24,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -43,9 +46,12 @@ class WaitHub {
   // registry's files; a stale socket there is replaced). The count stays
   // valid as long as the hub. Call before start(). Errors: kSystem,
   // kInvalidArgument (the path is too long for a socket).
+  // At most `max_connections` connections, `max_per_uid` of one user (0:
+  // max(16, a quarter of max_connections)).
   Result<const std::atomic<uint32_t>*> listen(const std::string& table,
                                               const std::string& registry_dir, mode_t mode,
-                                              gid_t group, uint32_t max_connections);
+                                              gid_t group, uint32_t max_connections,
+                                              uint32_t max_per_uid = 0);
   Result<void> start();
   // Closes every connection and removes the sockets.
   void stop();
@@ -56,6 +62,8 @@ class WaitHub {
     int fd = -1;
     size_t index = 0;  // in tables_
     uint32_t max_connections = 0, connections = 0;
+    uint32_t max_per_uid = 0;
+    std::unordered_map<uid_t, uint32_t> per_uid;  // connections of each user
     std::atomic<uint32_t> waiting{0};
     // Connections that do not wait, by when they stopped (or arrived).
     std::set<std::pair<uint64_t, int>> idle;
@@ -64,14 +72,17 @@ class WaitHub {
     Table* table = nullptr;
     bool waiting = false;
     uint64_t idle_seq = 0;  // its key in table->idle while it does not wait
+    uid_t uid = 0;          // the peer's (SO_PEERCRED)
   };
   void run();
   void accept_all(Table& t);
   void serve(int fd);
   void drop(int fd);
-  // Closes the connection of `t` idle longest, if it became idle before
-  // `before` (a sequence number); false if none.
-  bool drop_idle(Table& t, uint64_t before);
+  // Closes the connection of `t` idle longest (of user `uid`, if given),
+  // if it became idle before `before` (a sequence number); false if none.
+  bool drop_idle(Table& t, uint64_t before, std::optional<uid_t> uid = std::nullopt);
+  // Whether a new connection of `uid` may be kept (making room if needed).
+  bool admit(Table& t, uid_t uid, uint64_t round);
   // Out of descriptors and spare: `t`'s listener is not watched for a while.
   void rest(Table& t);
   void wake_listeners();

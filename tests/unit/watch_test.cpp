@@ -773,6 +773,38 @@ TEST_F(WakeTest, AtTheConnectionLimitAnIdleConnectionMakesRoom) {
   EXPECT_EQ(waiting_->load(), 4u);
 }
 
+// One user holds at most its share of a table's connections: a process
+// that keeps many waiting connections cannot push every other user's
+// waiters to polling. At its share, a user's idle connection makes room
+// for its new one.
+TEST_F(WatchTest, OneUserHoldsAtMostItsShareOfTheWaitConnections) {
+  auto w = open_writer(options(1024));
+  ASSERT_TRUE(w);
+  daemon::WaitHub hub;
+  auto counted = hub.listen("w", registry::dir_path(w->segment_name()), 0660,
+                            static_cast<gid_t>(-1), /*max_connections=*/8, /*max_per_uid=*/2);
+  ASSERT_TRUE(counted) << counted.error().message;
+  ASSERT_TRUE(hub.start());
+  const std::string path = wait_socket::path(registry::dir_path(w->segment_name()));
+  RawConnection idle(path);
+  ASSERT_TRUE(idle.send("+"));
+  ASSERT_EQ(idle.receive(), wait_socket::kCounted);
+  ASSERT_TRUE(idle.send("-"));
+  ASSERT_TRUE(test::wait_until([&] { return (*counted)->load() == 0; }));
+  RawConnection first(path);
+  ASSERT_TRUE(first.send("+"));
+  ASSERT_EQ(first.receive(), wait_socket::kCounted);
+  RawConnection second(path);  // the idle one makes room
+  ASSERT_TRUE(second.send("+"));
+  EXPECT_EQ(second.receive(), wait_socket::kCounted);
+  EXPECT_EQ(idle.receive(), 0) << "the user's idle connection was kept past its share";
+  RawConnection third(path);
+  (void)third.send("+");
+  EXPECT_EQ(third.receive(), 0) << "a user got more than its share of a table with room";
+  EXPECT_EQ((*counted)->load(), 2u);
+  hub.stop();
+}
+
 // A reader of the table's group may create entries in the registry: one
 // that put a directory under the socket's name does not keep kvsd from
 // listening.
