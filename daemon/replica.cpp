@@ -156,6 +156,18 @@ bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Err
 // grow_past_readers. Else the record waits for them, as a full table's
 // does, and that is said (at most every 10 s).
 static bool may_grow_past_readers(Replica& t, clock::time_point now) {
+  if (t.writer->registry_backlogged()) {
+    // What holds the room back is the registry's backlog, which a new
+    // segment would inherit: the record waits until kvsd has taken it in.
+    if (now >= t.next_grow_error_log) {
+      t.next_grow_error_log = now + 10s;
+      KVS_LOG_WARN(
+          "table %s: its reader registry holds more entries than kvsd has taken in yet (a flood "
+          "of entries?); records that need reused memory wait until it has",
+          t.cfg.name.c_str());
+    }
+    return false;
+  }
   uint32_t kept = 0;
   std::erase_if(t.replaced, [&](uint64_t incarnation) {
     if (t.writer->readers_inside(incarnation) == 0) return true;  // left at the next read

@@ -239,14 +239,12 @@ bool unlinked(const Generation* cur) {
 // the old segment still under the name).
 void maybe_reopen(kvs_table* t) {
   Generation* cur = t->cur.load(std::memory_order_relaxed);
-  uint32_t flag = cur->header->replaced.load(std::memory_order_acquire);
+  const uint32_t flag = cur->header->replaced.load(std::memory_order_acquire);
   const int64_t now = steady_ns();
-  if (flag == 0) {
-    if (!unlinked(cur)) return;
-    // Deleted from under its readers (by hand, or systemd's RemoveIPC=):
-    // whatever has the name now is followed, as after a replacement.
-    flag = kReplacedNamed;
-  }
+  // Deleted from under its readers (by hand, or systemd's RemoveIPC=):
+  // whatever has the name now is followed, as after a replacement, at the
+  // retry pace.
+  if (flag == 0 && !unlinked(cur)) return;
   const bool named_since = flag == kReplacedNamed && t->reopen_flag != kReplacedNamed;
   if (!named_since && now < t->next_reopen_ns) return;
   auto g = open_generation(t->segment);

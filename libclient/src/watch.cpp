@@ -347,7 +347,10 @@ int kvs_watch_next(kvs_watch* w, kvs_change* change, int timeout_ms) {
       }
       std::chrono::nanoseconds slice =
           w->link->counted() ? detail::counted_sleep() : std::chrono::nanoseconds(kUncountedSleep);
-      if (w->header->replaced.load(std::memory_order_relaxed) != 0)
+      // Named but not mapped yet: tried again soon. Pending (the rename
+      // comes next, and wakes the sleepers) or left by a writer that died
+      // before the rename: the usual sleep.
+      if (w->header->replaced.load(std::memory_order_relaxed) == kReplacedNamed)
         slice = std::min<std::chrono::nanoseconds>(slice, kFollowRetry);
       if (timeout_ms >= 0) slice = std::min<std::chrono::nanoseconds>(slice, *deadline - now);
       futex::wait(&w->header->changes, seen, slice);

@@ -328,7 +328,13 @@ void TableWriter::recover_log() {
   uint64_t end = 0;  // past the highest position an entry holds
   for (uint64_t i = 0; i < n; ++i)
     end = std::max(end, log_[i].w[0].load(std::memory_order_relaxed));
-  if (end > head + n) {
+  // Changes are logged in order, so an entry past the head with the head's
+  // own entry not whole means the head's slot was written again: a lap
+  // (whose first lapping entry may be the torn one, holding 0).
+  const bool lapped =
+      end > head + n ||
+      (end > head + 1 && log_[head % n].w[0].load(std::memory_order_relaxed) != head + 1);
+  if (lapped) {
     log_pos_ = end;
   } else {
     log_pos_ = whole_changes_from(head);

@@ -111,6 +111,13 @@ class ReaderRoster {
   // (one replaced since, that such readers keep mapped); 1 when kvsd is
   // uncertain about it.
   uint32_t reading(uint64_t incarnation);
+  // The directory holds entries kvsd has not taken in yet (inotify events
+  // left unread or dropped, a first listing not finished): the current
+  // segment is uncertain, and so would be any segment that replaced it.
+  bool backlogged() const {
+    const auto u = uncertain_.find(current_);
+    return events_left_ || (u != uncertain_.end() && u->second.until_pass_after);
+  }
   uint64_t dead_removed() const { return dead_removed_; }
   const std::string& dir() const { return dir_; }
 

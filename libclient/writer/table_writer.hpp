@@ -230,6 +230,9 @@ class TableWriter {
   // replaced since, that they keep mapped), as the registry says; 1 when
   // kvsd cannot tell.
   uint32_t readers_inside(uint64_t incarnation) { return roster_->reading(incarnation); }
+  // The registry holds entries kvsd has not taken in yet (a flood of
+  // them): growing past the readers would not escape them.
+  bool registry_backlogged() const { return roster_->backlogged(); }
 
   // The hashes of the Kafka cluster id and topic the data comes from (0:
   // unknown); see TableHeader::source_cluster.

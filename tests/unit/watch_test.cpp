@@ -518,47 +518,56 @@ TEST_F(WatchTest, AnEraseCutAfterItsSlotWasClearedIsStillReported) {
 
 // A ring that a writer which died mid-batch overwrote past its published
 // head (as kvsd before it published mid-batch could leave it): the next
-// writer cannot chain those changes, and says so to the watchers.
+// writer cannot chain those changes, and says so to the watchers. Also
+// when the writer died writing the first entry that laps the head (torn,
+// its word 0 is 0, so no entry holds a position past head + ring).
 TEST_F(WatchTest, ARingLappedByAWriterThatDiedIsReportedLost) {
-  auto a = open_writer(options(32));
-  ASSERT_TRUE(a);
-  auto t = open_table();
-  auto watch = t.watch();
-  ASSERT_TRUE(watch);
-  for (int i = 0; i < 4; ++i) apply(*a, "k" + std::to_string(i), "v");
-  a->publish_batch();
-  ASSERT_EQ(drain(*watch).size(), 4u);
-  {
-    // Positions 4..40 logged, one entry each, never published.
-    auto m = shm::open_segment(a->segment_name(), shm::Access::kReadWrite);
-    ASSERT_TRUE(m);
-    auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
-    auto* log = reinterpret_cast<format::ChangeEntry*>((*m)->data() + h->log_offset);
-    for (uint64_t p = 4; p <= 40; ++p) {
-      auto& e = log[p % h->log_entries];
-      const std::string key = "x" + std::to_string(p);
-      uint64_t words[2] = {0, 0};
-      std::memcpy(words, key.data(), key.size());
-      e.w[1].store(format::hash_key(key.data(), key.size()));
-      e.w[2].store(p);
-      e.w[3].store(1000);
-      e.w[4].store(uint64_t{static_cast<uint32_t>(format::ChangeKind::kPut)} << 32);
-      e.w[5].store(key.size());
-      e.w[6].store(words[0]);
-      e.w[7].store(words[1]);
-      e.w[0].store(p + 1);
+  for (const uint64_t last : {uint64_t{40}, uint64_t{36}}) {
+    SCOPED_TRACE("last position " + std::to_string(last));
+    shm::remove_segment(shm_.prefix() + "w");
+    next_offset_.clear();
+    auto a = open_writer(options(32));
+    ASSERT_TRUE(a);
+    auto t = open_table();
+    auto watch = t.watch();
+    ASSERT_TRUE(watch);
+    for (int i = 0; i < 4; ++i) apply(*a, "k" + std::to_string(i), "v");
+    a->publish_batch();
+    ASSERT_EQ(drain(*watch).size(), 4u);
+    {
+      // Positions 4..last logged, one entry each, never published; at 36
+      // (the slot of 4) the writer died inside the entry.
+      auto m = shm::open_segment(a->segment_name(), shm::Access::kReadWrite);
+      ASSERT_TRUE(m);
+      auto* h = reinterpret_cast<format::TableHeader*>((*m)->data());
+      auto* log = reinterpret_cast<format::ChangeEntry*>((*m)->data() + h->log_offset);
+      for (uint64_t p = 4; p <= last; ++p) {
+        auto& e = log[p % h->log_entries];
+        const std::string key = "x" + std::to_string(p);
+        uint64_t words[2] = {0, 0};
+        std::memcpy(words, key.data(), key.size());
+        e.w[1].store(format::hash_key(key.data(), key.size()));
+        e.w[2].store(p);
+        e.w[3].store(1000);
+        e.w[4].store(uint64_t{static_cast<uint32_t>(format::ChangeKind::kPut)} << 32);
+        e.w[5].store(key.size());
+        e.w[6].store(words[0]);
+        e.w[7].store(words[1]);
+        e.w[0].store(p == 36 && last == 36 ? 0 : p + 1);
+      }
     }
+    a.reset();
+    auto b = open_writer(options(32));
+    ASSERT_TRUE(b);
+    b->publish_batch();
+    std::vector<std::string> lapped;
+    for (uint64_t p = 4; p < std::min<uint64_t>(last + 1, 36); ++p)
+      lapped.push_back("x" + std::to_string(p));
+    const auto seen = drain(*watch, 200ms);
+    EXPECT_EQ(unreported(lapped, seen), "");
+    ASSERT_FALSE(seen.empty());
+    EXPECT_EQ(seen[0].kind, Change::Kind::kLost);
   }
-  a.reset();
-  auto b = open_writer(options(32));
-  ASSERT_TRUE(b);
-  b->publish_batch();
-  std::vector<std::string> lapped;
-  for (int p = 4; p <= 40; ++p) lapped.push_back("x" + std::to_string(p));
-  const auto seen = drain(*watch, 200ms);
-  EXPECT_EQ(unreported(lapped, seen), "");
-  ASSERT_FALSE(seen.empty());
-  EXPECT_EQ(seen[0].kind, Change::Kind::kLost);
 }
 
 // The segment deleted from under the watch and made anew by the next
