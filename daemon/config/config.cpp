@@ -604,9 +604,11 @@ std::string example_toml() {
     out << "# " << k.name << " = " << k.def << "\n\n";
   }
   out << "[kafka]\n"
-         "# Every key here goes to librdkafka as it is: bootstrap.servers, security.protocol,\n"
-         "# sasl.*, ssl.*, timeouts. kvsd sets isolation.level=read_committed for consuming\n"
-         "# and enable.idempotence=true, acks=all for producing.\n"
+         "# Every key here goes to librdkafka as it is: bootstrap.servers (required),\n"
+         "# security.protocol, sasl.*, ssl.*, timeouts. Values are strings; an integer or a\n"
+         "# boolean is passed as its text. kvsd sets isolation.level=read_committed for\n"
+         "# consuming and enable.idempotence=true, acks=all and allow.auto.create.topics=false\n"
+         "# for producing.\n"
          "\"bootstrap.servers\" = \"localhost:9092\"\n\n"
          "[[table]]\n";
   for (const auto& k : kKeys) {

@@ -109,6 +109,19 @@ class ColdStartTest : public KvsdTest {
     EXPECT_EQ(kvsd_->wait_for(30s), 0) << log();
     kvsd_.reset();
   }
+  // kvsd's log (or `path`) from byte `from` on, once it holds `what`: kvsd
+  // logs how a start went after readers can see the table READY.
+  std::string log_once(size_t from, const std::string& what, const std::string& path = "") {
+    std::string l;
+    test::wait_until(
+        [&] {
+          const std::string all = test::slurp(path.empty() ? log_path() : path);
+          l = all.substr(std::min(from, all.size()));
+          return l.find(what) != std::string::npos;
+        },
+        10s);
+    return l;
+  }
   // The number in "started from snapshot P and N records from the topic".
   static long records_after_snapshot(const std::string& l) {
     const size_t at = l.rfind("started from snapshot");
@@ -171,7 +184,7 @@ TEST_F(ColdStartTest, ColdStartReadsOnlyTheRecordsAfterTheSnapshot) {
   const auto got = cold_start(write_config());
   EXPECT_TRUE(same(got, topic_state()));
   EXPECT_EQ(got.size(), 21000u);
-  const std::string l = log();
+  const std::string l = log_once(0, "started from snapshot");
   EXPECT_NE(l.find("cold start from snapshot " + snapshots()[0]), std::string::npos) << l;
   EXPECT_EQ(records_after_snapshot(l), 3000) << l;
   stop();
@@ -233,7 +246,7 @@ TEST_F(ColdStartTest, AHostIsSeededFromANeighboursSnapshot) {
       60s))
       << test::slurp(other_log);
   EXPECT_TRUE(same(contents(*u), contents(t)));
-  const std::string l = test::slurp(other_log);
+  const std::string l = log_once(0, "started from snapshot", other_log);
   EXPECT_NE(l.find("cold start from snapshot " + seed), std::string::npos) << l;
   EXPECT_EQ(records_after_snapshot(l), 700) << l;
   neighbour.kill(SIGTERM);
@@ -299,7 +312,7 @@ TEST_F(ColdStartTest, DamagedAndForeignSnapshotsAreRefusedAndTheTableIsRight) {
     std::ofstream(newer, std::ios::binary | std::ios::trunc) << bytes;
     const size_t log_before = log().size();
     EXPECT_TRUE(same(cold_start(config), topic_state()));
-    const std::string l = log().substr(log_before);
+    const std::string l = log_once(log_before, "started from snapshot");
     EXPECT_NE(l.find(says), std::string::npos) << l;
     EXPECT_NE(l.find(newer), std::string::npos) << "the refused file is named: " << l;
     EXPECT_NE(l.find("cold start from snapshot " + good), std::string::npos) << l;
@@ -368,7 +381,7 @@ TEST_F(ColdStartTest, ASnapshotDatedInTheFutureIsNeitherKeptNorStartedFrom) {
   ASSERT_TRUE(p.flush());
   const size_t log_before = log().size();
   EXPECT_TRUE(same(cold_start(write_config("", "snapshot_interval_s = 0\n")), topic_state()));
-  std::string l = log().substr(log_before);
+  std::string l = log_once(log_before, "started from snapshot");
   EXPECT_NE(l.find("cold start from snapshot " + second), std::string::npos) << l;
   EXPECT_EQ(records_after_snapshot(l), 300) << l;
   stop();
