@@ -173,10 +173,9 @@ TEST(ConfigTest, CrossKeyChecks) {
       parse_error(std::string(kMinimal) + "[[table]]\nname = \"b\"\ntopic = \"flags-topic\"\n")
           .message.find("already feeds another table"),
       std::string::npos);
-  EXPECT_NE(
-      parse_error(std::string(kKafka) + "[[table]]\nname = \"a/b\"\ntopic = \"t\"\n")
-          .message.find("[A-Za-z0-9._-]"),
-      std::string::npos);
+  EXPECT_NE(parse_error(std::string(kKafka) + "[[table]]\nname = \"a/b\"\ntopic = \"t\"\n")
+                .message.find("[A-Za-z0-9._-]"),
+            std::string::npos);
   EXPECT_NE(parse_error("[kvsd]\nlog_level = \"loud\"\n" + std::string(kMinimal))
                 .message.find("must be debug, info, warning or error"),
             std::string::npos);
