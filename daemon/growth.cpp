@@ -158,11 +158,7 @@ static Result<void> start_resize(Replica& t, TableSize size, const char* what) {
 static Result<void> grow_rebuild(Replica& t, TableSize size) {
   auto next = t.rebuild->begin_resize(size);
   if (!next) return std::move(next).error();
-  for (;;) {
-    auto done = (*next)->copy_step(UINT64_MAX);
-    if (!done) return std::move(done).error();
-    if (*done) break;
-  }
+  if (auto ok = (*next)->copy_rest(); !ok) return ok;
   KVS_LOG_INFO("table %s: the segment being rebuilt grew to %llu entries and %s of arena",
                t.cfg.name.c_str(), static_cast<unsigned long long>(size.capacity),
                mib(size.arena_bytes).c_str());
@@ -189,11 +185,7 @@ static Result<void> publish_growth(Replica& t) {
 Result<void> grow(Replica& t, uint64_t need) {
   if (t.grow) {
     // The grown segment is full too: it is completed and swapped in first.
-    for (;;) {
-      auto done = t.grow->copy_step(UINT64_MAX);
-      if (!done) return std::move(done).error();
-      if (*done) break;
-    }
+    if (auto ok = t.grow->copy_rest(); !ok) return ok;
     if (auto ok = publish_growth(t); !ok) return ok;
   }
   TableWriter& full = t.active();

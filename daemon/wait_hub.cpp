@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 
+#include "base/sys.hpp"
 #include "log.hpp"
 #include "protocol/wait_socket.hpp"
 
@@ -27,10 +28,6 @@ namespace {
 // a connection (by descriptor).
 constexpr uint64_t kStop = uint64_t{1} << 62;
 constexpr uint64_t kListener = uint64_t{1} << 61;
-
-Error sys_error(const std::string& what) {
-  return Error{Errc::kSystem, what + ": " + std::strerror(errno)};
-}
 
 // A name beside `path` that a reader cannot guess in advance.
 std::string beside(const std::string& path, const char* what) {
@@ -79,7 +76,7 @@ static Result<int> bind_socket(const std::string& path, mode_t mode, gid_t group
   }
   remove_leftovers(path);
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return sys_error("socket for " + path);
+  if (fd < 0) return sys_error("socket for " + path, errno);
   std::string temp;
   bool bound = false;
   for (int attempt = 0; attempt < 4 && !bound; ++attempt) {
@@ -90,7 +87,7 @@ static Result<int> bind_socket(const std::string& path, mode_t mode, gid_t group
     if (!bound && errno != EADDRINUSE) break;
   }
   auto fail = [&](const std::string& what) {
-    auto e = sys_error(what);
+    auto e = sys_error(what, errno);
     ::close(fd);
     if (bound) ::unlink(temp.c_str());
     return e;
@@ -135,16 +132,17 @@ Result<void> WaitHub::start() {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (epoll_fd_ < 0 || stop_fd_ < 0) return sys_error("wait sockets: epoll");
+  if (epoll_fd_ < 0 || stop_fd_ < 0) return sys_error("wait sockets: epoll", errno);
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kStop;
-  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, stop_fd_, &ev) != 0) return sys_error("epoll_ctl");
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, stop_fd_, &ev) != 0)
+    return sys_error("epoll_ctl", errno);
   for (size_t i = 0; i < tables_.size(); ++i) {
     tables_[i]->index = i;
     ev.data.u64 = kListener | i;
     if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, tables_[i]->fd, &ev) != 0)
-      return sys_error("epoll_ctl");
+      return sys_error("epoll_ctl", errno);
   }
   thread_ = std::thread([this] { run(); });
   return {};

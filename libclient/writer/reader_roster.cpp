@@ -15,6 +15,7 @@
 #include <ctime>
 #include <limits>
 
+#include "base/sys.hpp"
 #include "format/layout.hpp"
 #include "format/sanitizers.hpp"
 #include "src/registry.hpp"
@@ -32,11 +33,6 @@ constexpr int64_t kTempLeftoverAge_s = 60;
 bool is_reader_name(const char* name) { return name[0] == 'r' && name[1] == '.'; }
 bool is_temp_name(const char* name) { return name[0] == 't' && name[1] == '.'; }
 
-Error sys_error(const std::string& what, int err) {
-  return Error{err == EACCES || err == EPERM ? Errc::kPermission : Errc::kSystem,
-               what + ": " + std::strerror(err)};
-}
-
 // An OFD write lock test: true if any other open file description holds a
 // lock on the file, or if the kernel cannot tell (uncertainty counts as alive).
 bool locked(int fd) {
@@ -53,9 +49,9 @@ Result<void> make_dir(const std::string& dir) {
   for (int attempt = 0; attempt < 4; ++attempt) {
     struct stat st {};
     if (::lstat(dir.c_str(), &st) != 0) {
-      if (errno != ENOENT) return sys_error(dir, errno);
+      if (errno != ENOENT) return access_error(dir, errno);
       if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-        return sys_error("mkdir " + dir, errno);
+        return access_error("mkdir " + dir, errno);
       continue;
     }
     if (st.st_uid != ::geteuid()) {
@@ -65,7 +61,7 @@ Result<void> make_dir(const std::string& dir) {
                             "): another user made it; remove it (as root) and restart kvsd");
     }
     if (S_ISDIR(st.st_mode)) return {};
-    if (::unlink(dir.c_str()) != 0) return sys_error("unlink " + dir, errno);
+    if (::unlink(dir.c_str()) != 0) return access_error("unlink " + dir, errno);
   }
   return make_error(Errc::kBusy, dir + " keeps changing; another kvsd?");
 }
@@ -80,7 +76,7 @@ Result<std::shared_ptr<ReaderRoster>> ReaderRoster::open(const std::string& segm
   r->max_files_ = max_files;
   if (auto ok = make_dir(r->dir_); !ok) return std::move(ok).error();
   r->dir_fd_ = ::open(r->dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (r->dir_fd_ < 0) return sys_error("open " + r->dir_, errno);
+  if (r->dir_fd_ < 0) return access_error("open " + r->dir_, errno);
   struct stat st {};
   if (::fstat(r->dir_fd_, &st) != 0 || st.st_uid != ::geteuid()) {
     return make_error(Errc::kPermission, r->dir_ + " changed owner while kvsd opened it");
@@ -92,7 +88,7 @@ Result<std::shared_ptr<ReaderRoster>> ReaderRoster::open(const std::string& segm
       return make_error(Errc::kBusy, "the table is held by another writer (" + r->dir_ +
                                          " is locked); stop the other kvsd");
     }
-    return sys_error("flock " + r->dir_, errno);
+    return access_error("flock " + r->dir_, errno);
   }
   if (group != static_cast<gid_t>(-1) && st.st_gid != group &&
       ::fchown(r->dir_fd_, static_cast<uid_t>(-1), group) != 0) {
@@ -100,7 +96,7 @@ Result<std::shared_ptr<ReaderRoster>> ReaderRoster::open(const std::string& segm
                                              std::to_string(group) + ": " + std::strerror(errno));
   }
   if (::fchmod(r->dir_fd_, registry::dir_mode(registry_mode)) != 0) {
-    return sys_error("chmod " + r->dir_, errno);
+    return access_error("chmod " + r->dir_, errno);
   }
   r->inotify_fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (r->inotify_fd_ >= 0 &&

@@ -197,4 +197,12 @@ Result<bool> TableWriter::copy_step(uint64_t max_groups) {
   return true;
 }
 
+Result<void> TableWriter::copy_rest() {
+  for (;;) {
+    auto done = copy_step(UINT64_MAX);
+    if (!done) return std::move(done).error();
+    if (*done) return {};
+  }
+}
+
 }  // namespace kvs

@@ -9,24 +9,14 @@
 #include <cerrno>
 #include <cstring>
 
+#include "base/sys.hpp"
+
 namespace kvs {
 using namespace format;
 
 namespace {
 
-Error sys_error(const std::string& what, int err) {
-  return Error{Errc::kSystem, what + ": " + std::strerror(err)};
-}
-
 uint64_t hash_of(const std::string& s) { return XXH3_64bits(s.data(), s.size()); }
-
-// A file descriptor closed on scope exit.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 // Reads exactly n bytes at the file's position; what failed, or "".
 std::string read_exact(int fd, void* out, size_t n, uint64_t* pos) {

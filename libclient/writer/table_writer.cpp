@@ -81,11 +81,7 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
     // The entries still to copy are guaranteed room: copied first if this
     // record would take it.
     if (!room_beside_copy(need)) {
-      for (;;) {
-        auto done = copy_step(UINT64_MAX);
-        if (!done) return std::move(done).error();
-        if (*done) break;
-      }
+      if (auto ok = copy_rest(); !ok) return std::move(ok).error();
     }
   }
   EntryRef old;

@@ -264,6 +264,8 @@ class TableWriter {
   // kCorrupt (the source's index), kNoMemory (/dev/shm full); the
   // replacement is then unusable.
   Result<bool> copy_step(uint64_t max_groups);
+  // Copies every entry still to copy (copy_step to its end); errors as it.
+  Result<void> copy_rest();
   bool copying() const { return copy_.from != nullptr; }
   TableSize size() const { return {header_->capacity, header_->arena_bytes}; }
   // Gives `next` (from begin_replacement) the table's name, then tells the

@@ -80,11 +80,8 @@ class WatchTest : public ::testing::Test {
     auto grown = from.begin_resize(size);
     EXPECT_TRUE(grown) << grown.error().message;
     if (!grown) return nullptr;
-    for (;;) {
-      auto done = (*grown)->copy_step(UINT64_MAX);
-      EXPECT_TRUE(done);
-      if (!done || *done) break;
-    }
+    auto copied = (*grown)->copy_rest();
+    EXPECT_TRUE(copied) << copied.error().message;
     return std::move(*grown);
   }
   static std::vector<Seen> drain(Watch& w, std::chrono::milliseconds timeout = 0ms) {
