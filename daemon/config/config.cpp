@@ -414,65 +414,72 @@ Result<void> check_modes(const Config& c) {
   }
   return {};
 }
-}  // namespace
 
-Result<Config> parse(std::string_view text, const std::string& source) {
-  toml::table root;
-  try {
-    root = toml::parse(text, source);
-  } catch (const toml::parse_error& e) {
-    return fail(source, e.source(), std::string(e.description()));
+// [kafka]: every key passes to librdkafka as text.
+Result<void> read_kafka(const toml::node& node, Config& c, const std::string& source) {
+  if (!node.is_table()) return fail(source, node.source(), "[kafka] must be a table");
+  for (const auto& [k, v] : *node.as_table()) {
+    std::string value;
+    if (v.is_string()) {
+      value = v.as_string()->get();
+    } else if (v.is_integer()) {
+      value = std::to_string(v.as_integer()->get());
+    } else if (v.is_boolean()) {
+      value = v.as_boolean()->get() ? "true" : "false";
+    } else {
+      return fail(source, v.source(),
+                  "kafka." + std::string(k.str()) +
+                      " must be a string, integer or boolean (librdkafka takes text)");
+    }
+    c.kafka.emplace_back(std::string(k.str()), value);
+    c.where["kafka." + std::string(k.str())] = where(source, v.source());
   }
-  Config c;
-  c.source = source;
+  return {};
+}
+
+// [[table]], each in turn.
+Result<void> read_tables(const toml::node& node, Config& c, const std::string& source) {
+  if (!node.is_array_of_tables()) {
+    return fail(source, node.source(), "tables are declared as [[table]], not [table]");
+  }
+  int index = 0;
+  for (const auto& el : *node.as_array()) {
+    TableConfig t;
+    t.line = static_cast<int>(el.source().begin.line);
+    const std::string prefix = "table[" + std::to_string(index++) + "].";
+    if (auto ok = apply_section("table", *el.as_table(), c, t, source, prefix); !ok) {
+      return std::move(ok).error();
+    }
+    c.tables.push_back(std::move(t));
+  }
+  return {};
+}
+
+// The sections of the file, each by its reader.
+Result<void> read_sections(const toml::table& root, Config& c, const std::string& source) {
   TableConfig unused;
   const std::vector<std::string_view> sections = {"kvsd", "kafka", "table"};
   for (const auto& [name, node] : root) {
     const std::string_view n = name.str();
+    Result<void> ok;
     if (n == "kvsd") {
       if (!node.is_table()) return fail(source, node.source(), "[kvsd] must be a table");
-      if (auto ok = apply_section("kvsd", *node.as_table(), c, unused, source, "kvsd."); !ok) {
-        return std::move(ok).error();
-      }
+      ok = apply_section("kvsd", *node.as_table(), c, unused, source, "kvsd.");
     } else if (n == "kafka") {
-      if (!node.is_table()) return fail(source, node.source(), "[kafka] must be a table");
-      for (const auto& [k, v] : *node.as_table()) {
-        std::string value;
-        if (v.is_string()) {
-          value = v.as_string()->get();
-        } else if (v.is_integer()) {
-          value = std::to_string(v.as_integer()->get());
-        } else if (v.is_boolean()) {
-          value = v.as_boolean()->get() ? "true" : "false";
-        } else {
-          return fail(source, v.source(),
-                      "kafka." + std::string(k.str()) +
-                          " must be a string, integer or boolean (librdkafka takes text)");
-        }
-        c.kafka.emplace_back(std::string(k.str()), value);
-        c.where["kafka." + std::string(k.str())] = where(source, v.source());
-      }
+      ok = read_kafka(node, c, source);
     } else if (n == "table") {
-      if (!node.is_array_of_tables()) {
-        return fail(source, node.source(), "tables are declared as [[table]], not [table]");
-      }
-      int index = 0;
-      for (const auto& el : *node.as_array()) {
-        TableConfig t;
-        t.line = static_cast<int>(el.source().begin.line);
-        const std::string prefix = "table[" + std::to_string(index++) + "].";
-        if (auto ok = apply_section("table", *el.as_table(), c, t, source, prefix); !ok) {
-          return std::move(ok).error();
-        }
-        c.tables.push_back(std::move(t));
-      }
+      ok = read_tables(node, c, source);
     } else {
       return fail(source, name.source(),
                   "unknown section '" + std::string(n) + "'" + suggestion(n, sections));
     }
+    if (!ok) return ok;
   }
+  return {};
+}
 
-  // Checks across keys.
+// Checks across the keys of [kvsd] and [kafka].
+Result<void> check_daemon(const Config& c, const std::string& source) {
   auto whole = [&](const std::string& what) {
     return make_error(Errc::kInvalidArgument, source + ": " + what);
   };
@@ -511,18 +518,57 @@ Result<Config> parse(std::string_view text, const std::string& source) {
                         c.location(std::string("kvsd.") + key) + ": " + gid.error().message);
     }
   }
+  return {};
+}
+
+// The topic of table number `index`.
+Result<void> check_topic(const Config& c, const TableConfig& t, int index) {
+  if (t.topic.empty()) {
+    return make_error(Errc::kInvalidArgument,
+                      c.at("table[" + std::to_string(index) + "].topic") +
+                          " = \"\": name the Kafka topic the table mirrors");
+  }
+  if (const std::string why = why_not_topic_name(t.topic); !why.empty()) {
+    return make_error(Errc::kInvalidArgument, c.at("table[" + std::to_string(index) + "].topic") +
+                                                  " = \"" + t.topic + "\": " + why);
+  }
+  return {};
+}
+
+// The sizes of one table against each other; `at` names it.
+Result<void> check_table_sizes(const TableConfig& t, const std::string& at) {
+  if (t.change_log_entries > 0 &&
+      t.change_log_entries < 4 * format::change_entries(t.max_key_bytes)) {
+    return make_error(Errc::kInvalidArgument,
+                      at + ": change_log_entries = " + std::to_string(t.change_log_entries) +
+                          " is below 4 changes of the longest key (max_key_bytes = " +
+                          std::to_string(t.max_key_bytes) + "): set it to 0 or at least " +
+                          std::to_string(4 * format::change_entries(t.max_key_bytes)));
+  }
+  if (t.max_key_bytes + uint64_t{t.max_value_bytes} + 16 > t.memory_limit_bytes) {
+    return make_error(Errc::kInvalidArgument,
+                      at + ": memory_limit_bytes = " + std::to_string(t.memory_limit_bytes) +
+                          " cannot hold one entry of max_key_bytes + max_value_bytes");
+  }
+  const uint64_t initial =
+      format::geometry(t.capacity, t.max_partitions, t.memory_limit_bytes, t.change_log_entries)
+          .segment_bytes;
+  if (t.max_memory_bytes != 0 && t.max_memory_bytes < initial) {
+    return make_error(Errc::kInvalidArgument,
+                      at + ": max_memory_bytes = " + std::to_string(t.max_memory_bytes) +
+                          " is below the segment that capacity, memory_limit_bytes and "
+                          "max_partitions start with (" +
+                          std::to_string(initial) + " bytes); raise it, or lower those");
+  }
+  return {};
+}
+
+// Each table, and the tables against each other (names, topics).
+Result<void> check_tables(const Config& c, const std::string& source) {
   std::set<std::string> names, topics;
   int index = 0;
   for (const auto& t : c.tables) {
-    if (t.topic.empty()) {
-      return make_error(Errc::kInvalidArgument,
-                        c.at("table[" + std::to_string(index) + "].topic") +
-                            " = \"\": name the Kafka topic the table mirrors");
-    }
-    if (const std::string why = why_not_topic_name(t.topic); !why.empty()) {
-      return make_error(Errc::kInvalidArgument, c.at("table[" + std::to_string(index) + "].topic") +
-                                                    " = \"" + t.topic + "\": " + why);
-    }
+    if (auto ok = check_topic(c, t, index); !ok) return ok;
     ++index;
     const std::string at = source + ":" + std::to_string(t.line) + ": table '" + t.name + "'";
     // The same check libkvs and the writer make, prefix included.
@@ -536,30 +582,24 @@ Result<Config> parse(std::string_view text, const std::string& source) {
       return make_error(Errc::kInvalidArgument,
                         at + ": topic '" + t.topic + "' already feeds another table");
     }
-    if (t.change_log_entries > 0 &&
-        t.change_log_entries < 4 * format::change_entries(t.max_key_bytes)) {
-      return make_error(Errc::kInvalidArgument,
-                        at + ": change_log_entries = " + std::to_string(t.change_log_entries) +
-                            " is below 4 changes of the longest key (max_key_bytes = " +
-                            std::to_string(t.max_key_bytes) + "): set it to 0 or at least " +
-                            std::to_string(4 * format::change_entries(t.max_key_bytes)));
-    }
-    if (t.max_key_bytes + uint64_t{t.max_value_bytes} + 16 > t.memory_limit_bytes) {
-      return make_error(Errc::kInvalidArgument,
-                        at + ": memory_limit_bytes = " + std::to_string(t.memory_limit_bytes) +
-                            " cannot hold one entry of max_key_bytes + max_value_bytes");
-    }
-    const uint64_t initial =
-        format::geometry(t.capacity, t.max_partitions, t.memory_limit_bytes, t.change_log_entries)
-            .segment_bytes;
-    if (t.max_memory_bytes != 0 && t.max_memory_bytes < initial) {
-      return make_error(Errc::kInvalidArgument,
-                        at + ": max_memory_bytes = " + std::to_string(t.max_memory_bytes) +
-                            " is below the segment that capacity, memory_limit_bytes and "
-                            "max_partitions start with (" +
-                            std::to_string(initial) + " bytes); raise it, or lower those");
-    }
+    if (auto ok = check_table_sizes(t, at); !ok) return ok;
   }
+  return {};
+}
+}  // namespace
+
+Result<Config> parse(std::string_view text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    return fail(source, e.source(), std::string(e.description()));
+  }
+  Config c;
+  c.source = source;
+  if (auto ok = read_sections(root, c, source); !ok) return std::move(ok).error();
+  if (auto ok = check_daemon(c, source); !ok) return std::move(ok).error();
+  if (auto ok = check_tables(c, source); !ok) return std::move(ok).error();
   return c;
 }
 

@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/sys.hpp"
 #include "format/snapshot.hpp"
 #include "kvs/kvs.h"
 #include "kvs/result.hpp"
@@ -45,17 +46,6 @@ namespace {
 // A walk restarts when the table is replaced under it (a growth, a
 // rebuild); this many in a row is an error.
 constexpr int kMaxRestarts = 8;
-
-Error sys_error(const std::string& what, int err) {
-  return Error{Errc::kSystem, what + ": " + std::strerror(err)};
-}
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 // Writes all of `data`; false (errno set) on failure.
 bool write_all(int fd, const void* data, size_t n) {
@@ -266,22 +256,148 @@ class Guard {
   kvs_txn* x_ = nullptr;
 };
 
+// The walk of a table's index under guards that are renewed every few
+// hundred entries; the entries go to `chunks`.
+class IndexWalk {
+ public:
+  IndexWalk(Guard& guard, const detail::GuardView& v, Chunks& chunks, const std::string& where,
+            size_t partitions)
+      : guard_(guard),
+        v_(v),
+        generation_(v.generation),
+        chunks_(chunks),
+        where_(where),
+        partitions_(partitions),
+        groups_(v.view->group_count()),
+        arena_end_(v.header->arena_offset + v.header->arena_bytes) {}
+
+  // Walks every group: true at the end, false if the table was replaced
+  // during the walk (the snapshot is then of no use).
+  Result<bool> run() {
+    for (uint64_t g = 0; g < kAhead; ++g) prefetch(g);
+    for (uint64_t g = 0; g < groups_; ++g) {
+      prefetch(g + kAhead);
+      for (int i = 0; i < kSlotsPerGroup; ++i) {
+        // seq_cst, as in find(): the loads follow the guard's announcement.
+        const uint64_t w = v_.view->group(g).slots[i].load(std::memory_order_seq_cst);
+        if (w == 0) continue;
+        auto added = add(w);
+        if (!added) return std::move(added).error();
+        // The rest of the group comes under the next guard.
+        if (*added && !renew()) return stopped();
+      }
+      if (++guarded_groups_ >= kGroupsPerGuard && !renew()) return stopped();
+    }
+    return true;
+  }
+
+ private:
+  // The entries of the group kAhead places on are loaded while this one is
+  // copied: the walk overlaps its misses instead of taking one per entry.
+  // (Only a hint: the slot may change before it is read for real.)
+  static constexpr uint64_t kAhead = 8;
+  // A guard covers a few hundred entries (tens of microseconds of copying)
+  // or groups of a sparse index: a walk whose thread is held off the CPU
+  // (kvsd's runs SCHED_IDLE) holds no memory back for long. Chunks are
+  // written between guards.
+  static constexpr uint64_t kEntriesPerGuard = 256, kBytesPerGuard = 64 << 10,
+                            kGroupsPerGuard = 1024;
+
+  void prefetch(uint64_t g) const {
+    if (g >= groups_) return;
+    for (int i = 0; i < kSlotsPerGroup; ++i) {
+      const uint64_t off = slot_offset(v_.view->group(g).slots[i].load(std::memory_order_relaxed));
+      if (off != 0 && off + 128 <= arena_end_) {
+        __builtin_prefetch(v_.base + off);
+        __builtin_prefetch(v_.base + off + 64);
+      }
+    }
+  }
+
+  // Adds the entry of slot word `w` to the chunks: true when the guard is
+  // due to be renewed.
+  Result<bool> add(uint64_t w) {
+    EntryRef e;
+    if (!v_.view->entry_at(slot_offset(w), &e)) {
+      return Error{Errc::kCorrupt, v_.path + ": an index slot points outside the arena"};
+    }
+    const Origin o = v_.view->origin_at(slot_offset(w));
+    // A partition the topic gained during the walk: its records are all
+    // after the file's positions (it is read from its start on load).
+    if (o.partition >= partitions_) return false;
+    // Chunks are written once past kSnapshotChunkBytes, so with this
+    // bound none passes kSnapshotMaxChunkBytes.
+    const uint64_t bytes = sizeof(EntryHeader) + uint64_t{e.key_len} + e.value_len;
+    if (bytes > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) {
+      return Error{Errc::kTooLarge, where_ + ": an entry of " + std::to_string(bytes) +
+                                        " bytes is larger than a snapshot chunk may hold"};
+    }
+    const bool full = chunks_.add(e, o);
+    guarded_bytes_ += bytes;
+    return full || ++guarded_entries_ >= kEntriesPerGuard || guarded_bytes_ >= kBytesPerGuard;
+  }
+
+  // Ends the guard, writes the chunk if full, and begins the next guard;
+  // false when the walk must stop (replaced_, or an error in err_).
+  bool renew() {
+    guarded_entries_ = guarded_bytes_ = guarded_groups_ = 0;
+    guard_.end();
+    if (chunks_.full() && !chunks_.flush()) {
+      err_ = sys_error("writing " + where_, errno);
+      return false;
+    }
+    auto again = guard_.begin();
+    if (!again) {
+      err_ = std::move(again).error();
+      return false;
+    }
+    v_ = *again;
+    replaced_ = v_.generation != generation_;
+    return !replaced_;
+  }
+
+  Result<bool> stopped() {
+    if (replaced_) return false;
+    return err_;
+  }
+
+  Guard& guard_;
+  detail::GuardView v_;
+  const void* generation_;
+  Chunks& chunks_;
+  const std::string& where_;
+  const size_t partitions_;
+  const uint64_t groups_;
+  const uint64_t arena_end_;
+  uint64_t guarded_entries_ = 0, guarded_bytes_ = 0, guarded_groups_ = 0;
+  bool replaced_ = false;
+  Error err_;
+};
+
+// The file's header, written last over its placeholder.
+Result<void> write_header(int fd, FileHeader h, const std::string& where) {
+  h.checksum = header_checksum(h);
+  if (const ssize_t n = ::pwrite(fd, &h, sizeof h, 0); n != static_cast<ssize_t>(sizeof h)) {
+    if (n >= 0) errno = EIO;
+    return sys_error("writing " + where, errno);
+  }
+  return {};
+}
+
 // The walk: header placeholder, partitions, chunks, trailer, header.
 Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
   Written out;
   Guard guard(t);
   auto begun = guard.begin();
   if (!begun) return std::move(begun).error();
-  detail::GuardView v = *begun;
-  if (v.nested) {
+  if (begun->nested) {
     return Error{Errc::kInvalidArgument,
                  "kvs_snapshot_write: called inside a read guard of the table; end it first"};
   }
-  const void* generation = v.generation;
   const uint64_t created = now_unix_ns();
-  const std::vector<SnapshotPartition> parts = read_partitions(v);
-  const uint64_t cluster = v.header->source_cluster.load(std::memory_order_relaxed);
-  const uint64_t topic = v.header->source_topic.load(std::memory_order_relaxed);
+  const std::vector<SnapshotPartition> parts = read_partitions(*begun);
+  const uint64_t cluster = begun->header->source_cluster.load(std::memory_order_relaxed);
+  const uint64_t topic = begun->header->source_topic.load(std::memory_order_relaxed);
   FileHeader h{};
   const uint64_t psum = XXH3_64bits(parts.data(), parts.size() * sizeof(SnapshotPartition));
   // The header is written last, over a placeholder: a file without its
@@ -292,85 +408,15 @@ Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
     return sys_error("writing " + where, errno);
   }
   Chunks chunks(fd);
-  const uint64_t groups = v.view->group_count();
-  const uint64_t arena_end = v.header->arena_offset + v.header->arena_bytes;
-  // The entries of the group kAhead places on are loaded while this one is
-  // copied: the walk overlaps its misses instead of taking one per entry.
-  // (Only a hint: the slot may change before it is read for real.)
-  constexpr uint64_t kAhead = 8;
-  auto prefetch = [&](uint64_t g) {
-    if (g >= groups) return;
-    for (int i = 0; i < kSlotsPerGroup; ++i) {
-      const uint64_t off = slot_offset(v.view->group(g).slots[i].load(std::memory_order_relaxed));
-      if (off != 0 && off + 128 <= arena_end) {
-        __builtin_prefetch(v.base + off);
-        __builtin_prefetch(v.base + off + 64);
-      }
-    }
-  };
-  // A guard covers a few hundred entries (tens of microseconds of copying)
-  // or groups of a sparse index: a walk whose thread is held off the CPU
-  // (kvsd's runs SCHED_IDLE) holds no memory back for long. Chunks are
-  // written between guards.
-  constexpr uint64_t kEntriesPerGuard = 256, kBytesPerGuard = 64 << 10, kGroupsPerGuard = 1024;
-  uint64_t guarded_entries = 0, guarded_bytes = 0, guarded_groups = 0;
-  // Ends the guard, writes the chunk if full, and begins the next guard;
-  // false when the walk must stop (out: replaced, or an error in *err).
-  Error err;
-  auto renew = [&]() -> bool {
-    guarded_entries = guarded_bytes = guarded_groups = 0;
-    guard.end();
-    if (chunks.full() && !chunks.flush()) {
-      err = sys_error("writing " + where, errno);
-      return false;
-    }
-    auto again = guard.begin();
-    if (!again) {
-      err = std::move(again).error();
-      return false;
-    }
-    v = *again;
-    out.replaced = v.generation != generation;
-    return !out.replaced;
-  };
-  auto stopped = [&]() -> Result<Written> {
-    if (out.replaced) return out;
-    return err;
-  };
-  for (uint64_t g = 0; g < kAhead; ++g) prefetch(g);
-  for (uint64_t g = 0; g < groups; ++g) {
-    prefetch(g + kAhead);
-    for (int i = 0; i < kSlotsPerGroup; ++i) {
-      // seq_cst, as in find(): the loads follow the guard's announcement.
-      const uint64_t w = v.view->group(g).slots[i].load(std::memory_order_seq_cst);
-      if (w == 0) continue;
-      EntryRef e;
-      if (!v.view->entry_at(slot_offset(w), &e)) {
-        return Error{Errc::kCorrupt, v.path + ": an index slot points outside the arena"};
-      }
-      const Origin o = v.view->origin_at(slot_offset(w));
-      // A partition the topic gained during the walk: its records are all
-      // after the file's positions (it is read from its start on load).
-      if (o.partition >= parts.size()) continue;
-      // Chunks are written once past kSnapshotChunkBytes, so with this
-      // bound none passes kSnapshotMaxChunkBytes.
-      const uint64_t bytes = sizeof(EntryHeader) + uint64_t{e.key_len} + e.value_len;
-      if (bytes > kSnapshotMaxChunkBytes - kSnapshotChunkBytes) {
-        return Error{Errc::kTooLarge, where + ": an entry of " + std::to_string(bytes) +
-                                          " bytes is larger than a snapshot chunk may hold"};
-      }
-      const bool full = chunks.add(e, o);
-      guarded_bytes += bytes;
-      // The rest of the group comes under the next guard.
-      if ((full || ++guarded_entries >= kEntriesPerGuard || guarded_bytes >= kBytesPerGuard) &&
-          !renew()) {
-        return stopped();
-      }
-    }
-    if (++guarded_groups >= kGroupsPerGuard && !renew()) return stopped();
+  auto walked = IndexWalk(guard, *begun, chunks, where, parts.size()).run();
+  if (!walked) return std::move(walked).error();
+  if (!*walked) {
+    out.replaced = true;
+    return out;
   }
   guard.end();
   if (!chunks.finish()) return sys_error("writing " + where, errno);
+  const std::string& name = detail::table_name(t);
   h = FileHeader{kSnapshotMagic,
                  kSnapshotVersion,
                  sizeof(FileHeader),
@@ -378,17 +424,13 @@ Result<Written> write_entries(kvs_table* t, int fd, const std::string& where) {
                  created,
                  cluster,
                  topic,
-                 XXH3_64bits(detail::table_name(t).data(), detail::table_name(t).size()),
+                 XXH3_64bits(name.data(), name.size()),
                  chunks.entries(),
                  chunks.bytes(),
                  static_cast<uint32_t>(parts.size()),
                  0,
                  0};
-  h.checksum = header_checksum(h);
-  if (const ssize_t n = ::pwrite(fd, &h, sizeof h, 0); n != static_cast<ssize_t>(sizeof h)) {
-    if (n >= 0) errno = EIO;
-    return sys_error("writing " + where, errno);
-  }
+  if (auto ok = write_header(fd, h, where); !ok) return std::move(ok).error();
   out.info.entries = chunks.entries();
   out.info.entry_bytes = chunks.bytes();
   out.info.created_unix_ns = created;

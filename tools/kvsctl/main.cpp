@@ -279,98 +279,108 @@ int cmd_wait(const Target& t, int32_t partition, int64_t offset, int timeout_ms)
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"kvsctl: read kvs tables and write through kvsd"};
+namespace {
+
+// What the command line said.
+struct Args {
+  std::string config_path = "/etc/kvs/kvsd.toml", socket, prefix, table;
+  CLI::Option* config_opt = nullptr;
+  bool hex = false;
+  std::string key, value;
+  bool visible = false;
+  uint32_t write_timeout_ms = 0;
+  std::string format = "tsv";
+  bool json = false;
+  int timeout_ms = -1;
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::string out;
+  std::string watch_key, watch_prefix;
+  uint64_t max_changes = 0;
+  CLI::App *get = nullptr, *put = nullptr, *del = nullptr, *dump = nullptr, *stats = nullptr,
+           *ready = nullptr, *wait = nullptr, *snapshot = nullptr, *watch = nullptr;
+};
+
+void add_global_options(CLI::App& app, Args& a) {
   app.require_subcommand(1);
   app.fallthrough();  // --table, --hex, ... after the subcommand too
   app.footer(
       "Exit codes: 0 success; 1 key not found; 64 usage; 65 bad data (too large, no such "
       "table at kvsd); 69 kvsd or the table unavailable; 75 timed out (retry); 77 permission "
       "denied; 78 bad config; 70 other.");
-  std::string config_path = "/etc/kvs/kvsd.toml", socket, prefix, table;
-  auto* config_opt =
-      app.add_option("--config", config_path, "kvsd's config file")->capture_default_str();
-  app.add_option("--socket", socket, "kvsd's socket (default: from the config)");
-  app.add_option("--shm-prefix", prefix, "shared-memory prefix (default: from the config)");
-  app.add_option("-t,--table", table, "table (default: the config's only table)");
-  bool hex = false;
-  app.add_flag("--hex", hex, "KEY and VALUE arguments are hex-encoded bytes");
+  a.config_opt =
+      app.add_option("--config", a.config_path, "kvsd's config file")->capture_default_str();
+  app.add_option("--socket", a.socket, "kvsd's socket (default: from the config)");
+  app.add_option("--shm-prefix", a.prefix, "shared-memory prefix (default: from the config)");
+  app.add_option("-t,--table", a.table, "table (default: the config's only table)");
+  app.add_flag("--hex", a.hex, "KEY and VALUE arguments are hex-encoded bytes");
+}
 
-  std::string key, value;
-  bool visible = false;
-  uint32_t write_timeout_ms = 0;
-  auto* get = app.add_subcommand("get", "Print a key's value (raw bytes) from shared memory");
-  get->add_option("KEY", key)->required();
-  auto* put = app.add_subcommand("put", "Write KEY=VALUE through kvsd; prints the token");
-  put->add_option("KEY", key)->required();
-  put->add_option("VALUE", value, "the value; - reads it from stdin")->required();
-  auto* del = app.add_subcommand("del", "Delete KEY through kvsd; prints the token");
-  del->add_option("KEY", key)->required();
-  for (auto* w : {put, del}) {
-    w->add_flag("--visible", visible, "return once this host's table shows the write");
-    w->add_option("--timeout-ms", write_timeout_ms, "kvsd's answer deadline (0: its default)");
+// In the order --help lists them: get, put, del, dump; then stats, waits,
+// snapshot and watch.
+void add_read_write_commands(CLI::App& app, Args& a) {
+  a.get = app.add_subcommand("get", "Print a key's value (raw bytes) from shared memory");
+  a.get->add_option("KEY", a.key)->required();
+  a.put = app.add_subcommand("put", "Write KEY=VALUE through kvsd; prints the token");
+  a.put->add_option("KEY", a.key)->required();
+  a.put->add_option("VALUE", a.value, "the value; - reads it from stdin")->required();
+  a.del = app.add_subcommand("del", "Delete KEY through kvsd; prints the token");
+  a.del->add_option("KEY", a.key)->required();
+  for (auto* w : {a.put, a.del}) {
+    w->add_flag("--visible", a.visible, "return once this host's table shows the write");
+    w->add_option("--timeout-ms", a.write_timeout_ms, "kvsd's answer deadline (0: its default)");
   }
-  std::string format = "tsv";
-  auto* dump = app.add_subcommand("dump", "Print every entry, one per line");
-  dump->add_option("--format", format, "tsv (backslash escapes) or json (JSON lines)")
+  a.dump = app.add_subcommand("dump", "Print every entry, one per line");
+  a.dump->add_option("--format", a.format, "tsv (backslash escapes) or json (JSON lines)")
       ->check(CLI::IsMember({"tsv", "json"}))
       ->capture_default_str();
-  bool json = false;
-  auto* stats = app.add_subcommand("stats", "Table and kvsd statistics, lag per partition");
-  stats->add_flag("--json", json, "one JSON object");
-  int timeout_ms = -1;
-  auto* ready = app.add_subcommand("wait-ready", "Wait until the table is READY");
-  ready->add_option("--timeout-ms", timeout_ms, "give up after this long (-1: never)")
+}
+
+void add_observe_commands(CLI::App& app, Args& a) {
+  a.stats = app.add_subcommand("stats", "Table and kvsd statistics, lag per partition");
+  a.stats->add_flag("--json", a.json, "one JSON object");
+  a.ready = app.add_subcommand("wait-ready", "Wait until the table is READY");
+  a.ready->add_option("--timeout-ms", a.timeout_ms, "give up after this long (-1: never)")
       ->capture_default_str();
-  int32_t partition = 0;
-  int64_t offset = 0;
-  auto* wait =
-      app.add_subcommand("wait", "Wait until the table applied a token (PARTITION OFFSET)");
-  wait->add_option("PARTITION", partition)->required();
-  wait->add_option("OFFSET", offset)->required();
-  wait->add_option("--timeout-ms", timeout_ms, "give up after this long (-1: never)")
+  a.wait = app.add_subcommand("wait", "Wait until the table applied a token (PARTITION OFFSET)");
+  a.wait->add_option("PARTITION", a.partition)->required();
+  a.wait->add_option("OFFSET", a.offset)->required();
+  a.wait->add_option("--timeout-ms", a.timeout_ms, "give up after this long (-1: never)")
       ->capture_default_str();
-  std::string out;
-  auto* snapshot = app.add_subcommand(
+  a.snapshot = app.add_subcommand(
       "snapshot",
       "Write a snapshot of the live table to a file (kvsd's seed_from on another host)");
-  snapshot->add_option("--out", out, "the file (written beside it, then renamed)")->required();
-  std::string watch_key, watch_prefix;
-  uint64_t max_changes = 0;
-  auto* watch = app.add_subcommand(
+  a.snapshot->add_option("--out", a.out, "the file (written beside it, then renamed)")->required();
+  a.watch = app.add_subcommand(
       "watch",
       "Print changes as kvsd applies them (kind, partition:offset, key, value) until Ctrl-C");
-  watch->add_option("--key", watch_key, "only this key");
-  watch->add_option("--prefix", watch_prefix, "only keys that start with this");
-  watch->add_option("--format", format, "tsv (backslash escapes) or json (JSON lines)")
+  a.watch->add_option("--key", a.watch_key, "only this key");
+  a.watch->add_option("--prefix", a.watch_prefix, "only keys that start with this");
+  a.watch->add_option("--format", a.format, "tsv (backslash escapes) or json (JSON lines)")
       ->check(CLI::IsMember({"tsv", "json"}))
       ->capture_default_str();
-  watch->add_option("--max-changes", max_changes, "stop after this many lines (0: never)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : kExitUsage;
-  }
+  a.watch->add_option("--max-changes", a.max_changes, "stop after this many lines (0: never)");
+}
 
-  // Socket, prefix and table: flags, else the config, else kvsd's defaults.
-  Target t;
+// Socket, prefix and table: flags, else the config, else kvsd's defaults.
+// An exit code if they cannot be settled.
+std::optional<int> resolve_target(const Args& a, Target* t) {
   kvs::config::Config cfg;
-  const bool explicit_config = config_opt->count() > 0;
-  if (explicit_config || std::filesystem::exists(config_path)) {
-    auto c = kvs::config::load_file(config_path);
+  const bool explicit_config = a.config_opt->count() > 0;
+  if (explicit_config || std::filesystem::exists(a.config_path)) {
+    auto c = kvs::config::load_file(a.config_path);
     if (!c) {
       std::fprintf(stderr, "kvsctl: %s\n", c.error().message.c_str());
       return kExitConfig;
     }
     cfg = std::move(*c);
   }
-  t.socket = socket.empty() ? cfg.socket_path : socket;
-  t.shm_prefix = prefix.empty() ? cfg.shm_prefix : prefix;
-  if (!table.empty()) {
-    t.table = table;
+  t->socket = a.socket.empty() ? cfg.socket_path : a.socket;
+  t->shm_prefix = a.prefix.empty() ? cfg.shm_prefix : a.prefix;
+  if (!a.table.empty()) {
+    t->table = a.table;
   } else if (cfg.tables.size() == 1) {
-    t.table = cfg.tables[0].name;
+    t->table = cfg.tables[0].name;
   } else {
     std::string names;
     for (const auto& tc : cfg.tables) names += (names.empty() ? "" : ", ") + tc.name;
@@ -380,47 +390,78 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   for (const auto& tc : cfg.tables) {
-    if (tc.name == t.table) t.topic = tc.topic;
+    if (tc.name == t->table) t->topic = tc.topic;
   }
-  if (hex) {
+  return std::nullopt;
+}
+
+// --hex and a value read from stdin; an exit code on bad input.
+std::optional<int> decode_inputs(Args& a) {
+  if (a.hex) {
     bool ok = true;
-    key = from_hex(key, &ok);
-    if (ok && put->parsed() && value != "-") value = from_hex(value, &ok);
+    a.key = from_hex(a.key, &ok);
+    if (ok && a.put->parsed() && a.value != "-") a.value = from_hex(a.value, &ok);
     if (!ok) {
       std::fprintf(stderr, "kvsctl: --hex: KEY and VALUE must be pairs of hex digits\n");
       return kExitUsage;
     }
   }
-  if (put->parsed() && value == "-") {
-    value.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  if (a.put->parsed() && a.value == "-") {
+    a.value.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   }
+  return std::nullopt;
+}
 
-  if (get->parsed()) return cmd_get(t, key);
-  if (put->parsed()) return cmd_write(t, key, &value, visible, write_timeout_ms);
-  if (del->parsed()) return cmd_write(t, key, nullptr, visible, write_timeout_ms);
-  if (dump->parsed()) return cmd_dump(t, format);
-  if (stats->parsed()) return cmd_stats(t, json);
-  if (ready->parsed()) return cmd_wait_ready(t, timeout_ms);
-  if (wait->parsed()) return cmd_wait(t, partition, offset, timeout_ms);
-  if (snapshot->parsed()) return cmd_snapshot(t, out);
-  if (watch->parsed()) {
-    if (!watch_key.empty() && !watch_prefix.empty()) {
-      std::fprintf(stderr, "kvsctl: watch: --key and --prefix exclude each other\n");
+int run_watch(Args& a, const Target& t) {
+  if (!a.watch_key.empty() && !a.watch_prefix.empty()) {
+    std::fprintf(stderr, "kvsctl: watch: --key and --prefix exclude each other\n");
+    return kExitUsage;
+  }
+  if (a.hex) {
+    bool ok = true;
+    a.watch_key = from_hex(a.watch_key, &ok);
+    if (ok) a.watch_prefix = from_hex(a.watch_prefix, &ok);
+    if (!ok) {
+      std::fprintf(stderr, "kvsctl: --hex: --key and --prefix must be pairs of hex digits\n");
       return kExitUsage;
     }
-    if (hex) {
-      bool ok = true;
-      watch_key = from_hex(watch_key, &ok);
-      if (ok) watch_prefix = from_hex(watch_prefix, &ok);
-      if (!ok) {
-        std::fprintf(stderr, "kvsctl: --hex: --key and --prefix must be pairs of hex digits\n");
-        return kExitUsage;
-      }
-    }
-    const int filter = !watch_key.empty()      ? KVS_WATCH_KEY
-                       : !watch_prefix.empty() ? KVS_WATCH_PREFIX
-                                               : KVS_WATCH_ALL;
-    return cmd_watch(t, filter, watch_key.empty() ? watch_prefix : watch_key, format, max_changes);
   }
+  const int filter = !a.watch_key.empty()      ? KVS_WATCH_KEY
+                     : !a.watch_prefix.empty() ? KVS_WATCH_PREFIX
+                                               : KVS_WATCH_ALL;
+  return cmd_watch(t, filter, a.watch_key.empty() ? a.watch_prefix : a.watch_key, a.format,
+                   a.max_changes);
+}
+
+int run(Args& a, const Target& t) {
+  if (a.get->parsed()) return cmd_get(t, a.key);
+  if (a.put->parsed()) return cmd_write(t, a.key, &a.value, a.visible, a.write_timeout_ms);
+  if (a.del->parsed()) return cmd_write(t, a.key, nullptr, a.visible, a.write_timeout_ms);
+  if (a.dump->parsed()) return cmd_dump(t, a.format);
+  if (a.stats->parsed()) return cmd_stats(t, a.json);
+  if (a.ready->parsed()) return cmd_wait_ready(t, a.timeout_ms);
+  if (a.wait->parsed()) return cmd_wait(t, a.partition, a.offset, a.timeout_ms);
+  if (a.snapshot->parsed()) return cmd_snapshot(t, a.out);
+  if (a.watch->parsed()) return run_watch(a, t);
   return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvsctl: read kvs tables and write through kvsd"};
+  Args a;
+  add_global_options(app, a);
+  add_read_write_commands(app, a);
+  add_observe_commands(app, a);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+  Target t;
+  if (auto rc = resolve_target(a, &t)) return *rc;
+  if (auto rc = decode_inputs(a)) return *rc;
+  return run(a, t);
 }

@@ -182,6 +182,126 @@ int cmd_snapshot(const Target& t, const std::string& out) {
   return 0;
 }
 
+namespace {
+
+// kvsd's STATS answer, or "" when its socket does not answer.
+std::string server_stats(const Target& t) {
+  std::string server;
+  kvs_client* c = nullptr;
+  if (kvs_connect(t.socket.c_str(), &c) == KVS_OK) {
+    char* j = nullptr;
+    if (kvs_stats(c, &j) == KVS_OK) {
+      server = j;
+      kvs_free(j);
+    }
+    kvs_disconnect(c);
+  }
+  return server;
+}
+
+void print_stats_json(const Target& t, kvs_table* tb, const kvs_table_stats& s, bool ready,
+                      uint32_t parts, const std::string& server) {
+  std::printf(
+      "{\"table\":%s,\"state\":\"%s\",\"entries\":%llu,\"capacity\":%llu,"
+      "\"arena_used_bytes\":%llu,\"arena_bytes\":%llu,\"segment_bytes\":%llu,"
+      "\"puts\":%llu,\"erases\":%llu,\"skipped\":%llu,\"writer_pid\":%d,"
+      "\"writer_attaches\":%llu,\"reader_slots\":%u,\"reader_slots_used\":%u,"
+      "\"readers_reading\":%u,\"held_partitions\":%u,\"hold_reason\":\"%s\","
+      "\"holder_pid\":%d,\"holder_since_unix_ns\":%llu,\"holder_bytes\":%llu,"
+      "\"backlog\":%llu,\"oldest_unapplied_unix_ns\":%llu,\"waiters\":%u,\"wakes\":%llu,"
+      "\"change_log_entries\":%llu,\"change_log_position\":%llu,\"partitions\":[",
+      json_escape(t.table).c_str(), ready ? "READY" : "BOOTSTRAPPING",
+      static_cast<unsigned long long>(s.entries), static_cast<unsigned long long>(s.capacity),
+      static_cast<unsigned long long>(s.arena_used_bytes),
+      static_cast<unsigned long long>(s.arena_bytes),
+      static_cast<unsigned long long>(s.segment_bytes), static_cast<unsigned long long>(s.puts),
+      static_cast<unsigned long long>(s.erases), static_cast<unsigned long long>(s.skipped),
+      s.writer_pid, static_cast<unsigned long long>(s.writer_attaches), s.reader_slots,
+      s.reader_slots_used, s.readers_reading, s.held_partitions, hold_reason_name(s.hold_reason),
+      s.holder_pid, static_cast<unsigned long long>(s.holder_since_unix_ns),
+      static_cast<unsigned long long>(s.holder_bytes), static_cast<unsigned long long>(s.backlog),
+      static_cast<unsigned long long>(s.oldest_unapplied_unix_ns), s.waiters,
+      static_cast<unsigned long long>(s.wakes),
+      static_cast<unsigned long long>(s.change_log_entries),
+      static_cast<unsigned long long>(s.change_log_position));
+  for (uint32_t p = 0; p < parts; ++p) {
+    int64_t next = 0, hw = 0;
+    (void)kvs_partition_offsets(tb, p, &next, &hw);
+    std::printf("%s{\"partition\":%u,\"next_offset\":%lld,\"high_watermark\":%lld,\"lag\":%llu}",
+                p ? "," : "", p, static_cast<long long>(next), static_cast<long long>(hw),
+                static_cast<unsigned long long>(kvs::format::partition_lag(next, hw)));
+  }
+  std::printf("],\"kvsd\":%s}\n", server.empty() ? "null" : server.c_str());
+}
+
+// The "server" object of kvsd's STATS, as "name value" pairs.
+void print_server_counters(const std::string& server) {
+  const size_t a = server.find("\"server\":{"), b = server.find('}', a);
+  if (a == std::string::npos || b == std::string::npos) return;
+  std::string pairs = server.substr(a + 10, b - a - 10);
+  std::string out;
+  for (char ch : pairs) {
+    if (ch == '"') continue;
+    out += ch == ':' ? std::string(" ") : ch == ',' ? std::string(", ") : std::string(1, ch);
+  }
+  std::printf("kvsd counters   %s\n", out.c_str());
+}
+
+void print_changes(const kvs_table_stats& s) {
+  if (s.change_log_entries > 0) {
+    std::printf(
+        "changes         %llu logged (ring of %llu entries); waiting or watching: %u "
+        "process(es); %llu wakes\n",
+        static_cast<unsigned long long>(s.change_log_position),
+        static_cast<unsigned long long>(s.change_log_entries), s.waiters,
+        static_cast<unsigned long long>(s.wakes));
+  } else {
+    std::printf("changes         no change log (change_log_entries = 0); waiting: %u process(es)\n",
+                s.waiters);
+  }
+}
+
+void print_stats_text(const Target& t, kvs_table* tb, const kvs_table_stats& s, bool ready,
+                      uint32_t parts, const std::string& server) {
+  const std::string unapplied = unapplied_partitions(server, t.table, parts);
+  std::printf("table %s%s: %s%s\n", t.table.c_str(),
+              t.topic.empty() ? "" : (" (topic " + t.topic + ")").c_str(),
+              ready ? "READY" : "BOOTSTRAPPING",
+              server.empty()      ? " (kvsd is not running: the table is not kept current)"
+              : unapplied.empty() ? ""
+                                  : " (not every partition of the topic is applied)");
+  std::printf("entries         %llu of capacity %llu\n", static_cast<unsigned long long>(s.entries),
+              static_cast<unsigned long long>(s.capacity));
+  std::printf("memory          arena %s of %s used, segment %s\n",
+              human_bytes(s.arena_used_bytes).c_str(), human_bytes(s.arena_bytes).c_str(),
+              human_bytes(s.segment_bytes).c_str());
+  std::printf(
+      "readers         %u threads with a slot, %u reading now (kvsd tracks up to %u "
+      "reader files)\n",
+      s.reader_slots_used, s.readers_reading, s.reader_slots);
+  print_pressure(s);
+  std::printf("applied         %llu puts, %llu erases, %llu skipped\n",
+              static_cast<unsigned long long>(s.puts), static_cast<unsigned long long>(s.erases),
+              static_cast<unsigned long long>(s.skipped));
+  std::printf("kvsd            pid %d, attached %llu times%s\n", s.writer_pid,
+              static_cast<unsigned long long>(s.writer_attaches),
+              server.empty() ? "; socket not reachable" : "");
+  print_server_counters(server);
+  print_snapshot(server, t.table);
+  print_changes(s);
+  if (!unapplied.empty()) std::printf("partitions      %s\n", unapplied.c_str());
+  std::printf("%-10s %15s %15s %10s\n", "partition", "applied", "high_watermark", "lag");
+  for (uint32_t p = 0; p < parts; ++p) {
+    int64_t next = 0, hw = 0;
+    (void)kvs_partition_offsets(tb, p, &next, &hw);
+    std::printf("%-10u %15lld %15lld %10llu\n", p, static_cast<long long>(next),
+                static_cast<long long>(hw),
+                static_cast<unsigned long long>(kvs::format::partition_lag(next, hw)));
+  }
+}
+
+}  // namespace
+
 int cmd_stats(const Target& t, bool json) {
   kvs_table* tb = nullptr;
   if (int rc = open_table(t, &tb); rc != KVS_OK) return rc;
@@ -193,106 +313,11 @@ int cmd_stats(const Target& t, bool json) {
   const bool ready = kvs_state(tb) == KVS_STATE_READY;
   const uint32_t parts = kvs_partition_count(tb);
   // kvsd's own counters, when its socket answers.
-  std::string server;
-  kvs_client* c = nullptr;
-  if (kvs_connect(t.socket.c_str(), &c) == KVS_OK) {
-    char* j = nullptr;
-    if (kvs_stats(c, &j) == KVS_OK) {
-      server = j;
-      kvs_free(j);
-    }
-    kvs_disconnect(c);
-  }
+  const std::string server = server_stats(t);
   if (json) {
-    std::printf(
-        "{\"table\":%s,\"state\":\"%s\",\"entries\":%llu,\"capacity\":%llu,"
-        "\"arena_used_bytes\":%llu,\"arena_bytes\":%llu,\"segment_bytes\":%llu,"
-        "\"puts\":%llu,\"erases\":%llu,\"skipped\":%llu,\"writer_pid\":%d,"
-        "\"writer_attaches\":%llu,\"reader_slots\":%u,\"reader_slots_used\":%u,"
-        "\"readers_reading\":%u,\"held_partitions\":%u,\"hold_reason\":\"%s\","
-        "\"holder_pid\":%d,\"holder_since_unix_ns\":%llu,\"holder_bytes\":%llu,"
-        "\"backlog\":%llu,\"oldest_unapplied_unix_ns\":%llu,\"waiters\":%u,\"wakes\":%llu,"
-        "\"change_log_entries\":%llu,\"change_log_position\":%llu,\"partitions\":[",
-        json_escape(t.table).c_str(), ready ? "READY" : "BOOTSTRAPPING",
-        static_cast<unsigned long long>(s.entries), static_cast<unsigned long long>(s.capacity),
-        static_cast<unsigned long long>(s.arena_used_bytes),
-        static_cast<unsigned long long>(s.arena_bytes),
-        static_cast<unsigned long long>(s.segment_bytes), static_cast<unsigned long long>(s.puts),
-        static_cast<unsigned long long>(s.erases), static_cast<unsigned long long>(s.skipped),
-        s.writer_pid, static_cast<unsigned long long>(s.writer_attaches), s.reader_slots,
-        s.reader_slots_used, s.readers_reading, s.held_partitions, hold_reason_name(s.hold_reason),
-        s.holder_pid, static_cast<unsigned long long>(s.holder_since_unix_ns),
-        static_cast<unsigned long long>(s.holder_bytes), static_cast<unsigned long long>(s.backlog),
-        static_cast<unsigned long long>(s.oldest_unapplied_unix_ns), s.waiters,
-        static_cast<unsigned long long>(s.wakes),
-        static_cast<unsigned long long>(s.change_log_entries),
-        static_cast<unsigned long long>(s.change_log_position));
-    for (uint32_t p = 0; p < parts; ++p) {
-      int64_t next = 0, hw = 0;
-      (void)kvs_partition_offsets(tb, p, &next, &hw);
-      std::printf("%s{\"partition\":%u,\"next_offset\":%lld,\"high_watermark\":%lld,\"lag\":%llu}",
-                  p ? "," : "", p, static_cast<long long>(next), static_cast<long long>(hw),
-                  static_cast<unsigned long long>(kvs::format::partition_lag(next, hw)));
-    }
-    std::printf("],\"kvsd\":%s}\n", server.empty() ? "null" : server.c_str());
+    print_stats_json(t, tb, s, ready, parts, server);
   } else {
-    const std::string unapplied = unapplied_partitions(server, t.table, parts);
-    std::printf("table %s%s: %s%s\n", t.table.c_str(),
-                t.topic.empty() ? "" : (" (topic " + t.topic + ")").c_str(),
-                ready ? "READY" : "BOOTSTRAPPING",
-                server.empty()      ? " (kvsd is not running: the table is not kept current)"
-                : unapplied.empty() ? ""
-                                    : " (not every partition of the topic is applied)");
-    std::printf("entries         %llu of capacity %llu\n",
-                static_cast<unsigned long long>(s.entries),
-                static_cast<unsigned long long>(s.capacity));
-    std::printf("memory          arena %s of %s used, segment %s\n",
-                human_bytes(s.arena_used_bytes).c_str(), human_bytes(s.arena_bytes).c_str(),
-                human_bytes(s.segment_bytes).c_str());
-    std::printf(
-        "readers         %u threads with a slot, %u reading now (kvsd tracks up to %u "
-        "reader files)\n",
-        s.reader_slots_used, s.readers_reading, s.reader_slots);
-    print_pressure(s);
-    std::printf("applied         %llu puts, %llu erases, %llu skipped\n",
-                static_cast<unsigned long long>(s.puts), static_cast<unsigned long long>(s.erases),
-                static_cast<unsigned long long>(s.skipped));
-    std::printf("kvsd            pid %d, attached %llu times%s\n", s.writer_pid,
-                static_cast<unsigned long long>(s.writer_attaches),
-                server.empty() ? "; socket not reachable" : "");
-    // The "server" object of kvsd's STATS, as "name value" pairs.
-    const size_t a = server.find("\"server\":{"), b = server.find('}', a);
-    if (a != std::string::npos && b != std::string::npos) {
-      std::string pairs = server.substr(a + 10, b - a - 10);
-      std::string out;
-      for (char ch : pairs) {
-        if (ch == '"') continue;
-        out += ch == ':' ? std::string(" ") : ch == ',' ? std::string(", ") : std::string(1, ch);
-      }
-      std::printf("kvsd counters   %s\n", out.c_str());
-    }
-    print_snapshot(server, t.table);
-    if (s.change_log_entries > 0) {
-      std::printf(
-          "changes         %llu logged (ring of %llu entries); waiting or watching: %u "
-          "process(es); %llu wakes\n",
-          static_cast<unsigned long long>(s.change_log_position),
-          static_cast<unsigned long long>(s.change_log_entries), s.waiters,
-          static_cast<unsigned long long>(s.wakes));
-    } else {
-      std::printf(
-          "changes         no change log (change_log_entries = 0); waiting: %u process(es)\n",
-          s.waiters);
-    }
-    if (!unapplied.empty()) std::printf("partitions      %s\n", unapplied.c_str());
-    std::printf("%-10s %15s %15s %10s\n", "partition", "applied", "high_watermark", "lag");
-    for (uint32_t p = 0; p < parts; ++p) {
-      int64_t next = 0, hw = 0;
-      (void)kvs_partition_offsets(tb, p, &next, &hw);
-      std::printf("%-10u %15lld %15lld %10llu\n", p, static_cast<long long>(next),
-                  static_cast<long long>(hw),
-                  static_cast<unsigned long long>(kvs::format::partition_lag(next, hw)));
-    }
+    print_stats_text(t, tb, s, ready, parts, server);
   }
   kvs_close(tb);
   return 0;
