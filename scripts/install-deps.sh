@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential cmake ninja-build pkg-config clang clang-format
+  clang-tidy                  # scripts/check_shape.sh: function sizes
   libclang-rt-14-dev          # sanitizer + libFuzzer runtimes for clang
   # libraries
   libboost-dev                # Boost.Interprocess (header-only)

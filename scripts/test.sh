@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the whole test suite:
 #   1. clang-format check of every C/C++ file
-#   2. release build with -Werror: all tests, the C example, an install check
+#   2. release build with -Werror: the shape check (scripts/check_shape.sh),
+#      all tests, the C example, an install check
 #   3. ASan+UBSan build: all tests
 #   4. TSan build: the concurrency tests (threads in one process, and the
 #      multi-process stress at reduced counts)
@@ -25,6 +26,8 @@ build() {  # build DIR [cmake args...]
 
 echo "== release build"
 build build-ci
+echo "== shape: file and function sizes"
+bash scripts/check_shape.sh build-ci
 (cd build-ci && ctest --output-on-failure -j1)
 
 echo "== install check: find_package(kvs) and pkg-config"
