@@ -30,17 +30,8 @@ static auto with_retry(const char* what, F fn) -> decltype(fn()) {
 
 static uint64_t hash_of(const std::string& s) { return format::hash_key(s.data(), s.size()); }
 
-// Grows the replica's per-partition state to n partitions.
-static void resize_partitions(Replica& t, int32_t n) {
-  t.partitions = n;
-  t.target.resize(n, 0);
-  t.reached.resize(n, false);
-  t.pending.resize(n, -1);
-  t.held.resize(n, Held{});
-  t.verify.resize(n, TableWriter::LastRecord{});
-  t.last_applied_ts_ns.resize(n, 0);
-  t.caught_up_ns.resize(n, 0);
-}
+// The replica follows n partitions: new ones start with nothing known.
+static void resize_partitions(Replica& t, int32_t n) { t.parts.resize(n); }
 
 // Queries every partition's watermarks; records the high watermarks as the
 // targets to reach and in `into`. Returns (low, high) per partition.
@@ -48,10 +39,10 @@ static Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Replica&
                                                                         kafka::Consumer& c,
                                                                         TableWriter& into) {
   auto wms = with_retry("fetching watermarks",
-                        [&] { return c.watermarks(t.cfg.topic, t.partitions, 5000); });
+                        [&] { return c.watermarks(t.cfg.topic, t.partition_count(), 5000); });
   if (!wms) return std::move(wms).error();
-  for (int32_t p = 0; p < t.partitions; ++p) {
-    t.target[p] = (*wms)[p].second;
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
+    t.parts[p].target = (*wms)[p].second;
     into.set_high_watermark(static_cast<uint32_t>(p), (*wms)[p].second);
   }
   return wms;
@@ -62,9 +53,9 @@ static Result<std::vector<std::pair<int64_t, int64_t>>> capture_targets(Replica&
 // fetched nor asked about (librdkafka 2.0.2 may hang at its destroy after
 // requests for partitions that do not exist).
 static void forget_partitions(Replica& t, kafka::Consumer& c, int32_t n) {
-  for (int32_t p = n; p < t.partitions; ++p) {
-    if (t.held[p].offset >= 0) {  // not fetched already
-      t.held[p] = Held{};
+  for (int32_t p = n; p < t.partition_count(); ++p) {
+    if (t.parts[p].held.offset >= 0) {  // not fetched already
+      t.parts[p].held = Held{};
       --t.n_held;
       continue;
     }
@@ -87,37 +78,37 @@ Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& wh
   if (seek) {
     auto n = with_retry("fetching the partition count",
                         [&] { return c.partition_count(t.cfg.topic, 5000); });
-    if (n && *n < t.partitions) {
+    if (n && *n < t.partition_count()) {
       KVS_LOG_WARN("table %s: topic %s has %d partitions now, fewer than the %d it followed",
-                   t.cfg.name.c_str(), t.cfg.topic.c_str(), *n, t.partitions);
+                   t.cfg.name.c_str(), t.cfg.topic.c_str(), *n, t.partition_count());
       forget_partitions(t, c, *n);
     }
   }
   drop_holds(t, c);
-  t.grow.reset();     // records since it began are read again from the beginning
-  t.rebuild.reset();  // a rebuild under way starts over
+  // A growth's records are read again from the beginning; a rebuild under
+  // way starts over.
+  drop_replacements(t);
   auto r = t.writer->begin_replacement(rebuild_size(t.writer->stats(), t.cfg));
   if (!r) return std::move(r).error().context("table " + t.cfg.name + ": rebuild");
   TableWriter& w = **r;
-  if (auto ok = w.set_partition_count(static_cast<uint32_t>(t.partitions)); !ok) return ok;
+  if (auto ok = w.set_partition_count(static_cast<uint32_t>(t.partition_count())); !ok) return ok;
   w.set_source(t.source_cluster, t.source_topic);
   w.set_state(format::TableState::kBootstrapping);
   auto wms = capture_targets(t, c, w);
   if (!wms) return std::move(wms).error();
-  for (int32_t p = 0; p < t.partitions; ++p) {
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
     const auto [lo, hi] = (*wms)[p];
     // Nothing below the log start exists: it counts as applied.
     w.set_next_offset(static_cast<uint32_t>(p), lo);
-    t.reached[p] = hi <= lo;
-    t.pending[p] = -1;
+    t.parts[p].reached = hi <= lo;
+    t.parts[p].pending = -1;
   }
-  t.rebuild = std::move(*r);
-  t.seed = Replica::Seed{};
+  enter_rebuild(t, std::move(*r));
   t.tombstones.clear();
-  t.verify.assign(t.partitions, TableWriter::LastRecord{});
+  for (PartitionTrack& pt : t.parts) pt.verify = TableWriter::LastRecord{};
   t.applied = t.skipped = 0;
   t.skip_batch = true;
-  if (seek) return c.reassign_from_beginning(t.cfg.topic, t.partitions);
+  if (seek) return c.reassign_from_beginning(t.cfg.topic, t.partition_count());
   return {};
 }
 
@@ -134,7 +125,7 @@ static std::string why_rebuild(const Replica& t,
   if (w.source_cluster() != 0 && t.source_cluster != 0 && w.source_cluster() != t.source_cluster) {
     return "its segment was filled from another Kafka cluster (the cluster id differs)";
   }
-  for (int32_t p = 0; p < t.partitions; ++p) {
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
     const int64_t next = w.next_offset(static_cast<uint32_t>(p));
     const auto [lo, hi] = wms[p];
     if (next > 0 && (next < lo || next > hi)) {
@@ -218,18 +209,18 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
   }
   for (int32_t p = 0; p < n; ++p) {
     const int64_t next = t.active().next_offset(static_cast<uint32_t>(p));
-    if (t.rebuild && t.seed.path.empty()) {
+    if (t.phase == Phase::kRebuilding) {
       starts.push_back({t.cfg.topic, p, -2});
       continue;
     }
-    t.reached[p] = next >= t.target[p];
+    t.parts[p].reached = next >= t.parts[p].target;
     starts.push_back({t.cfg.topic, p, next > 0 ? next : -2});
     // The last record applied is read again and compared (check_log).
     const TableWriter::LastRecord last = t.active().last_record(static_cast<uint32_t>(p));
     if (last.offset >= 0 && last.offset < next && last.offset >= wms[p].first &&
         last.offset < wms[p].second) {
-      t.verify[p] = last;
-      t.reached[p] = false;
+      t.parts[p].verify = last;
+      t.parts[p].reached = false;
       starts.back().offset = last.offset;
     }
   }
@@ -238,7 +229,7 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
 
 bool follow_fewer_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
                              int32_t n) {
-  const int32_t had = t.partitions;
+  const int32_t had = t.partition_count();
   if (n <= 0 || n >= had) return true;
   const std::string why = "topic " + t.cfg.topic + " now has " + std::to_string(n) +
                           " partitions, fewer than the " + std::to_string(had) +
@@ -254,7 +245,7 @@ bool follow_fewer_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPol
 
 bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,
                            int32_t n) {
-  const int32_t had = t.partitions;
+  const int32_t had = t.partition_count();
   if (n <= had) return true;
   if (static_cast<uint32_t>(n) > t.cfg.max_partitions) {
     if (t.refused_partitions != n) {
@@ -281,7 +272,7 @@ bool follow_new_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPolle
     // READY stays: a new partition only holds records written after it
     // was added, which is lag, not a bootstrap. A table still
     // bootstrapping waits for the partition's first record or its end.
-    t.reached[p] = t.ready;
+    t.parts[p].reached = t.ready;
     if (auto ok = c.start_partition(t.cfg.topic, p, RD_KAFKA_OFFSET_BEGINNING); !ok) {
       KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
       return false;

@@ -141,7 +141,7 @@ static Result<void> start_resize(Replica& t, TableSize size, const char* what) {
   const WriterStats st = t.writer->stats();
   auto next = t.writer->begin_resize(size);
   if (!next) return std::move(next).error();
-  t.grow = std::move(*next);
+  enter_growth(t, std::move(*next));
   t.growth = Replica::Growth{t.writer->size(), clock::now(), st.size, t.applied};
   KVS_LOG_INFO(
       "table %s: %s from %llu entries and %s of arena to %llu entries and %s (%s of /dev/shm); "
@@ -162,28 +162,26 @@ static Result<void> grow_rebuild(Replica& t, TableSize size) {
   KVS_LOG_INFO("table %s: the segment being rebuilt grew to %llu entries and %s of arena",
                t.cfg.name.c_str(), static_cast<unsigned long long>(size.capacity),
                mib(size.arena_bytes).c_str());
-  t.rebuild = std::move(*next);
+  replace_rebuild(t, std::move(*next));
   return {};
 }
 
 // A growth whose copy is complete: the new segment takes the table's name.
 static Result<void> publish_growth(Replica& t) {
   t.grow->set_hold(t.n_held, t.hold_reason);
-  if (auto ok = t.writer->publish_replacement(*t.grow); !ok) return ok;
+  const uint64_t copied = t.growth.entries;
+  if (auto ok = publish_growth_segment(t); !ok) return ok;
   const auto ms = std::chrono::duration<double, std::milli>(clock::now() - t.growth.since).count();
   KVS_LOG_INFO(
       "table %s: grown to %llu entries and %s of arena: %llu entries copied in %.0f ms; "
       "readers moved to the new segment",
-      t.cfg.name.c_str(), static_cast<unsigned long long>(t.grow->size().capacity),
-      mib(t.grow->size().arena_bytes).c_str(), static_cast<unsigned long long>(t.growth.entries),
-      ms);
-  t.replaced.push_back(t.writer->header().incarnation);
-  t.writer = std::move(t.grow);
+      t.cfg.name.c_str(), static_cast<unsigned long long>(t.writer->size().capacity),
+      mib(t.writer->size().arena_bytes).c_str(), static_cast<unsigned long long>(copied), ms);
   return {};
 }
 
 Result<void> grow(Replica& t, uint64_t need) {
-  if (t.grow) {
+  if (t.phase == Phase::kGrowing) {
     // The grown segment is full too: it is completed and swapped in first.
     if (auto ok = t.grow->copy_rest(); !ok) return ok;
     if (auto ok = publish_growth(t); !ok) return ok;
@@ -191,13 +189,13 @@ Result<void> grow(Replica& t, uint64_t need) {
   TableWriter& full = t.active();
   const WriterStats st = full.stats();
   std::optional<TableSize> expected;
-  if (!t.ready || t.rebuild) {
+  if (t.phase != Phase::kReady) {
     uint64_t remaining = 0;
-    for (int32_t p = 0; p < t.partitions; ++p) {
+    for (int32_t p = 0; p < t.partition_count(); ++p) {
       const int64_t next = full.next_offset(static_cast<uint32_t>(p));
-      if (t.target[p] > next) remaining += static_cast<uint64_t>(t.target[p] - next);
+      if (t.parts[p].target > next) remaining += static_cast<uint64_t>(t.parts[p].target - next);
     }
-    expected = t.rebuild && !t.seed.path.empty()
+    expected = t.phase == Phase::kSeeded
                    ? seeded_projection(st, t.seed.entries, t.seed.live_bytes, t.applied, remaining)
                    : bootstrap_projection(st, t.applied, remaining);
   }
@@ -213,7 +211,7 @@ Result<void> grow(Replica& t, uint64_t need) {
                           ") and cannot grow; raise max_memory_bytes and restart kvsd");
   }
   t.at_limit = false;
-  if (t.rebuild) return grow_rebuild(t, *size);
+  if (replacing(t.phase)) return grow_rebuild(t, *size);
   return start_resize(t, *size, "growing");
 }
 
@@ -221,7 +219,7 @@ Result<void> grow(Replica& t, uint64_t need) {
 // applied again to the table's segment, from its recorded positions. A
 // source whose index is corrupt is rebuilt from the topic instead.
 static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
-  t.grow.reset();
+  leave_growth(t);
   if (e.code == Errc::kCorrupt) {  // the source: rebuilt from the topic
     if (auto ok = start_rebuild(t, c, "copying it into a larger segment found " + e.message,
                                 /*seek=*/true);
@@ -235,10 +233,11 @@ static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
       "table %s: growing the table failed (%s); it stays at its size, and records "
       "since the growth began are applied again",
       t.cfg.name.c_str(), e.message.c_str());
-  for (int32_t p = 0; p < t.partitions; ++p) {
-    t.held[p] = Held{};
-    t.pending[p] = -1;
+  // What the dropped segment applied is applied again: progress is the
+  // table segment's.
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
     const int64_t next = t.writer->next_offset(static_cast<uint32_t>(p));
+    t.parts[p].resume_at(next);
     (void)c.stop_partition(t.cfg.topic, p);
     if (auto ok = c.start_partition(t.cfg.topic, p, next > 0 ? next : RD_KAFKA_OFFSET_BEGINNING);
         !ok) {
@@ -246,20 +245,15 @@ static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
       return false;
     }
   }
-  // What the dropped segment applied is applied again: progress is the
-  // table segment's.
   t.n_held = 0;
   t.applied = t.growth.applied;
-  for (int32_t p = 0; p < t.partitions; ++p) {
-    t.reached[p] = t.writer->next_offset(static_cast<uint32_t>(p)) >= t.target[p];
-  }
   t.writer->set_hold(0, format::HoldReason::kNone);
   t.skip_batch = true;
   return true;
 }
 
 bool continue_growth(Replica& t, kafka::Consumer& c) {
-  if (!t.grow) return true;
+  if (t.phase != Phase::kGrowing) return true;
   const auto until = clock::now() + kCopySlice;
   for (;;) {
     auto done = t.grow->copy_step(kCopyGroups);
@@ -272,7 +266,7 @@ bool continue_growth(Replica& t, kafka::Consumer& c) {
 }
 
 void resize_if_due(Replica& t) {
-  if (t.resize_checked || t.grow || t.rebuild) return;
+  if (t.resize_checked || (t.phase != Phase::kReady && t.phase != Phase::kBootstrapping)) return;
   const WriterStats st = t.writer->stats();
   if (!st.live_bytes_exact) return;  // the attach walk has not ended yet
   t.resize_checked = true;

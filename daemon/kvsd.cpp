@@ -203,14 +203,15 @@ class Housekeeping {
       for (auto& t : tables_) {
         const int32_t n = poller_.partition_count(t.cfg.topic);
         if (n > 0) server_.set_partition_count(t.cfg.name, n);
-        if (n > t.partitions) ok = follow_new_partitions(t, consumer_, poller_, n) && ok;
-        if (n > 0 && n < t.partitions) ok = follow_fewer_partitions(t, consumer_, poller_, n) && ok;
-        poller_.follow(t.cfg.topic, t.partitions);  // a rebuild may have changed it
+        if (n > t.partition_count()) ok = follow_new_partitions(t, consumer_, poller_, n) && ok;
+        if (n > 0 && n < t.partition_count())
+          ok = follow_fewer_partitions(t, consumer_, poller_, n) && ok;
+        poller_.follow(t.cfg.topic, t.partition_count());  // a rebuild may have changed it
         refresh_lag(t, consumer_, poller_);
         report_holder(t, now);
       }
       bool rebuilding = false;
-      for (const auto& t : tables_) rebuilding = rebuilding || t.rebuild;
+      for (const auto& t : tables_) rebuilding = rebuilding || replacing(t.phase);
       const std::string status =
           "STATUS=" +
           (all_ready && !rebuilding
@@ -403,10 +404,10 @@ int apply_until_stopped(const config::Config& cfg, kafka::Consumer& consumer,
   // High watermarks and partition counts from a thread of their own, also
   // for partitions that are not fetched while a record of theirs waits.
   kafka::WatermarkPoller poller(consumer, std::chrono::seconds(1), std::chrono::seconds(2));
-  for (const auto& t : tables) poller.follow(t.cfg.topic, t.partitions);
+  for (const auto& t : tables) poller.follow(t.cfg.topic, t.partition_count());
   Housekeeping chores(tables, consumer, poller, server);
   // Until the poller's first answer: the partition counts seen at start.
-  for (const auto& t : tables) server.set_partition_count(t.cfg.name, t.partitions);
+  for (const auto& t : tables) server.set_partition_count(t.cfg.name, t.partition_count());
   BatchApplier applier(tables, by_topic);
   while (!g_stop && exit_code == 0) {
     // A record waiting for room is tried again when due, not a poll later.

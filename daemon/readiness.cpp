@@ -64,22 +64,22 @@ void refresh_lag(Replica& t, kafka::Consumer& c, const kafka::WatermarkPoller& p
   const uint64_t now_ns = format::now_unix_ns();
   TableWriter& w = t.active();
   uint64_t oldest = 0;
-  for (int32_t p = 0; p < t.partitions; ++p) {
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
     const auto up = static_cast<uint32_t>(p);
     const int64_t hw =
         std::max(c.cached_high_watermark(t.cfg.topic, p), poller.high_watermark(t.cfg.topic, p));
     if (hw >= 0) w.set_high_watermark(up, hw);
     if (hw <= w.next_offset(up)) {
-      t.caught_up_ns[p] = now_ns;
+      t.parts[p].caught_up_ns = now_ns;
       continue;
     }
     // A held record's timestamp is exact. Otherwise the oldest unapplied
     // record came after the last one applied, and after the partition was
     // last seen caught up: the later of the two bounds its age.
-    const Held& h = t.held[p];
+    const Held& h = t.parts[p].held;
     const uint64_t bound = h.offset >= 0 && h.timestamp_ms != 0
                                ? ms_to_ns(h.timestamp_ms)
-                               : std::max(t.last_applied_ts_ns[p], t.caught_up_ns[p]);
+                               : std::max(t.parts[p].last_applied_ts_ns, t.parts[p].caught_up_ns);
     if (bound != 0 && (oldest == 0 || bound < oldest)) oldest = bound;
   }
   w.set_oldest_unapplied(oldest);
@@ -108,12 +108,13 @@ std::string progress_status(const std::vector<Replica>& tables, bool all_ready) 
   uint64_t applied = 0;
   double done = 0, total = 0;
   for (const auto& t : tables) {
-    if (t.ready && !t.rebuild) continue;
+    if (t.ready && !replacing(t.phase)) continue;
     applied += t.applied;
-    const TableWriter& w = t.rebuild ? *t.rebuild : *t.writer;
-    for (int32_t p = 0; p < t.partitions; ++p) {
-      total += static_cast<double>(t.target[p]);
-      done += static_cast<double>(std::min(w.next_offset(static_cast<uint32_t>(p)), t.target[p]));
+    const TableWriter& w = replacing(t.phase) ? *t.rebuild : *t.writer;
+    for (int32_t p = 0; p < t.partition_count(); ++p) {
+      total += static_cast<double>(t.parts[p].target);
+      done +=
+          static_cast<double>(std::min(w.next_offset(static_cast<uint32_t>(p)), t.parts[p].target));
     }
   }
   const int pct = total > 0 ? static_cast<int>(100.0 * done / total) : 100;
@@ -122,32 +123,38 @@ std::string progress_status(const std::vector<Replica>& tables, bool all_ready) 
 }
 
 ReadyChange check_ready(Replica& t) {
-  if (t.ready && !t.rebuild) return ReadyChange::kNone;
-  if (t.grow) return ReadyChange::kNone;  // readers see the table once its growth is swapped in
-  for (bool r : t.reached) {
-    if (!r) return ReadyChange::kNone;
+  switch (t.phase) {
+    case Phase::kReady:
+      return ReadyChange::kNone;
+    case Phase::kGrowing:  // readers see the table once its growth is swapped in
+      return ReadyChange::kNone;
+    case Phase::kBootstrapping:
+    case Phase::kRebuilding:
+    case Phase::kSeeded:
+      break;
+  }
+  for (const PartitionTrack& pt : t.parts) {
+    if (!pt.reached) return ReadyChange::kNone;
   }
   ReadyChange change = ReadyChange::kReady;
-  if (t.rebuild) {
+  if (replacing(t.phase)) {
     // The new segment is current: it takes the table's name and readers
     // move to it.
-    t.rebuild->set_state(format::TableState::kReady);
-    if (auto ok = t.writer->publish_replacement(*t.rebuild); !ok) {
+    const Replica::Seed seed = t.seed;
+    const bool seeded = t.phase == Phase::kSeeded;
+    if (auto ok = publish_rebuild(t); !ok) {
       KVS_LOG_ERROR("table %s: publishing the rebuilt segment: %s", t.cfg.name.c_str(),
                     ok.error().message.c_str());
       return ReadyChange::kFailed;
     }
-    t.replaced.push_back(t.writer->header().incarnation);
-    t.writer = std::move(t.rebuild);
     change = ReadyChange::kRebuilt;
-    if (!t.seed.path.empty()) {
+    if (seeded) {
       KVS_LOG_INFO(
           "table %s: started from snapshot %s and %llu records from the topic (%llu skipped) "
           "in %.0f ms; readers moved to the new segment",
-          t.cfg.name.c_str(), t.seed.path.c_str(), static_cast<unsigned long long>(t.applied),
+          t.cfg.name.c_str(), seed.path.c_str(), static_cast<unsigned long long>(t.applied),
           static_cast<unsigned long long>(t.skipped),
-          std::chrono::duration<double, std::milli>(clock::now() - t.seed.since).count());
-      t.seed = Replica::Seed{};
+          std::chrono::duration<double, std::milli>(clock::now() - seed.since).count());
     } else {
       KVS_LOG_INFO(
           "table %s: rebuilt from the topic (%llu records applied, %llu skipped); "
@@ -157,8 +164,7 @@ ReadyChange check_ready(Replica& t) {
     }
   }
   if (t.ready) return change;
-  t.ready = true;
-  t.writer->set_state(format::TableState::kReady);
+  become_ready(t);
   KVS_LOG_INFO("table %s: READY (%llu records applied, %llu skipped)", t.cfg.name.c_str(),
                static_cast<unsigned long long>(t.applied),
                static_cast<unsigned long long>(t.skipped));

@@ -48,7 +48,7 @@ Result<void> apply_to(Replica& t, std::string_view key, const char* payload, siz
   // The key's hash only when a tombstone is remembered or looked up: most
   // records of most tables need none.
   const bool tombstone = payload == nullptr;
-  const bool track = t.partitions > 1 && (tombstone || t.tombstones.size() > 0);
+  const bool track = t.partition_count() > 1 && (tombstone || t.tombstones.size() > 0);
   const KeyId id = track ? key_id(key) : KeyId{};
   if (track && !tombstone && t.tombstones.wins_over(id, origin)) return {};
   std::optional<std::string_view> value;
@@ -118,7 +118,7 @@ static std::optional<std::string> hold_log_due(Replica& t, clock::time_point now
 bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Error& e) {
   const int32_t p = m->partition;
   const auto now = clock::now();
-  Held& h = t.held[p];
+  Held& h = t.parts[p].held;
   h.offset = m->offset;
   h.timestamp_ms = timestamp_ms(m);
   h.tombstone = m->payload == nullptr;
@@ -130,7 +130,7 @@ bool hold(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m, const Err
   h.next_try = now + h.backoff;
   ++t.n_held;
   t.hold_reason = h.reason;
-  t.pending[p] = -1;
+  t.parts[p].pending = -1;
   publish_hold(t);
   if (auto ok = c.stop_partition(t.cfg.topic, p); !ok) {
     KVS_LOG_ERROR("table %s: %s", t.cfg.name.c_str(), ok.error().message.c_str());
@@ -190,14 +190,14 @@ static bool may_grow_past_readers(Replica& t, clock::time_point now) {
 // Applies the held records that are due and fetches their partitions again
 // from the record after. False if kvsd cannot go on.
 bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
-  for (int32_t p = 0; p < t.partitions && t.n_held > 0; ++p) {
-    Held& h = t.held[p];
+  for (int32_t p = 0; p < t.partition_count() && t.n_held > 0; ++p) {
+    Held& h = t.parts[p].held;
     if (h.offset < 0 || now < h.next_try) continue;
     const format::Origin origin{h.timestamp_ms, static_cast<uint32_t>(p)};
     const char* payload = h.tombstone ? nullptr : h.value.data();
     auto r = apply_or_grow(t, h.key, payload, h.value.size(), origin, h.offset);
-    if (!r && r.error().code == Errc::kBusy && now - h.since >= kGrowPastReadersAfter && !t.grow &&
-        may_grow_past_readers(t, now)) {
+    if (!r && r.error().code == Errc::kBusy && now - h.since >= kGrowPastReadersAfter &&
+        t.phase != Phase::kGrowing && may_grow_past_readers(t, now)) {
       // Readers hold the room back for long: the table takes new memory
       // (a copy of its live entries), and leaves the old segment to them.
       if (grow(t, format::block_bytes_for(h.key.size(), h.value.size()))) {
@@ -218,11 +218,11 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
       note_skipped(t, p, h.offset, r.error());
     } else {
       ++t.applied;
-      t.last_applied_ts_ns[p] = ms_to_ns(h.timestamp_ms);
+      t.parts[p].last_applied_ts_ns = ms_to_ns(h.timestamp_ms);
     }
     const int64_t next = h.offset + 1;
     t.active().record_applied(static_cast<uint32_t>(p), h.offset, h.timestamp_ms, h.key);
-    if (next >= t.target[p]) t.reached[p] = true;
+    if (next >= t.parts[p].target) t.parts[p].reached = true;
     if (auto suffix = hold_log_due(t, now)) {
       KVS_LOG_INFO(
           "table %s: %s[%d] offset %lld applied after %.1f s waiting for room; the "
@@ -244,19 +244,19 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
 // The earliest time a held record of any table is due (or `limit`).
 clock::time_point next_hold_try(const std::vector<Replica>& tables, clock::time_point limit) {
   for (const auto& t : tables) {
-    if (t.grow) return clock::time_point{};  // a growth's copy goes on at once
+    if (t.phase == Phase::kGrowing) return clock::time_point{};  // its copy goes on at once
     if (t.n_held == 0) continue;
-    for (const Held& h : t.held) {
-      if (h.offset >= 0) limit = std::min(limit, h.next_try);
+    for (const PartitionTrack& pt : t.parts) {
+      if (pt.held.offset >= 0) limit = std::min(limit, pt.held.next_try);
     }
   }
   return limit;
 }
 
 void drop_holds(Replica& t, kafka::Consumer& c) {
-  for (int32_t p = 0; p < t.partitions; ++p) {
-    if (t.held[p].offset < 0) continue;
-    t.held[p] = Held{};
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
+    if (t.parts[p].held.offset < 0) continue;
+    t.parts[p].held = Held{};
     // Assigned again so that the rebuild's reassignment finds it assigned.
     (void)c.start_partition(t.cfg.topic, p, RD_KAFKA_OFFSET_BEGINNING);
   }
@@ -272,10 +272,10 @@ void drop_holds(Replica& t, kafka::Consumer& c) {
 enum class LogCheck { kApply, kDone, kFailed };
 static LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m) {
   const int32_t p = m->partition;
-  const TableWriter::LastRecord want = t.verify[p];
+  const TableWriter::LastRecord want = t.parts[p].verify;
   const auto up = static_cast<uint32_t>(p);
-  t.verify[p] = TableWriter::LastRecord{};
-  t.reached[p] = t.active().next_offset(up) >= t.target[p];
+  t.parts[p].verify = TableWriter::LastRecord{};
+  t.parts[p].reached = t.active().next_offset(up) >= t.parts[p].target;
   const std::string where =
       t.cfg.topic + "[" + std::to_string(p) + "] offset " + std::to_string(want.offset);
   if (m->err == 0 && m->offset == want.offset) {
@@ -305,7 +305,7 @@ static LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message
 
 bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   const int32_t p = m->partition;
-  if (p >= t.partitions || t.skip_batch || t.held[p].offset >= 0) {
+  if (p >= t.partition_count() || t.skip_batch || t.parts[p].held.offset >= 0) {
     // A partition the table does not follow yet; fetched before the
     // table's partitions went back to the beginning; or behind a record
     // that waits for room (fetched again after it).
@@ -323,7 +323,8 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
     }
     return true;
   }
-  if (t.verify[p].offset >= 0 && (m->err == 0 || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)) {
+  if (t.parts[p].verify.offset >= 0 &&
+      (m->err == 0 || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)) {
     switch (check_log(t, c, m)) {
       case LogCheck::kDone:
         return true;
@@ -338,8 +339,8 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   }
   if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
     // The end of what the broker has: everything below m->offset is applied.
-    if (m->offset > t.pending[p]) t.pending[p] = m->offset;
-    if (m->offset >= t.target[p]) t.reached[p] = true;
+    if (m->offset > t.parts[p].pending) t.parts[p].pending = m->offset;
+    if (m->offset >= t.parts[p].target) t.parts[p].reached = true;
     return true;
   }
   if (m->err) {
@@ -359,7 +360,7 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   } else {
     // While bootstrapping, a sample of the timestamps is enough: an older
     // one only makes the age bound larger.
-    if (t.ready || (t.applied & 15) == 0) t.last_applied_ts_ns[p] = ms_to_ns(ts);
+    if (t.ready || (t.applied & 15) == 0) t.parts[p].last_applied_ts_ns = ms_to_ns(ts);
     ++t.applied;
   }
   // Published per record, right after it is visible: a kvsd killed here
@@ -367,17 +368,18 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
   // to an older value (the replay is of records they have not seen yet, or
   // of this one).
   t.active().record_applied(static_cast<uint32_t>(p), m->offset, ts, key);
-  if (m->offset + 1 >= t.target[p]) t.reached[p] = true;
+  if (m->offset + 1 >= t.parts[p].target) t.parts[p].reached = true;
   return true;
 }
 
 bool end_batch(Replica& t, kafka::Consumer& c) {
   // Positions learnt from partition EOFs (offsets of control records and
   // compacted gaps): every record below them is visible.
-  for (int32_t p = 0; p < t.partitions; ++p) {
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
     const auto up = static_cast<uint32_t>(p);
-    if (t.pending[p] > t.active().next_offset(up)) t.active().set_next_offset(up, t.pending[p]);
-    t.pending[p] = -1;
+    if (t.parts[p].pending > t.active().next_offset(up))
+      t.active().set_next_offset(up, t.parts[p].pending);
+    t.parts[p].pending = -1;
   }
   // What the batch changed is published to sleepers before anything slow.
   t.active().publish_batch();
@@ -391,7 +393,7 @@ bool end_batch(Replica& t, kafka::Consumer& c) {
       KVS_LOG_INFO("table %s: %s", t.cfg.name.c_str(), walk->message.c_str());
     return true;
   }
-  if (t.rebuild) return true;
+  if (replacing(t.phase)) return true;
   if (auto ok = start_rebuild(t, c, walk->message, /*seek=*/true); !ok) {
     KVS_LOG_ERROR("%s", ok.error().message.c_str());
     return false;

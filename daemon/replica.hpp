@@ -1,9 +1,9 @@
-// One table's replica in kvsd: its writer (and a rebuild's), the positions
-// and targets of its partitions, READY, rebuild-and-swap, and the records
-// that wait for room, with the functions that apply consumed records to it
-// (replica.cpp), follow its topic (following.cpp) and report on it
-// (readiness.cpp). Everything here runs on kvsd's apply thread (run() in
-// kvsd.cpp), which owns the replicas.
+// One table's replica in kvsd: its segments and the phase that says which
+// of them records go to, its partitions as it follows them, READY, and the
+// records that wait for room, with the functions that change its phase
+// (phase.cpp), apply consumed records to it (replica.cpp), follow its topic
+// (following.cpp) and report on it (readiness.cpp). Everything here runs
+// on kvsd's apply thread (run() in kvsd.cpp), which owns the replicas.
 #pragma once
 
 #include <librdkafka/rdkafka.h>
@@ -45,18 +45,62 @@ struct Held {
   std::chrono::milliseconds backoff{1};
 };
 
+// One partition of the topic as the table follows it.
+struct PartitionTrack {
+  int64_t target = 0;    // the high watermark to reach (seen at start, or a rebuild's)
+  bool reached = false;  // the active segment's position has reached target
+  int64_t pending = -1;  // next offset to publish after the batch (an EOF's); -1: none
+  Held held;             // the record that waits for room, if any (see hold())
+  // For the age of the oldest unapplied record: the Kafka timestamp of the
+  // last record applied, and when kvsd last saw the partition caught up
+  // with its high watermark (Unix ns; 0: not yet).
+  uint64_t last_applied_ts_ns = 0;
+  uint64_t caught_up_ns = 0;
+  // At a restart: the last record the segment applied, read again from the
+  // topic to check that the log is the one the segment followed (offset -1:
+  // nothing to check, or checked).
+  TableWriter::LastRecord verify;
+
+  // The partition is fetched again from `next` (what the active segment
+  // has applied): nothing waits, nothing is pending.
+  void resume_at(int64_t next) {
+    held = Held{};
+    pending = -1;
+    reached = next >= target;
+  }
+};
+
+// What a table is doing, which says the segment records go to (active()).
+// The transitions are in phase.cpp, and nowhere else.
+enum class Phase {
+  kBootstrapping,  // `writer` is filled from the topic; readers see it BOOTSTRAPPING
+  kReady,          // `writer` follows the topic; readers see it READY
+  kGrowing,        // `grow` takes `writer`'s entries over while records go to it
+  kRebuilding,     // `rebuild` is filled from the beginning of the topic
+  kSeeded,         // `rebuild` was loaded from a snapshot and catches up from its positions
+};
+const char* phase_name(Phase p);
+// A replacement is filled from the topic (records go to `rebuild`).
+inline bool replacing(Phase p) { return p == Phase::kRebuilding || p == Phase::kSeeded; }
+
 struct Replica {
   config::TableConfig cfg;
+  Phase phase = Phase::kBootstrapping;
   std::unique_ptr<TableWriter> writer;  // the segment readers read
-  // A replacement being filled from the beginning of the topic (a rebuild),
-  // or null. Records go to it; readers keep `writer`'s data until it is
-  // current and takes the table's name.
+  // kRebuilding, kSeeded: the replacement being filled. Readers keep
+  // `writer`'s data until it is current and takes the table's name.
   std::unique_ptr<TableWriter> rebuild;
-  // A larger segment that takes `writer`'s entries over (growth.hpp), or
-  // null. Records go to it; readers keep `writer`'s data until the copy is
-  // complete and it takes the table's name.
+  // kGrowing: a larger segment that takes `writer`'s entries over
+  // (growth.hpp). Readers keep `writer`'s data until the copy is complete
+  // and it takes the table's name.
   std::unique_ptr<TableWriter> grow;
-  TableWriter& active() { return grow ? *grow : rebuild ? *rebuild : *writer; }
+  // The segment records go to.
+  TableWriter& active();
+  // `writer` turned READY once (a rebuild or growth keeps it so).
+  bool ready = false;
+  // The partitions the table follows (their number is partition_count()).
+  std::vector<PartitionTrack> parts;
+  int32_t partition_count() const { return static_cast<int32_t>(parts.size()); }
   struct Growth {
     TableSize from;  // the size grown from
     clock::time_point since{};
@@ -81,38 +125,48 @@ struct Replica {
   uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
   uint64_t source_topic = 0;    // XXH3 of the topic name
   bool skip_batch = false;      // rest of this batch predates a seek
-  int32_t partitions = 0;
-  std::vector<int64_t> target;   // high watermark seen at start
-  std::vector<bool> reached;     // position has reached target
-  std::vector<int64_t> pending;  // next offset to publish after the batch; -1: none
   uint64_t applied = 0;
   uint64_t skipped = 0;
-  bool ready = false;
-  // Per partition: the record that waits for room, if any (see hold()).
-  std::vector<Held> held;
-  uint32_t n_held = 0;
+  uint32_t n_held = 0;                                         // partitions whose held record waits
   format::HoldReason hold_reason = format::HoldReason::kNone;  // of the latest hold
   clock::time_point next_hold_log{};
   uint64_t holds_unlogged = 0;
-  // Per partition, for the age of the oldest unapplied record: the Kafka
-  // timestamp of the last record applied, and when kvsd last saw the
-  // partition caught up with its high watermark (Unix ns; 0: not yet).
-  std::vector<uint64_t> last_applied_ts_ns;
-  std::vector<uint64_t> caught_up_ns;
   // Tombstones that may have to win over a record of their key arriving
   // later from another partition (tables with several partitions only).
   Tombstones tombstones;
-  // Per partition at a restart: the last record the segment applied, read
-  // again from the topic to check that the log is the one the segment
-  // followed (offset -1: nothing to check, or checked).
-  std::vector<TableWriter::LastRecord> verify;
-  bool unverified_logged = false;
+  bool unverified_logged = false;  // a check_log found its record compacted
   // Partitions the topic has beyond max_partitions (0: none), logged once.
   int32_t refused_partitions = 0;
   // The reader last named in the log for holding memory back.
   ReaderHolder logged_holder;
   clock::time_point next_holder_log{};
 };
+
+// ---- Phase transitions (phase.cpp)
+
+// Drops a growth or a rebuild under way (their segments are removed);
+// the table rests: kReady if it was READY, else kBootstrapping.
+void drop_replacements(Replica& t);
+// kRebuilding: records go to `w`, a replacement filled from the beginning
+// of the topic. kSeeded: `w` holds a snapshot's entries (`seed` says which).
+void enter_rebuild(Replica& t, std::unique_ptr<TableWriter> w);
+void enter_seeded(Replica& t, std::unique_ptr<TableWriter> w, Replica::Seed seed);
+// A rebuild's segment grew: `w` (a copy of it, larger) takes its place.
+void replace_rebuild(Replica& t, std::unique_ptr<TableWriter> w);
+// kGrowing: records go to `w`, which takes `writer`'s entries over.
+void enter_growth(Replica& t, std::unique_ptr<TableWriter> w);
+// The growth's copy is complete: its segment takes the table's name and
+// readers move to it; the table rests. Errors: the writer's (the phase
+// is unchanged).
+Result<void> publish_growth_segment(Replica& t);
+// The growth is given up: its segment is removed; the table rests.
+void leave_growth(Replica& t);
+// The rebuilt (or seeded) segment is current: it is marked READY, takes
+// the table's name, readers move to it, and the table rests (become_ready
+// follows if it was not READY). Errors: the writer's.
+Result<void> publish_rebuild(Replica& t);
+// The table, current for the first time, turns READY.
+void become_ready(Replica& t);
 
 // ---- Start
 

@@ -90,7 +90,7 @@ bool load(Replica& t, const Candidate& c, const std::vector<std::pair<int64_t, i
     return false;
   }
   TableWriter& w = **r;
-  const auto n = static_cast<uint32_t>(t.partitions);
+  const auto n = static_cast<uint32_t>(t.partition_count());
   auto loaded = load_snapshot(c.path, t.cfg.name, w);
   // The snapshot's partitions, and those the topic gained since.
   Result<void> counted = loaded ? w.set_partition_count(n) : Result<void>{};
@@ -109,8 +109,8 @@ bool load(Replica& t, const Candidate& c, const std::vector<std::pair<int64_t, i
     w.set_high_watermark(p, hi);
   }
   const WriterStats loaded_stats = w.stats();
-  t.rebuild = std::move(*r);
-  t.seed = Replica::Seed{c.path, start, loaded_stats.size, loaded_stats.live_bytes};
+  enter_seeded(t, std::move(*r),
+               Replica::Seed{c.path, start, loaded_stats.size, loaded_stats.live_bytes});
   t.tombstones.clear();
   t.applied = t.skipped = 0;
   uint64_t behind = 0;
@@ -168,9 +168,9 @@ std::string why_not_usable(const Replica& t, const SnapshotInfo& info,
            " s old, more than snapshot_max_age_s = " + std::to_string(t.snapshot_max_age_s) +
            " (compaction may have removed tombstones of keys it holds)";
   }
-  if (info.partitions.size() > static_cast<size_t>(t.partitions)) {
+  if (info.partitions.size() > static_cast<size_t>(t.partition_count())) {
     return "it has " + std::to_string(info.partitions.size()) + " partitions and topic " +
-           t.cfg.topic + " " + std::to_string(t.partitions) + " (was the topic re-created?)";
+           t.cfg.topic + " " + std::to_string(t.partition_count()) + " (was the topic re-created?)";
   }
   for (size_t p = 0; p < info.partitions.size(); ++p) {
     const int64_t next = info.partitions[p].next_offset;

@@ -71,7 +71,8 @@ class ReplicaTest : public ::testing::Test {
     auto wms = c.watermarks(topic_, partitions, 2000);
     if (!wms) return false;
     for (int32_t p = 0; p < partitions; ++p) {
-      if (p >= t.partitions || t.writer->next_offset(static_cast<uint32_t>(p)) < (*wms)[p].second) {
+      if (p >= t.partition_count() ||
+          t.writer->next_offset(static_cast<uint32_t>(p)) < (*wms)[p].second) {
         return false;
       }
     }
@@ -175,7 +176,7 @@ TEST_F(ReplicaTest, PartitionsBeyondMaxPartitionsAreRefusedAndTheRestGoesOn) {
   Replica t = ready_replica(*c, 2);
   kafka::WatermarkPoller poller(*c, 1s, 2s);
   ASSERT_TRUE(daemon::follow_new_partitions(t, *c, poller, 4));
-  EXPECT_EQ(t.partitions, 3);
+  EXPECT_EQ(t.partition_count(), 3);
   EXPECT_EQ(t.refused_partitions, 4);
   {
     test::Producer p(kafka_.bootstrap());

@@ -15,7 +15,7 @@ class SeedTest : public ::testing::Test {
   void SetUp() override {
     t_.cfg.name = "t";
     t_.cfg.topic = "flags";
-    t_.partitions = 2;
+    t_.parts.resize(2);
     t_.source_topic = 7;
     t_.source_cluster = 9;
     t_.snapshot_max_age_s = 3600;
@@ -76,10 +76,10 @@ TEST_F(SeedTest, PositionsOutsideTheLogOrMorePartitionsAreRefused) {
   wms_[1] = {0, 40};  // the log ends before 50
   EXPECT_NE(why().find("past the log's end (40)"), std::string::npos) << why();
   wms_[1] = {10, 60};
-  t_.partitions = 1;
+  t_.parts.resize(1);
   EXPECT_NE(why().find("2 partitions and topic flags 1"), std::string::npos) << why();
   // The topic gained partitions since: usable (they are read from their start).
-  t_.partitions = 3;
+  t_.parts.resize(3);
   wms_.push_back({0, 5});
   EXPECT_EQ(why(), "");
 }
