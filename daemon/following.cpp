@@ -1,7 +1,7 @@
-// One table's replica, part 2 of 3: following the topic. A table's start
-// (its segment, its partitions, whether the segment can resume), rebuilds
-// from the beginning of the topic, and partitions the topic gains or loses
-// while kvsd runs.
+// One table's replica following its topic: a table's start (its segment,
+// its partitions, whether the segment can resume, the check of the last
+// record applied), rebuilds from the beginning of the topic, and
+// partitions the topic gains or loses while kvsd runs.
 #include <algorithm>
 #include <thread>
 
@@ -225,6 +225,42 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
     }
   }
   return {};
+}
+
+// The record at the checked offset must be the one the segment applied, or
+// the log is another one (a topic deleted and re-created while kvsd was
+// down) and the table is rebuilt.
+LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m) {
+  const int32_t p = m->partition;
+  const TableWriter::LastRecord want = t.parts[p].verify;
+  const auto up = static_cast<uint32_t>(p);
+  t.parts[p].verify = TableWriter::LastRecord{};
+  t.parts[p].reached = t.active().next_offset(up) >= t.parts[p].target;
+  const std::string where =
+      t.cfg.topic + "[" + std::to_string(p) + "] offset " + std::to_string(want.offset);
+  if (m->err == 0 && m->offset == want.offset) {
+    const bool same = timestamp_ms(m) == want.timestamp_ms &&
+                      format::hash_key(m->key, m->key_len) == want.key_hash;
+    if (same) return LogCheck::kDone;  // applied before: nothing to do
+    const std::string why = "the record at " + where + " is not the one " +
+                            (t.seed.path.empty() ? "its segment" : "snapshot " + t.seed.path) +
+                            " applied (was the topic deleted and re-created?)";
+    if (auto ok = start_rebuild(t, c, why, /*seek=*/true); !ok) {
+      KVS_LOG_ERROR("%s", ok.error().message.c_str());
+      return LogCheck::kFailed;
+    }
+    return LogCheck::kDone;
+  }
+  // Compacted away since (or no record left before the end): nothing to
+  // compare with.
+  if (!t.unverified_logged) {
+    t.unverified_logged = true;
+    KVS_LOG_INFO(
+        "table %s: the last record applied at %s is no longer in the log (compacted); the "
+        "log is resumed without that check",
+        t.cfg.name.c_str(), where.c_str());
+  }
+  return LogCheck::kApply;
 }
 
 bool follow_fewer_partitions(Replica& t, kafka::Consumer& c, kafka::WatermarkPoller& poller,

@@ -1,6 +1,6 @@
-// One table's replica, part 3 of 3: READY (and a rebuilt segment's swap),
-// and what kvsd reports about a table: its lag, the reader that holds
-// memory back, STATUS=.
+// One table's replica turning READY (and a rebuilt segment's swap), and
+// what kvsd reports about a table: its lag, the reader that holds memory
+// back, STATUS=.
 #include <cstdio>
 
 #include "log.hpp"

@@ -1,7 +1,8 @@
-// One table's replica, part 1 of 3: applying consumed records to it, and the
-// records that wait for room (holds). Following the topic (start, rebuilds,
-// partitions gained or lost) is in following.cpp; READY and what kvsd
-// reports about a table in readiness.cpp.
+// One table's replica: applying consumed records to it, and the records
+// that wait for room (holds). Its phase is in phase.cpp; following the
+// topic (start, rebuilds, partitions gained or lost, the check of the last
+// record applied) in following.cpp; READY and what kvsd reports about a
+// table in readiness.cpp.
 #include "replica.hpp"
 
 #include <algorithm>
@@ -262,45 +263,6 @@ void drop_holds(Replica& t, kafka::Consumer& c) {
   }
   t.n_held = 0;
   publish_hold(t);
-}
-
-// The first record or EOF of a partition whose last applied record is to
-// be checked (Replica::verify): the record at that offset must be the one
-// the segment applied, or the log is another one (a topic deleted and
-// re-created while kvsd was down) and the table is rebuilt. kApply: go on
-// with m as usual; kDone: m is handled; kFailed: kvsd cannot go on.
-enum class LogCheck { kApply, kDone, kFailed };
-static LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m) {
-  const int32_t p = m->partition;
-  const TableWriter::LastRecord want = t.parts[p].verify;
-  const auto up = static_cast<uint32_t>(p);
-  t.parts[p].verify = TableWriter::LastRecord{};
-  t.parts[p].reached = t.active().next_offset(up) >= t.parts[p].target;
-  const std::string where =
-      t.cfg.topic + "[" + std::to_string(p) + "] offset " + std::to_string(want.offset);
-  if (m->err == 0 && m->offset == want.offset) {
-    const bool same = timestamp_ms(m) == want.timestamp_ms &&
-                      format::hash_key(m->key, m->key_len) == want.key_hash;
-    if (same) return LogCheck::kDone;  // applied before: nothing to do
-    const std::string why = "the record at " + where + " is not the one " +
-                            (t.seed.path.empty() ? "its segment" : "snapshot " + t.seed.path) +
-                            " applied (was the topic deleted and re-created?)";
-    if (auto ok = start_rebuild(t, c, why, /*seek=*/true); !ok) {
-      KVS_LOG_ERROR("%s", ok.error().message.c_str());
-      return LogCheck::kFailed;
-    }
-    return LogCheck::kDone;
-  }
-  // Compacted away since (or no record left before the end): nothing to
-  // compare with.
-  if (!t.unverified_logged) {
-    t.unverified_logged = true;
-    KVS_LOG_INFO(
-        "table %s: the last record applied at %s is no longer in the log (compacted); the "
-        "log is resumed without that check",
-        t.cfg.name.c_str(), where.c_str());
-  }
-  return LogCheck::kApply;
 }
 
 bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {

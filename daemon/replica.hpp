@@ -188,6 +188,12 @@ Result<void> open_partitions(Replica& t, kafka::Consumer& c, int32_t n,
 // `seek`: the partitions are assigned already and must go back.
 Result<void> start_rebuild(Replica& t, kafka::Consumer& c, const std::string& why, bool seek);
 
+// The first record or EOF of a partition whose last applied record is to
+// be checked (PartitionTrack::verify). kApply: go on with m as usual;
+// kDone: m is handled; kFailed: kvsd cannot go on.
+enum class LogCheck { kApply, kDone, kFailed };
+LogCheck check_log(Replica& t, kafka::Consumer& c, const rd_kafka_message_t* m);
+
 // Follows the partitions the topic gained while kvsd ran (`n` in all now)
 // from their beginning, in the same segment (its partition capacity is
 // max_partitions). Above max_partitions the new partitions are refused,
