@@ -24,7 +24,7 @@
 #include "protocol/request_table.hpp"
 
 namespace kvs::detail {
-int set_last_error(int code, std::string message);  // reader.cpp
+int set_last_error(int code, std::string message);  // reader/errors.cpp
 }
 
 using namespace kvs;

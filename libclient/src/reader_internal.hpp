@@ -29,7 +29,7 @@ struct GuardView {
 GuardView guard_view(const kvs_txn* x);
 // The name the table was opened by.
 const std::string& table_name(const kvs_table* t);
-// Records `message` for kvs_last_error() and returns code (reader.cpp).
+// Records `message` for kvs_last_error() and returns code (reader/errors.cpp).
 int set_last_error(int code, std::string message);
 // The table's link to kvsd's wait socket (a watch keeps it past kvs_close).
 const std::shared_ptr<WaitLink>& wait_link(kvs_table* t);

@@ -31,7 +31,7 @@ using namespace kvs::format;
 
 namespace {
 
-// As kvs_wait (reader.cpp): poll while kvsd has not counted this process,
+// As kvs_wait (reader/waits.cpp): poll while kvsd has not counted this process,
 // look again now and then (detail::counted_sleep) when it has.
 constexpr auto kUncountedSleep = std::chrono::milliseconds(1);
 // While the table's new segment cannot be mapped yet.
@@ -323,7 +323,7 @@ int kvs_watch_next(kvs_watch* w, kvs_change* change, int timeout_ms) {
   std::optional<clock::time_point> deadline;
   try {
     for (;;) {
-      // seq_cst: read before the log is, as in kvs_wait (reader.cpp).
+      // seq_cst: read before the log is, as in kvs_wait (reader/waits.cpp).
       const uint32_t seen = w->header->changes.load(std::memory_order_seq_cst);
       if (next_from_log(w)) {
         *change = w->change;

@@ -1,4 +1,5 @@
-// The announcement protocol (docs/format.md, "Readers and reclamation"):
+// The announcement protocol (docs/format.md, "Memory reclamation (epochs)"
+// and "Ordering rules"):
 // how a read guard tells kvsd's writer which epoch it reads in, and when this
 // process may unmap a segment it no longer needs.
 //
@@ -165,7 +166,9 @@ int read_begin_slow(kvs_table* t, kvs_txn** out) {
 
 namespace kvs::reader {
 
-// Removes their reader files once no thread holds a slot in them.
+// A generation no longer current is retired (its free slots are not given
+// out again), unmapped once every slot of this process in it reads 0, and
+// its reader files removed once no thread holds a slot in them.
 void collect(kvs_table* t) {
   Generation* cur = t->cur.load(std::memory_order_relaxed);
   std::erase_if(t->gens, [&](std::unique_ptr<Generation>& g) {

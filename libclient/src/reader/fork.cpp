@@ -1,3 +1,5 @@
+// The list of open tables, and what fork() does to them.
+//
 // fork(): the child must not announce in its parent's files (the parent
 // clears them, and the parent's lock says nothing of the child's life).
 // pthread_atfork handlers hold every lock across the fork, and in the child

@@ -11,6 +11,7 @@
 #include "src/futex.hpp"
 #include "src/reader/errors.hpp"
 #include "src/reader/state.hpp"
+#include "src/reader_internal.hpp"
 
 using namespace kvs;
 using namespace kvs::format;
