@@ -21,22 +21,6 @@ Phase resting(const Replica& t) { return t.ready ? Phase::kReady : Phase::kBoots
 
 }  // namespace
 
-const char* phase_name(Phase p) {
-  switch (p) {
-    case Phase::kBootstrapping:
-      return "bootstrapping";
-    case Phase::kReady:
-      return "ready";
-    case Phase::kGrowing:
-      return "growing";
-    case Phase::kRebuilding:
-      return "rebuilding";
-    case Phase::kSeeded:
-      return "seeded";
-  }
-  return "?";
-}
-
 TableWriter& Replica::active() {
   switch (phase) {
     case Phase::kGrowing:

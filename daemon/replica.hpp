@@ -79,7 +79,6 @@ enum class Phase {
   kRebuilding,     // `rebuild` is filled from the beginning of the topic
   kSeeded,         // `rebuild` was loaded from a snapshot and catches up from its positions
 };
-const char* phase_name(Phase p);
 // A replacement is filled from the topic (records go to `rebuild`).
 inline bool replacing(Phase p) { return p == Phase::kRebuilding || p == Phase::kSeeded; }
 
