@@ -43,15 +43,19 @@ class CheckConfigTest : public ::testing::Test {
     int exit_code;
     std::string err;
   };
-  // kvsd --check-config on `text`, as `user` (setpriv) if given.
+  // kvsd --check-config on `text`, as `user` (setpriv) if given: then a
+  // copy of kvsd that user can reach.
   Run check(const std::string& text, const std::string& user = "") {
     const std::string file = path("kvsd.toml"), err = path("err");
     std::ofstream(file) << text;
     ::chmod(file.c_str(), 0644);
-    std::string cmd =
-        user.empty() ? "" : "setpriv --reuid=" + user + " --regid=" + user + " --clear-groups ";
-    cmd += "'" + test::helper("../kvsd") + "' --check-config --config '" + file + "' 2> '" + err +
-           "' > /dev/null";
+    std::string cmd = "'" + test::helper("../kvsd") + "'";
+    if (!user.empty()) {
+      const std::string dir = test::world_readable_helpers({"../kvsd"});
+      cmd = "setpriv --reuid=" + user + " --regid=" + user +
+            " --clear-groups env LD_LIBRARY_PATH='" + dir + "' '" + dir + "/kvsd'";
+    }
+    cmd += " --check-config --config '" + file + "' 2> '" + err + "' > /dev/null";
     const int st = std::system(cmd.c_str());
     return {WIFEXITED(st) ? WEXITSTATUS(st) : 128, test::slurp(err)};
   }

@@ -127,7 +127,7 @@ TEST_F(ReaderSafetyTest, WriterWithoutProcSeesLiveReadersAlive) {
   // Once the writer has carved its whole arena (128 KiB for 200 keys), every
   // put must reuse a block: let it overwrite every key a thousand times (it
   // stalls instead, with nothing reusable, until the deadline).
-  kvs_open_options o{shm_.prefix().c_str()};
+  kvs_open_options o{shm_.prefix().c_str(), nullptr};
   kvs_table* t = nullptr;
   ASSERT_EQ(kvs_open("s", &o, &t), KVS_OK);
   kvs_table_stats st{};
@@ -211,32 +211,6 @@ TEST_F(ReaderSafetyTest, ReadersKilledInsideGuardsNeverLockOutTheNextOnes) {
   EXPECT_GE((*w)->stats().dead_readers_recovered, static_cast<uint64_t>(kRounds * kAtOnce));
 }
 
-// Removes its directory when the test program ends.
-struct TempDir {
-  std::string path;
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-// A directory every user may read holding copies of the helper program
-// and libkvs: the build tree may sit where other users cannot reach (a
-// clone in a 0700 temporary directory).
-std::string world_readable_helpers() {
-  static const TempDir dir = [] {
-    char tmpl[] = "/tmp/kvs-helpers-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp");
-    namespace fs = std::filesystem;
-    fs::permissions(tmpl, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                              fs::perms::others_read | fs::perms::others_exec);
-    fs::copy_file(helper("table_worker"), std::string(tmpl) + "/table_worker");
-    fs::copy_file(helper("../libkvs.so.0"), std::string(tmpl) + "/libkvs.so.0");
-    return TempDir{tmpl};
-  }();
-  return dir.path;
-}
-
 // argv run as uid:uid with the supplementary group `group`; a helper
 // program is run from world_readable_helpers().
 std::vector<std::string> as_user(uid_t uid, gid_t group, std::vector<std::string> argv) {
@@ -244,7 +218,7 @@ std::vector<std::string> as_user(uid_t uid, gid_t group, std::vector<std::string
                                   "--regid=" + std::to_string(uid),
                                   "--groups=" + std::to_string(group), "--"};
   if (argv[0] == helper("table_worker")) {
-    const std::string dir = world_readable_helpers();
+    const std::string dir = test::world_readable_helpers({"table_worker"});
     out.insert(out.end(), {"/usr/bin/env", "LD_LIBRARY_PATH=" + dir});
     argv[0] = dir + "/table_worker";
   }

@@ -193,4 +193,34 @@ inline std::string helper(const std::string& name) {
   return (std::filesystem::read_symlink("/proc/self/exe").parent_path() / name).string();
 }
 
+// Removes its directory when the test program ends.
+struct TempDir {
+  std::string path;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+// A directory every user may read holding copies of the helper programs
+// `names` (next to the test binary, e.g. "table_worker" or "../kvsd") and of
+// libkvs: the build tree may sit where other users cannot reach (a clone in
+// a 0700 temporary directory, or under /root). Run a copy with
+// LD_LIBRARY_PATH=<the directory>. One directory per test program.
+inline std::string world_readable_helpers(const std::vector<std::string>& names) {
+  static const TempDir dir = [&] {
+    char tmpl[] = "/tmp/kvs-helpers-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp");
+    namespace fs = std::filesystem;
+    fs::permissions(tmpl, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                              fs::perms::others_read | fs::perms::others_exec);
+    for (const auto& n : names) {
+      fs::copy_file(helper(n), std::string(tmpl) + "/" + fs::path(n).filename().string());
+    }
+    fs::copy_file(helper("../libkvs.so.0"), std::string(tmpl) + "/libkvs.so.0");
+    return TempDir{tmpl};
+  }();
+  return dir.path;
+}
+
 }  // namespace kvs::test
