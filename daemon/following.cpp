@@ -347,6 +347,7 @@ Result<Replica> open_replica(const config::Config& cfg, const config::TableConfi
   WriterOptions wo;
   wo.table = tc.name;
   wo.shm_prefix = cfg.shm_prefix;
+  wo.shm_dir = cfg.shm_dir;
   wo.capacity = tc.capacity;
   wo.arena_bytes = tc.memory_limit_bytes;
   wo.partition_capacity = tc.max_partitions;
@@ -360,7 +361,7 @@ Result<Replica> open_replica(const config::Config& cfg, const config::TableConfi
   wo.reader_scan_interval = std::chrono::milliseconds(1);
   wo.change_log_entries = tc.change_log_entries;
   if (fresh) {
-    if (auto seg = shm::segment_name(cfg.shm_prefix, tc.name)) discard_segment(*seg);
+    if (auto seg = shm::segment_in(cfg.shm_dir, cfg.shm_prefix, tc.name)) discard_segment(*seg);
   }
   auto w = TableWriter::open(wo);
   if (!w) return std::move(w).error();

@@ -169,7 +169,7 @@ void Snapshotter::loop() {
 
 void Snapshotter::write_one(Target& t) {
   if (!t.table) {
-    auto opened = Table::open(t.name, OpenOptions{cfg_.shm_prefix});
+    auto opened = Table::open(t.name, OpenOptions{cfg_.shm_prefix, cfg_.shm_dir});
     if (!opened) return;  // not created yet
     t.table = std::make_unique<Table>(std::move(*opened));
   }

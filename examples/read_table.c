@@ -11,7 +11,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s TABLE KEY...\n", argv[0]);
     return 2;
   }
-  kvs_open_options options = {getenv("KVS_SHM_PREFIX")}; /* NULL: "kvs." */
+  /* NULL: "kvs." and KVS_SHM_DIR (else /dev/shm) */
+  kvs_open_options options = {getenv("KVS_SHM_PREFIX"), NULL};
   kvs_table *table;
   int rc = kvs_open(argv[1], &options, &table);
   if (rc != KVS_OK) {

@@ -50,7 +50,8 @@ struct Config {
   std::vector<int64_t> allowed_uids;  // empty: any peer the socket mode lets in
   std::vector<int64_t> allowed_gids;
   std::string shm_prefix = "kvs.";
-  std::string shm_group;  // group of the segments; "" keeps kvsd's own
+  std::string shm_dir = "/dev/shm";  // where the segments live
+  std::string shm_group;             // group of the segments; "" keeps kvsd's own
   mode_t data_mode = 0640;
   mode_t registry_mode = 0660;
   std::string log_level = "info";

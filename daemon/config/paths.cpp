@@ -101,6 +101,31 @@ Result<void> check_socket_dir(const Config& c) {
   return {};
 }
 
+// The segments' directory: it exists, is a directory kvsd can write, and
+// only its owner (root or kvsd) may replace what is in it (a sticky bit, as
+// /dev/shm has, or no write bit for others).
+Result<void> check_shm_dir(const Config& c) {
+  struct stat st {};
+  if (::stat(c.shm_dir.c_str(), &st) != 0) {
+    return bad(c, "kvsd.shm_dir", c.shm_dir,
+               std::string(std::strerror(errno)) + "; mount a tmpfs there or name /dev/shm");
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return bad(c, "kvsd.shm_dir", c.shm_dir, "is not a directory; name a tmpfs directory");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
+    return bad(c, "kvsd.shm_dir", c.shm_dir,
+               "others may write it without the sticky bit, so they could replace a table's "
+               "segment; chmod +t it, or 0755");
+  }
+  if (::faccessat(AT_FDCWD, c.shm_dir.c_str(), W_OK | X_OK, AT_EACCESS) != 0) {
+    return bad(c, "kvsd.shm_dir", c.shm_dir,
+               std::string("kvsd cannot create segments in it (") + std::strerror(errno) +
+                   "); give it to kvsd's user or group");
+  }
+  return {};
+}
+
 Result<void> check_state_dir(const Config& c) {
   if (c.state_dir.empty()) return {};
   struct stat st {};
@@ -160,6 +185,7 @@ Result<void> check_seed(const Config& c, size_t index) {
 
 Result<void> check_paths(const Config& c) {
   if (auto ok = check_socket_dir(c); !ok) return ok;
+  if (auto ok = check_shm_dir(c); !ok) return ok;
   if (auto ok = check_state_dir(c); !ok) return ok;
   for (size_t i = 0; i < c.tables.size(); ++i) {
     if (c.tables[i].seed_from.empty()) continue;

@@ -1,5 +1,6 @@
 // What a config names on this host, checked by kvsd --check-config and
-// before kvsd starts: the socket's directory, the state directory with
+// before kvsd starts: the socket's directory, the segments' directory, the
+// state directory with
 // every directory and file under it, and each table's seed_from file.
 // Snapshots decide what a table holds after a cold start, so kvsd trusts
 // only files that it (or root) owns and that nobody else may write, reached

@@ -108,7 +108,7 @@ static Result<uint32_t> open_tables(const config::Config& cfg,
     t->max_key_bytes = tc.max_key_bytes;
     t->max_partitions = tc.max_partitions;
     t->max_value_bytes = tc.max_value_bytes;
-    kvs_open_options o{cfg.shm_prefix.c_str()};
+    kvs_open_options o{cfg.shm_prefix.c_str(), cfg.shm_dir.c_str()};
     if (const int rc = kvs_open(tc.name.c_str(), &o, &t->reader); rc != KVS_OK) {
       return make_error(static_cast<Errc>(rc),
                         std::string("server: opening table ") + tc.name + ": " + kvs_last_error());

@@ -4,6 +4,7 @@
 // src/reader/waits.cpp, errors src/reader/errors.cpp.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -34,7 +35,11 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
     return fail(Errc::kInvalidArgument, "kvs_open: NULL argument");
   *out = nullptr;
   const std::string prefix = options && options->shm_prefix ? options->shm_prefix : "kvs.";
-  auto seg = shm::segment_name(prefix, name);
+  const char* env_dir = std::getenv("KVS_SHM_DIR");
+  const std::string dir = options && options->shm_dir ? options->shm_dir
+                          : env_dir && *env_dir       ? env_dir
+                                                      : shm::kDefaultDir;
+  auto seg = shm::segment_in(dir, prefix, name);
   if (!seg) return fail(seg.error());
   install_fork_handlers();
   try {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,7 +13,6 @@
 #include <cstring>
 
 namespace kvs::shm {
-namespace bip = boost::interprocess;
 
 namespace {
 bool valid_component(const std::string& s, size_t max) {
@@ -25,27 +25,39 @@ bool valid_component(const std::string& s, size_t max) {
   return s != "." && s != "..";
 }
 
-Error from_exception(const bip::interprocess_exception& e, const std::string& name) {
-  const int native = e.get_native_error();
-  switch (e.get_error_code()) {
-    case bip::not_found_error:
-      return Error{Errc::kNoTable, path_of(name) + " does not exist (is kvsd running?)"};
-    case bip::security_error:
-      return Error{Errc::kPermission,
-                   path_of(name) + ": permission denied; add this user to the table's group"};
-    default:
-      break;
-  }
-  if (native == ENOENT) {
+Error from_errno(int err, const std::string& name) {
+  if (err == ENOENT) {
     return Error{Errc::kNoTable, path_of(name) + " does not exist (is kvsd running?)"};
   }
-  if (native == EACCES || native == EPERM) {
+  if (err == EACCES || err == EPERM) {
     return Error{Errc::kPermission,
                  path_of(name) + ": permission denied; add this user to the table's group"};
   }
-  return Error{Errc::kSystem, path_of(name) + ": " + e.what()};
+  return Error{Errc::kSystem, path_of(name) + ": " + std::strerror(err)};
+}
+
+// Maps the whole of m's file.
+Result<void> map_all(Mapping& m, Access access) {
+  const int prot = access == Access::kReadOnly ? PROT_READ : PROT_READ | PROT_WRITE;
+  void* p = ::mmap(nullptr, m.size_, prot, MAP_SHARED, m.fd_, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    if (err == ENOMEM) {
+      return make_error(Errc::kNoMemory, path_of(m.name) + ": cannot map " +
+                                             std::to_string(m.size_) +
+                                             " bytes: " + std::strerror(err));
+    }
+    return from_errno(err, m.name);
+  }
+  m.addr_ = p;
+  return {};
 }
 }  // namespace
+
+Mapping::~Mapping() {
+  if (addr_ != nullptr) ::munmap(addr_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
 
 Result<std::string> segment_name(const std::string& prefix, const std::string& table) {
   if (!valid_component(table, 200)) {
@@ -59,56 +71,89 @@ Result<std::string> segment_name(const std::string& prefix, const std::string& t
   return prefix + table;
 }
 
-std::string path_of(const std::string& segment) { return "/dev/shm/" + segment; }
+Result<std::string> segment_in(const std::string& dir, const std::string& prefix,
+                               const std::string& table) {
+  auto name = segment_name(prefix, table);
+  if (!name) return name;
+  std::string d = dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  if (d.empty() || d == kDefaultDir) return name;
+  if (d[0] != '/') {
+    return make_error(Errc::kInvalidArgument,
+                      "segment directory '" + dir + "' must be an absolute path");
+  }
+  return d + "/" + *name;
+}
+
+std::string path_of(const std::string& segment) {
+  return !segment.empty() && segment[0] == '/' ? segment : std::string(kDefaultDir) + "/" + segment;
+}
+
+std::string dir_of(const std::string& segment) {
+  if (segment.empty() || segment[0] != '/') return kDefaultDir;
+  const size_t slash = segment.rfind('/');
+  return slash == 0 ? "/" : segment.substr(0, slash);
+}
 
 Result<std::unique_ptr<Mapping>> open_segment(const std::string& name, Access access) {
-  try {
-    auto m = std::make_unique<Mapping>();
-    const bip::mode_t mode = access == Access::kReadOnly ? bip::read_only : bip::read_write;
-    m->object = bip::shared_memory_object(bip::open_only, name.c_str(), mode);
-    bip::offset_t size = 0;
-    if (!m->object.get_size(size) || size <= 0) {
-      return make_error(Errc::kCorrupt, path_of(name) + " is empty (being created, or not kvs)");
-    }
-    m->region = bip::mapped_region(m->object, mode);
-    m->name = name;
-    return m;
-  } catch (const bip::interprocess_exception& e) {
-    return from_exception(e, name);
+  auto m = std::make_unique<Mapping>();
+  m->name = name;
+  // O_NONBLOCK: a FIFO planted under the name does not block the open.
+  const int flags =
+      (access == Access::kReadOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+  m->fd_ = ::open(path_of(name).c_str(), flags);
+  if (m->fd_ < 0) return from_errno(errno, name);
+  struct stat st {};
+  if (::fstat(m->fd_, &st) != 0) return from_errno(errno, name);
+  if (!S_ISREG(st.st_mode)) {
+    return make_error(Errc::kCorrupt, path_of(name) + " is not a regular file: not a kvs table");
   }
+  if (st.st_size <= 0) {
+    return make_error(Errc::kCorrupt, path_of(name) + " is empty (being created, or not kvs)");
+  }
+  m->size_ = static_cast<uint64_t>(st.st_size);
+  if (auto ok = map_all(*m, access); !ok) return std::move(ok).error();
+  return m;
 }
 
 Result<std::unique_ptr<Mapping>> create_segment(const std::string& name, uint64_t bytes,
                                                 mode_t mode, gid_t gid) {
-  try {
-    auto m = std::make_unique<Mapping>();
-    m->object = bip::shared_memory_object(bip::create_only, name.c_str(), bip::read_write,
-                                          bip::permissions(mode));
-    m->name = name;
-    // shm_open applies the umask; set the mode the caller asked for.
-    if (::fchmod(m->fd(), mode) != 0) {
-      const int err = errno;
-      remove_segment(name);
-      return make_error(Errc::kSystem, path_of(name) + ": fchmod: " + std::strerror(err));
+  auto m = std::make_unique<Mapping>();
+  m->name = name;
+  m->fd_ = ::open(path_of(name).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (m->fd_ < 0) {
+    const int err = errno;
+    if (err == ENOSPC || err == ENOMEM) {
+      return make_error(Errc::kNoMemory,
+                        path_of(name) + ": cannot create it: " + std::strerror(err));
     }
-    if (gid != static_cast<gid_t>(-1) && ::fchown(m->fd(), static_cast<uid_t>(-1), gid) != 0) {
-      const int err = errno;
-      remove_segment(name);
-      return make_error(Errc::kPermission, path_of(name) + ": cannot give it group " +
-                                               std::to_string(gid) + ": " + std::strerror(err));
-    }
-    m->object.truncate(static_cast<bip::offset_t>(bytes));
-    m->region = bip::mapped_region(m->object, bip::read_write);
-    return m;
-  } catch (const bip::interprocess_exception& e) {
-    remove_segment(name);
-    if (e.get_native_error() == ENOSPC || e.get_native_error() == ENOMEM) {
-      return make_error(Errc::kNoMemory, path_of(name) + ": cannot allocate " +
-                                             std::to_string(bytes) +
-                                             " bytes of shared memory: " + e.what());
-    }
-    return from_exception(e, name);
+    return err == EEXIST ? Error{Errc::kSystem, path_of(name) + " exists already"}
+                         : from_errno(err, name);
   }
+  auto fail = [&](Error e) {
+    remove_segment(name);
+    return e;
+  };
+  // open applies the umask; set the mode the caller asked for.
+  if (::fchmod(m->fd_, mode) != 0) {
+    return fail(Error{Errc::kSystem, path_of(name) + ": fchmod: " + std::strerror(errno)});
+  }
+  if (gid != static_cast<gid_t>(-1) && ::fchown(m->fd_, static_cast<uid_t>(-1), gid) != 0) {
+    return fail(Error{Errc::kPermission, path_of(name) + ": cannot give it group " +
+                                             std::to_string(gid) + ": " + std::strerror(errno)});
+  }
+  if (::ftruncate(m->fd_, static_cast<off_t>(bytes)) != 0) {
+    const int err = errno;
+    if (err == ENOSPC || err == ENOMEM || err == EFBIG) {
+      return fail(Error{Errc::kNoMemory, path_of(name) + ": cannot allocate " +
+                                             std::to_string(bytes) +
+                                             " bytes of shared memory: " + std::strerror(err)});
+    }
+    return fail(from_errno(err, name));
+  }
+  m->size_ = bytes;
+  if (auto ok = map_all(*m, Access::kReadWrite); !ok) return fail(std::move(ok).error());
+  return m;
 }
 
 Result<void> rename_segment(const std::string& from, const std::string& to) {
@@ -119,7 +164,7 @@ Result<void> rename_segment(const std::string& from, const std::string& to) {
   return {};
 }
 
-void remove_segment(const std::string& name) { bip::shared_memory_object::remove(name.c_str()); }
+void remove_segment(const std::string& name) { ::unlink(path_of(name).c_str()); }
 
 namespace {
 // The uid of the user "kvs" (kvsd's user in its unit), or -1.

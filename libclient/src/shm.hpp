@@ -1,10 +1,14 @@
 // Shared-memory segments and process identity, for the reader and the writer.
+//
+// A segment is named by a string: a bare name ("kvs.users") lives in
+// /dev/shm; a name that starts with '/' is the path of a file in another
+// directory (a tmpfs the deployment chose: `shm_dir`, KVS_SHM_DIR). Files
+// beside a segment (its registry, a replacement being filled) are named by
+// appending to its name, so they stay in its directory.
 #pragma once
 
 #include <sys/types.h>
 
-#include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -13,19 +17,35 @@
 
 namespace kvs::shm {
 
+// The directory of segments that have bare names.
+inline constexpr const char* kDefaultDir = "/dev/shm";
+
 // "kvs." + "users" -> "kvs.users"; checks the table name and the prefix.
 Result<std::string> segment_name(const std::string& prefix, const std::string& table);
-std::string path_of(const std::string& segment);  // "/dev/shm/<segment>"
+// The segment of `table` in directory `dir`: a bare name for "" and
+// /dev/shm, else "<dir>/<prefix><table>". Errors: kInvalidArgument (a
+// relative directory, or a name segment_name refuses).
+Result<std::string> segment_in(const std::string& dir, const std::string& prefix,
+                               const std::string& table);
+std::string path_of(const std::string& segment);  // "/dev/shm/<segment>", or the path itself
+std::string dir_of(const std::string& segment);   // "/dev/shm", or the path's directory
 
-// A named segment mapped into this process.
+// A segment mapped into this process (unmapped and closed with it).
 struct Mapping {
-  boost::interprocess::shared_memory_object object;
-  boost::interprocess::mapped_region region;
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping();
+
   std::string name;
 
-  uint8_t* data() const { return static_cast<uint8_t*>(region.get_address()); }
-  uint64_t size() const { return region.get_size(); }
-  int fd() const { return object.get_mapping_handle().handle; }
+  uint8_t* data() const { return static_cast<uint8_t*>(addr_); }
+  uint64_t size() const { return size_; }
+  int fd() const { return fd_; }
+
+  int fd_ = -1;
+  void* addr_ = nullptr;
+  uint64_t size_ = 0;
 };
 
 enum class Access { kReadOnly, kReadWrite };

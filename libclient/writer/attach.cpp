@@ -97,7 +97,7 @@ std::string temp_name(const std::string& name) {
 
 Result<std::unique_ptr<TableWriter>> TableWriter::open(const WriterOptions& options) {
   if (auto ok = validate(options); !ok) return std::move(ok).error();
-  auto seg = shm::segment_name(options.shm_prefix, options.table);
+  auto seg = shm::segment_in(options.shm_dir, options.shm_prefix, options.table);
   if (!seg) return std::move(seg).error();
   std::unique_ptr<TableWriter> w(new TableWriter());
   w->opts_ = options;
@@ -176,11 +176,14 @@ void TableWriter::remove_stale_temps(const std::string& segment) {
   // "<segment>.new.<pid>.<random>", see temp_name(). Called from open(),
   // under the writer lock and before this writer began any replacement: every
   // one there is a leftover of a writer that is gone.
-  const std::string prefix = segment + ".new.";
+  const bool bare = segment.empty() || segment[0] != '/';
+  const std::string dir = shm::dir_of(segment);
+  const std::string prefix =
+      (bare ? segment : std::filesystem::path(segment).filename().string()) + ".new.";
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator("/dev/shm", ec)) {
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
-    if (name.starts_with(prefix)) shm::remove_segment(name);
+    if (name.starts_with(prefix)) shm::remove_segment(bare ? name : dir + "/" + name);
   }
 }
 

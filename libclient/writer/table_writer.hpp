@@ -41,6 +41,7 @@ namespace kvs {
 struct WriterOptions {
   std::string table;  // name; the segment is shm_prefix + table
   std::string shm_prefix = "kvs.";
+  std::string shm_dir;                // the segments' directory; "": /dev/shm
   uint64_t capacity = 1 << 20;        // entries the index is sized for
   uint64_t arena_bytes = 256 << 20;   // bytes for keys, values and block headers
   uint32_t partition_capacity = 256;  // Kafka partitions the header can track

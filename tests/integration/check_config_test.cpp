@@ -152,6 +152,30 @@ TEST_F(CheckConfigTest, BrokenConfigsExit78NamingFileLineAndKey) {
        },
        78,
        {"kvsd.toml:3:13: kvsd.state_dir = \"\"", "snapshot_interval_s = 0"}},
+      {"shm_dir missing",
+       [&] { return config("shm_dir = \"" + path("no-such-tmpfs") + "\"\n"); },
+       78,
+       {"kvsd.toml:4:11: kvsd.shm_dir", "No such file or directory"}},
+      {"shm_dir others may write without the sticky bit",
+       [&] {
+         fs::create_directories(dir_ / "segments");
+         ::chmod(path("segments").c_str(), 0777);
+         return config("shm_dir = \"" + path("segments") + "\"\n");
+       },
+       78,
+       {"kvsd.toml:4:11: kvsd.shm_dir", "sticky bit"}},
+      {"shm_dir relative",
+       [&] { return config("shm_dir = \"segments\"\n"); },
+       78,
+       {"kvsd.toml:4:11: kvsd.shm_dir = \"segments\"", "must be an absolute path"}},
+      {"shm_dir a sticky tmpfs directory (as /dev/shm)",
+       [&] {
+         fs::create_directories(dir_ / "segments");
+         ::chmod(path("segments").c_str(), 01777);
+         return config("shm_dir = \"" + path("segments") + "\"\n");
+       },
+       0,
+       {}},
       {"a [kafka] value as a TOML integer (taken as its text)",
        [&] { return config("", "\"fetch.wait.max.ms\" = 10\n"); },
        0,

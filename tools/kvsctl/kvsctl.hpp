@@ -28,6 +28,7 @@ int fail(int rc, const std::string& what);
 struct Target {
   std::string socket;
   std::string shm_prefix;
+  std::string shm_dir;  // "": KVS_SHM_DIR, else /dev/shm
   std::string table;
   std::string topic;  // "" when not from a config
 };

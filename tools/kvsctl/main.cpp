@@ -201,7 +201,7 @@ int cmd_wait_ready(const Target& t, int timeout_ms) {
   kvs_table* tb = nullptr;
   // kvsd may not have created the table yet.
   for (;;) {
-    kvs_open_options o{t.shm_prefix.c_str()};
+    kvs_open_options o{t.shm_prefix.c_str(), t.shm_dir.empty() ? nullptr : t.shm_dir.c_str()};
     const int rc = kvs_open(t.table.c_str(), &o, &tb);
     if (rc == KVS_OK) break;
     if (rc != KVS_ENOTABLE || (timeout_ms >= 0 && clock::now() >= deadline)) {
@@ -283,7 +283,7 @@ namespace {
 
 // What the command line said.
 struct Args {
-  std::string config_path = "/etc/kvs/kvsd.toml", socket, prefix, table;
+  std::string config_path = "/etc/kvs/kvsd.toml", socket, prefix, shm_dir, table;
   CLI::Option* config_opt = nullptr;
   bool hex = false;
   std::string key, value;
@@ -312,6 +312,9 @@ void add_global_options(CLI::App& app, Args& a) {
       app.add_option("--config", a.config_path, "kvsd's config file")->capture_default_str();
   app.add_option("--socket", a.socket, "kvsd's socket (default: from the config)");
   app.add_option("--shm-prefix", a.prefix, "shared-memory prefix (default: from the config)");
+  app.add_option("--shm-dir", a.shm_dir,
+                 "directory of the segments (default: the config's shm_dir, else KVS_SHM_DIR, "
+                 "else /dev/shm)");
   app.add_option("-t,--table", a.table, "table (default: the config's only table)");
   app.add_flag("--hex", a.hex, "KEY and VALUE arguments are hex-encoded bytes");
 }
@@ -377,6 +380,12 @@ std::optional<int> resolve_target(const Args& a, Target* t) {
   }
   t->socket = a.socket.empty() ? cfg.socket_path : a.socket;
   t->shm_prefix = a.prefix.empty() ? cfg.shm_prefix : a.prefix;
+  // The config's directory only when a config was read: else KVS_SHM_DIR.
+  if (!a.shm_dir.empty()) {
+    t->shm_dir = a.shm_dir;
+  } else if (explicit_config || std::filesystem::exists(a.config_path)) {
+    t->shm_dir = cfg.shm_dir;
+  }
   if (!a.table.empty()) {
     t->table = a.table;
   } else if (cfg.tables.size() == 1) {

@@ -99,6 +99,11 @@ typedef struct kvs_open_options {
   /* Shared-memory name prefix: the table lives at /dev/shm/<prefix><name>.
    * NULL means "kvs." (the default of kvsd). */
   const char *shm_prefix;
+  /* Directory of the table segments: the one kvsd's `shm_dir` names (a
+   * tmpfs mounted into the reader's container, for instance). NULL means
+   * the environment variable KVS_SHM_DIR if it is set and not empty, else
+   * /dev/shm. Must be an absolute path. */
+  const char *shm_dir;
 } kvs_open_options;
 
 /* Opens table `name` (1..200 bytes of [A-Za-z0-9._-]).

@@ -36,7 +36,13 @@ namespace kvs {
 enum class State { kBootstrapping = KVS_STATE_BOOTSTRAPPING, kReady = KVS_STATE_READY };
 
 struct OpenOptions {
+  OpenOptions() = default;
+  // NOLINTNEXTLINE(google-explicit-constructor): Table::open(name, {prefix})
+  OpenOptions(std::string prefix, std::string dir = "")
+      : shm_prefix(std::move(prefix)), shm_dir(std::move(dir)) {}
+
   std::string shm_prefix = "kvs.";
+  std::string shm_dir;  // "": KVS_SHM_DIR if set, else /dev/shm (see kvs_open_options)
 };
 
 namespace detail {
@@ -211,7 +217,8 @@ class Table {
   // Errors: kNoTable (retriable: kvsd may be starting), kLayoutMismatch,
   // kCorrupt, kPermission, kInvalidArgument.
   static Result<Table> open(const std::string& name, const OpenOptions& options = {}) {
-    kvs_open_options o{options.shm_prefix.c_str()};
+    kvs_open_options o{options.shm_prefix.c_str(),
+                       options.shm_dir.empty() ? nullptr : options.shm_dir.c_str()};
     kvs_table* t = nullptr;
     const int rc = kvs_open(name.c_str(), &o, &t);
     if (rc != KVS_OK) return detail::last_error(rc);
