@@ -44,6 +44,7 @@ class ReaderSafetyTest : public ::testing::Test {
     WriterOptions o;
     o.table = "s";
     o.shm_prefix = shm_.prefix();
+    o.shm_dir = shm_dir_;
     o.capacity = 1024;
     o.arena_bytes = 256 << 10;
     o.reader_slots = 64;
@@ -89,6 +90,7 @@ class ReaderSafetyTest : public ::testing::Test {
     expect_pin_holds(*w, c);
   }
   test::ShmScope shm_;
+  std::string shm_dir_;  // the segments' directory; "": /dev/shm
 };
 
 TEST_F(ReaderSafetyTest, PinnedValueHoldsForAPlainReader) { expect_pin_holds_under({}); }
@@ -110,6 +112,36 @@ TEST_F(ReaderSafetyTest, ReaderWithoutProcIsSeenAlive) {
   }
   expect_pin_holds_under(
       {"/usr/bin/unshare", "-m", "/bin/sh", "-c", "umount -l /proc && exec \"$0\" \"$@\""});
+}
+
+// A reader in a container of its own: mount, pid and IPC namespaces, and a
+// private tmpfs over /dev/shm (as Docker and every Kubernetes pod give it).
+// It finds the table in the directory the deployment shares with kvsd (a
+// memory-backed volume, mounted here at another path than kvsd's), named by
+// KVS_SHM_DIR, and its guard holds there as on the host.
+TEST_F(ReaderSafetyTest, ReaderWithAPrivateDevShmReadsTheSharedSegmentDirectory) {
+  if (!have_root() || std::system("unshare -m -p -i -f true 2>/dev/null") != 0) {
+    GTEST_SKIP() << "needs root and unshare(1) to make mount, pid and IPC namespaces";
+  }
+  const std::string pid = std::to_string(::getpid());
+  shm_dir_ = "/dev/shm/kvs-pod-volume-" + pid;  // kvsd's side of the volume
+  const std::string mount_point = "/tmp/kvs-pod-mount-" + pid;  // the reader's side
+  std::filesystem::create_directories(shm_dir_);
+  std::filesystem::create_directories(mount_point);
+  struct Cleanup {
+    std::string a, b;
+    ~Cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(a, ec);
+      std::filesystem::remove_all(b, ec);
+    }
+  } cleanup{shm_dir_, mount_point};
+  const std::string in_container =
+      "mount --bind " + shm_dir_ + " " + mount_point +
+      " && mount -t tmpfs tmpfs /dev/shm && test ! -e " + shm_dir_ +
+      " && KVS_SHM_DIR=" + mount_point + " exec \"$0\" \"$@\"";
+  expect_pin_holds_under({"/usr/bin/unshare", "-m", "-p", "-i", "-f", "--mount-proc",
+                          "--propagation", "private", "/bin/sh", "-c", in_container});
 }
 
 // kvsd under hidepid or without /proc (as an unprivileged service sees it):
