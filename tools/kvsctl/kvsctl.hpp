@@ -8,6 +8,10 @@
 
 #include "kvs/kvs.h"
 
+namespace kvs::config {
+struct Config;
+}  // namespace kvs::config
+
 namespace kvs::kvsctl {
 
 // sysexits.h
@@ -45,5 +49,9 @@ bool kvsd_answers(const Target& t);
 int cmd_stats(const Target& t, bool json);
 // kvsctl snapshot FILE (stats.cpp).
 int cmd_snapshot(const Target& t, const std::string& out);
+// kvsctl verify (verify.cpp): the table against its topic, read from Kafka
+// up to the applied offsets with kvsd's [kafka] settings. 0 when equal, 65
+// with a line per difference otherwise.
+int cmd_verify(const Target& t, const config::Config& cfg, int timeout_ms);
 
 }  // namespace kvs::kvsctl

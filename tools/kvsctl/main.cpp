@@ -297,8 +297,10 @@ struct Args {
   std::string out;
   std::string watch_key, watch_prefix;
   uint64_t max_changes = 0;
+  int verify_timeout_ms = 60000;
   CLI::App *get = nullptr, *put = nullptr, *del = nullptr, *dump = nullptr, *stats = nullptr,
-           *ready = nullptr, *wait = nullptr, *snapshot = nullptr, *watch = nullptr;
+           *ready = nullptr, *wait = nullptr, *snapshot = nullptr, *watch = nullptr,
+           *verify = nullptr;
 };
 
 void add_global_options(CLI::App& app, Args& a) {
@@ -363,12 +365,17 @@ void add_observe_commands(CLI::App& app, Args& a) {
       ->check(CLI::IsMember({"tsv", "json"}))
       ->capture_default_str();
   a.watch->add_option("--max-changes", a.max_changes, "stop after this many lines (0: never)");
+  a.verify = app.add_subcommand(
+      "verify",
+      "Compare the table with its topic, read from Kafka up to the offsets the table applied");
+  a.verify->add_option("--timeout-ms", a.verify_timeout_ms, "give up reading the topic after this")
+      ->capture_default_str();
 }
 
 // Socket, prefix and table: flags, else the config, else kvsd's defaults.
 // An exit code if they cannot be settled.
-std::optional<int> resolve_target(const Args& a, Target* t) {
-  kvs::config::Config cfg;
+std::optional<int> resolve_target(const Args& a, Target* t, kvs::config::Config* config) {
+  kvs::config::Config& cfg = *config;
   const bool explicit_config = a.config_opt->count() > 0;
   if (explicit_config || std::filesystem::exists(a.config_path)) {
     auto c = kvs::config::load_file(a.config_path);
@@ -442,7 +449,7 @@ int run_watch(Args& a, const Target& t) {
                    a.max_changes);
 }
 
-int run(Args& a, const Target& t) {
+int run(Args& a, const Target& t, const kvs::config::Config& cfg) {
   if (a.get->parsed()) return cmd_get(t, a.key);
   if (a.put->parsed()) return cmd_write(t, a.key, &a.value, a.visible, a.write_timeout_ms);
   if (a.del->parsed()) return cmd_write(t, a.key, nullptr, a.visible, a.write_timeout_ms);
@@ -452,6 +459,7 @@ int run(Args& a, const Target& t) {
   if (a.wait->parsed()) return cmd_wait(t, a.partition, a.offset, a.timeout_ms);
   if (a.snapshot->parsed()) return cmd_snapshot(t, a.out);
   if (a.watch->parsed()) return run_watch(a, t);
+  if (a.verify->parsed()) return cmd_verify(t, cfg, a.verify_timeout_ms);
   return kExitUsage;
 }
 
@@ -470,7 +478,8 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
   Target t;
-  if (auto rc = resolve_target(a, &t)) return *rc;
+  kvs::config::Config cfg;
+  if (auto rc = resolve_target(a, &t, &cfg)) return *rc;
   if (auto rc = decode_inputs(a)) return *rc;
-  return run(a, t);
+  return run(a, t, cfg);
 }
