@@ -233,11 +233,10 @@ static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
       "table %s: growing the table failed (%s); it stays at its size, and records "
       "since the growth began are applied again",
       t.cfg.name.c_str(), e.message.c_str());
-  // What the dropped segment applied is applied again: progress is the
-  // table segment's.
+  // What the dropped segment applied is applied again.
   for (int32_t p = 0; p < t.partition_count(); ++p) {
     const int64_t next = t.writer->next_offset(static_cast<uint32_t>(p));
-    t.parts[p].resume_at(next);
+    t.parts[p].forget_fetched();
     (void)c.stop_partition(t.cfg.topic, p);
     if (auto ok = c.start_partition(t.cfg.topic, p, next > 0 ? next : RD_KAFKA_OFFSET_BEGINNING);
         !ok) {
@@ -245,8 +244,12 @@ static bool abandon_growth(Replica& t, kafka::Consumer& c, const Error& e) {
       return false;
     }
   }
+  // Progress is the table segment's.
   t.n_held = 0;
   t.applied = t.growth.applied;
+  for (int32_t p = 0; p < t.partition_count(); ++p) {
+    t.parts[p].reached = t.writer->next_offset(static_cast<uint32_t>(p)) >= t.parts[p].target;
+  }
   t.writer->set_hold(0, format::HoldReason::kNone);
   t.skip_batch = true;
   return true;

@@ -61,12 +61,11 @@ struct PartitionTrack {
   // nothing to check, or checked).
   TableWriter::LastRecord verify;
 
-  // The partition is fetched again from `next` (what the active segment
-  // has applied): nothing waits, nothing is pending.
-  void resume_at(int64_t next) {
+  // The partition is fetched again: what was fetched (a held record, a
+  // position an EOF taught) is forgotten.
+  void forget_fetched() {
     held = Held{};
     pending = -1;
-    reached = next >= target;
   }
 };
 
