@@ -124,7 +124,7 @@ TEST_F(ReaderSafetyTest, ReaderWithAPrivateDevShmReadsTheSharedSegmentDirectory)
     GTEST_SKIP() << "needs root and unshare(1) to make mount, pid and IPC namespaces";
   }
   const std::string pid = std::to_string(::getpid());
-  shm_dir_ = "/dev/shm/kvs-pod-volume-" + pid;  // kvsd's side of the volume
+  shm_dir_ = "/dev/shm/kvs-pod-volume-" + pid;                  // kvsd's side of the volume
   const std::string mount_point = "/tmp/kvs-pod-mount-" + pid;  // the reader's side
   std::filesystem::create_directories(shm_dir_);
   std::filesystem::create_directories(mount_point);
@@ -136,10 +136,9 @@ TEST_F(ReaderSafetyTest, ReaderWithAPrivateDevShmReadsTheSharedSegmentDirectory)
       std::filesystem::remove_all(b, ec);
     }
   } cleanup{shm_dir_, mount_point};
-  const std::string in_container =
-      "mount --bind " + shm_dir_ + " " + mount_point +
-      " && mount -t tmpfs tmpfs /dev/shm && test ! -e " + shm_dir_ +
-      " && KVS_SHM_DIR=" + mount_point + " exec \"$0\" \"$@\"";
+  const std::string in_container = "mount --bind " + shm_dir_ + " " + mount_point +
+                                   " && mount -t tmpfs tmpfs /dev/shm && test ! -e " + shm_dir_ +
+                                   " && KVS_SHM_DIR=" + mount_point + " exec \"$0\" \"$@\"";
   expect_pin_holds_under({"/usr/bin/unshare", "-m", "-p", "-i", "-f", "--mount-proc",
                           "--propagation", "private", "/bin/sh", "-c", in_container});
 }
