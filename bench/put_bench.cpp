@@ -400,7 +400,7 @@ int main(int argc, char** argv) {
   Bare bare(kafka.bootstrap(), bare_topic);
   Bare shared(kafka.bootstrap(), topic);  // into the table's topic: kvsd applies it
   kvs_table* table = nullptr;
-  const kvs_open_options oo{shm.prefix().c_str(), nullptr};
+  const kvs_open_options oo{shm.prefix().c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   if (kvs_open("t", &oo, &table) != KVS_OK) die(kvs_last_error());
   Written kvsd_written;
   std::printf(

@@ -39,7 +39,7 @@ double cpu_seconds() {
 pid_t spawn_reader(const std::string& prefix) {
   const pid_t pid = ::fork();
   if (pid != 0) return pid;
-  kvs_open_options o{prefix.c_str(), nullptr};
+  kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   kvs_txn* x = nullptr;
   if (kvs_open("b", &o, &t) != KVS_OK || kvs_read_begin(t, &x) != KVS_OK) _exit(2);

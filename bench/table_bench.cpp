@@ -370,7 +370,7 @@ double paired_ratio(Chunk a, Chunk b, int n,
 // ---- throughput of 1 vs 2 reader processes (dependent gets, fixed time)
 uint64_t reader_loop(std::chrono::milliseconds how_long, uint64_t seed) {
   kvs_table* t = nullptr;
-  kvs_open_options o{kPrefix.c_str(), nullptr};
+  kvs_open_options o{kPrefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   if (kvs_open("bench", &o, &t) != KVS_OK) return 0;
   uint64_t idx = seed % g_keys, n = 0;
   const auto end = std::chrono::steady_clock::now() + how_long;
@@ -465,7 +465,7 @@ int main(int argc, char** argv) {
     build_chase();
   }
   while (!g_ctl->ready.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  kvs_open_options o{kPrefix.c_str(), nullptr};
+  kvs_open_options o{kPrefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   if (kvs_open("bench", &o, &g_table) != KVS_OK) {
     std::fprintf(stderr, "kvs_open: %s\n", kvs_last_error());
     cleanup();

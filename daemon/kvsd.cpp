@@ -466,7 +466,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   // Writes are served from here on, during bootstrap too (Kafka takes them;
   // VISIBLE waits until the table has caught up to them).
   SnapshotStatus snapshot_status;
-  auto server = Server::start(cfg, properties, &snapshot_status);
+  auto server = Server::start(cfg, properties, &snapshot_status, &waits);
   if (!server) {
     KVS_LOG_ERROR("%s", server.error().message.c_str());
     return server.error().code == Errc::kInvalidArgument ? kExitConfig : 1;

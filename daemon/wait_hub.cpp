@@ -28,6 +28,7 @@ namespace {
 // a connection (by descriptor).
 constexpr uint64_t kStop = uint64_t{1} << 62;
 constexpr uint64_t kListener = uint64_t{1} << 61;
+constexpr uint64_t kAdopt = uint64_t{1} << 60;
 
 // A name beside `path` that a reader cannot guess in advance.
 std::string beside(const std::string& path, const char* what) {
@@ -131,12 +132,18 @@ Result<const std::atomic<uint32_t>*> WaitHub::listen(const std::string& table,
 Result<void> WaitHub::start() {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  adopt_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   spare_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (epoll_fd_ < 0 || stop_fd_ < 0) return sys_error("wait sockets: epoll", errno);
+  if (epoll_fd_ < 0 || stop_fd_ < 0 || adopt_fd_ < 0) {
+    return sys_error("wait sockets: epoll", errno);
+  }
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kStop;
   if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, stop_fd_, &ev) != 0)
+    return sys_error("epoll_ctl", errno);
+  ev.data.u64 = kAdopt;
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, adopt_fd_, &ev) != 0)
     return sys_error("epoll_ctl", errno);
   for (size_t i = 0; i < tables_.size(); ++i) {
     tables_[i]->index = i;
@@ -144,11 +151,44 @@ Result<void> WaitHub::start() {
     if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, tables_[i]->fd, &ev) != 0)
       return sys_error("epoll_ctl", errno);
   }
+  running_ = true;
   thread_ = std::thread([this] { run(); });
   return {};
 }
 
+bool WaitHub::adopt(const std::string& table, int fd, uid_t uid) {
+  for (auto& t : tables_) {
+    if (t->name != table) continue;
+    std::lock_guard lock(adopt_mu_);
+    if (!running_.load()) break;
+    adopted_.push_back(Adopted{t.get(), fd, uid});
+    const uint64_t one = 1;
+    (void)!::write(adopt_fd_, &one, sizeof one);
+    return true;
+  }
+  ::close(fd);
+  return false;
+}
+
+void WaitHub::take_adopted() {
+  uint64_t n = 0;
+  (void)!::read(adopt_fd_, &n, sizeof n);
+  std::vector<Adopted> batch;
+  {
+    std::lock_guard lock(adopt_mu_);
+    batch.swap(adopted_);
+  }
+  const uint64_t round = next_seq_;
+  for (const auto& a : batch) add_conn(*a.table, a.fd, a.uid, round);
+}
+
 void WaitHub::stop() {
+  {
+    std::lock_guard lock(adopt_mu_);
+    running_ = false;
+    for (const auto& a : adopted_) ::close(a.fd);
+    adopted_.clear();
+  }
   if (thread_.joinable()) {
     const uint64_t one = 1;
     (void)!::write(stop_fd_, &one, sizeof one);
@@ -163,8 +203,9 @@ void WaitHub::stop() {
   }
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (stop_fd_ >= 0) ::close(stop_fd_);
+  if (adopt_fd_ >= 0) ::close(adopt_fd_);
   if (spare_fd_ >= 0) ::close(spare_fd_);
-  epoll_fd_ = stop_fd_ = spare_fd_ = -1;
+  epoll_fd_ = stop_fd_ = spare_fd_ = adopt_fd_ = -1;
 }
 
 void WaitHub::run() {
@@ -185,7 +226,9 @@ void WaitHub::run() {
     for (int i = 0; i < n; ++i) {
       const uint64_t d = events[i].data.u64;
       if (d == kStop) return;
-      if (d & kListener) {
+      if (d == kAdopt) {
+        take_adopted();
+      } else if (d & kListener) {
         accept_all(*tables_[d & ~kListener]);
       } else {
         serve(static_cast<int>(d));
@@ -212,23 +255,31 @@ void WaitHub::accept_all(Table& t) {
     if (fd < 0) return;  // EAGAIN
     ucred cred{};
     socklen_t len = sizeof cred;
-    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || !admit(t, cred.uid, round)) {
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
       ::close(fd);  // its process polls
       continue;
     }
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.u64 = static_cast<uint64_t>(fd);
-    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      ::close(fd);
-      continue;
-    }
-    const uint64_t seq = next_seq_++;
-    conns_[fd] = Conn{&t, false, seq, cred.uid};
-    t.idle.emplace(seq, fd);
-    ++t.connections;
-    ++t.per_uid[cred.uid];
+    add_conn(t, fd, cred.uid, round);
   }
+}
+
+void WaitHub::add_conn(Table& t, int fd, uid_t uid, uint64_t round) {
+  if (!admit(t, uid, round)) {
+    ::close(fd);  // its process polls
+    return;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP;
+  ev.data.u64 = static_cast<uint64_t>(fd);
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    ::close(fd);
+    return;
+  }
+  const uint64_t seq = next_seq_++;
+  conns_[fd] = Conn{&t, false, seq, uid};
+  t.idle.emplace(seq, fd);
+  ++t.connections;
+  ++t.per_uid[uid];
 }
 
 // At a limit (the user's share, or the table's), a connection that does

@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -53,6 +54,11 @@ class WaitHub {
                                               gid_t group, uint32_t max_connections,
                                               uint32_t max_per_uid = 0);
   Result<void> start();
+  // Serves `fd`, one end of a connected pair whose other end kvsd hands to
+  // a reader of `table` of user `uid` (OPEN, server/handover.hpp), as if
+  // that reader had connected. Thread-safe. False (fd closed) when the
+  // hub does not serve the table or is not running.
+  bool adopt(const std::string& table, int fd, uid_t uid);
   // Closes every connection and removes the sockets.
   void stop();
 
@@ -76,6 +82,9 @@ class WaitHub {
   };
   void run();
   void accept_all(Table& t);
+  // Serves connection fd of `uid` on `t`, if admit() lets it; else closes it.
+  void add_conn(Table& t, int fd, uid_t uid, uint64_t round);
+  void take_adopted();
   void serve(int fd);
   void drop(int fd);
   // Closes the connection of `t` idle longest (of user `uid`, if given),
@@ -95,6 +104,15 @@ class WaitHub {
   int epoll_fd_ = -1;
   int stop_fd_ = -1;   // an eventfd: stop() wakes the thread
   int spare_fd_ = -1;  // given up to accept (and close) a connection when out of descriptors
+  int adopt_fd_ = -1;  // an eventfd: adopt() wakes the thread
+  struct Adopted {
+    Table* table;
+    int fd;
+    uid_t uid;
+  };
+  std::mutex adopt_mu_;
+  std::vector<Adopted> adopted_;  // under adopt_mu_
+  std::atomic<bool> running_{false};
   std::thread thread_;
 };
 

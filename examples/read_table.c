@@ -11,8 +11,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s TABLE KEY...\n", argv[0]);
     return 2;
   }
-  /* NULL: "kvs." and KVS_SHM_DIR (else /dev/shm) */
-  kvs_open_options options = {getenv("KVS_SHM_PREFIX"), NULL};
+  /* NULL: "kvs.", KVS_SHM_DIR (else /dev/shm) and KVS_SOCKET (else
+   * /run/kvs/kvsd.sock, asked when the table is not in that directory) */
+  kvs_open_options options = {getenv("KVS_SHM_PREFIX"), NULL, NULL, KVS_HANDOVER_AUTO};
   kvs_table *table;
   int rc = kvs_open(argv[1], &options, &table);
   if (rc != KVS_OK) {

@@ -57,6 +57,14 @@ const Key kKeys[] = {
     {"kvsd", "allowed_gids", Kind::kIntList, "[]", 0, 4294967294,
      "Gids (primary group of the peer) allowed to write.",
      [](Config& c, TableConfig&, const Val& v) { c.allowed_gids = v.list; }},
+    {"kvsd", "reader_uids", Kind::kIntList, "[]", 0, 4294967294,
+     "Uids that may ask the socket for a table's descriptors (readers in containers with "
+     "their own /dev/shm), besides those the segments' mode and group let read them.",
+     [](Config& c, TableConfig&, const Val& v) { c.reader_uids = v.list; }},
+    {"kvsd", "reader_gids", Kind::kIntList, "[]", 0, 4294967294,
+     "Gids (primary or supplementary group of the peer) that may ask for a table's "
+     "descriptors.",
+     [](Config& c, TableConfig&, const Val& v) { c.reader_gids = v.list; }},
     {"kvsd", "shm_prefix", Kind::kString, "\"kvs.\"", 0, 40,
      "Prefix of shared-memory names: /dev/shm/<prefix><table>. Lets two kvsd run side by side.",
      [](Config& c, TableConfig&, const Val& v) { c.shm_prefix = v.s; }},

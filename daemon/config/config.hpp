@@ -49,6 +49,10 @@ struct Config {
   std::string socket_group;           // group of the socket, i.e. the writers; "" keeps kvsd's
   std::vector<int64_t> allowed_uids;  // empty: any peer the socket mode lets in
   std::vector<int64_t> allowed_gids;
+  // Who may be handed a table's descriptors over the socket, besides those
+  // the segments' mode and group let read them (server/peer_access.hpp).
+  std::vector<int64_t> reader_uids;
+  std::vector<int64_t> reader_gids;
   std::string shm_prefix = "kvs.";
   std::string shm_dir = "/dev/shm";  // where the segments live
   std::string shm_group;             // group of the segments; "" keeps kvsd's own

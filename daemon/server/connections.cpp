@@ -44,16 +44,27 @@ void log_limited(const std::string& why, const char* what, clock::time_point& ne
 
 }  // namespace
 
-Connections::Connections(const config::Config& cfg, Delegate& d, uint32_t max_frame_bytes,
-                         const std::atomic<bool>& stopping)
+Connections::Connections(const config::Config& cfg, const PeerAccess& access, Delegate& d,
+                         uint32_t max_frame_bytes, const std::atomic<bool>& stopping)
     : cfg_(cfg),
+      access_(access),
       delegate_(d),
       max_frame_bytes_(max_frame_bytes),
       stopping_(stopping),
       read_buf_(std::make_unique<char[]>(kReadChunk)) {}
 
+static void close_attached(Conn& c) {
+  for (auto& a : c.attached) {
+    for (int fd : a.fds) ::close(fd);
+  }
+  c.attached.clear();
+}
+
 Connections::~Connections() {
-  for (auto& [id, c] : conns_) ::close(c.fd);
+  for (auto& [id, c] : conns_) {
+    close_attached(c);
+    ::close(c.fd);
+  }
   if (listen_fd_ >= 0) ::close(listen_fd_);
 }
 
@@ -65,16 +76,9 @@ Result<void> Connections::open_socket() {
 }
 
 std::string Connections::refusal(const Conn& c, Errc* code) const {
-  const bool open_to_all = cfg_.allowed_uids.empty() && cfg_.allowed_gids.empty();
-  const auto& uids = cfg_.allowed_uids;
-  const auto& gids = cfg_.allowed_gids;
-  const bool allowed = open_to_all ||
-                       std::find(uids.begin(), uids.end(), int64_t{c.uid}) != uids.end() ||
-                       std::find(gids.begin(), gids.end(), int64_t{c.gid}) != gids.end();
   *code = Errc::kPermission;
-  if (!allowed) {
-    return "peer uid " + std::to_string(c.uid) + " gid " + std::to_string(c.gid) + " (pid " +
-           std::to_string(c.pid) + ") may not write: not in kvsd.allowed_uids or kvsd.allowed_gids";
+  if (!c.write_refusal.empty() && !c.read_refusal.empty()) {
+    return c.write_refusal + "; " + c.read_refusal;
   }
   if (conns_.size() >= cfg_.max_connections) {
     *code = Errc::kBusy;
@@ -93,18 +97,19 @@ void Connections::accept_all() {
         KVS_LOG_WARN("accept on %s: %s", cfg_.socket_path.c_str(), std::strerror(errno));
       return;
     }
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-      KVS_LOG_WARN("SO_PEERCRED: %s; connection refused", std::strerror(errno));
+    auto peer = peer_of(fd);
+    if (!peer) {
+      KVS_LOG_WARN("%s; connection refused", peer.error().message.c_str());
       ::close(fd);
       continue;
     }
     Conn c;
     c.fd = fd;
-    c.uid = cred.uid;
-    c.gid = cred.gid;
-    c.pid = cred.pid;
+    c.uid = peer->uid;
+    c.gid = peer->gid;
+    c.pid = peer->pid;
+    c.write_refusal = access_.write_refusal(*peer);
+    c.read_refusal = access_.read_refusal(*peer);
     c.accepted = now_;
     Errc code;
     if (const std::string why = refusal(c, &code); !why.empty()) {
@@ -275,6 +280,7 @@ void Connections::check_timeouts() {
 void Connections::close_conn(uint64_t id) {
   auto it = conns_.find(id);
   if (it == conns_.end()) return;
+  close_attached(it->second);
   ::close(it->second.fd);  // also leaves the epoll set
   if (it->second.in.capacity() >= kFreeInputBytes) trim_due_ = true;
   if (it->second.charged > 0) budget_freed_ = true;
@@ -353,8 +359,8 @@ void Connections::process_input(Conn& c) {
     c.in_off += proto::kHeaderBytes + body.size();
     parsed = true;
     ++n_frames_;
-    if (c.hello) {
-      delegate_.frame(c, h, body);
+    if (c.hello || static_cast<proto::Type>(h.type) == proto::Type::kOpen) {
+      delegate_.frame(c, h, body);  // a reader's OPEN needs no handshake
     } else if (!handshake(c, h, body)) {
       c.closing = true;
     }
@@ -388,6 +394,12 @@ void Connections::process_input(Conn& c) {
 // The first frame must be a HELLO that agrees on the version; false (the
 // connection closes, with the error sent) otherwise.
 bool Connections::handshake(Conn& c, const proto::Header& h, std::string_view body) {
+  if (!c.write_refusal.empty()) {  // a reader: it may only OPEN
+    ++n_refused_;
+    log_limited(c.write_refusal, "connection refused", next_refusal_log_, refusals_not_logged_);
+    reply_error(c, 0, Errc::kPermission, c.write_refusal);
+    return false;
+  }
   if (static_cast<proto::Type>(h.type) != proto::Type::kHello) {
     protocol_error(
         c, h.request_id,
@@ -424,10 +436,42 @@ void Connections::protocol_error(Conn& c, uint64_t id, const std::string& why) {
   reply_error(c, id, Errc::kProtocol, why);
 }
 
+void Connections::attach(Conn& c, std::vector<int> fds) {
+  c.attached.push_back(Attached{c.out.size(), std::move(fds)});
+}
+
+ssize_t Connections::send_some(Conn& c) {
+  size_t len = c.out.size() - c.out_off;
+  if (c.attached.empty()) return ::send(c.fd, c.out.data() + c.out_off, len, MSG_NOSIGNAL);
+  Attached& a = c.attached.front();
+  if (a.at > c.out_off) {  // the bytes before it go alone
+    return ::send(c.fd, c.out.data() + c.out_off, std::min(len, a.at - c.out_off), MSG_NOSIGNAL);
+  }
+  // The descriptors ride on the reply's first byte; the receiver collects
+  // them with the reply (a stream socket does not merge across them).
+  iovec iov{c.out.data() + c.out_off, len};
+  std::vector<char> control(CMSG_SPACE(a.fds.size() * sizeof(int)));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(a.fds.size() * sizeof(int));
+  std::memcpy(CMSG_DATA(cm), a.fds.data(), a.fds.size() * sizeof(int));
+  const ssize_t n = ::sendmsg(c.fd, &msg, MSG_NOSIGNAL);
+  if (n > 0) {
+    for (int fd : a.fds) ::close(fd);
+    c.attached.erase(c.attached.begin());
+  }
+  return n;
+}
+
 void Connections::flush(Conn& c) {
   while (c.out.size() > c.out_off) {
-    const ssize_t n =
-        ::send(c.fd, c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_NOSIGNAL);
+    const ssize_t n = send_some(c);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;

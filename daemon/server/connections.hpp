@@ -22,6 +22,7 @@
 
 #include "config/config.hpp"
 #include "kvs/result.hpp"
+#include "server/peer_access.hpp"
 #include "server/request.hpp"
 
 namespace kvs::daemon::server {
@@ -44,8 +45,8 @@ class Connections {
 
   // `stopping`: set by another thread when the server stops; from then on
   // no connection is read.
-  Connections(const config::Config& cfg, Delegate& d, uint32_t max_frame_bytes,
-              const std::atomic<bool>& stopping);
+  Connections(const config::Config& cfg, const PeerAccess& access, Delegate& d,
+              uint32_t max_frame_bytes, const std::atomic<bool>& stopping);
   ~Connections();  // closes every connection and the socket
   Connections(const Connections&) = delete;
   Connections& operator=(const Connections&) = delete;
@@ -71,6 +72,9 @@ class Connections {
   // The connection `id`, or null if it is gone (its client left).
   Conn* find(uint64_t id);
   void mark_dirty(Conn& c);
+  // The reply appended to c.out next carries `fds` (SCM_RIGHTS); the
+  // connection owns them from now on (Handover bounds how many).
+  void attach(Conn& c, std::vector<int> fds);
   void mark_all_dirty();
   void reply_error(Conn& c, uint64_t id, Errc code, const std::string& message);
   // Counts a malformed request and answers it with kProtocol.
@@ -97,6 +101,8 @@ class Connections {
   void process_input(Conn& c);
   bool handshake(Conn& c, const proto::Header& h, std::string_view body);
   void flush(Conn& c);
+  // Sends c.out from out_off, with the descriptors attached there.
+  ssize_t send_some(Conn& c);
   void update_interest(Conn& c);
   void close_conn(uint64_t id);
   // Why a new connection is refused ("" if it is not), and its code.
@@ -109,6 +115,7 @@ class Connections {
   void give_back_memory();
 
   const config::Config& cfg_;
+  const PeerAccess& access_;
   Delegate& delegate_;
   const uint32_t max_frame_bytes_;
   int listen_fd_ = -1, epoll_fd_ = -1;

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kvs/kvs.h"
 #include "protocol/frame.hpp"
@@ -33,6 +34,13 @@ struct Table {
   rd_kafka_topic_t* rkt = nullptr;
 };
 
+// Descriptors sent with the reply that starts at byte `at` of Conn::out
+// (SCM_RIGHTS); the connection closes its copies once they are sent.
+struct Attached {
+  size_t at = 0;
+  std::vector<int> fds;
+};
+
 struct Conn {
   int fd = -1;
   uint64_t id = 0;
@@ -49,6 +57,11 @@ struct Conn {
   uid_t uid = 0;
   gid_t gid = 0;
   pid_t pid = 0;
+  // Why this peer may not write / be handed a table ("" if it may): a
+  // connection is kept if it may do either (server/peer_access.hpp).
+  std::string write_refusal, read_refusal;
+  std::vector<Attached> attached;  // in order of `at`
+  uint32_t handed = 0;             // OPEN replies with descriptors on this connection
   clock::time_point accepted{};
   clock::time_point frame_started{};  // an unfinished frame's first bytes; {}: none
   size_t charged = 0;                 // input buffer beyond kFreeInputBytes, drawn from the budget

@@ -39,10 +39,21 @@ void Requests::frame(Conn& c, const proto::Header& h, std::string_view body) {
       return batch(c, h, body);
     case proto::Type::kWait:
       return wait(c, h, body);
+    case proto::Type::kOpen:
+      return open(c, h, body);
     default:
       return conns_.protocol_error(c, h.request_id,
                                    "unknown request type " + proto::type_name(h.type));
   }
+}
+
+void Requests::open(Conn& c, const proto::Header& h, std::string_view body) {
+  auto o = proto::decode_open(body);
+  if (!o) return conns_.protocol_error(c, h.request_id, o.error().message);
+  if (!c.read_refusal.empty()) {
+    return conns_.reply_error(c, h.request_id, Errc::kPermission, c.read_refusal);
+  }
+  if (Table* t = table_or_error(c, h.request_id, o->table)) handover_.open(c, h.request_id, *t, *o);
 }
 
 Table* Requests::table_or_error(Conn& c, uint64_t id, std::string_view name) {

@@ -20,6 +20,7 @@
 
 #include "config/config.hpp"
 #include "server/connections.hpp"
+#include "server/handover.hpp"
 #include "server/producer.hpp"
 #include "server/request.hpp"
 #include "snapshots.hpp"
@@ -29,9 +30,15 @@ namespace kvs::daemon::server {
 class Requests final : public Connections::Delegate, public Producer::Sink {
  public:
   // `snapshots` (may be null): the tables' last snapshots, for stats.
+  // `waits` (may be null): the tables' wait hub, for readers handed a table.
   Requests(const config::Config& cfg, std::vector<std::unique_ptr<Table>>& tables,
-           Connections& conns, Producer& producer, const SnapshotStatus* snapshots)
-      : cfg_(cfg), tables_(tables), conns_(conns), producer_(producer), snapshots_(snapshots) {}
+           Connections& conns, Producer& producer, const SnapshotStatus* snapshots, WaitHub* waits)
+      : cfg_(cfg),
+        tables_(tables),
+        conns_(conns),
+        producer_(producer),
+        snapshots_(snapshots),
+        handover_(cfg, conns, waits) {}
 
   // Connections::Delegate
   void frame(Conn& c, const proto::Header& h, std::string_view body) override;
@@ -72,6 +79,7 @@ class Requests final : public Connections::Delegate, public Producer::Sink {
   void write(Conn& c, const proto::Header& h, std::string_view body);
   void batch(Conn& c, const proto::Header& h, std::string_view body);
   void wait(Conn& c, const proto::Header& h, std::string_view body);
+  void open(Conn& c, const proto::Header& h, std::string_view body);
   Table* table_or_error(Conn& c, uint64_t id, std::string_view name);
   std::string check_sizes(const Table& t, std::string_view key,
                           std::optional<std::string_view> value) const;
@@ -93,6 +101,7 @@ class Requests final : public Connections::Delegate, public Producer::Sink {
   Connections& conns_;
   Producer& producer_;
   const SnapshotStatus* snapshots_;
+  Handover handover_;
   clock::time_point now_{};
   uint64_t next_seq_ = 1;
   std::deque<Request> slots_;  // the pool: stable addresses, in chunks

@@ -60,6 +60,7 @@ struct LoopFds {
 
 struct Server::Impl {
   config::Config cfg;
+  server::PeerAccess access;  // set by start() before the thread runs
   ServedTables tables;
   LoopFds fds;
   // Requests refers to the other two, which refer back to it; it is built
@@ -71,10 +72,11 @@ struct Server::Impl {
   server::Producer producer;
   std::thread thread;
 
-  Impl(const config::Config& c, uint32_t max_frame_bytes, const SnapshotStatus* snapshots)
+  Impl(const config::Config& c, uint32_t max_frame_bytes, const SnapshotStatus* snapshots,
+       WaitHub* waits)
       : cfg(c),
-        requests(cfg, tables.list, conns, producer, snapshots),
-        conns(cfg, requests, max_frame_bytes, stopping),
+        requests(cfg, tables.list, conns, producer, snapshots, waits),
+        conns(cfg, access, requests, max_frame_bytes, stopping),
         producer(cfg, requests) {}
   Result<void> open_fds();
   void loop();
@@ -108,7 +110,8 @@ static Result<uint32_t> open_tables(const config::Config& cfg,
     t->max_key_bytes = tc.max_key_bytes;
     t->max_partitions = tc.max_partitions;
     t->max_value_bytes = tc.max_value_bytes;
-    kvs_open_options o{cfg.shm_prefix.c_str(), cfg.shm_dir.c_str()};
+    // Its own tables, by name: never through a socket.
+    kvs_open_options o{cfg.shm_prefix.c_str(), cfg.shm_dir.c_str(), nullptr, KVS_HANDOVER_NEVER};
     if (const int rc = kvs_open(tc.name.c_str(), &o, &t->reader); rc != KVS_OK) {
       return make_error(static_cast<Errc>(rc),
                         std::string("server: opening table ") + tc.name + ": " + kvs_last_error());
@@ -121,11 +124,14 @@ static Result<uint32_t> open_tables(const config::Config& cfg,
 
 Result<std::unique_ptr<Server>> Server::start(
     const config::Config& cfg, const std::vector<std::pair<std::string, std::string>>& kafka,
-    const SnapshotStatus* snapshots) {
+    const SnapshotStatus* snapshots, WaitHub* waits) {
   ServedTables tables;
   auto max_frame = open_tables(cfg, tables.list);
   if (!max_frame) return std::move(max_frame).error();
-  auto s = std::make_unique<Impl>(cfg, *max_frame, snapshots);
+  auto s = std::make_unique<Impl>(cfg, *max_frame, snapshots, waits);
+  auto access = server::PeerAccess::from(s->cfg);
+  if (!access) return std::move(access).error();
+  s->access = *access;
   s->tables.list = std::move(tables.list);
   if (auto ok = s->open_fds(); !ok) return std::move(ok).error();
   if (auto ok = s->producer.create(kafka, *max_frame, s->tables.list, s->fds.kafka_pipe[1]); !ok) {

@@ -24,6 +24,8 @@
 
 namespace kvs::daemon {
 
+class WaitHub;
+
 class Server {
  public:
   // Creates the socket (mode, group from cfg) and the producer, and starts
@@ -31,10 +33,11 @@ class Server {
   // Errors: kInvalidArgument (a librdkafka property, a group), kSystem (the
   // socket cannot be created: the message names the path and the way out),
   // kBusy (another kvsd serves the socket).
-  // `snapshots` (may be null) gives stats the tables' last snapshots.
+  // `snapshots` (may be null) gives stats the tables' last snapshots;
+  // `waits` (may be null) connects readers handed a table to its wait socket.
   static Result<std::unique_ptr<Server>> start(
       const config::Config& cfg, const std::vector<std::pair<std::string, std::string>>& kafka,
-      const SnapshotStatus* snapshots = nullptr);
+      const SnapshotStatus* snapshots = nullptr, WaitHub* waits = nullptr);
   ~Server();  // stop()s if needed
 
   // The applier published new offsets: answer the VISIBLE writes and WAITs

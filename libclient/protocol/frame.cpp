@@ -132,6 +132,8 @@ std::string type_name(uint8_t type) {
       return "wait";
     case Type::kStats:
       return "stats";
+    case Type::kOpen:
+      return "open";
     case Type::kHelloOk:
       return "hello reply";
     case Type::kPong:
@@ -146,6 +148,8 @@ std::string type_name(uint8_t type) {
       return "wait reply";
     case Type::kStatsOk:
       return "stats reply";
+    case Type::kOpenOk:
+      return "open reply";
     case Type::kError:
       return "error";
   }
@@ -261,6 +265,26 @@ Result<Wait> decode_wait(std::string_view body) {
                                                   ") is negative");
   }
   return w;
+}
+
+Result<Open> decode_open(std::string_view body) {
+  Reader r("open", body);
+  Open o;
+  table_name(r, &o.table) && r.num("want", &o.want) && r.num("incarnation", &o.incarnation);
+  if (auto ok = r.finish(); !ok) return std::move(ok).error();
+  if (o.want == 0 || (o.want & ~kOpenAll) != 0) {
+    return make_error(Errc::kInvalidArgument,
+                      "open: want " + std::to_string(o.want) + " names no descriptor (1..7)");
+  }
+  return o;
+}
+
+Result<OpenOk> decode_open_ok(std::string_view body) {
+  Reader r("open reply", body);
+  OpenOk o;
+  r.num("sent", &o.sent) && r.num("incarnation", &o.incarnation);
+  if (auto ok = r.finish(); !ok) return std::move(ok).error();
+  return o;
 }
 
 Result<Token> decode_token(std::string_view body) {
@@ -387,6 +411,21 @@ void encode_wait(std::string& out, uint64_t id, const Wait& w) {
   put_le(out, w.timeout_ms);
   put_le(out, w.token.partition);
   put_le(out, w.token.offset);
+  end_frame(out, at);
+}
+
+void encode_open(std::string& out, uint64_t id, const Open& o) {
+  const size_t at = begin_frame(out, Type::kOpen, 0, id);
+  put_str16(out, o.table);
+  put_le(out, o.want);
+  put_le(out, o.incarnation);
+  end_frame(out, at);
+}
+
+void encode_open_ok(std::string& out, uint64_t id, const OpenOk& o) {
+  const size_t at = begin_frame(out, Type::kOpenOk, 0, id);
+  put_le(out, o.sent);
+  put_le(out, o.incarnation);
   end_frame(out, at);
 }
 

@@ -39,6 +39,7 @@ enum class Type : uint8_t {
   kBatch = 0x05,
   kWait = 0x06,
   kStats = 0x07,
+  kOpen = 0x08,
   kHelloOk = 0x81,
   kPong = 0x82,
   kPutOk = 0x83,
@@ -46,6 +47,7 @@ enum class Type : uint8_t {
   kBatchOk = 0x85,
   kWaitOk = 0x86,
   kStatsOk = 0x87,
+  kOpenOk = 0x88,
   kError = 0xff,
 };
 inline constexpr uint8_t kFlagVisible = 0x01;
@@ -112,6 +114,22 @@ struct Wait {
   uint32_t timeout_ms = 0;
   Token token;
 };
+// OPEN asks for a table's descriptors (docs/protocol.md): what `want`
+// names, sent with the reply by SCM_RIGHTS in the order of the bits.
+inline constexpr uint8_t kOpenSegment = 0x01;     // the segment, read-only
+inline constexpr uint8_t kOpenReaderFile = 0x02;  // a reader file, read-write and locked
+inline constexpr uint8_t kOpenWaitLink = 0x04;    // a connection to the table's wait hub
+inline constexpr uint8_t kOpenAll = 0x07;
+struct Open {
+  std::string_view table;
+  uint8_t want = 0;
+  // The segment incarnation the reader file is for; 0: the current one.
+  uint64_t incarnation = 0;
+};
+struct OpenOk {
+  uint8_t sent = 0;          // the descriptors attached, as `want` names them
+  uint64_t incarnation = 0;  // of the segment sent, or the reader file's
+};
 struct ErrorReply {
   int32_t code = 0;
   std::string_view message;
@@ -126,6 +144,8 @@ Result<Wait> decode_wait(std::string_view body);
 Result<Token> decode_token(std::string_view body);  // kPutOk, kEraseOk
 Result<std::vector<BatchResult>> decode_batch_ok(std::string_view body);
 Result<ErrorReply> decode_error(std::string_view body);
+Result<Open> decode_open(std::string_view body);
+Result<OpenOk> decode_open_ok(std::string_view body);
 
 // Encoders append one whole frame to `out`.
 void encode_frame(std::string& out, Type type, uint8_t flags, uint64_t id, std::string_view body);
@@ -137,5 +157,7 @@ void encode_wait(std::string& out, uint64_t id, const Wait& w);
 void encode_token(std::string& out, Type type, uint64_t id, Token t);
 void encode_batch_ok(std::string& out, uint64_t id, std::span<const BatchResult> r);
 void encode_error(std::string& out, uint64_t id, int32_t code, std::string_view message);
+void encode_open(std::string& out, uint64_t id, const Open& o);
+void encode_open_ok(std::string& out, uint64_t id, const OpenOk& o);
 
 }  // namespace kvs::protocol

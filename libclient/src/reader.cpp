@@ -2,6 +2,10 @@
 // table's counters. A thin layer over the rooms in src/reader/ (state.hpp
 // lists them): read guards are src/reader/announce.cpp, waits
 // src/reader/waits.cpp, errors src/reader/errors.cpp.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -13,6 +17,7 @@
 #include "format/index.hpp"
 #include "format/layout.hpp"
 #include "kvs/kvs.h"
+#include "protocol/frame.hpp"
 #include "protocol/wait_socket.hpp"
 #include "src/reader/errors.hpp"
 #include "src/reader/state.hpp"
@@ -26,6 +31,56 @@ using namespace kvs::reader;
 
 namespace {
 std::atomic<uint64_t> g_next_table_id{1};
+constexpr const char* kDefaultSocket = "/run/kvs/kvsd.sock";
+
+// An option, else the environment variable if set and not empty, else the default.
+std::string from_env(const char* option, const char* var, const char* fallback) {
+  if (option) return option;
+  const char* env = std::getenv(var);
+  return env && *env ? env : fallback;
+}
+
+Result<int> handover_mode(int option) {
+  if (option < KVS_HANDOVER_AUTO || option > KVS_HANDOVER_ALWAYS) {
+    return make_error(Errc::kInvalidArgument,
+                      "kvs_open: handover " + std::to_string(option) + " is not 0, 1 or 2");
+  }
+  const char* env = std::getenv("KVS_HANDOVER");
+  if (option != KVS_HANDOVER_AUTO || env == nullptr || *env == '\0') return option;
+  const std::string v = env;
+  if (v == "auto") return KVS_HANDOVER_AUTO;
+  if (v == "never") return KVS_HANDOVER_NEVER;
+  if (v == "always") return KVS_HANDOVER_ALWAYS;
+  return make_error(Errc::kInvalidArgument,
+                    "KVS_HANDOVER='" + v + "' is not one of auto, never, always");
+}
+
+// The error of opening by name, and why asking kvsd's socket failed too.
+// A socket that is not there says nothing new: the first error stands.
+Error both(const Error& by_name, const Error& by_socket) {
+  if (by_socket.code == Errc::kNoTable &&
+      by_socket.message.find("is kvsd running") != std::string::npos)
+    return by_name;
+  return Error{by_socket.code, by_name.message + "; and asking kvsd: " + by_socket.message};
+}
+
+// The wait link of a handed-over table: each connection is asked of kvsd.
+std::shared_ptr<WaitLink> handed_wait_link(const std::string& socket, const std::string& table,
+                                           uid_t owner) {
+  return std::make_shared<WaitLink>([socket, table, owner]() -> int {
+    HandedFds h;
+    if (!ask_kvsd(socket, table, protocol::kOpenWaitLink, 0, &h) || h.fds[2] < 0) return -1;
+    const int fd = h.take(2);
+    ucred peer{};
+    socklen_t len = sizeof peer;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0 || peer.uid != owner ||
+        ::fcntl(fd, F_SETFL, O_NONBLOCK) != 0) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  });
+}
 }  // namespace
 
 extern "C" {
@@ -35,20 +90,35 @@ int kvs_open(const char* name, const kvs_open_options* options, kvs_table** out)
     return fail(Errc::kInvalidArgument, "kvs_open: NULL argument");
   *out = nullptr;
   const std::string prefix = options && options->shm_prefix ? options->shm_prefix : "kvs.";
-  const char* env_dir = std::getenv("KVS_SHM_DIR");
-  const std::string dir = options && options->shm_dir ? options->shm_dir
-                          : env_dir && *env_dir       ? env_dir
-                                                      : shm::kDefaultDir;
+  const std::string dir =
+      from_env(options ? options->shm_dir : nullptr, "KVS_SHM_DIR", shm::kDefaultDir);
   auto seg = shm::segment_in(dir, prefix, name);
   if (!seg) return fail(seg.error());
+  auto mode = handover_mode(options ? options->handover : KVS_HANDOVER_AUTO);
+  if (!mode) return fail(mode.error());
   install_fork_handlers();
   try {
     auto t = std::make_unique<kvs_table>();
     t->segment = *seg;
     t->name = name;
-    auto g = open_generation(*seg);
+    auto g = *mode == KVS_HANDOVER_ALWAYS
+                 ? Result<std::unique_ptr<Generation>>(make_error(Errc::kNoTable, ""))
+                 : open_generation(*seg);
+    const bool ask = !g && *mode != KVS_HANDOVER_NEVER &&
+                     (*mode == KVS_HANDOVER_ALWAYS || g.error().code == Errc::kNoTable ||
+                      g.error().code == Errc::kPermission);
+    if (ask) {
+      const std::string socket =
+          from_env(options ? options->socket_path : nullptr, "KVS_SOCKET", kDefaultSocket);
+      auto h = open_handed_generation(socket, name);
+      if (!h && *mode == KVS_HANDOVER_AUTO) return fail(both(g.error(), h.error()));
+      g = std::move(h);
+      if (g) t->socket = socket;
+    }
     if (!g) return fail(g.error());
-    t->link = std::make_shared<WaitLink>(wait_socket::path((*g)->registry_dir), (*g)->owner);
+    t->link = t->socket.empty()
+                  ? std::make_shared<WaitLink>(wait_socket::path((*g)->registry_dir), (*g)->owner)
+                  : handed_wait_link(t->socket, name, (*g)->owner);
     t->gens.push_back(std::move(*g));
     t->cur.store(t->gens.back().get(), std::memory_order_release);
     t->id = g_next_table_id.fetch_add(1, std::memory_order_relaxed);
@@ -313,6 +383,6 @@ const std::string& table_name(const kvs_table* t) { return t->name; }
 
 const std::shared_ptr<WaitLink>& wait_link(kvs_table* t) { return t->link; }
 
-const std::string& segment_name(const kvs_table* t) { return t->segment; }
+SegmentSource segment_source(const kvs_table* t) { return {t->segment, t->socket, t->name}; }
 
 }  // namespace kvs::detail

@@ -33,11 +33,17 @@ const std::string& table_name(const kvs_table* t);
 int set_last_error(int code, std::string message);
 // The table's link to kvsd's wait socket (a watch keeps it past kvs_close).
 const std::shared_ptr<WaitLink>& wait_link(kvs_table* t);
-// The table's segment name (what kvs_open mapped).
-const std::string& segment_name(const kvs_table* t);
-// Maps the segment that carries this name now (read-only), after the
-// checks kvs_open makes; without a reader slot or registry file.
-Result<std::unique_ptr<shm::Mapping>> map_segment(const std::string& segment);
+// Where a table's segment comes from: its name, or kvsd's socket for a
+// table kvsd handed over.
+struct SegmentSource {
+  std::string segment;
+  std::string socket;  // "": opened by name
+  std::string table;
+};
+SegmentSource segment_source(const kvs_table* t);
+// Maps the segment that carries the table's name now (read-only), after
+// the checks kvs_open makes; without a reader slot or registry file.
+Result<std::unique_ptr<shm::Mapping>> map_segment(const SegmentSource& source);
 // How long a waiter that kvsd counts sleeps at most before it looks again.
 std::chrono::nanoseconds counted_sleep();
 

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "base/sys.hpp"
 #include "src/shm.hpp"
 
 namespace kvs::registry {
@@ -89,46 +90,90 @@ std::string random_hex() {
 
 }  // namespace
 
-Result<std::unique_ptr<ReaderFile>> ReaderFile::create(const std::string& dir,
-                                                       uint64_t incarnation) {
+namespace {
+
+// Maps a reader file's descriptor read-write into f.
+Result<void> map_file(int fd, uint8_t** map, const std::string& dir) {
+  void* p = ::mmap(nullptr, kReaderFileBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return create_error(dir, "map", errno);
+  *map = static_cast<uint8_t*>(p);
+  return {};
+}
+
+}  // namespace
+
+Result<int> create_reader_file(const std::string& dir, uint64_t incarnation, int32_t pid,
+                               std::string* path) {
   const std::string id = random_hex();
   const std::string tmp = dir + "/t." + id;
-  std::unique_ptr<ReaderFile> f(new ReaderFile());
-  f->fd_ = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-  if (f->fd_ < 0) return create_error(dir, "create", errno);
-  f->path_ = tmp;  // the destructor unlinks whatever name it has
+  Fd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (fd.fd < 0) return create_error(dir, "create", errno);
+  auto fail = [&](const char* what, int err) {
+    ::unlink(tmp.c_str());
+    return create_error(dir, what, err);
+  };
   // 0644 whatever the umask: kvsd, another user, must read it.
-  if (::fchmod(f->fd_, 0644) != 0) return create_error(dir, "chmod", errno);
+  if (::fchmod(fd.fd, 0644) != 0) return fail("chmod", errno);
   // Allocated now: a full /dev/shm is an error here, not a SIGBUS later.
-  if (int err = ::posix_fallocate(f->fd_, 0, kReaderFileBytes); err != 0) {
-    return create_error(dir, "allocate", err);
+  if (int err = ::posix_fallocate(fd.fd, 0, kReaderFileBytes); err != 0) {
+    return fail("allocate", err);
   }
   struct flock lk {};
   lk.l_type = F_WRLCK;
   lk.l_whence = SEEK_SET;
-  if (::fcntl(f->fd_, F_OFD_SETLK, &lk) != 0) return create_error(dir, "lock", errno);
-  void* p = ::mmap(nullptr, kReaderFileBytes, PROT_READ | PROT_WRITE, MAP_SHARED, f->fd_, 0);
-  if (p == MAP_FAILED) return create_error(dir, "map", errno);
-  f->map_ = static_cast<uint8_t*>(p);
+  if (::fcntl(fd.fd, F_OFD_SETLK, &lk) != 0) return fail("lock", errno);
   ReaderFileHeader h{};
   h.magic = kReaderFileMagic;
   h.layout_version = kLayoutVersion;
   h.slot_count = kReaderFileSlots;
   h.fingerprint = layout_fingerprint();
   h.incarnation = incarnation;
-  h.pid = static_cast<int32_t>(::getpid());
+  h.pid = pid;
   h.created_unix_ns = format::now_unix_ns();
-  std::memcpy(f->map_, &h, sizeof h);
+  if (::pwrite(fd.fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) {
+    return fail("write", errno);
+  }
   // kvsd reads only final names: it sees the header complete and the lock held.
   const std::string final_path = dir + "/r." + id;
-  if (::rename(tmp.c_str(), final_path.c_str()) != 0) return create_error(dir, "rename", errno);
-  f->path_ = final_path;
+  if (::rename(tmp.c_str(), final_path.c_str()) != 0) return fail("rename", errno);
+  if (path) *path = final_path;
+  const int out = fd.fd;
+  fd.fd = -1;
+  return out;
+}
+
+Result<std::unique_ptr<ReaderFile>> ReaderFile::create(const std::string& dir,
+                                                       uint64_t incarnation) {
+  std::unique_ptr<ReaderFile> f(new ReaderFile());
+  auto fd = create_reader_file(dir, incarnation, static_cast<int32_t>(::getpid()), &f->path_);
+  if (!fd) return std::move(fd).error();
+  f->fd_ = *fd;  // the destructor unlinks path_
+  if (auto ok = map_file(f->fd_, &f->map_, dir); !ok) return std::move(ok).error();
+  return f;
+}
+
+Result<std::unique_ptr<ReaderFile>> ReaderFile::adopt(int fd, uint64_t incarnation) {
+  std::unique_ptr<ReaderFile> f(new ReaderFile());
+  f->fd_ = fd;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<uint64_t>(st.st_size) < kReaderFileBytes) {
+    return make_error(Errc::kCorrupt, "kvsd handed over something that is not a reader file");
+  }
+  if (auto ok = map_file(fd, &f->map_, "a handed-over reader file"); !ok) {
+    return std::move(ok).error();
+  }
+  ReaderFileHeader h{};
+  std::memcpy(&h, f->map_, sizeof h);
+  if (h.magic != kReaderFileMagic || h.incarnation != incarnation) {
+    return make_error(Errc::kCorrupt, "kvsd handed over a reader file of another segment");
+  }
   return f;
 }
 
 ReaderFile::~ReaderFile() {
   if (fd_ < 0) return;
-  ::unlink(path_.c_str());
+  if (!path_.empty()) ::unlink(path_.c_str());
   if (map_) ::munmap(map_, kReaderFileBytes);
   ::close(fd_);
 }

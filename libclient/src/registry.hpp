@@ -31,6 +31,15 @@ mode_t dir_mode(mode_t registry_mode);
 // others unless sticky, same owner). Errors: kNoTable (absent), kPermission.
 Result<void> check_dir(const std::string& dir, uid_t owner);
 
+// Creates a reader file in `dir` for the process `pid` as ReaderFile::create
+// describes, and returns its descriptor (read-write, holding the lock).
+// kvsd makes them for readers it hands a table to over its socket
+// (docs/protocol.md, OPEN): the reader holds the lock from then on. Errors
+// as ReaderFile::create.
+// `path` (if not null) receives its name.
+Result<int> create_reader_file(const std::string& dir, uint64_t incarnation, int32_t pid,
+                               std::string* path = nullptr);
+
 // This process's file in a registry directory: created under a temporary
 // name, sized, locked (OFD write lock, held until the file is closed or the
 // process dies), mapped read-write, its header written, then renamed to its
@@ -39,7 +48,12 @@ Result<void> check_dir(const std::string& dir, uid_t owner);
 class ReaderFile {
  public:
   static Result<std::unique_ptr<ReaderFile>> create(const std::string& dir, uint64_t incarnation);
-  ~ReaderFile();  // unlinks the file, unmaps and closes it (dropping the lock)
+  // A file kvsd made for this process (create_reader_file) and handed over:
+  // mapped, never unlinked by this process (kvsd removes it once the lock
+  // is gone). Errors: kSystem, kCorrupt (not a reader file).
+  static Result<std::unique_ptr<ReaderFile>> adopt(int fd, uint64_t incarnation);
+  ~ReaderFile();  // unlinks the file (if it has a name here), unmaps and closes it (dropping the
+                  // lock)
   ReaderFile(const ReaderFile&) = delete;
   ReaderFile& operator=(const ReaderFile&) = delete;
 

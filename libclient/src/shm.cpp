@@ -52,6 +52,19 @@ Result<void> map_all(Mapping& m, Access access) {
   m.addr_ = p;
   return {};
 }
+// Maps m's file, which must be a regular file that is not empty.
+Result<void> map_regular(Mapping& m, Access access) {
+  struct stat st {};
+  if (::fstat(m.fd_, &st) != 0) return from_errno(errno, m.name);
+  if (!S_ISREG(st.st_mode)) {
+    return make_error(Errc::kCorrupt, path_of(m.name) + " is not a regular file: not a kvs table");
+  }
+  if (st.st_size <= 0) {
+    return make_error(Errc::kCorrupt, path_of(m.name) + " is empty (being created, or not kvs)");
+  }
+  m.size_ = static_cast<uint64_t>(st.st_size);
+  return map_all(m, access);
+}
 }  // namespace
 
 Mapping::~Mapping() {
@@ -103,16 +116,15 @@ Result<std::unique_ptr<Mapping>> open_segment(const std::string& name, Access ac
       (access == Access::kReadOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
   m->fd_ = ::open(path_of(name).c_str(), flags);
   if (m->fd_ < 0) return from_errno(errno, name);
-  struct stat st {};
-  if (::fstat(m->fd_, &st) != 0) return from_errno(errno, name);
-  if (!S_ISREG(st.st_mode)) {
-    return make_error(Errc::kCorrupt, path_of(name) + " is not a regular file: not a kvs table");
-  }
-  if (st.st_size <= 0) {
-    return make_error(Errc::kCorrupt, path_of(name) + " is empty (being created, or not kvs)");
-  }
-  m->size_ = static_cast<uint64_t>(st.st_size);
-  if (auto ok = map_all(*m, access); !ok) return std::move(ok).error();
+  if (auto ok = map_regular(*m, access); !ok) return std::move(ok).error();
+  return m;
+}
+
+Result<std::unique_ptr<Mapping>> adopt_segment(int fd, const std::string& name) {
+  auto m = std::make_unique<Mapping>();
+  m->name = name;
+  m->fd_ = fd;
+  if (auto ok = map_regular(*m, Access::kReadOnly); !ok) return std::move(ok).error();
   return m;
 }
 

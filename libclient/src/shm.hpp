@@ -52,6 +52,10 @@ enum class Access { kReadOnly, kReadWrite };
 
 // Opens an existing segment. Errors: kNoTable (absent), kPermission, kSystem.
 Result<std::unique_ptr<Mapping>> open_segment(const std::string& name, Access access);
+// Maps the segment open at `fd` read-only (one kvsd handed over), named
+// `name` in messages; the mapping owns fd. Errors: kCorrupt, kNoMemory,
+// kSystem.
+Result<std::unique_ptr<Mapping>> adopt_segment(int fd, const std::string& name);
 
 // Creates `name` with `bytes` zeroed bytes and mode `mode` (exactly, not
 // masked by umask), owned by group `gid` unless gid == (gid_t)-1. Fails with

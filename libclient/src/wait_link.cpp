@@ -48,7 +48,9 @@ bool send_byte(int fd, char c) { return ::send(fd, &c, 1, MSG_NOSIGNAL | MSG_DON
 }  // namespace
 
 WaitLink::WaitLink(std::string socket_path, uid_t owner)
-    : path_(std::move(socket_path)), owner_(owner) {
+    : WaitLink([path = std::move(socket_path), owner] { return connect_to(path, owner); }) {}
+
+WaitLink::WaitLink(std::function<int()> connect) : connect_(std::move(connect)) {
   static std::once_flag handlers;
   std::call_once(handlers, [] {
     ::pthread_atfork(WaitLink::before_fork, WaitLink::after_fork_in_parent,
@@ -101,7 +103,7 @@ void WaitLink::announce_locked() {
   const auto now = std::chrono::steady_clock::now();
   if (fd_ < 0) {
     if (now < next_try_) return;
-    fd_ = connect_to(path_, owner_);
+    fd_ = connect_();
     if (fd_ < 0) {
       next_try_ = now + kRetryAfter;
       return;

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -22,6 +23,10 @@ namespace kvs {
 class WaitLink {
  public:
   WaitLink(std::string socket_path, uid_t owner);
+  // A link whose connections `connect` makes (a connected, non-blocking
+  // descriptor whose peer it checked, or -1): kvsd hands them to readers
+  // of a table it handed over.
+  explicit WaitLink(std::function<int()> connect);
   ~WaitLink();
   WaitLink(const WaitLink&) = delete;
   WaitLink& operator=(const WaitLink&) = delete;
@@ -48,8 +53,7 @@ class WaitLink {
   bool drain_locked();
   void close_locked();
 
-  const std::string path_;
-  const uid_t owner_;
+  const std::function<int()> connect_;
   std::mutex mu_;
   int fd_ = -1;
   uint32_t waiting_ = 0;     // threads waiting and open watches

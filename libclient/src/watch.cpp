@@ -53,7 +53,7 @@ bool sane_first_entry(uint64_t key_len, uint64_t partition_kind, uint64_t entrie
 
 struct kvs_watch {
   // Its own, so that a watch does not depend on its kvs_table's lifetime.
-  std::string segment_name;
+  detail::SegmentSource source;    // to follow the table to its next segment
   std::shared_ptr<WaitLink> link;  // entered while the watch is open
   int filter = KVS_WATCH_ALL;
   std::string key;  // the key or prefix
@@ -221,7 +221,7 @@ bool kvs_watch::unlinked() {
 }
 
 bool kvs_watch::follow() {
-  auto m = detail::map_segment(segment_name);
+  auto m = detail::map_segment(source);
   if (!m) return false;
   const auto* h = reinterpret_cast<const TableHeader*>((*m)->data());
   if (h->incarnation == header->incarnation) return false;  // not renamed yet
@@ -290,7 +290,7 @@ int kvs_watch_open(kvs_table* table, int filter, const void* key, size_t key_len
                     " is none of KVS_WATCH_ALL, KVS_WATCH_KEY, KVS_WATCH_PREFIX");
   *out = nullptr;
   try {
-    auto m = detail::map_segment(detail::segment_name(table));
+    auto m = detail::map_segment(detail::segment_source(table));
     if (!m) return fail(m.error().code, m.error().message);
     auto w = std::make_unique<kvs_watch>();
     w->use(std::move(*m));
@@ -300,7 +300,7 @@ int kvs_watch_open(kvs_table* table, int filter, const void* key, size_t key_len
                       " has no change log: set change_log_entries in the table's section of "
                       "kvsd.toml (it takes effect with the table's next segment)");
     }
-    w->segment_name = detail::segment_name(table);
+    w->source = detail::segment_source(table);
     w->filter = filter;
     if (filter != KVS_WATCH_ALL) w->key.assign(static_cast<const char*>(key), key_len);
     w->key_hash = hash_key(w->key.data(), w->key.size());

@@ -148,7 +148,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (::pwrite(t.fd, bytes.data(), bytes.size(), 0) != static_cast<ssize_t>(bytes.size()))
       std::abort();
   };
-  kvs_open_options o{t.prefix.c_str(), nullptr};
+  kvs_open_options o{t.prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* table = nullptr;
   write(seg);
   if (kvs_open("f", &o, &table) == KVS_OK) {

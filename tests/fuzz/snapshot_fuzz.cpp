@@ -60,7 +60,7 @@ struct Template {
     }
     (*w)->record_applied(0, 7, 1006, "k6");
     (*w)->record_applied(1, 9, 1009, "k9");
-    kvs_open_options oo{prefix.c_str(), nullptr};
+    kvs_open_options oo{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
     kvs_table* t = nullptr;
     if (kvs_open("t", &oo, &t) != KVS_OK || kvs_snapshot_write(t, file.c_str(), nullptr) != KVS_OK)
       std::abort();

@@ -63,7 +63,7 @@ class PressureTest : public KvsdTest {
     return std::move(*t);
   }
   static kvs_table_stats stat(const std::string& prefix, const std::string& name) {
-    kvs_open_options o{prefix.c_str(), nullptr};
+    kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
     kvs_table* t = nullptr;
     kvs_table_stats s{};
     if (kvs_open(name.c_str(), &o, &t) == KVS_OK) {

@@ -158,7 +158,7 @@ TEST_F(ReaderSafetyTest, WriterWithoutProcSeesLiveReadersAlive) {
   // Once the writer has carved its whole arena (128 KiB for 200 keys), every
   // put must reuse a block: let it overwrite every key a thousand times (it
   // stalls instead, with nothing reusable, until the deadline).
-  kvs_open_options o{shm_.prefix().c_str(), nullptr};
+  kvs_open_options o{shm_.prefix().c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   ASSERT_EQ(kvs_open("s", &o, &t), KVS_OK);
   kvs_table_stats st{};

@@ -193,7 +193,7 @@ int read_mode(const std::string& prefix, const std::string& table, uint64_t keys
 }
 
 int hold_mode(const std::string& prefix, const std::string& table) {
-  kvs_open_options o{prefix.c_str(), nullptr};
+  kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   if (int rc = kvs_open(table.c_str(), &o, &t); rc != KVS_OK) {
     std::fprintf(stderr, "table_worker hold: %s\n", kvs_last_error());
@@ -246,7 +246,7 @@ int pin_and_check(kvs_table* t, const std::string& key, int pinned_fd) {
 // pin-no-fds: uses up every file descriptor first.
 int pin_mode(const std::string& mode, const std::string& prefix, const std::string& table,
              const std::string& key) {
-  kvs_open_options o{prefix.c_str(), nullptr};
+  kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   if (kvs_open(table.c_str(), &o, &t) != KVS_OK) {
     std::fprintf(stderr, "table_worker pin: %s\n", kvs_last_error());
@@ -350,7 +350,7 @@ int hostile_mode(const std::string& prefix, const std::string& table,
 // Monitoring a table without registering as a reader: prints
 // "stat <rc> <entries>", then "read <rc> <error>" for a read guard.
 int stat_then_read(const std::string& prefix, const std::string& table) {
-  kvs_open_options o{prefix.c_str(), nullptr};
+  kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   if (kvs_open(table.c_str(), &o, &t) != KVS_OK) {
     std::printf("open %s\n", kvs_last_error());
@@ -370,7 +370,7 @@ int stat_then_read(const std::string& prefix, const std::string& table) {
 int open_as_nobody(const std::string& prefix, const std::string& table) {
   if (::getuid() != 0) return 77;  // cannot drop privileges: skip
   if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 2;
-  kvs_open_options o{prefix.c_str(), nullptr};
+  kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   const int rc = kvs_open(table.c_str(), &o, &t);
   std::printf("%d %s\n", rc, kvs_last_error());
@@ -380,7 +380,7 @@ int open_as_nobody(const std::string& prefix, const std::string& table) {
 }  // namespace
 
 int idle_mode(const std::string& prefix, const std::string& table) {
-  kvs_open_options o{prefix.c_str(), nullptr};
+  kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   kvs_txn* x = nullptr;
   if (kvs_open(table.c_str(), &o, &t) != KVS_OK || kvs_read_begin(t, &x) != KVS_OK) return 2;
@@ -407,7 +407,7 @@ int garbage_lock_mode(const std::string& prefix, const std::string& table) {
 }
 
 int pin_each_mode(const std::string& prefix, const std::string& table, int ms) {
-  kvs_open_options o{prefix.c_str(), nullptr};
+  kvs_open_options o{prefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   for (int i = 0; i < 300; ++i) {
     kvs_table* t = nullptr;
     kvs_txn* x = nullptr;

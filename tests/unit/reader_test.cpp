@@ -186,7 +186,7 @@ TEST_F(ReaderTest, GuardsNestPerThread) {
   ASSERT_TRUE(w->put("k", "v1"));
   kvs_table* t = nullptr;
   ASSERT_EQ(kvs_open("r", nullptr, &t), KVS_ENOTABLE) << "the default prefix is another table";
-  kvs_open_options o{shm_.prefix().c_str(), nullptr};
+  kvs_open_options o{shm_.prefix().c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
   kvs_txn *a = nullptr, *b = nullptr;
   ASSERT_EQ(kvs_read_begin(t, &a), KVS_OK);
@@ -241,7 +241,7 @@ TEST_F(ReaderTest, MultiGetMatchesSingleGets) {
 TEST_F(ReaderTest, GetCopyReportsTheSizeNeeded) {
   auto w = make_table();
   ASSERT_TRUE(w->put("k", "twelve bytes"));
-  kvs_open_options o{shm_.prefix().c_str(), nullptr};
+  kvs_open_options o{shm_.prefix().c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
   char buf[4];
@@ -261,7 +261,7 @@ TEST_F(ReaderTest, GetCopyReportsTheSizeNeeded) {
 // kvs_stat shows the readers as kvsd last counted them, from the header.
 TEST_F(ReaderTest, StatsShowTheReadersTheWriterCounted) {
   auto w = make_table();
-  kvs_open_options o{shm_.prefix().c_str(), nullptr};
+  kvs_open_options o{shm_.prefix().c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
   kvs_txn* x = nullptr;
@@ -285,7 +285,7 @@ TEST_F(ReaderTest, BacklogOfExtremeOffsetsDoesNotOverflow) {
   w->set_next_offset(0, std::numeric_limits<int64_t>::min());
   w->set_high_watermark(1, std::numeric_limits<int64_t>::max());
   w->set_next_offset(1, std::numeric_limits<int64_t>::min());
-  kvs_open_options o{shm_.prefix().c_str(), nullptr};
+  kvs_open_options o{shm_.prefix().c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   kvs_table* t = nullptr;
   ASSERT_EQ(kvs_open("r", &o, &t), KVS_OK);
   kvs_table_stats s{};

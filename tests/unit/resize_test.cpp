@@ -55,7 +55,7 @@ class ResizeTest : public ::testing::Test {
     return r ? std::move(*r) : nullptr;
   }
   kvs_table_stats stat(const std::string& table) {
-    kvs_open_options o{shm_.prefix().c_str(), nullptr};
+    kvs_open_options o{shm_.prefix().c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
     kvs_table* t = nullptr;
     kvs_table_stats s{};
     EXPECT_EQ(kvs_open(table.c_str(), &o, &t), KVS_OK);

@@ -56,7 +56,8 @@ std::string json_escape(std::string_view s) {
 }
 
 int open_table(const Target& t, kvs_table** out) {
-  kvs_open_options o{t.shm_prefix.c_str(), t.shm_dir.empty() ? nullptr : t.shm_dir.c_str()};
+  kvs_open_options o{t.shm_prefix.c_str(), t.shm_dir.empty() ? nullptr : t.shm_dir.c_str(),
+                     t.socket.empty() ? nullptr : t.socket.c_str(), KVS_HANDOVER_AUTO};
   const int rc = kvs_open(t.table.c_str(), &o, out);
   if (rc != KVS_OK) return fail(rc, "opening table " + t.table);
   return KVS_OK;

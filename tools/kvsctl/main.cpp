@@ -201,7 +201,8 @@ int cmd_wait_ready(const Target& t, int timeout_ms) {
   kvs_table* tb = nullptr;
   // kvsd may not have created the table yet.
   for (;;) {
-    kvs_open_options o{t.shm_prefix.c_str(), t.shm_dir.empty() ? nullptr : t.shm_dir.c_str()};
+    kvs_open_options o{t.shm_prefix.c_str(), t.shm_dir.empty() ? nullptr : t.shm_dir.c_str(),
+                       t.socket.empty() ? nullptr : t.socket.c_str(), KVS_HANDOVER_AUTO};
     const int rc = kvs_open(t.table.c_str(), &o, &tb);
     if (rc == KVS_OK) break;
     if (rc != KVS_ENOTABLE || (timeout_ms >= 0 && clock::now() >= deadline)) {

@@ -104,7 +104,27 @@ typedef struct kvs_open_options {
    * the environment variable KVS_SHM_DIR if it is set and not empty, else
    * /dev/shm. Must be an absolute path. */
   const char *shm_dir;
+  /* kvsd's socket, asked for the table when it cannot be opened from
+   * shm_dir (see `handover`). NULL means the environment variable
+   * KVS_SOCKET if it is set and not empty, else "/run/kvs/kvsd.sock". */
+  const char *socket_path;
+  /* How the table is found: KVS_HANDOVER_AUTO (0) opens it from shm_dir and,
+   * if it is not there or its owner is not one this process can trust (a
+   * container with its own /dev/shm, a user namespace), asks kvsd's socket
+   * for its descriptors; KVS_HANDOVER_NEVER only opens shm_dir;
+   * KVS_HANDOVER_ALWAYS only asks the socket. With 0, the environment
+   * variable KVS_HANDOVER ("auto", "never", "always") decides if it is set.
+   * A table handed over reads exactly as one opened by name: zero-copy, no
+   * system call per read; it follows growth and rebuilds (asking kvsd again)
+   * and keeps reading what it has while kvsd is down. kvsd decides who may
+   * be handed a table (its reader_uids, reader_gids and the segments'
+   * group): KVS_EACCES names the refusal. */
+  int handover;
 } kvs_open_options;
+
+#define KVS_HANDOVER_AUTO 0
+#define KVS_HANDOVER_NEVER 1
+#define KVS_HANDOVER_ALWAYS 2
 
 /* Opens table `name` (1..200 bytes of [A-Za-z0-9._-]).
  * Errors: KVS_ENOTABLE (kvsd has not created it yet), KVS_ELAYOUT,

@@ -42,7 +42,9 @@ struct OpenOptions {
       : shm_prefix(std::move(prefix)), shm_dir(std::move(dir)) {}
 
   std::string shm_prefix = "kvs.";
-  std::string shm_dir;  // "": KVS_SHM_DIR if set, else /dev/shm (see kvs_open_options)
+  std::string shm_dir;               // "": KVS_SHM_DIR if set, else /dev/shm (see kvs_open_options)
+  std::string socket_path;           // "": KVS_SOCKET if set, else /run/kvs/kvsd.sock
+  int handover = KVS_HANDOVER_AUTO;  // see kvs_open_options
 };
 
 namespace detail {
@@ -217,8 +219,9 @@ class Table {
   // Errors: kNoTable (retriable: kvsd may be starting), kLayoutMismatch,
   // kCorrupt, kPermission, kInvalidArgument.
   static Result<Table> open(const std::string& name, const OpenOptions& options = {}) {
-    kvs_open_options o{options.shm_prefix.c_str(),
-                       options.shm_dir.empty() ? nullptr : options.shm_dir.c_str()};
+    kvs_open_options o{
+        options.shm_prefix.c_str(), options.shm_dir.empty() ? nullptr : options.shm_dir.c_str(),
+        options.socket_path.empty() ? nullptr : options.socket_path.c_str(), options.handover};
     kvs_table* t = nullptr;
     const int rc = kvs_open(name.c_str(), &o, &t);
     if (rc != KVS_OK) return detail::last_error(rc);

@@ -65,7 +65,7 @@ Result<ReaderSlot*> take_slot(SlotPool& pool, const Generation& g) {
   for (auto& f : pool.files) {
     if (ReaderSlot* s = f->take_unused()) return s;
   }
-  auto f = registry::ReaderFile::create(g.registry_dir, g.header->incarnation);
+  auto f = new_reader_file(g);
   if (!f) return std::move(f).error();
   pool.files.push_back(std::move(*f));
   return pool.files.back()->take_unused();

@@ -6,6 +6,7 @@
 //   generations.cpp  finding, checking and following the table's segment
 //   fork.cpp         the pthread_atfork handlers
 //   waits.cpp        sleeping on the segment's futex word (kvs_wait*)
+//   handover.cpp     asking kvsd's socket for a table's descriptors
 //   errors.cpp       kvs_last_error and kvs_strerror
 //   ../reader.cpp    the rest of the C ABI, a thin layer over these
 //
@@ -19,6 +20,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -65,8 +67,12 @@ struct Generation {
   std::unique_ptr<shm::Mapping> data;
   const format::TableHeader* header = nullptr;
   format::TableView view;
-  std::string registry_dir;
-  uid_t owner = 0;  // the segment's owner: kvsd's user
+  std::string registry_dir;  // "" for a handed-over segment
+  uid_t owner = 0;           // the segment's owner: kvsd's user
+  // A segment kvsd handed over (docs/protocol.md, OPEN): reader files are
+  // asked of kvsd's socket too.
+  std::string socket;  // "" if opened by name
+  std::string table;
   std::shared_ptr<SlotPool> pool = std::make_shared<SlotPool>();
   // Threads sleeping on the futex word in this mapping: it stays mapped
   // until they wake (see waits.cpp).
@@ -81,7 +87,8 @@ struct kvs_table {
   std::mutex mu;
   std::vector<std::unique_ptr<kvs::reader::Generation>> gens;  // under mu; includes cur
   std::string segment;
-  std::string name;  // as kvs_open was given it
+  std::string name;    // as kvs_open was given it
+  std::string socket;  // kvsd's socket, if the table was handed over ("": opened by name)
   uint64_t id = 0;
   // Retry pacing (under mu): after a try that found no successor, the
   // next waits until next_reopen_ns, unless `replaced` has moved past
@@ -101,9 +108,35 @@ struct kvs_txn {
 
 namespace kvs::reader {
 
+// handover.cpp
+// Descriptors kvsd handed over: the segment, a reader file, a wait link
+// (-1 where not sent), closed with this unless taken.
+struct HandedFds {
+  std::array<int, 3> fds{-1, -1, -1};
+  uint64_t incarnation = 0;  // of the segment, or the reader file's
+  uid_t peer = 0;            // the socket's peer (kvsd's user, as seen here)
+  HandedFds() = default;
+  HandedFds(const HandedFds&) = delete;
+  HandedFds& operator=(const HandedFds&) = delete;
+  ~HandedFds();
+  int take(size_t i);
+};
+// Asks kvsd at `socket` for what `want` names (protocol::kOpen*) of
+// `table`; `incarnation` of the reader file (0: the current segment's).
+// Errors: kNoTable (no kvsd, or no such table yet), kPermission (kvsd or
+// the socket refused), kInvalidArgument (not a table kvsd serves),
+// kProtocol, kSystem.
+Result<void> ask_kvsd(const std::string& socket, const std::string& table, uint8_t want,
+                      uint64_t incarnation, HandedFds* out);
+
 // generations.cpp
 // Maps the segment called `segment` and checks it and its registry.
 Result<std::unique_ptr<Generation>> open_generation(const std::string& segment);
+// Asks kvsd at `socket` for `table` and checks what it handed over.
+Result<std::unique_ptr<Generation>> open_handed_generation(const std::string& socket,
+                                                           const std::string& table);
+// A new reader file for g (made here, or by kvsd for a handed segment).
+Result<std::unique_ptr<registry::ReaderFile>> new_reader_file(const Generation& g);
 // Checks a mapped segment's header: ours, this layout, consistent.
 Result<void> check_table(const shm::Mapping& m);
 // Under t->mu: if the current generation was replaced (or lost its name),
