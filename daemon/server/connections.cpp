@@ -160,7 +160,9 @@ uint64_t Connections::unsent_with(const Conn& c) const {
 }
 
 bool Connections::may_read(const Conn& c) const {
-  return !c.closing && !c.eof && !c.budget_wait && !delegate_.paused() &&
+  // Before HELLO a connection sends no writes: it is read while the
+  // producer is paused too (a refused writer learns why at once).
+  return !c.closing && !c.eof && !c.budget_wait && (!c.hello || !delegate_.paused()) &&
          c.pending < cfg_.max_pending_per_connection &&
          c.out.size() - c.out_off < kMaxUnsentBytes &&
          (c.out.size() == c.out_off || unsent_with(c) < cfg_.max_unsent_reply_bytes) &&
@@ -448,7 +450,9 @@ ssize_t Connections::send_some(Conn& c) {
     return ::send(c.fd, c.out.data() + c.out_off, std::min(len, a.at - c.out_off), MSG_NOSIGNAL);
   }
   // The descriptors ride on the reply's first byte; the receiver collects
-  // them with the reply (a stream socket does not merge across them).
+  // them with the reply (a stream socket does not merge across them). The
+  // next reply's descriptors go with its own first byte.
+  if (c.attached.size() > 1) len = std::min(len, c.attached[1].at - c.out_off);
   iovec iov{c.out.data() + c.out_off, len};
   std::vector<char> control(CMSG_SPACE(a.fds.size() * sizeof(int)));
   msghdr msg{};

@@ -50,7 +50,8 @@ class ReaderFile {
   static Result<std::unique_ptr<ReaderFile>> create(const std::string& dir, uint64_t incarnation);
   // A file kvsd made for this process (create_reader_file) and handed over:
   // mapped, never unlinked by this process (kvsd removes it once the lock
-  // is gone). Errors: kSystem, kCorrupt (not a reader file).
+  // is gone). Owns fd, also when it fails. Errors: kSystem, kCorrupt (not
+  // a reader file).
   static Result<std::unique_ptr<ReaderFile>> adopt(int fd, uint64_t incarnation);
   ~ReaderFile();  // unlinks the file (if it has a name here), unmaps and closes it (dropping the
                   // lock)

@@ -198,6 +198,19 @@ uid_t env_trusted_uid() {
   const unsigned long v = std::strtoul(s, &end, 10);
   return *end == '\0' && v < 0xFFFFFFFFul ? static_cast<uid_t>(v) : static_cast<uid_t>(-1);
 }
+
+// The uid a user namespace shows for a uid it does not map.
+uid_t overflow_uid() {
+  static const uid_t uid = [] {
+    unsigned long v = 65534;
+    if (FILE* f = std::fopen("/proc/sys/kernel/overflowuid", "re")) {
+      if (std::fscanf(f, "%lu", &v) != 1) v = 65534;
+      std::fclose(f);
+    }
+    return static_cast<uid_t>(v);
+  }();
+  return uid;
+}
 }  // namespace
 
 Result<void> check_segment_owner(const Mapping& m, uid_t* owner) {
@@ -214,7 +227,7 @@ Result<void> check_segment_owner(const Mapping& m, uid_t* owner) {
                                              "); kvsd never makes it so: refusing to read it");
   }
   const uid_t u = st.st_uid;
-  if (u != 0 && u != ::geteuid() && u != kvs_user_uid() && u != env_trusted_uid()) {
+  if (!trusted_owner(u)) {
     return make_error(Errc::kPermission,
                       path_of(m.name) + " belongs to uid " + std::to_string(u) +
                           ", which is neither root, this user, nor the user 'kvs': not a table "
@@ -224,5 +237,11 @@ Result<void> check_segment_owner(const Mapping& m, uid_t* owner) {
   if (owner) *owner = u;
   return {};
 }
+
+bool trusted_owner(uid_t u) {
+  return u == 0 || u == ::geteuid() || u == kvs_user_uid() || u == env_trusted_uid();
+}
+
+bool trusted_peer(uid_t u) { return trusted_owner(u) || u == overflow_uid(); }
 
 }  // namespace kvs::shm

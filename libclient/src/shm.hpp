@@ -73,5 +73,12 @@ void remove_segment(const std::string& name);
 // planted in /dev/shm is refused; and nobody but the owner may write it.
 // Sets *owner to the segment's owner. Errors: kPermission, kSystem.
 Result<void> check_segment_owner(const Mapping& m, uid_t* owner);
+// Whether a segment of owner `u` is trusted: root, this process's user, the
+// user "kvs" or KVS_TRUSTED_UID.
+bool trusted_owner(uid_t u);
+// Whether kvsd's socket may be served by `u`: a trusted owner, or the
+// overflow uid (a user namespace that does not map kvsd's uid: what is
+// trusted then is the socket's path, which the deployment mounted).
+bool trusted_peer(uid_t u);
 
 }  // namespace kvs::shm

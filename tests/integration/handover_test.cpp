@@ -295,6 +295,7 @@ TEST_F(HandoverTest, HostilePeersAreBoundedAndOthersAreStillServed) {
   // Served meanwhile: another reader, and a table that is not there.
   auto t = Table::open("t", handed);
   ASSERT_TRUE(t) << t.error().message;
+  ASSERT_TRUE(t->wait_ready(30s));
   EXPECT_EQ(contents(*t), model);
   auto nosuch = Table::open("nosuch", handed);
   ASSERT_FALSE(nosuch);

@@ -40,6 +40,12 @@ void populate(Generation& g);
 Result<void> check_handed_owner(const shm::Mapping& m, uid_t peer) {
   struct stat st {};
   if (::fstat(m.fd(), &st) != 0) return sys_error("fstat " + m.name, errno);
+  if (!shm::trusted_peer(peer)) {
+    return make_error(Errc::kPermission, m.name + ": the socket is served by uid " +
+                                             std::to_string(peer) +
+                                             ", which is neither root, this user, the user 'kvs', "
+                                             "KVS_TRUSTED_UID nor unmapped; refusing its table");
+  }
   if (st.st_uid != peer || (st.st_mode & (S_IWGRP | S_IWOTH))) {
     return make_error(Errc::kPermission, m.name + ": the segment handed over belongs to uid " +
                                              std::to_string(st.st_uid) + " (mode " +
@@ -114,12 +120,8 @@ Result<std::unique_ptr<Generation>> open_handed_generation(const std::string& so
   if (h.incarnation != g->header->incarnation) {
     return make_error(Errc::kProtocol, socket + " handed over a reader file of another segment");
   }
-  const int rf = h.take(1);
-  auto f = registry::ReaderFile::adopt(rf, h.incarnation);
-  if (!f) {
-    ::close(rf);
-    return std::move(f).error();
-  }
+  auto f = registry::ReaderFile::adopt(h.take(1), h.incarnation);  // owns it, failed or not
+  if (!f) return std::move(f).error();
   g->pool->files.push_back(std::move(*f));
   return g;
 }
@@ -132,10 +134,7 @@ Result<std::unique_ptr<registry::ReaderFile>> new_reader_file(const Generation& 
     return std::move(ok).error();
   }
   if (h.fds[1] < 0) return make_error(Errc::kProtocol, g.socket + " handed over no reader file");
-  const int rf = h.take(1);
-  auto f = registry::ReaderFile::adopt(rf, g.header->incarnation);
-  if (!f) ::close(rf);
-  return f;
+  return registry::ReaderFile::adopt(h.take(1), g.header->incarnation);
 }
 
 namespace {

@@ -98,6 +98,11 @@ Result<void> read_reply(int fd, const std::string& socket, std::string& buf, std
                                     : std::string(std::strerror(errno))));
     }
     collect_fds(msg, fds);
+    if (msg.msg_flags & MSG_CTRUNC) {
+      return make_error(Errc::kSystem, "kvsd's socket " + socket +
+                                           ": descriptors kvsd sent were dropped (no descriptor "
+                                           "left: raise RLIMIT_NOFILE)");
+    }
     buf.append(chunk, static_cast<size_t>(n));
   }
 }
