@@ -18,12 +18,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "format/layout.hpp"
 #include "protocol/frame.hpp"
 #include "support/kvsd_fixture.hpp"
 #include "support/producer.hpp"
@@ -162,6 +164,65 @@ TEST_F(HandoverTest, AContainerReaderFollowsARebuild) {
   EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
 }
 
+// Under writes that reuse memory fast (16 keys overwritten with 4 KiB
+// values through a 1 MiB arena that may not grow), a container reader's
+// guard holds as a host reader's does: kvsd counts the reader file it
+// handed over, waits for it rather than reuse what the guard may see (and
+// says so), and the guarded bytes never change; once the reader leaves,
+// kvsd goes on.
+TEST_F(HandoverTest, AContainerReadersGuardHoldsUnderChurn) {
+  if (!can_unshare("-m -p -i -f")) GTEST_SKIP() << "needs root and unshare(1) for namespaces";
+  ASSERT_TRUE(kafka_.create_topic(topic_, 1));
+  const uint64_t limit =
+      format::geometry(1024, 256, 1 << 20, /*kvsd's change_log_entries=*/65536).segment_bytes;
+  test::Producer p(kafka_.bootstrap());
+  for (int i = 0; i < 16; ++i) p.send(topic_, 0, "key" + std::to_string(i), "first");
+  ASSERT_TRUE(p.flush());
+  // A small table that may not grow.
+  const std::string config = (dir_ / "churn.toml").string();
+  std::ofstream(config) << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \""
+                        << shm_.prefix() << "\"\nstate_dir = \"" << state_dir()
+                        << "\"\npoll_timeout_ms = 20\n[kafka]\n\"bootstrap.servers\" = \""
+                        << kafka_.bootstrap() << "\"\n[[table]]\nname = \"t\"\ntopic = \"" << topic_
+                        << "\"\ncapacity = 1024\nmemory_limit_bytes = 1048576\n"
+                        << "max_value_bytes = 65536\nmax_memory_bytes = " << limit << "\n";
+  auto kvsd = start_kvsd(config);
+  auto r = container_reader();
+  ASSERT_EQ(open(*r), "open 0") << kvsd_log();
+  ASSERT_TRUE(test::wait_until([&] { return ask(*r, "get key3") == "value first"; })) << kvsd_log();
+  ASSERT_EQ(ask(*r, "pin key3"), "pinned");
+
+  constexpr int kRecords = 600;
+  std::string last;
+  for (int i = 0; i < kRecords; ++i) {
+    const std::string v = std::to_string(i) + std::string(4096, 'v');
+    p.send(topic_, 0, "key" + std::to_string(i % 16), v);
+    if (i % 16 == 3) last = v;
+  }
+  ASSERT_TRUE(p.flush());
+  auto host = Table::open("t", {shm_.prefix()});
+  ASSERT_TRUE(host) << host.error().message;
+  kvs_table_stats s{};
+  ASSERT_TRUE(test::wait_until(
+      [&] { return kvs_stat(host->native(), &s) == KVS_OK && s.held_partitions == 1; }, 30s))
+      << "kvsd never waited for the container's reader\n"
+      << kvsd_log();
+  EXPECT_EQ(s.hold_reason, static_cast<uint32_t>(KVS_HOLD_READERS));
+  EXPECT_EQ(ask(*r, "check"), "same") << "memory under a container reader's guard was reused";
+
+  r->close_stdin();  // the reader exits: its reader file's lock goes with it
+  EXPECT_EQ(r->wait_for(30s), 0);
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        auto v = host->get_copy("key3");
+        return v && *v == last;
+      },
+      30s))
+      << kvsd_log();
+  kvsd->kill(SIGTERM);
+  EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+}
+
 // A user namespace that does not map kvsd's uid (the segment's owner shows
 // as the overflow uid): the descriptors come from the socket's peer, so the
 // reader trusts them without trusting a uid by number. Its host uid must be
@@ -186,12 +247,15 @@ TEST_F(HandoverTest, AReaderInAUserNamespaceIsHandedTheTableOnlyIfAllowed) {
   }
   kvsd->kill(SIGTERM);
   ASSERT_EQ(kvsd->wait_for(30s), 0) << log();
-  kvsd = start_kvsd(write_config("", socket + "reader_uids = [65533]\n"));
-  auto r = container_reader("65533", true);
-  ASSERT_EQ(open(*r), "open 0") << kvsd_log();
-  EXPECT_TRUE(test::wait_until([&] { return dump(*r) == model; }, 30s)) << kvsd_log();
-  kvsd->kill(SIGTERM);
-  EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+  // Allowed by uid, then by group.
+  for (const char* allowed : {"reader_uids = [65533]\n", "reader_gids = [65533]\n"}) {
+    kvsd = start_kvsd(write_config("", socket + allowed));
+    auto r = container_reader("65533", true);
+    ASSERT_EQ(open(*r), "open 0") << allowed << kvsd_log();
+    EXPECT_TRUE(test::wait_until([&] { return dump(*r) == model; }, 30s)) << kvsd_log();
+    kvsd->kill(SIGTERM);
+    EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+  }
 }
 
 size_t reader_files(const std::string& registry) {
