@@ -40,8 +40,16 @@ bool can_unshare(const char* flags) {
          std::system(("unshare " + std::string(flags) + " true 2>/dev/null").c_str()) == 0;
 }
 
+// As uid 65533: a user namespace that maps it to root (unshare -U -r).
+bool can_userns() {
+  return can_unshare("-m") && std::system(
+                                  "setpriv --reuid 65533 --regid 65533 --clear-groups "
+                                  "unshare -U -r -m -p -i -f true 2>/dev/null") == 0;
+}
+
 class HandoverTest : public KvsdTest {
  protected:
+  void reads_follows_restarts_watches(bool userns);
   // The reader in a container of its own: `as_user` (if not empty) is the
   // setpriv prefix and `userns` a new user namespace mapping it to root.
   std::unique_ptr<test::Child> container_reader(const std::string& as_user = "",
@@ -113,12 +121,18 @@ class HandoverTest : public KvsdTest {
   }
 };
 
-TEST_F(HandoverTest, AContainerReaderReadsFollowsGrowthAndARestartAndWatches) {
-  if (!can_unshare("-m -p -i -f")) GTEST_SKIP() << "needs root and unshare(1) for namespaces";
+// Reads every key, follows a growth, keeps reading through a SIGKILL of
+// kvsd and catches up after the restart, and watches every change. In a
+// user namespace (userns) the reader runs as uid 65533, which kvsd lets in
+// through the socket's group and reader_uids.
+void HandoverTest::reads_follows_restarts_watches(bool userns) {
   ASSERT_TRUE(kafka_.create_topic(topic_, 4));
   auto model = produce("key", 3000, 4);
-  auto kvsd = start_kvsd(write_config());
-  auto r = container_reader();
+  ::chmod(dir_.c_str(), 0711);
+  const std::string kvsd_lines =
+      userns ? "socket_group = \"65533\"\nallowed_uids = [0]\nreader_uids = [65533]\n" : "";
+  auto kvsd = start_kvsd(write_config("", kvsd_lines));
+  auto r = userns ? container_reader("65533", true) : container_reader();
   ASSERT_EQ(open(*r), "open 0") << kvsd_log();
   ASSERT_TRUE(test::wait_until([&] { return dump(*r) == model; }, 30s)) << kvsd_log();
   EXPECT_EQ(log().find("may not"), npos);
@@ -135,7 +149,7 @@ TEST_F(HandoverTest, AContainerReaderReadsFollowsGrowthAndARestartAndWatches) {
   EXPECT_EQ(ask(*r, "get key7"), "value v7");
   for (auto& [k, v] : produce("after", 100, 4)) model[k] = v;
   EXPECT_EQ(ask(*r, "get after7"), "absent");
-  kvsd = start_kvsd(write_config());
+  kvsd = start_kvsd(write_config("", kvsd_lines));
   ASSERT_TRUE(test::wait_until([&] { return dump(*r) == model; }, 60s)) << kvsd_log();
 
   // A watch: every change reaches the reader.
@@ -144,6 +158,17 @@ TEST_F(HandoverTest, AContainerReaderReadsFollowsGrowthAndARestartAndWatches) {
   EXPECT_EQ(r->read_line(), "watched 50") << kvsd_log();
   kvsd->kill(SIGTERM);
   EXPECT_EQ(kvsd->wait_for(30s), 0) << log();
+}
+
+TEST_F(HandoverTest, AContainerReaderReadsFollowsGrowthAndARestartAndWatches) {
+  if (!can_unshare("-m -p -i -f")) GTEST_SKIP() << "needs root and unshare(1) for namespaces";
+  reads_follows_restarts_watches(false);
+}
+
+// The same where the reader's user namespace does not map kvsd's uid.
+TEST_F(HandoverTest, AReaderInAUserNamespaceReadsFollowsGrowthAndARestartAndWatches) {
+  if (!can_userns()) GTEST_SKIP() << "needs root, and user namespaces for other users";
+  reads_follows_restarts_watches(true);
 }
 
 // The topic re-created with fewer partitions while kvsd runs: kvsd rebuilds
@@ -228,10 +253,7 @@ TEST_F(HandoverTest, AContainerReadersGuardHoldsUnderChurn) {
 // reader trusts them without trusting a uid by number. Its host uid must be
 // allowed (reader_uids); without that kvsd refuses it and says why.
 TEST_F(HandoverTest, AReaderInAUserNamespaceIsHandedTheTableOnlyIfAllowed) {
-  if (!can_unshare("-m") || std::system("setpriv --reuid 65533 --regid 65533 --clear-groups "
-                                        "unshare -U -r -m -p -i -f true 2>/dev/null") != 0) {
-    GTEST_SKIP() << "needs root, and user namespaces for other users (unshare -U -r)";
-  }
+  if (!can_userns()) GTEST_SKIP() << "needs root, and user namespaces for other users";
   ASSERT_TRUE(kafka_.create_topic(topic_, 2));
   const auto model = produce("key", 500, 2);
   // The reader (uid 65533) reaches the socket through its group, and may
