@@ -22,6 +22,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   liblmdb-dev libabsl-dev     # comparison baselines in bench/
   kcat python3-kafka          # independent Kafka clients for interop tests
+  python3-dev python3-venv python3-setuptools python3-wheel  # bindings/python
   systemd                     # systemd-analyze verify of the unit
 )
 

@@ -50,6 +50,18 @@ CPP
 cmake -S "$stage/consumer" -B "$stage/consumer/build" -G Ninja -DCMAKE_PREFIX_PATH="$stage" >/dev/null
 ninja -C "$stage/consumer/build" >/dev/null
 LD_LIBRARY_PATH="$stage/lib:$stage/lib/x86_64-linux-gnu" "$stage/consumer/build/consumer"
+# The Python binding, pip-installed into a venv against the staged libkvs.
+/usr/bin/python3 -m venv --system-site-packages "$stage/venv"  # Debian's setuptools and wheel
+PKG_CONFIG_PATH="$stage/lib/pkgconfig:$stage/lib/x86_64-linux-gnu/pkgconfig" \
+  "$stage/venv/bin/pip" install --quiet --no-index --no-build-isolation "$root/bindings/python"
+"$stage/venv/bin/python" -c '
+import kvs
+try:
+    kvs.Table.open("absent-table", handover=kvs.HANDOVER_NEVER)
+except kvs.NoTable as e:
+    assert e.code == -2, e.code
+else:
+    raise SystemExit("opened a table that does not exist")'
 rm -rf "$stage"
 echo "install check passed"
 
