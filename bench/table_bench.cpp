@@ -86,7 +86,10 @@ pid_t g_writer = -1;
   o.table = "bench";
   o.shm_prefix = kPrefix;
   o.capacity = g_keys;
-  o.arena_bytes = g_keys * 128 + (64 << 20);  // slack for overwrites in flight
+  // Every key's block as the format sizes it, and slack for overwrites in
+  // flight (their blocks are reused once no reader can see them).
+  const uint64_t block = kvs::format::block_bytes_for(kKeyBytes, kValueBytes);
+  o.arena_bytes = g_keys * block + g_keys / 8 * block + (64 << 20);
   o.max_value_bytes = 4096;
   auto w = kvs::TableWriter::open(o);
   if (!w) {
@@ -95,7 +98,12 @@ pid_t g_writer = -1;
   }
   for (uint64_t i = 0; i < g_keys; ++i) {
     const Key k = make_key(i);
-    if (!(*w)->put({k.b, kKeyBytes}, make_value(i, 0))) _exit(3);
+    if (auto r = (*w)->put({k.b, kKeyBytes}, make_value(i, 0)); !r) {
+      std::fprintf(stderr, "writer: put of key %llu of %llu: %s\n",
+                   static_cast<unsigned long long>(i), static_cast<unsigned long long>(g_keys),
+                   r.error().message.c_str());
+      _exit(3);
+    }
   }
   (*w)->set_state(kvs::format::TableState::kReady);
   g_ctl->segment_used_bytes = (*w)->header().arena_offset + (*w)->stats().arena_used;
@@ -120,7 +128,10 @@ pid_t g_writer = -1;
              r.error().code == kvs::Errc::kBusy) {
         (*w)->reclaim();
       }
-      if (!r) _exit(4);
+      if (!r) {
+        std::fprintf(stderr, "writer: overwrite: %s\n", r.error().message.c_str());
+        _exit(4);
+      }
     }
     ++round;
     (*w)->reclaim();
@@ -429,7 +440,8 @@ void cleanup() {
     ::waitpid(g_writer, nullptr, 0);
   }
   kvs::shm::remove_segment(kPrefix + "bench");
-  kvs::shm::remove_segment(kPrefix + "bench.readers");
+  std::error_code ec;  // the reader registry is a directory
+  std::filesystem::remove_all(kvs::shm::path_of(kPrefix + "bench.readers"), ec);
   if (!g_lmdb_dir.empty()) std::filesystem::remove_all(g_lmdb_dir);
 }
 
@@ -464,7 +476,19 @@ int main(int argc, char** argv) {
     build_lmdb();
     build_chase();
   }
-  while (!g_ctl->ready.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (!g_ctl->ready.load()) {
+    // A writer that died (its message is above) never gets ready.
+    int status = 0;
+    if (::waitpid(g_writer, &status, WNOHANG) == g_writer) {
+      std::fprintf(stderr, "the writer process %s %d before the table was ready\n",
+                   WIFEXITED(status) ? "exited with status" : "was killed by signal",
+                   WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+      g_writer = -1;
+      cleanup();
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   kvs_open_options o{kPrefix.c_str(), nullptr, nullptr, KVS_HANDOVER_NEVER};
   if (kvs_open("bench", &o, &g_table) != KVS_OK) {
     std::fprintf(stderr, "kvs_open: %s\n", kvs_last_error());
