@@ -23,6 +23,7 @@ packages=(
   liblmdb-dev libabsl-dev     # comparison baselines in bench/
   kcat python3-kafka          # independent Kafka clients for interop tests
   python3-dev python3-venv python3-setuptools python3-wheel  # bindings/python
+  openjdk-17-jdk-headless junit5  # bindings/java (JNI, JUnit 5)
   systemd                     # systemd-analyze verify of the unit
 )
 

@@ -157,7 +157,15 @@ def main():
                   f"{get_ns / dict_ns:.2f}x; r.get (view) {view_ns:.1f} ns = "
                   f"{view_ns / dict_ns:.2f}x (target <= 3x)")
         rk = keys[:20000]
-        rns, kns = redis_ns(a.keys, rk, table)
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            redis = None
+        if redis is None or shutil.which("redis-server") is None:
+            print("redis-py baseline skipped: apt-get install redis-server python3-redis")
+            rns = kns = 1.0
+        else:
+            rns, kns = redis_ns(a.keys, rk, table)
         print(f"redis-py GET over a Unix socket {rns:.0f} ns; table.get {kns:.1f} ns (medians of "
               f"5, alternated): kvs {rns / kns:.0f}x faster (target >= 30x)")
         del local
