@@ -52,8 +52,9 @@ ninja -C "$stage/consumer/build" >/dev/null
 LD_LIBRARY_PATH="$stage/lib:$stage/lib/x86_64-linux-gnu" "$stage/consumer/build/consumer"
 # The Python binding, pip-installed into a venv against the staged libkvs.
 /usr/bin/python3 -m venv --system-site-packages "$stage/venv"  # Debian's setuptools and wheel
+cp -r "$root/bindings/python" "$stage/python-src"  # pip builds in the tree it is given
 PKG_CONFIG_PATH="$stage/lib/pkgconfig:$stage/lib/x86_64-linux-gnu/pkgconfig" \
-  "$stage/venv/bin/pip" install --quiet --no-index --no-build-isolation "$root/bindings/python"
+  "$stage/venv/bin/pip" install --quiet --no-index --no-build-isolation "$stage/python-src"
 "$stage/venv/bin/python" -c '
 import kvs
 try:
