@@ -181,4 +181,93 @@ JNIEXPORT jlongArray JNICALL Java_io_kvs_Native_write(JNIEnv* env, jclass, jlong
   return out;
 }
 
+JNIEXPORT void JNICALL Java_io_kvs_Native_forEach(JNIEnv* env, jclass, jlong x, jobject fn) {
+  jclass cls = env->GetObjectClass(fn);
+  const jmethodID visit = env->GetMethodID(cls, "visit", "(JJJJ)Z");
+  if (visit == nullptr) return;
+  struct Ctx {
+    JNIEnv* env;
+    jobject fn;
+    jmethodID visit;
+  } ctx{env, fn, visit};
+  const int rc = kvs_for_each(
+      ptr<kvs_txn>(x),
+      [](void* c, const void* k, size_t kl, const void* v, size_t vl) -> int {
+        auto* x = static_cast<Ctx*>(c);
+        const jboolean go = x->env->CallBooleanMethod(
+            x->fn, x->visit, handle(k), static_cast<jlong>(kl), handle(v), static_cast<jlong>(vl));
+        return x->env->ExceptionCheck() || !go ? 1 : 0;  // an exception stops the walk too
+      },
+      &ctx);
+  if (rc < 0 && !env->ExceptionCheck()) throw_kvs(env, rc);
+}
+
+JNIEXPORT jlong JNICALL Java_io_kvs_Native_watchOpen(JNIEnv* env, jclass, jlong t, jint filter,
+                                                     jbyteArray key) {
+  const std::string k = bytes(env, key);
+  kvs_watch* w = nullptr;
+  if (const int rc = kvs_watch_open(ptr<kvs_table>(t), filter, k.data(), k.size(), &w);
+      rc != KVS_OK) {
+    throw_kvs(env, rc);
+    return 0;
+  }
+  return handle(w);
+}
+
+JNIEXPORT jlongArray JNICALL Java_io_kvs_Native_watchNext(JNIEnv* env, jclass, jlong w, jint ms,
+                                                          jobjectArray key) {
+  kvs_change c{};
+  const int rc = kvs_watch_next(ptr<kvs_watch>(w), &c, ms);
+  if (rc == KVS_ETIMEDOUT) return nullptr;
+  if (rc != KVS_OK) {
+    throw_kvs(env, rc);
+    return nullptr;
+  }
+  env->SetObjectArrayElement(key, 0, to_java(env, c.key, c.key_len));
+  jlongArray out = env->NewLongArray(5);
+  const jlong r[5] = {c.kind, static_cast<jlong>(c.partition), c.offset, c.timestamp_ms,
+                      static_cast<jlong>(c.position)};
+  if (out != nullptr) env->SetLongArrayRegion(out, 0, 5, r);
+  return out;
+}
+
+JNIEXPORT void JNICALL Java_io_kvs_Native_watchClose(JNIEnv*, jclass, jlong w) {
+  kvs_watch_close(ptr<kvs_watch>(w));
+}
+
+JNIEXPORT jlongArray JNICALL Java_io_kvs_Native_batch(JNIEnv* env, jclass, jlong c, jstring table,
+                                                      jobjectArray keys, jobjectArray values,
+                                                      jboolean visible, jint ms) {
+  const Utf t(env, table);
+  const jsize n = env->GetArrayLength(keys);
+  std::vector<std::string> k(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+  std::vector<kvs_write_op> ops(static_cast<size_t>(n));
+  for (jsize i = 0; i < n; ++i) {
+    const auto u = static_cast<size_t>(i);
+    auto* kj = static_cast<jbyteArray>(env->GetObjectArrayElement(keys, i));
+    auto* vj = static_cast<jbyteArray>(env->GetObjectArrayElement(values, i));
+    k[u] = bytes(env, kj);
+    v[u] = bytes(env, vj);
+    ops[u] = kvs_write_op{k[u].data(), k[u].size(), vj ? v[u].data() : nullptr, v[u].size()};
+    env->DeleteLocalRef(kj);
+    if (vj) env->DeleteLocalRef(vj);
+  }
+  kvs_write_options o{static_cast<uint32_t>(ms < 0 ? 0 : ms), visible ? 1 : 0};
+  std::vector<int> codes(static_cast<size_t>(n));
+  std::vector<kvs_token> toks(static_cast<size_t>(n));
+  if (const int rc = kvs_write_batch(ptr<kvs_client>(c), t.s.c_str(), ops.data(), ops.size(), &o,
+                                     codes.data(), toks.data());
+      rc != KVS_OK) {
+    throw_kvs(env, rc);
+    return nullptr;
+  }
+  std::vector<jlong> r;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    r.insert(r.end(), {codes[i], toks[i].partition, toks[i].offset});
+  }
+  jlongArray out = env->NewLongArray(static_cast<jsize>(r.size()));
+  if (out != nullptr) env->SetLongArrayRegion(out, 0, static_cast<jsize>(r.size()), r.data());
+  return out;
+}
+
 }  // extern "C"

@@ -196,6 +196,35 @@ class BindingTest(unittest.TestCase):
             self.assertEqual((c.kind, c.key, c.token), ("put", b"one", tok))
             self.assertFalse(c.lost)
 
+    def test_a_guard_held_across_fork(self):
+        # As in C: the child does not inherit the parent's guard (using it
+        # raises, never reads unprotected), reads with guards of its own, and
+        # the parent's guard still holds.
+        self.client.put("t", b"k", b"v", visible=True)
+        r = self.table.read()
+        v = r.get(b"k")
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                try:
+                    r.get(b"k")
+                    code = 1
+                except kvs.Error:
+                    pass
+                if self.table.get(b"k") != b"v":
+                    code = 2
+                with self.table.read() as g:
+                    if bytes(g.get(b"k")) != b"v":
+                        code = 3
+            except BaseException:  # noqa: BLE001 - reported through the exit code
+                code = 4
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        self.assertEqual(bytes(v), b"v")
+        r.end()
+
     def test_a_watch_from_asyncio(self):
         import asyncio
 

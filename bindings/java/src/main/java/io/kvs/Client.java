@@ -35,6 +35,28 @@ public final class Client implements AutoCloseable {
     return new Token((int) t[0], t[1]);
   }
 
+  /** One operation's outcome in a batch: code 0 and its token, or a KVS_E* code. */
+  public record Outcome(int code, Token token) {
+    public boolean ok() {
+      return code == 0;
+    }
+  }
+
+  /**
+   * Writes {@code keys[i]} = {@code values[i]} (null: erases it), each on its own: not a
+   * transaction; records of one partition keep their order.
+   */
+  public java.util.List<Outcome> batch(String table, byte[][] keys, byte[][] values,
+      boolean visible, Duration timeout) {
+    if (keys.length != values.length) throw new IllegalArgumentException("keys and values differ");
+    long[] r = Native.batch(handle(), table, keys, values, visible, (int) timeout.toMillis());
+    var out = new java.util.ArrayList<Outcome>(keys.length);
+    for (int i = 0; i < keys.length; i++) {
+      out.add(new Outcome((int) r[3 * i], new Token((int) r[3 * i + 1], r[3 * i + 2])));
+    }
+    return out;
+  }
+
   @Override
   public void close() {
     if (handle != 0) Native.disconnect(handle);

@@ -27,11 +27,31 @@ final class Native {
   /** The value's address and length in out[0], out[1]; false if absent. */
   static native boolean get(long txn, byte[] key, long[] out);
 
+  /** Calls fn.accept(key address, key length, value address, value length) per entry. */
+  static native void forEach(long txn, EntryVisitor fn);
+
+  interface EntryVisitor {
+    /** False stops the walk. */
+    boolean visit(long key, long keyLen, long value, long valueLen);
+  }
+
+  static native long watchOpen(long table, int filter, byte[] key);
+
+  /** The next change as {kind, partition, offset, timestampMs, position} and its key in
+   *  key[0]; null if none came in time. */
+  static native long[] watchNext(long watch, int timeoutMs, byte[][] key);
+
+  static native void watchClose(long watch);
+
   static native long connect(String socket);
 
   static native void disconnect(long client);
 
   /** value null: an erase. Returns {partition, offset}. */
   static native long[] write(long client, String table, byte[] key, byte[] value,
+      boolean visible, int timeoutMs);
+
+  /** values[i] null: an erase. Returns {code, partition, offset} per operation. */
+  static native long[] batch(long client, String table, byte[][] keys, byte[][] values,
       boolean visible, int timeoutMs);
 }

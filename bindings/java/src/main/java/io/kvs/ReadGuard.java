@@ -25,8 +25,21 @@ public final class ReadGuard implements AutoCloseable {
   public ByteBuffer get(byte[] key) {
     if (txn == 0) throw new IllegalStateException("the read guard is closed");
     if (!Native.get(txn, key, out)) return null;
-    if (out[1] == 0) return ByteBuffer.allocate(0).asReadOnlyBuffer();
-    return MemoryAddress.ofLong(out[0]).asSegment(out[1], scope).asByteBuffer()
+    return buffer(out[0], out[1]);
+  }
+
+  /**
+   * Calls {@code fn} with every entry's key and value (buffers of this guard), in no
+   * particular order, until it returns false.
+   */
+  public void forEach(java.util.function.BiPredicate<ByteBuffer, ByteBuffer> fn) {
+    if (txn == 0) throw new IllegalStateException("the read guard is closed");
+    Native.forEach(txn, (k, kl, v, vl) -> fn.test(buffer(k, kl), buffer(v, vl)));
+  }
+
+  private ByteBuffer buffer(long address, long length) {
+    if (length == 0) return ByteBuffer.allocate(0).asReadOnlyBuffer();
+    return MemoryAddress.ofLong(address).asSegment(length, scope).asByteBuffer()
         .asReadOnlyBuffer();
   }
 

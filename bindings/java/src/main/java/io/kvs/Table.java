@@ -54,6 +54,35 @@ public final class Table implements AutoCloseable {
     return out;
   }
 
+  /** Calls {@code fn} with a copy of every key and value, read in one guard. */
+  public void forEach(java.util.function.BiConsumer<byte[], byte[]> fn) {
+    try (ReadGuard g = read()) {
+      g.forEach((k, v) -> {
+        byte[] kb = new byte[k.remaining()];
+        byte[] vb = new byte[v.remaining()];
+        k.get(kb);
+        v.get(vb);
+        fn.accept(kb, vb);
+        return true;
+      });
+    }
+  }
+
+  /** Every change of the table. */
+  public Watch watch() {
+    return new Watch(Native.watchOpen(handle(), 0, new byte[0]));
+  }
+
+  /** The changes of {@code key}. */
+  public Watch watchKey(byte[] key) {
+    return new Watch(Native.watchOpen(handle(), 1, key));
+  }
+
+  /** The changes of keys that start with {@code prefix}. */
+  public Watch watchPrefix(byte[] prefix) {
+    return new Watch(Native.watchOpen(handle(), 2, prefix));
+  }
+
   /** Begins a read guard (use it in try-with-resources). */
   public ReadGuard read() {
     return new ReadGuard(this, Native.readBegin(handle()));

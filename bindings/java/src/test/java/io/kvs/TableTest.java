@@ -160,6 +160,54 @@ class TableTest {
   }
 
   @Test
+  void aWatchSeesEveryChangeOfAPrefix() throws Exception {
+    try (Watch w = table.watchPrefix(b("flags/"))) {
+      assertNull(w.next(Duration.ZERO));
+      client.put("t", b("other"), b("x"));
+      for (int i = 0; i < 20; i++) client.put("t", b("flags/" + i), b("on"));
+      client.delete("t", b("flags/3"), true, Duration.ZERO);
+      List<String> seen = new java.util.ArrayList<>();
+      for (Change c : w) {
+        seen.add(c.kind() + " " + new String(c.key(), StandardCharsets.UTF_8));
+        if (seen.size() == 21) break;
+      }
+      List<String> expected = new java.util.ArrayList<>();
+      for (int i = 0; i < 20; i++) expected.add("PUT flags/" + i);
+      expected.add("DELETE flags/3");
+      assertEquals(new java.util.TreeSet<>(expected), new java.util.TreeSet<>(seen));
+      // Order is kept within a partition: a key's put comes before its delete.
+      assertTrue(seen.indexOf("PUT flags/3") < seen.indexOf("DELETE flags/3"), seen.toString());
+    }
+    try (Watch w = table.watchKey(b("one"))) {
+      Token tok = client.put("t", b("one"), b("1"));
+      Change c = w.next(Duration.ofSeconds(10));
+      assertEquals(Change.Kind.PUT, c.kind());
+      assertEquals(tok, c.token());
+    }
+  }
+
+  @Test
+  void batchesAndForEach() throws Exception {
+    client.put("t", b("gone"), b("x"), true, Duration.ZERO);
+    List<Client.Outcome> r = client.batch("t", new byte[][] {b("a"), b("b"), b("gone")},
+        new byte[][] {b("1"), new byte[0], null}, true, Duration.ZERO);
+    assertEquals(3, r.size());
+    assertTrue(r.stream().allMatch(Client.Outcome::ok), r.toString());
+    java.util.Map<String, String> all = new java.util.TreeMap<>();
+    table.forEach((k, v) -> all.put(new String(k, StandardCharsets.UTF_8),
+        new String(v, StandardCharsets.UTF_8)));
+    assertEquals(java.util.Map.of("a", "1", "b", ""), all);
+    ByteBuffer kept;
+    try (ReadGuard g = table.read()) {
+      List<ByteBuffer> keys = new java.util.ArrayList<>();
+      g.forEach((k, v) -> keys.add(k));
+      assertEquals(2, keys.size());
+      kept = keys.get(0);
+    }
+    assertThrows(IllegalStateException.class, () -> kept.get(0));
+  }
+
+  @Test
   void kvsdKilledAndRestartedWhileReadsGoOn() throws Exception {
     client.put("t", b("k"), b("before"), true, Duration.ZERO);
     client.close();
