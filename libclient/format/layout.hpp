@@ -5,8 +5,9 @@
 //
 // Data segment (/dev/shm/<prefix><table>), every offset from its start:
 //
-//   TableHeader            4 cache lines; immutable geometry, the reader-hot
-//                          line (epoch), the writer-hot line (counters)
+//   TableHeader            7 cache lines; immutable geometry, the reader-hot
+//                          line (epoch), the writer-hot line (counters),
+//                          readers and pressure, notification, the digest
 //   PartitionState[P]      applied offset + high watermark per partition
 //   ChangeEntry[L]         the change log: a ring of the latest changes
 //   Group[G]               the index: 64-byte groups of 7 slots + control
@@ -32,7 +33,7 @@ namespace kvs::format {
 
 inline constexpr uint64_t kTableMagic = 0x3162617473766b2eULL;       // ".kvstab1"
 inline constexpr uint64_t kReaderFileMagic = 0x3272647273766b2eULL;  // ".kvsrdr2"
-inline constexpr uint32_t kLayoutVersion = 4;
+inline constexpr uint32_t kLayoutVersion = 5;
 inline constexpr size_t kCacheLine = 64;
 
 // Times in the segment and the registry: nanoseconds since the Unix epoch.
@@ -227,8 +228,26 @@ struct alignas(kCacheLine) TableHeader {
   uint64_t log_start;
   uint64_t log_lineage;
   uint64_t reserved4;
+  // Line 6: the digest (docs/format.md, "The digest"): the sum of
+  // entry_digest over the live entries, kept by kvsd as it stores slots.
+  // A slot store is bracketed so that a writer dying at any instruction
+  // leaves a digest the next one can settle: before the store,
+  // `digest_next` (the digest after it), `digest_word` (the word stored)
+  // and then `digest_slot` (1 + the slot's index) are set; after it,
+  // `digest` takes `digest_next` and `digest_slot` goes back to 0. An
+  // attach that finds `digest_slot` set reads the slot: it holds
+  // `digest_word` only if the store was made. `digest_unpublished` is 1
+  // from a record's slot store until its offset is published, so that a
+  // reader pairs the digest with the offsets it covers.
+  alignas(kCacheLine) std::atomic<uint64_t> digest;
+  std::atomic<uint64_t> digest_next;
+  std::atomic<uint64_t> digest_word;
+  std::atomic<uint64_t> digest_slot;
+  std::atomic<uint32_t> digest_unpublished;
+  uint32_t reserved5;
+  uint64_t reserved6[3];
 };
-static_assert(sizeof(TableHeader) == 6 * kCacheLine);
+static_assert(sizeof(TableHeader) == 7 * kCacheLine);
 
 // TableHeader::replaced. Flagged before the successor takes the name (a
 // writer that dies in between leaves the flag for the next one to clear),
@@ -271,6 +290,22 @@ static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);
 static_assert(offsetof(TableHeader, state) == 3 * kCacheLine);
 static_assert(offsetof(TableHeader, oldest_unapplied_unix_ns) == 5 * kCacheLine - 8);
 static_assert(offsetof(TableHeader, changes) == 5 * kCacheLine);
+static_assert(offsetof(TableHeader, digest) == 6 * kCacheLine);
+
+// An entry's share of the digest: key and value, told apart by the key's
+// length (the seed), so that "ab" + "c" and "a" + "bc" differ. The bytes are
+// the key followed by the value, as a block stores them.
+inline uint64_t entry_digest(const void* key_then_value, uint32_t key_len, uint32_t value_len) {
+  return XXH3_64bits_withSeed(key_then_value, uint64_t{key_len} + value_len, key_len);
+}
+
+// A table's digest: its contents' digest (the sum of entry_digest over its
+// entries, modulo 2^64) together with the applied offsets of its
+// partitions, so that two hosts compare both with one number.
+inline uint64_t table_digest(uint64_t contents, const int64_t* next_offsets, uint32_t partitions) {
+  uint64_t h = XXH3_64bits_withSeed(&partitions, sizeof partitions, contents);
+  return XXH3_64bits_withSeed(next_offsets, uint64_t{partitions} * sizeof(int64_t), h);
+}
 static_assert(sizeof(std::atomic<uint32_t>) == 4);  // the futex word
 
 // ---------------------------------------------------------------- change log
@@ -351,8 +386,9 @@ constexpr uint64_t layout_fingerprint() {
         uint64_t{kTagShift}, uint64_t{sizeof(PartitionState)}, uint64_t{sizeof(ReaderSlot)},
         uint64_t{sizeof(ReaderFileHeader)}, uint64_t{kReaderFileSlots},
         uint64_t{offsetof(TableHeader, epoch)}, uint64_t{offsetof(TableHeader, state)},
-        uint64_t{offsetof(TableHeader, changes)}, uint64_t{sizeof(ChangeEntry)},
-        uint64_t{kChangeInlineKeyBytes}, uint64_t{XXH_VERSION_MAJOR}}) {
+        uint64_t{offsetof(TableHeader, changes)}, uint64_t{offsetof(TableHeader, digest)},
+        uint64_t{sizeof(ChangeEntry)}, uint64_t{kChangeInlineKeyBytes},
+        uint64_t{XXH_VERSION_MAJOR}}) {
     h = (h ^ v) * 1099511628211ULL;
   }
   return h;

@@ -3,6 +3,7 @@
 // lists them): read guards are src/reader/announce.cpp, waits
 // src/reader/waits.cpp, errors src/reader/errors.cpp.
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "format/index.hpp"
 #include "format/layout.hpp"
@@ -368,6 +370,41 @@ int kvs_stat(kvs_table* t, kvs_table_stats* out) {
     return s;
   });
   return KVS_OK;
+}
+
+// One try at the digest and the offsets it covers: false if kvsd was
+// applying a record, or published an offset, while they were read.
+static bool read_digest(const Generation& g, kvs_digest* out) {
+  const TableHeader& h = *g.header;
+  const uint32_t parts =
+      std::min(h.partition_count.load(std::memory_order_acquire), h.partition_capacity);
+  const PartitionState* ps = partition_states(g);
+  std::vector<int64_t> before(parts), after(parts);
+  if (h.digest_unpublished.load(std::memory_order_acquire) != 0) return false;
+  for (uint32_t p = 0; p < parts; ++p)
+    before[p] = ps[p].next_offset.load(std::memory_order_acquire);
+  const uint64_t contents = h.digest.load(std::memory_order_acquire);
+  const uint64_t bracket = h.digest_slot.load(std::memory_order_acquire);
+  for (uint32_t p = 0; p < parts; ++p) after[p] = ps[p].next_offset.load(std::memory_order_acquire);
+  if (bracket != 0 || h.digest_unpublished.load(std::memory_order_acquire) != 0 ||
+      before != after || h.digest.load(std::memory_order_acquire) != contents) {
+    return false;
+  }
+  *out = kvs_digest{table_digest(contents, after.data(), parts), contents, parts};
+  return true;
+}
+
+int kvs_table_digest(kvs_table* t, kvs_digest* out) {
+  if (t == nullptr || out == nullptr)
+    return fail(Errc::kInvalidArgument, "kvs_table_digest: NULL argument");
+  // A record takes kvsd about a microsecond: a few thousand tries span
+  // milliseconds of applying, yielding in between.
+  for (int attempt = 0; attempt < 4096; ++attempt) {
+    if (with_current(t, [&](const Generation& g) { return read_digest(g, out); })) return KVS_OK;
+    if (attempt % 64 == 63) sched_yield();
+  }
+  return fail(Errc::kBusy, "kvs_table_digest: kvsd applied records throughout the read of table " +
+                               t->name + "'s digest; try again");
 }
 
 }  // extern "C"

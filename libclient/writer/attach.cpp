@@ -300,6 +300,7 @@ Result<void> TableWriter::attach_existing() {
   view_ = TableView(base_, *header_);
   if (auto ok = rebuild_allocator(); !ok) return ok;
   recover_log();
+  recover_digest();
   header_->writer_pid.store(::getpid(), std::memory_order_relaxed);
   header_->writer_attaches.fetch_add(1, std::memory_order_relaxed);
   // The segment under the table's name is the current one: a flag left by a

@@ -13,6 +13,8 @@ enum class Point {
   kPutStored,           // a put's slot word is stored
   kEraseCleared,        // an erase's slot word is cleared
   kReplacementFlagged,  // the old segment is flagged replaced, the new one not named yet
+  kDigestBracketed,     // a slot store is bracketed for the digest, the slot not stored yet
+  kSlotStored,          // the slot is stored, the digest not moved yet
 };
 
 using Hook = void (*)(Point);

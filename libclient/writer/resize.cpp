@@ -140,7 +140,7 @@ Result<void> TableWriter::copy_entry(const EntryRef& e, uint64_t word) {
       place(key, std::string_view(reinterpret_cast<const char*>(e.value), e.value_len),
             copy_.from->origin_of(word), &err);
   if (off == 0) return err;
-  insert_slot(hash, make_slot(hash_tag(hash), off));
+  insert_slot(hash, make_slot(hash_tag(hash), off), block_digest(off));
   copy_.keys_left -= std::min<uint64_t>(copy_.keys_left, 1);
   copy_.bytes_left -= std::min(copy_.bytes_left, need);
   return {};

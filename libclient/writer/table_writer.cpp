@@ -52,6 +52,9 @@ Result<TableWriter::Applied> TableWriter::apply(std::string_view key,
                                                 std::optional<std::string_view> value,
                                                 Origin origin, int64_t offset) {
   const int64_t log_offset = log_ != nullptr ? offset : -1;
+  // Until the record's offset is published (set_next_offset), the digest
+  // may count it and the offsets not: readers of the digest wait.
+  header_->digest_unpublished.store(1, std::memory_order_release);
   return value ? put_from(key, *value, origin, log_offset) : erase_from(key, origin, log_offset);
 }
 
@@ -106,13 +109,14 @@ Result<TableWriter::Applied> TableWriter::put_from(std::string_view key, std::st
   // between leaves a change logged twice (its record is applied again),
   // never one made and not logged.
   if (log_offset >= 0) log_change(key, hash, ChangeKind::kPut, *origin, log_offset);
+  const uint64_t added = block_digest(off);
   if (found == Lookup::kFound) {
-    // release: the entry is complete before a reader can load its slot.
-    groups_[where.group].slots[where.slot].store(word, std::memory_order_release);
+    store_slot(where.group, where.slot, word,
+               added - entry_digest(old.key, old.key_len, old.value_len));
     live_delta_ -= block_bytes(slot_offset(where.word));
     retire(slot_offset(where.word));
   } else {
-    insert_slot(hash, word);
+    insert_slot(hash, word, added);
   }
   fault::at(fault::Point::kPutStored);
   if (!copy_.erased.empty()) {
@@ -159,7 +163,7 @@ uint64_t TableWriter::place(std::string_view key, std::string_view value, Origin
   return off;
 }
 
-void TableWriter::insert_slot(uint64_t hash, uint64_t word) {
+void TableWriter::insert_slot(uint64_t hash, uint64_t word, uint64_t digest_delta) {
   const uint64_t home = home_group(hash, header_->group_count);
   uint64_t g = home;
   int slot = -1;
@@ -180,7 +184,7 @@ void TableWriter::insert_slot(uint64_t hash, uint64_t word) {
     groups_[p].overflow.store(groups_[p].overflow.load(std::memory_order_relaxed) + 1,
                               std::memory_order_relaxed);
   }
-  groups_[g].slots[slot].store(word, std::memory_order_release);
+  store_slot(g, slot, word, digest_delta);
   header_->size.store(header_->size.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
@@ -205,7 +209,7 @@ Result<TableWriter::Applied> TableWriter::erase_from(std::string_view key,
   // Logged first, as in put_from: applied again, a tombstone finds the key
   // absent and logs nothing.
   if (log_offset >= 0) log_change(key, hash, ChangeKind::kErase, *origin, log_offset);
-  groups_[where.group].slots[where.slot].store(0, std::memory_order_release);
+  store_slot(where.group, where.slot, 0, 0 - entry_digest(old.key, old.key_len, old.value_len));
   fault::at(fault::Point::kEraseCleared);
   // Overflow counts drop after the slot is cleared: a crash in between leaves
   // them too high, which only lengthens some probes.
@@ -248,6 +252,7 @@ void TableWriter::set_next_offset(uint32_t partition, int64_t next_offset) {
   // release: every record below next_offset is visible before the offset is
   // (DESIGN.md invariant 3).
   ps.next_offset.store(next_offset, std::memory_order_release);
+  header_->digest_unpublished.store(0, std::memory_order_release);
   dirty_ = true;
   // The log holds at least what was applied: the high watermark readers see
   // never trails the applied offset, though kvsd learns the broker's only

@@ -308,8 +308,17 @@ class TableWriter {
   // Makes `next` (a resize's new segment) continue this segment's change
   // log (resize.cpp).
   void carry_log_to(TableWriter& next);
-  // Publishes `word` in a free slot of the key's probe sequence.
-  void insert_slot(uint64_t hash, uint64_t word);
+  // Publishes `word` in a free slot of the key's probe sequence; the table's
+  // digest grows by `digest_delta`.
+  void insert_slot(uint64_t hash, uint64_t word, uint64_t digest_delta);
+  // Stores `word` into slot `slot` of group `group` and moves the digest
+  // by `digest_delta`, bracketed so that a writer dying at any instruction
+  // leaves a digest recover_digest settles (digest.cpp).
+  void store_slot(uint64_t group, int slot, uint64_t word, uint64_t digest_delta);
+  // The digest share of the entry whose block starts at `offset`.
+  uint64_t block_digest(uint64_t offset) const;
+  // At an attach: settles a slot store a writer that died left bracketed.
+  void recover_digest();
   // While copying: copies the key's entry from the source first, unless it
   // was copied or erased here already. Errors: kCorrupt, and place()'s.
   Result<void> copy_key(std::string_view key, uint64_t hash);

@@ -1,18 +1,23 @@
 // kvsctl verify (the real kvsctl and kvsd on the mock cluster): the table
 // equals its topic read up to the applied offsets, with overwrites,
 // tombstones and a key in two partitions; a value changed in the segment
-// behind kvsd's back is named.
+// behind kvsd's back is named, and its digest no longer matches; two kvsd
+// on one topic have equal digests until one table is changed.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/kvsd_fixture.hpp"
 #include "support/producer.hpp"
+#include "writer/table_writer.hpp"
 
 namespace kvs {
 namespace {
@@ -92,7 +97,96 @@ TEST_F(VerifyTest, ATableEqualToItsTopicVerifiesAndAPlantedDifferenceIsNamed) {
                        "value kvsd applied\""),
             std::string::npos)
       << r.out;
+  // kvsd's digest did not see the byte change: the contents hash otherwise.
+  EXPECT_NE(r.out.find("digest\tkvsd keeps "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 difference(s)"), std::string::npos) << r.out;
+}
+
+// Two kvsd on one topic (two hosts, here one machine with two shared-memory
+// prefixes and sockets): their digests, in kvsctl stats, are equal; a value
+// planted in one table through a writer while its kvsd is down makes them
+// differ, and verify names the key.
+TEST_F(VerifyTest, TwoKvsdOnOneTopicHaveEqualDigestsUntilAChangeIsPlantedInOne) {
+  ASSERT_TRUE(kafka_.create_topic(topic_, 4));
+  produce();
+  config_ = write_config();
+  auto one = start_kvsd(config_);
+  test::ShmScope shm2;
+  std::string cfg2 = test::slurp(config_);
+  for (auto [from, to] :
+       {std::pair{socket_path(), (dir_ / "s2.sock").string()},
+        std::pair{shm_.prefix(), shm2.prefix()}, std::pair{state_dir(), state_dir() + "2"}}) {
+    const size_t at = cfg2.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    cfg2.replace(at, from.size(), to);
+  }
+  const std::string config2 = (dir_ / "kvsd2.toml").string();
+  std::ofstream(config2) << cfg2;
+  auto start_two = [&] {
+    return std::make_unique<test::Child>(
+        std::vector<std::string>{test::helper("../kvsd"), "--config", config2},
+        (dir_ / "kvsd2.log").string());
+  };
+  auto two = start_two();
+  Table t1 = open_ready();
+  std::optional<Table> t2;
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        auto r = Table::open("t", {shm2.prefix()});
+        if (r) t2.emplace(std::move(*r));
+        return r.has_value();
+      },
+      30s));
+  ASSERT_TRUE(t2->wait_ready(30s));
+  ASSERT_TRUE(test::wait_until(
+      [&] { return all_applied(t1, sent_, 4) && all_applied(*t2, sent_, 4); }, 30s));
+  auto digest_in_stats = [&](std::string config) {
+    const std::string saved = std::exchange(config_, config);
+    auto r = kvsctl({"stats", "--json"});
+    config_ = saved;
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const size_t at = r.out.find("\"digest\":\"");
+    return at == std::string::npos ? std::string("none in: " + r.out) : r.out.substr(at + 10, 16);
+  };
+  const std::string d1 = digest_in_stats(config_);
+  EXPECT_EQ(d1.size(), 16u) << d1;
+  EXPECT_EQ(d1, digest_in_stats(config2));
+
+  two->kill(SIGTERM);
+  ASSERT_EQ(two->wait_for(30s), 0);
+  {
+    WriterOptions o;
+    o.table = "t";
+    o.shm_prefix = shm2.prefix();
+    o.capacity = 65536;
+    o.arena_bytes = 32 << 20;
+    auto w = TableWriter::open(o);
+    ASSERT_TRUE(w) << w.error().message;
+    ASSERT_TRUE((*w)->put("planted", "a value the topic never had"));
+  }
+  two = start_two();
+  // Once the restarted kvsd has attached, it is READY again at once.
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        kvs_table_stats st{};
+        return kvs_stat(t2->native(), &st) == KVS_OK && st.writer_pid == two->pid() &&
+               t2->state() == State::kReady;
+      },
+      30s));
+  const std::string d2 = digest_in_stats(config2);
+  EXPECT_EQ(d2.size(), 16u) << d2;
+  EXPECT_NE(d1, d2);
+  EXPECT_EQ(d1, digest_in_stats(config_));
+  const std::string saved = std::exchange(config_, config2);
+  auto r = kvsctl({"verify"});
+  config_ = saved;
+  EXPECT_EQ(r.exit_code, 65) << r.out << r.err;
+  EXPECT_NE(r.out.find("different\t\"planted\"\ttable \"a value the topic never had\""),
+            std::string::npos)
+      << r.out;
   EXPECT_NE(r.out.find("1 difference(s)"), std::string::npos) << r.out;
+  two->kill(SIGTERM);
+  EXPECT_EQ(two->wait_for(30s), 0);
 }
 
 // Without kvsd's config there is no topic to compare with: said, exit 78.

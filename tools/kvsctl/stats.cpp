@@ -199,6 +199,30 @@ std::string server_stats(const Target& t) {
   return server;
 }
 
+// The table's digest as two JSON fields, or the text line of `kvsctl
+// stats`: 16 hex digits each (JSON numbers lose 64-bit integers).
+std::string digest_json(kvs_table* tb) {
+  kvs_digest d{};
+  if (kvs_table_digest(tb, &d) != KVS_OK) return "\"digest\":null,\"digest_contents\":null,";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "\"digest\":\"%016llx\",\"digest_contents\":\"%016llx\",",
+                static_cast<unsigned long long>(d.digest),
+                static_cast<unsigned long long>(d.contents));
+  return buf;
+}
+
+void print_digest(kvs_table* tb) {
+  kvs_digest d{};
+  if (kvs_table_digest(tb, &d) != KVS_OK) {
+    std::printf("digest          not read: kvsd applied records throughout; run again\n");
+    return;
+  }
+  std::printf(
+      "digest          %016llx (contents %016llx at the applied offsets of %u partitions)\n",
+      static_cast<unsigned long long>(d.digest), static_cast<unsigned long long>(d.contents),
+      d.partitions);
+}
+
 void print_stats_json(const Target& t, kvs_table* tb, const kvs_table_stats& s, bool ready,
                       uint32_t parts, const std::string& server) {
   std::printf(
@@ -209,7 +233,7 @@ void print_stats_json(const Target& t, kvs_table* tb, const kvs_table_stats& s, 
       "\"readers_reading\":%u,\"held_partitions\":%u,\"hold_reason\":\"%s\","
       "\"holder_pid\":%d,\"holder_since_unix_ns\":%llu,\"holder_bytes\":%llu,"
       "\"backlog\":%llu,\"oldest_unapplied_unix_ns\":%llu,\"waiters\":%u,\"wakes\":%llu,"
-      "\"change_log_entries\":%llu,\"change_log_position\":%llu,\"partitions\":[",
+      "\"change_log_entries\":%llu,\"change_log_position\":%llu,%s\"partitions\":[",
       json_escape(t.table).c_str(), ready ? "READY" : "BOOTSTRAPPING",
       static_cast<unsigned long long>(s.entries), static_cast<unsigned long long>(s.capacity),
       static_cast<unsigned long long>(s.arena_used_bytes),
@@ -223,7 +247,7 @@ void print_stats_json(const Target& t, kvs_table* tb, const kvs_table_stats& s, 
       static_cast<unsigned long long>(s.oldest_unapplied_unix_ns), s.waiters,
       static_cast<unsigned long long>(s.wakes),
       static_cast<unsigned long long>(s.change_log_entries),
-      static_cast<unsigned long long>(s.change_log_position));
+      static_cast<unsigned long long>(s.change_log_position), digest_json(tb).c_str());
   for (uint32_t p = 0; p < parts; ++p) {
     int64_t next = 0, hw = 0;
     (void)kvs_partition_offsets(tb, p, &next, &hw);
@@ -289,6 +313,7 @@ void print_stats_text(const Target& t, kvs_table* tb, const kvs_table_stats& s, 
   print_server_counters(server);
   print_snapshot(server, t.table);
   print_changes(s);
+  print_digest(tb);
   if (!unapplied.empty()) std::printf("partitions      %s\n", unapplied.c_str());
   std::printf("%-10s %15s %15s %10s\n", "partition", "applied", "high_watermark", "lag");
   for (uint32_t p = 0; p < parts; ++p) {

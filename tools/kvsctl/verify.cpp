@@ -3,12 +3,14 @@
 // record of each partition (what compaction keeps), picks the winner across
 // partitions by the rule of docs/format.md, "Keys in two partitions"
 // (format::replaces: the later Kafka timestamp, then the higher partition),
-// and compares the result with the table: keys missing, extra or different.
+// and compares the result with the table: keys missing, extra or different;
+// and the digest kvsd keeps with the one its contents hash to.
 #include <librdkafka/rdkafka.h>
 
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -30,7 +32,21 @@ using clock = std::chrono::steady_clock;
 struct TableView {
   std::vector<int64_t> next;
   std::map<std::string, std::string> contents;
+  std::optional<kvs_digest> digest;  // kvsd's, read at the same offsets
 };
+
+// The contents' digest as kvsd keeps it (format::entry_digest), counted
+// from what was read: it differs if the segment changed behind kvsd's back.
+uint64_t contents_digest(const std::map<std::string, std::string>& contents) {
+  uint64_t sum = 0;
+  std::string kv;
+  for (const auto& [key, value] : contents) {
+    kv.assign(key).append(value);
+    sum += format::entry_digest(kv.data(), static_cast<uint32_t>(key.size()),
+                                static_cast<uint32_t>(value.size()));
+  }
+  return sum;
+}
 
 std::vector<int64_t> applied_offsets(kvs_table* tb) {
   std::vector<int64_t> next(kvs_partition_count(tb), 0);
@@ -53,6 +69,8 @@ int collect(void* ctx, const void* key, size_t key_len, const void* value, size_
 Result<TableView> read_table(kvs_table* tb) {
   for (int attempt = 0; attempt < 20; ++attempt) {
     TableView v;
+    kvs_digest before{};
+    const bool digest_read = kvs_table_digest(tb, &before) == KVS_OK;
     v.next = applied_offsets(tb);
     kvs_txn* x = nullptr;
     if (int rc = kvs_read_begin(tb, &x); rc != KVS_OK) {
@@ -61,7 +79,13 @@ Result<TableView> read_table(kvs_table* tb) {
     const int rc = kvs_for_each(x, collect, &v.contents);
     kvs_read_end(x);
     if (rc != KVS_OK) return make_error(static_cast<Errc>(rc), kvs_last_error());
-    if (applied_offsets(tb) == v.next) return v;
+    if (applied_offsets(tb) != v.next) continue;
+    kvs_digest after{};
+    if (digest_read && kvs_table_digest(tb, &after) == KVS_OK && after.digest == before.digest &&
+        after.partitions == v.next.size()) {
+      v.digest = after;
+    }
+    return v;
   }
   return make_error(Errc::kTimeout,
                     "the table kept changing while it was read (20 tries); verify it while "
@@ -203,10 +227,25 @@ int cmd_verify(const Target& t, const config::Config& cfg, int timeout_ms) {
                  topic.error().message.c_str());
     return topic.error().code == Errc::kTimeout ? kExitTempFail : kExitUnavailable;
   }
-  const std::vector<std::string> diffs = compare(*topic, view->contents);
+  std::vector<std::string> diffs = compare(*topic, view->contents);
+  const uint64_t counted = contents_digest(view->contents);
+  if (view->digest && view->digest->contents != counted) {
+    char line[160];
+    std::snprintf(line, sizeof line,
+                  "digest\tkvsd keeps %016llx, the table's contents hash to %016llx: the segment "
+                  "changed behind kvsd's back",
+                  static_cast<unsigned long long>(view->digest->contents),
+                  static_cast<unsigned long long>(counted));
+    diffs.push_back(line);
+  }
   constexpr size_t kShown = 50;
   for (size_t i = 0; i < diffs.size() && i < kShown; ++i) std::printf("%s\n", diffs[i].c_str());
   if (diffs.size() > kShown) std::printf("... and %zu more\n", diffs.size() - kShown);
+  if (view->digest) {
+    std::printf("digest %016llx (contents %016llx)\n",
+                static_cast<unsigned long long>(view->digest->digest),
+                static_cast<unsigned long long>(view->digest->contents));
+  }
   std::printf(
       "table %s: %zu keys, topic %s: %llu records in %zu partitions up to the applied "
       "offsets: %s\n",

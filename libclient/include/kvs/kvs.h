@@ -252,6 +252,21 @@ typedef struct kvs_table_stats {
  * whatever the registry holds). Errors: KVS_EINVAL (NULL argument). */
 KVS_API int kvs_stat(kvs_table *table, kvs_table_stats *out);
 
+/* The table's digest (docs/format.md, "The digest"). `contents` is an
+ * order-independent hash of its keys and values, `digest` that hash
+ * together with the applied offsets of its `partitions`: two hosts whose
+ * digests are equal are at the same offsets with the same keys and values
+ * (up to a 64-bit hash collision). kvsd keeps it as it applies records, so
+ * reading it scans nothing; it is read between two records, with the
+ * offsets it covers. Errors: KVS_EBUSY (kvsd applied records throughout
+ * the read; retriable), KVS_EINVAL (NULL argument). */
+typedef struct kvs_digest {
+  uint64_t digest;
+  uint64_t contents;
+  uint32_t partitions;
+} kvs_digest;
+KVS_API int kvs_table_digest(kvs_table *table, kvs_digest *out);
+
 /* ---- Snapshots ---------------------------------------------------------- */
 
 /* What kvs_snapshot_write wrote. */
