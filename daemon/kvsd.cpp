@@ -17,10 +17,13 @@
 #include "kafka/consumer.hpp"
 #include "kafka/embedded_kafka.hpp"
 #include "kafka/shutdown.hpp"
+#include "kafka/stats.hpp"
 #include "kafka/topic_checks.hpp"
 #include "kafka/topic_wait.hpp"
 #include "kafka/watermark_poller.hpp"
 #include "log.hpp"
+#include "metrics/board.hpp"
+#include "metrics/endpoint.hpp"
 #include "replica.hpp"
 #include "server/server.hpp"
 #include "snapshots.hpp"
@@ -190,8 +193,8 @@ class BatchApplier {
 class Housekeeping {
  public:
   Housekeeping(std::vector<Replica>& tables, kafka::Consumer& c, kafka::WatermarkPoller& poller,
-               Server& server)
-      : tables_(tables), consumer_(c), poller_(poller), server_(server) {
+               Server& server, metrics::Board& board)
+      : tables_(tables), consumer_(c), poller_(poller), server_(server), board_(board) {
     watchdog_ = sd_watchdog_enabled(0, &watchdog_usec_) > 0;
   }
 
@@ -200,7 +203,9 @@ class Housekeeping {
     bool ok = true;
     if (now >= next_second_) {
       next_second_ = now + std::chrono::seconds(1);
-      for (auto& t : tables_) {
+      consumer_.serve_events();
+      for (size_t i = 0; i < tables_.size(); ++i) {
+        Replica& t = tables_[i];
         const int32_t n = poller_.partition_count(t.cfg.topic);
         if (n > 0) server_.set_partition_count(t.cfg.name, n);
         if (n > t.partition_count()) ok = follow_new_partitions(t, consumer_, poller_, n) && ok;
@@ -209,6 +214,7 @@ class Housekeeping {
         poller_.follow(t.cfg.topic, t.partition_count());  // a rebuild may have changed it
         refresh_lag(t, consumer_, poller_);
         report_holder(t, now);
+        if (i < board_.size()) publish(t, *board_[i]);
       }
       bool rebuilding = false;
       for (const auto& t : tables_) rebuilding = rebuilding || replacing(t.phase);
@@ -230,10 +236,22 @@ class Housekeeping {
   }
 
  private:
+  // What the metrics endpoint reads of a table besides its segment.
+  static void publish(const Replica& t, metrics::TableBoard& b) {
+    metrics::store(b.records_applied, t.applied);
+    metrics::store(b.rebuilds, t.rebuilds);
+    metrics::store(b.growths, t.growths);
+    const size_t n = std::min(t.parts.size(), b.oldest_unapplied_ns.size());
+    for (size_t p = 0; p < n; ++p)
+      metrics::store(b.oldest_unapplied_ns[p], t.parts[p].oldest_unapplied_ns);
+    b.partitions.store(static_cast<uint32_t>(n), std::memory_order_relaxed);
+  }
+
   std::vector<Replica>& tables_;
   kafka::Consumer& consumer_;
   kafka::WatermarkPoller& poller_;
   Server& server_;
+  metrics::Board& board_;
   bool watchdog_ = false;
   uint64_t watchdog_usec_ = 0;
   clock::time_point next_second_{}, next_watchdog_{};
@@ -397,15 +415,15 @@ class Readiness {
 // cannot go on: returns 1 then).
 int apply_until_stopped(const config::Config& cfg, kafka::Consumer& consumer,
                         std::vector<Replica>& tables,
-                        const std::map<std::string, size_t, std::less<>>& by_topic,
-                        Server& server) {
+                        const std::map<std::string, size_t, std::less<>>& by_topic, Server& server,
+                        metrics::Board& board) {
   Readiness readiness(tables);
   int exit_code = readiness.update() ? 0 : 1;
   // High watermarks and partition counts from a thread of their own, also
   // for partitions that are not fetched while a record of theirs waits.
   kafka::WatermarkPoller poller(consumer, std::chrono::seconds(1), std::chrono::seconds(2));
   for (const auto& t : tables) poller.follow(t.cfg.topic, t.partition_count());
-  Housekeeping chores(tables, consumer, poller, server);
+  Housekeeping chores(tables, consumer, poller, server, board);
   // Until the poller's first answer: the partition counts seen at start.
   for (const auto& t : tables) server.set_partition_count(t.cfg.name, t.partition_count());
   BatchApplier applier(tables, by_topic);
@@ -442,6 +460,12 @@ int run(const config::Config& cfg, const RunOptions& opts) {
   sigaction(SIGINT, &sa, nullptr);
 
   auto properties = cfg.kafka;
+  // librdkafka's statistics for /metrics, unless [kafka] says how often.
+  const bool stats_set = std::any_of(properties.begin(), properties.end(), [](const auto& kv) {
+    return kv.first == "statistics.interval.ms";
+  });
+  if (!cfg.metrics_listen.empty() && !stats_set)
+    properties.emplace_back("statistics.interval.ms", kafka::kStatsIntervalMs);
   std::unique_ptr<kafka::EmbeddedKafka> embedded;
   if (opts.embedded_kafka) {
     auto k = start_embedded(cfg, properties);
@@ -471,12 +495,19 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     KVS_LOG_ERROR("%s", server.error().message.c_str());
     return server.error().code == Errc::kInvalidArgument ? kExitConfig : 1;
   }
+  // Prometheus's endpoint; kvsd serves its tables without it if the address
+  // cannot be listened on.
+  metrics::Board board;
+  for (const auto& tc : cfg.tables)
+    board.push_back(std::make_unique<metrics::TableBoard>(tc.max_partitions));
+  auto endpoint = metrics::Endpoint::start(cfg, **server, &snapshot_status, &board);
+  if (!endpoint) KVS_LOG_ERROR("%s; /metrics is off", endpoint.error().message.c_str());
   // Snapshots, from a thread of their own; none of an embedded cluster's
   // tables, whose data ends with this process.
   Snapshotter snapshots(cfg, snapshot_status, /*enabled=*/embedded == nullptr);
   snapshots.start();
   // 3. Consume and apply until told to stop.
-  const int exit_code = apply_until_stopped(cfg, *consumer, tables, by_topic, **server);
+  const int exit_code = apply_until_stopped(cfg, *consumer, tables, by_topic, **server, board);
   notify("STOPPING=1");
   // Writes in flight get a moment to be acknowledged and answered.
   (*server)->stop(std::chrono::milliseconds(std::min<uint32_t>(cfg.write_timeout_ms, 5000)));
@@ -486,6 +517,7 @@ int run(const config::Config& cfg, const RunOptions& opts) {
     snapshots.write_all();
   }
   KVS_LOG_INFO("stopping: segments stay for the next start");
+  if (endpoint) endpoint->reset();
   server->reset();
   consumer->close(kafka::kDestroyLimit);
   if (kafka::unfinished_destroys() > 0) {

@@ -72,6 +72,7 @@ Result<void> publish_growth_segment(Replica& t) {
   t.replaced.push_back(t.writer->header().incarnation);
   t.writer = std::move(t.grow);
   t.phase = resting(t);
+  ++t.growths;
   return {};
 }
 
@@ -89,6 +90,7 @@ Result<void> publish_rebuild(Replica& t) {
   t.writer = std::move(t.rebuild);
   t.seed = Replica::Seed{};
   t.phase = resting(t);
+  ++t.rebuilds;
   return {};
 }
 

@@ -71,6 +71,7 @@ void refresh_lag(Replica& t, kafka::Consumer& c, const kafka::WatermarkPoller& p
     if (hw >= 0) w.set_high_watermark(up, hw);
     if (hw <= w.next_offset(up)) {
       t.parts[p].caught_up_ns = now_ns;
+      t.parts[p].oldest_unapplied_ns = 0;
       continue;
     }
     // A held record's timestamp is exact. Otherwise the oldest unapplied
@@ -80,6 +81,7 @@ void refresh_lag(Replica& t, kafka::Consumer& c, const kafka::WatermarkPoller& p
     const uint64_t bound = h.offset >= 0 && h.timestamp_ms != 0
                                ? ms_to_ns(h.timestamp_ms)
                                : std::max(t.parts[p].last_applied_ts_ns, t.parts[p].caught_up_ns);
+    t.parts[p].oldest_unapplied_ns = bound;
     if (bound != 0 && (oldest == 0 || bound < oldest)) oldest = bound;
   }
   w.set_oldest_unapplied(oldest);

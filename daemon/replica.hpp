@@ -56,6 +56,9 @@ struct PartitionTrack {
   // with its high watermark (Unix ns; 0: not yet).
   uint64_t last_applied_ts_ns = 0;
   uint64_t caught_up_ns = 0;
+  // What refresh_lag last found: the Kafka timestamp bounding the oldest
+  // unapplied record's age (Unix ns; 0: none unapplied, or not known).
+  uint64_t oldest_unapplied_ns = 0;
   // At a restart: the last record the segment applied, read again from the
   // topic to check that the log is the one the segment followed (offset -1:
   // nothing to check, or checked).
@@ -125,6 +128,8 @@ struct Replica {
   bool skip_batch = false;      // rest of this batch predates a seek
   uint64_t applied = 0;
   uint64_t skipped = 0;
+  uint64_t rebuilds = 0;  // replacements published since kvsd started
+  uint64_t growths = 0;   // larger segments published since kvsd started
   uint32_t n_held = 0;                                         // partitions whose held record waits
   format::HoldReason hold_reason = format::HoldReason::kNone;  // of the latest hold
   clock::time_point next_hold_log{};

@@ -113,9 +113,22 @@ size_t sweep_temporaries(const std::string& dir) {
   return n;
 }
 
-void SnapshotStatus::set(const std::string& table, std::string json) {
+void SnapshotStatus::set(const std::string& table, std::string json, const SnapshotFigures* f) {
   std::lock_guard lock(mu_);
   by_table_[table] = std::move(json);
+  SnapshotFigures& kept = figures_[table];
+  if (f == nullptr) {
+    ++kept.failures;
+  } else {
+    kept = SnapshotFigures{f->created_unix_ns, f->entries, f->file_bytes, f->duration_s,
+                           kept.failures};
+  }
+}
+
+SnapshotFigures SnapshotStatus::figures(const std::string& table) const {
+  std::lock_guard lock(mu_);
+  auto it = figures_.find(table);
+  return it == figures_.end() ? SnapshotFigures{} : it->second;
 }
 
 std::string SnapshotStatus::json(const std::string& table) const {
@@ -184,7 +197,8 @@ void Snapshotter::write_one(Target& t) {
                                : ("the newest good one stays: " + kept.front()).c_str());
     status_.set(t.name,
                 "{\"error\":" + json_string(why) + ",\"failed_unix_ns\":" + std::to_string(now_ns) +
-                    ",\"newest\":" + (kept.empty() ? "null" : json_string(kept.front())) + "}");
+                    ",\"newest\":" + (kept.empty() ? "null" : json_string(kept.front())) + "}",
+                nullptr);
   };
   // Only kvsd may write where its snapshots are: what is there decides a
   // table's contents after a cold start (config/paths.hpp).
@@ -224,8 +238,10 @@ void Snapshotter::write_one(Target& t) {
                 ",\"created_unix_ns\":%" PRIu64 ",\"entries\":%" PRIu64 ",\"file_bytes\":%" PRIu64
                 ",\"duration_ms\":%.1f",
                 info->created_unix_ns, info->entries, info->file_bytes, ms);
+  const SnapshotFigures f{info->created_unix_ns, info->entries, info->file_bytes, ms / 1e3, 0};
   status_.set(t.name,
-              "{\"path\":" + json_string(path) + figures + ",\"next_offsets\":[" + offsets + "]}");
+              "{\"path\":" + json_string(path) + figures + ",\"next_offsets\":[" + offsets + "]}",
+              &f);
 }
 
 }  // namespace kvs::daemon

@@ -49,14 +49,26 @@ size_t prune_snapshots(const std::string& dir, const std::string& table, const s
 size_t sweep_temporaries(const std::string& dir);
 
 // The last snapshot of each table, as JSON for kvsctl stats. Thread-safe.
+// A table's snapshots in numbers, for the metrics endpoint.
+struct SnapshotFigures {
+  uint64_t created_unix_ns = 0;  // of the last one written (0: none yet)
+  uint64_t entries = 0;
+  uint64_t file_bytes = 0;
+  double duration_s = 0;
+  uint64_t failures = 0;  // since kvsd started
+};
+
 class SnapshotStatus {
  public:
-  void set(const std::string& table, std::string json);
+  // A snapshot written (`f` its figures), or one that failed (`f` null).
+  void set(const std::string& table, std::string json, const SnapshotFigures* f);
   std::string json(const std::string& table) const;  // "null": none yet
+  SnapshotFigures figures(const std::string& table) const;
 
  private:
   mutable std::mutex mu_;
   std::map<std::string, std::string> by_table_;
+  std::map<std::string, SnapshotFigures> figures_;
 };
 
 // Writes each READY table's snapshot every snapshot_interval_s from a

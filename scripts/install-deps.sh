@@ -17,11 +17,14 @@ packages=(
   libcli11-dev                # kvsctl / kvsd command lines
   libxxhash-dev               # XXH3: the table's key hash (stable since 0.8)
   libgoogle-perftools-dev     # tcmalloc_minimal: kvsd's allocator
+  libcivetweb-dev             # kvsd's /metrics endpoint (HTTP)
+  nlohmann-json3-dev          # librdkafka's statistics (JSON) for /metrics
   libfmt-dev libspdlog-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   liblmdb-dev libabsl-dev     # comparison baselines in bench/
   kcat python3-kafka          # independent Kafka clients for interop tests
+  prometheus                  # the metrics test scrapes kvsd with it; promtool
   python3-dev python3-venv python3-setuptools python3-wheel  # bindings/python
   openjdk-17-jdk-headless junit5  # bindings/java (JNI, JUnit 5)
   systemd                     # systemd-analyze verify of the unit

@@ -1,9 +1,12 @@
 // kvsd.toml's checks across keys, once every key is read (parse() in
 // config.cpp): what no single key's range says (brokers named, absolute
 // paths, modes that would expose a table, groups that exist, topic names,
-// each table's sizes against each other, names and topics used twice).
+// the metrics endpoint's address, each table's sizes against each other,
+// names and topics used twice).
 #include "config/checks.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -60,6 +63,27 @@ Result<void> check_modes(const Config& c) {
   return {};
 }
 
+// Why `a` is not an address the metrics endpoint can listen on
+// ("IPv4:port" or "[IPv6]:port", port 1..65535; "" is none), or "".
+std::string why_not_listen_address(const std::string& a) {
+  if (a.empty()) return "";
+  const size_t colon = a.rfind(':');
+  const std::string usage = "is not an address: write IPv4:port or [IPv6]:port, or \"\" for none";
+  if (colon == std::string::npos || colon == 0 || colon + 1 == a.size()) return usage;
+  const std::string host = a.substr(0, colon), port = a.substr(colon + 1);
+  if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 ||
+      std::stoi(port) < 1 || std::stoi(port) > 65535) {
+    return "has port \"" + port + "\": it must be 1..65535";
+  }
+  unsigned char buf[sizeof(in6_addr)];
+  const bool v6 = host.size() > 2 && host.front() == '[' && host.back() == ']';
+  if (v6 ? ::inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), buf) == 1
+         : ::inet_pton(AF_INET, host.c_str(), buf) == 1) {
+    return "";
+  }
+  return "has host \"" + host + "\": it must be an IPv4 address or an IPv6 one in brackets";
+}
+
 // Checks across the keys of [kvsd] and [kafka].
 Result<void> check_daemon(const Config& c, const std::string& source) {
   auto whole = [&](const std::string& what) {
@@ -94,6 +118,9 @@ Result<void> check_daemon(const Config& c, const std::string& source) {
   }
   if (!c.state_dir.empty() && c.state_dir[0] != '/') {
     return at("kvsd.state_dir", "\"" + c.state_dir + "\" must be an absolute path");
+  }
+  if (const std::string why = why_not_listen_address(c.metrics_listen); !why.empty()) {
+    return at("kvsd.metrics_listen", "\"" + c.metrics_listen + "\" " + why);
   }
   if (auto ok = check_modes(c); !ok) return std::move(ok).error();
   for (const char* key : {"shm_group", "socket_group"}) {

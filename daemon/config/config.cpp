@@ -132,6 +132,11 @@ const Key kKeys[] = {
      [](Config& c, TableConfig&, const Val& v) {
        c.max_unsent_reply_bytes = static_cast<uint64_t>(v.i);
      }},
+    {"kvsd", "metrics_listen", Kind::kString, "\"127.0.0.1:9469\"", 0, 100,
+     "Address and port of the Prometheus endpoint (/metrics over HTTP): IPv4:port or "
+     "[IPv6]:port. Loopback by default; \"0.0.0.0:9469\" lets every host that reaches this one "
+     "read the metrics. \"\" turns the endpoint off.",
+     [](Config& c, TableConfig&, const Val& v) { c.metrics_listen = v.s; }},
     {"kvsd", "state_dir", Kind::kString, "\"/var/lib/kvs\"", 0, 4000,
      "Directory of the tables' snapshots (<state_dir>/<shm_prefix><table>/), which make a "
      "start without segments (after a reboot) read only the records since the newest one. "

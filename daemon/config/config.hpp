@@ -72,6 +72,7 @@ struct Config {
   std::string state_dir = "/var/lib/kvs";          // snapshots (snapshots.hpp)
   uint32_t snapshot_interval_s = 600;              // 0: no snapshots
   uint32_t snapshot_max_age_s = 72000;             // older ones are not started from; 0: any
+  std::string metrics_listen = "127.0.0.1:9469";   // /metrics for Prometheus; "": none
   std::vector<std::pair<std::string, std::string>> kafka;  // librdkafka properties
   std::vector<TableConfig> tables;
   // Where each key was set ("kvsd.shm_group", "kafka.acks", "table[0].topic"),

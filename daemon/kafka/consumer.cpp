@@ -7,6 +7,7 @@
 #include "kafka/properties.hpp"
 #include "kafka/rdkafka_log.hpp"
 #include "kafka/shutdown.hpp"
+#include "kafka/stats.hpp"
 
 namespace kvs::kafka {
 namespace {
@@ -37,11 +38,16 @@ rd_kafka_event_t* admin_result(rd_kafka_queue_t* q, int timeout_ms) {
 
 }  // namespace
 
+void Consumer::serve_events() {
+  if (rk_ != nullptr) rd_kafka_poll(rk_, 0);
+}
+
 Result<Consumer> Consumer::create(
     const std::vector<std::pair<std::string, std::string>>& properties) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   route_rdkafka_logs(conf);
+  keep_stats(conf);
   // Defaults for bootstrap speed, which [kafka] may override. librdkafka
   // 2.0.2 stops fetching once the consumer queue holds queued.min.messages
   // (default 100000) and resumes only on a 1-second timer: bootstrapping a

@@ -40,6 +40,11 @@ class Consumer {
   // `limit` (kafka/shutdown.hpp). False if librdkafka did not end in time.
   bool close(std::chrono::milliseconds limit);
 
+  // Serves what librdkafka queues for the handle besides records (its
+  // statistics callback: kafka/stats.hpp). The apply thread calls it once
+  // a second; it never blocks.
+  void serve_events();
+
   // Partition count of `topic`, from a metadata request that never creates
   // it (thread-safe). Errors: kNotFound (the topic does not exist),
   // kTimeout (no broker answered within timeout_ms).

@@ -550,6 +550,17 @@ std::string Connections::stats_counts_json() const {
          ",\"requests\":" + std::to_string(n_frames_);
 }
 
+void Connections::add_counters(Counters& c) const {
+  c.connections = conns_.size();
+  c.requests = n_frames_;
+  c.protocol_errors = n_protocol_errors_;
+  c.refused_connections = n_refused_;
+  c.timed_out_connections = n_timed_out_;
+  c.unfinished_frame_bytes = budget_used_;
+  c.waiting_for_frame_memory = budget_waiters_.size();
+  c.unsent_reply_bytes = unsent_total_;
+}
+
 std::string Connections::stats_flow_json() const {
   return "\"protocol_errors\":" + std::to_string(n_protocol_errors_) +
          ",\"refused_connections\":" + std::to_string(n_refused_) +

@@ -22,6 +22,7 @@
 
 #include "config/config.hpp"
 #include "kvs/result.hpp"
+#include "server/counters.hpp"
 #include "server/peer_access.hpp"
 #include "server/request.hpp"
 
@@ -90,6 +91,8 @@ class Connections {
   // The "server" object's connection fields, in the order of
   // docs/protocol.md: the counts before "writes_acked", then the rest.
   std::string stats_counts_json() const;
+  // Its counters into c (counters.hpp).
+  void add_counters(Counters& c) const;
   std::string stats_flow_json() const;
 
  private:

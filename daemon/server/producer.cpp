@@ -6,6 +6,7 @@
 #include "kafka/properties.hpp"
 #include "kafka/rdkafka_log.hpp"
 #include "kafka/shutdown.hpp"
+#include "kafka/stats.hpp"
 #include "log.hpp"
 
 namespace kvs::daemon::server {
@@ -76,6 +77,7 @@ Result<void> Producer::create(const std::vector<std::pair<std::string, std::stri
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   kafka::route_rdkafka_logs(conf);
+  kafka::keep_stats(conf);
   auto set = [&](const std::string& k, const std::string& v, const char* where) -> Result<void> {
     if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
       return make_error(Errc::kInvalidArgument,

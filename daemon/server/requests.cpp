@@ -99,11 +99,11 @@ void Requests::write(Conn& c, const proto::Header& h, std::string_view body) {
   Table* t = table_or_error(c, h.request_id, w->table);
   if (t == nullptr) return;
   if (auto why = check_sizes(*t, w->key, w->value); !why.empty()) {
-    ++n_write_errors_;
+    count_error(KVS_ETOOBIG);
     return conns_.reply_error(c, h.request_id, Errc::kTooLarge, why);
   }
   if (auto why = check_visible(*t, h, w->key); !why.empty()) {
-    ++n_write_errors_;
+    count_error(KVS_ENOTSUP);
     return conns_.reply_error(c, h.request_id, Errc::kUnsupported, why + "; nothing was written");
   }
   const auto reply = static_cast<proto::Type>(h.type) == proto::Type::kPut ? proto::Type::kPutOk
@@ -120,13 +120,13 @@ void Requests::batch(Conn& c, const proto::Header& h, std::string_view body) {
   if (t == nullptr) return;
   for (size_t i = 0; i < b->ops.size(); ++i) {
     if (auto why = check_sizes(*t, b->ops[i].key, b->ops[i].value); !why.empty()) {
-      ++n_write_errors_;
+      count_error(KVS_ETOOBIG);
       return conns_.reply_error(c, h.request_id, Errc::kTooLarge,
                                 "batch operation " + std::to_string(i) + ": " + why +
                                     " (nothing of the batch was written)");
     }
     if (auto why = check_visible(*t, h, b->ops[i].key); !why.empty()) {
-      ++n_write_errors_;
+      count_error(KVS_ENOTSUP);
       return conns_.reply_error(c, h.request_id, Errc::kUnsupported,
                                 "batch operation " + std::to_string(i) + ": " + why +
                                     " (nothing of the batch was written)");
@@ -242,7 +242,7 @@ void Requests::op_done(Request& r, uint32_t index, Errc code, const std::string&
   if (r.answered || r.results[index].code != 1) return;
   r.results[index].code = static_cast<int32_t>(code);
   if (code != Errc::kOk) {
-    ++n_write_errors_;
+    count_error(static_cast<int>(code));
     if (r.error.empty()) r.error = message;
   } else if (r.reply != proto::Type::kWaitOk) {
     ++n_acked_;
@@ -373,15 +373,21 @@ void Requests::time_out(Request& r) {
                       : producer_.no_ack_message(r.timeout_ms) + "; the write may still be applied";
       }
     }
-    if (res.code == KVS_ETIMEDOUT || res.code == KVS_EQUEUE) ++n_write_errors_;
+    if (res.code == KVS_ETIMEDOUT || res.code == KVS_EQUEUE) count_error(res.code);
   }
   r.remaining = 0;
   answer(r);
 }
 
+void Requests::count_error(int code) {
+  ++n_write_errors_;
+  write_stats_.count_error(code);
+}
+
 void Requests::answer(Request& r) {
   if (r.answered) return;
   r.answered = true;
+  observe_latency(r);
   unanswered_seq_[r.slot] = 0;
   --unanswered_;
   Conn* c = conns_.find(r.conn_id);
@@ -399,6 +405,19 @@ void Requests::answer(Request& r) {
     proto::encode_token(c->out, r.reply, r.id, first.token);
   }
   conns_.mark_dirty(*c);
+}
+
+// A write answered with success: from its arrival (its deadline less its
+// timeout) to now.
+void Requests::observe_latency(const Request& r) {
+  if (r.reply == proto::Type::kWaitOk) return;
+  for (const auto& res : r.results) {
+    if (res.code != KVS_OK) return;
+  }
+  const auto arrived = r.deadline - std::chrono::milliseconds(r.timeout_ms);
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now_ - arrived).count();
+  (r.visible ? write_stats_.visible : write_stats_.acked)
+      .observe(static_cast<uint64_t>(std::max<int64_t>(0, ns)));
 }
 
 void Requests::release(Request& r) {
@@ -424,6 +443,14 @@ void Requests::answer_all_at_stop() {
     r->remaining = 0;
     answer(*r);
   }
+}
+
+void Requests::add_counters(Counters& c) const {
+  c.writes_acked = n_acked_;
+  c.write_errors = n_write_errors_;
+  c.pending = unanswered_;
+  c.queue_full_waits = producer_.queue_full_waits();
+  c.producer_queue = static_cast<uint64_t>(std::max(0, producer_.queue_length()));
 }
 
 std::string Requests::stats_json() {

@@ -68,6 +68,10 @@ class Requests final : public Connections::Delegate, public Producer::Sink {
   size_t unanswered() const { return unanswered_; }
   // At stop: every request still open is answered with an error.
   void answer_all_at_stop();
+  // Its counters and the producer's into c (counters.hpp).
+  void add_counters(Counters& c) const;
+  // Write failures by code and latencies (any thread may read them).
+  const WriteStats& write_stats() const { return write_stats_; }
 
  private:
   using Deadline = std::pair<clock::time_point, ReqRef>;
@@ -94,6 +98,8 @@ class Requests final : public Connections::Delegate, public Producer::Sink {
   bool is_applied(const Table& t, proto::Token tok, std::string* why);
   void time_out(Request& r);
   void answer(Request& r);
+  void count_error(int code);
+  void observe_latency(const Request& r);
   std::string stats_json();
 
   const config::Config& cfg_;
@@ -127,6 +133,7 @@ class Requests final : public Connections::Delegate, public Producer::Sink {
   std::vector<Visible> visible_;
   std::atomic<size_t> visible_count_{0};  // visible_.size()
   uint64_t n_acked_ = 0, n_write_errors_ = 0;
+  WriteStats write_stats_;
 };
 
 }  // namespace kvs::daemon::server

@@ -70,6 +70,7 @@ struct Server::Impl {
   server::Requests requests;
   server::Connections conns;
   server::Producer producer;
+  server::PublishedCounters published;
   std::thread thread;
 
   Impl(const config::Config& c, uint32_t max_frame_bytes, const SnapshotStatus* snapshots,
@@ -83,6 +84,12 @@ struct Server::Impl {
   int wait_timeout(clock::time_point now, bool stopping_now);
   void dispatch(const epoll_event& ev);
   void shut_down();
+  void publish_counters() {
+    server::Counters c;
+    conns.add_counters(c);
+    requests.add_counters(c);
+    published.publish(c);
+  }
 };
 
 Result<void> Server::Impl::open_fds() {
@@ -156,6 +163,10 @@ Result<std::unique_ptr<Server>> Server::start(
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() { stop(std::chrono::milliseconds(0)); }
+
+server::Counters Server::counters() const { return impl_->published.load(); }
+
+const server::WriteStats& Server::write_stats() const { return impl_->requests.write_stats(); }
 
 void Server::set_partition_count(const std::string& table, int32_t n) {
   for (auto& t : impl_->tables.list) {
@@ -236,6 +247,7 @@ void Server::Impl::loop() {
     requests.set_now(now);
     requests.expire(now);
     conns.serve();
+    publish_counters();
     if (stopping.load() && !stop_by) {
       stop_by = now + std::chrono::milliseconds(drain_ms.load());
       conns.stop_reading();

@@ -20,6 +20,7 @@
 
 #include "config/config.hpp"
 #include "kvs/result.hpp"
+#include "server/counters.hpp"
 #include "snapshots.hpp"
 
 namespace kvs::daemon {
@@ -48,6 +49,12 @@ class Server {
   // it: writes are partitioned over it (thread-safe; the apply thread calls
   // it every second).
   void set_partition_count(const std::string& table, int32_t n);
+
+  // The counters as the server's thread last published them (after each
+  // turn of its loop; any thread).
+  server::Counters counters() const;
+  // Write failures by code and write latencies (any thread).
+  const server::WriteStats& write_stats() const;
 
   // Stops accepting, gives writes in flight up to `drain` to be acknowledged
   // and answered, then closes every connection.

@@ -228,8 +228,9 @@ TEST_F(ColdStartTest, AHostIsSeededFromANeighboursSnapshot) {
   const fs::path other = dir_ / "neighbour";
   fs::create_directories(other);
   const std::string other_config = (other / "kvsd.toml").string();
-  std::ofstream(other_config) << "[kvsd]\nsocket_path = \"" << (other / "s.sock").string()
-                              << "\"\nshm_prefix = \"" << other_shm.prefix() << "\"\nstate_dir = \""
+  std::ofstream(other_config) << "[kvsd]\nmetrics_listen = \"\"\nsocket_path = \""
+                              << (other / "s.sock").string() << "\"\nshm_prefix = \""
+                              << other_shm.prefix() << "\"\nstate_dir = \""
                               << (other / "state").string()
                               << "\"\npoll_timeout_ms = 20\n[kafka]\n\"bootstrap.servers\" = \""
                               << kafka_.bootstrap() << "\"\n[[table]]\nname = \"t\"\ntopic = \""

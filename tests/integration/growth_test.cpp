@@ -48,8 +48,8 @@ class GrowthTest : public KvsdTest {
   std::string write_growth_config(const std::string& extra = "") {
     const std::string path = (dir_ / "kvsd.toml").string();
     std::ofstream(path)
-        << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \"" << shm_.prefix()
-        << "\"\nstate_dir = \"" << state_dir()
+        << "[kvsd]\nmetrics_listen = \"\"\nsocket_path = \"" << socket_path()
+        << "\"\nshm_prefix = \"" << shm_.prefix() << "\"\nstate_dir = \"" << state_dir()
         << "\"\npoll_timeout_ms = 20\n"
         // No snapshots: a removed segment must mean a bootstrap from the topic.
         << "snapshot_interval_s = 0\n"

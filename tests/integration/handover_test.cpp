@@ -205,8 +205,9 @@ TEST_F(HandoverTest, AContainerReadersGuardHoldsUnderChurn) {
   ASSERT_TRUE(p.flush());
   // A small table that may not grow.
   const std::string config = (dir_ / "churn.toml").string();
-  std::ofstream(config) << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \""
-                        << shm_.prefix() << "\"\nstate_dir = \"" << state_dir()
+  std::ofstream(config) << "[kvsd]\nmetrics_listen = \"\"\nsocket_path = \"" << socket_path()
+                        << "\"\nshm_prefix = \"" << shm_.prefix() << "\"\nstate_dir = \""
+                        << state_dir()
                         << "\"\npoll_timeout_ms = 20\n[kafka]\n\"bootstrap.servers\" = \""
                         << kafka_.bootstrap() << "\"\n[[table]]\nname = \"t\"\ntopic = \"" << topic_
                         << "\"\ncapacity = 1024\nmemory_limit_bytes = 1048576\n"

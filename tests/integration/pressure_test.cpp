@@ -40,9 +40,9 @@ class PressureTest : public KvsdTest {
   // Table t (topic_, with `t_lines`) and table u (other_topic_).
   std::string write_two_tables(const std::string& t_lines) {
     const std::string path = (dir_ / "kvsd.toml").string();
-    std::ofstream(path) << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \""
-                        << shm_.prefix() << "\"\nstate_dir = \"" << state_dir()
-                        << "\"\npoll_timeout_ms = 20\n"
+    std::ofstream(path) << "[kvsd]\nmetrics_listen = \"\"\nsocket_path = \"" << socket_path()
+                        << "\"\nshm_prefix = \"" << shm_.prefix() << "\"\nstate_dir = \""
+                        << state_dir() << "\"\npoll_timeout_ms = 20\n"
                         << "[kafka]\n\"bootstrap.servers\" = \"" << kafka_.bootstrap() << "\"\n"
                         << "[[table]]\nname = \"t\"\ntopic = \"" << topic_ << "\"\n"
                         << t_lines << "[[table]]\nname = \"u\"\ntopic = \"" << other_topic_

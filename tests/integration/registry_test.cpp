@@ -31,8 +31,9 @@ class RegistryTest : public KvsdTest {
                                  const std::string& second_table = "") {
     const std::string path = (dir_ / "kvsd.toml").string();
     std::ofstream out(path);
-    out << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \"" << shm_.prefix()
-        << "\"\nstate_dir = \"" << state_dir() << "\"\npoll_timeout_ms = 20\n"
+    out << "[kvsd]\nmetrics_listen = \"\"\nsocket_path = \"" << socket_path()
+        << "\"\nshm_prefix = \"" << shm_.prefix() << "\"\nstate_dir = \"" << state_dir()
+        << "\"\npoll_timeout_ms = 20\n"
         << "snapshot_interval_s = 0\nwrite_timeout_ms = 5000\n"
         << "[kafka]\n\"bootstrap.servers\" = \"" << kafka_.bootstrap() << "\"\n"
         << "\"fetch.wait.max.ms\" = 10\n"

@@ -46,6 +46,7 @@ class KvsdTest : public ::testing::Test {
     const std::string path = (dir_ / "kvsd.toml").string();
     std::ofstream(path) << "[kvsd]\nsocket_path = \"" << socket_path() << "\"\nshm_prefix = \""
                         << shm_.prefix() << "\"\nstate_dir = \"" << state_dir() << "\"\n"
+                        << "metrics_listen = \"" << metrics_listen_ << "\"\n"
                         << extra_kvsd << "poll_timeout_ms = 20\n"
                         << "[kafka]\n\"bootstrap.servers\" = \""
                         << (bootstrap_.empty() ? kafka_.bootstrap() : bootstrap_) << "\"\n"
@@ -117,6 +118,9 @@ class KvsdTest : public ::testing::Test {
   // write_config asks librdkafka to refresh metadata every second (its
   // default: every 5 minutes).
   bool fast_metadata_ = true;
+  // kvsd's metrics endpoint: none unless a test asks (the default port is
+  // one for all, and tests run side by side).
+  std::string metrics_listen_;
   std::unique_ptr<shm::Mapping> segment_;
 };
 

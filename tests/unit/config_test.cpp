@@ -184,6 +184,33 @@ TEST(ConfigTest, CrossKeyChecks) {
             std::string::npos);
 }
 
+TEST(ConfigTest, MetricsListenIsAnAddressOnLoopbackByDefault) {
+  auto c = parse(kMinimal, "kvsd.toml");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->metrics_listen, "127.0.0.1:9469");
+  for (const char* good : {"", "0.0.0.0:9469", "[::1]:1", "192.0.2.7:65535"}) {
+    auto g = parse("[kvsd]\nmetrics_listen = \"" + std::string(good) + "\"\n" + kMinimal, "k");
+    ASSERT_TRUE(g) << good << ": " << g.error().message;
+    EXPECT_EQ(g->metrics_listen, good);
+  }
+  const std::pair<const char*, const char*> bad[] = {
+      {"9469", "write IPv4:port or [IPv6]:port"},
+      {"localhost:9469", "has host \"localhost\": it must be an IPv4 address"},
+      {"::1:9469", "has host \"::1\""},
+      {"127.0.0.1:0", "has port \"0\": it must be 1..65535"},
+      {"127.0.0.1:99999", "has port \"99999\""},
+      {"127.0.0.1:http", "has port \"http\""},
+      {"127.0.0.1:", "write IPv4:port"}};
+  for (const auto& [value, why] : bad) {
+    const Error e =
+        parse_error("[kvsd]\nmetrics_listen = \"" + std::string(value) + "\"\n" + kMinimal);
+    EXPECT_NE(e.message.find("kvsd.toml:2:18: kvsd.metrics_listen = \"" + std::string(value)),
+              std::string::npos)
+        << e.message;
+    EXPECT_NE(e.message.find(why), std::string::npos) << e.message;
+  }
+}
+
 TEST(ConfigTest, MissingFileNamesThePath) {
   auto c = load_file("/nonexistent/kvsd.toml");
   ASSERT_FALSE(c);

@@ -62,7 +62,7 @@ class Kvsd:
         kafka.create_topic(self.topic, partitions)
         self.config = os.path.join(self.dir, "kvsd.toml")
         with open(self.config, "w") as f:
-            f.write(f'[kvsd]\nsocket_path = "{self.socket}"\nshm_prefix = "{self.prefix}"\n'
+            f.write(f'[kvsd]\nmetrics_listen = ""\nsocket_path = "{self.socket}"\nshm_prefix = "{self.prefix}"\n'
                     f'state_dir = "{self.dir}/state"\npoll_timeout_ms = 20\n'
                     f'[kafka]\n"bootstrap.servers" = "{kafka.bootstrap}"\n'
                     f'[[table]]\nname = "t"\ntopic = "{self.topic}"\n'

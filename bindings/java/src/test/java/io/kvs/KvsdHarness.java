@@ -43,7 +43,7 @@ final class KvsdHarness implements AutoCloseable {
     mockIn.flush();
     if (!"ok".equals(out.readLine())) throw new IOException("mock cluster: no topic");
     Files.writeString(dir.resolve("kvsd.toml"),
-        "[kvsd]\nsocket_path = \"" + socket + "\"\nshm_prefix = \"" + prefix + "\"\n"
+        "[kvsd]\nmetrics_listen = \"\"\nsocket_path = \"" + socket + "\"\nshm_prefix = \"" + prefix + "\"\n"
             + "state_dir = \"" + dir.resolve("state") + "\"\npoll_timeout_ms = 20\n"
             + "[kafka]\n\"bootstrap.servers\" = \"" + bootstrap + "\"\n"
             + "[[table]]\nname = \"t\"\ntopic = \"" + topic + "\"\n"
