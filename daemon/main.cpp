@@ -28,6 +28,7 @@ constexpr int kExitConfig = kvs::daemon::kExitConfig;
 
 int main(int argc, char** argv) {
   CLI::App app{"kvsd: keeps compacted Kafka topics as shared-memory tables on this host"};
+  app.set_version_flag("--version", std::string("kvsd ") + KVS_VERSION_STRING);
   std::string config_path = "/etc/kvs/kvsd.toml";
   bool check = false, example = false, keys = false, embedded = false;
   app.add_option("--config", config_path, "Config file")->capture_default_str();

@@ -27,7 +27,8 @@ packages=(
   prometheus                  # the metrics test scrapes kvsd with it; promtool
   python3-dev python3-venv python3-setuptools python3-wheel  # bindings/python
   openjdk-17-jdk-headless junit5  # bindings/java (JNI, JUnit 5)
-  systemd                     # systemd-analyze verify of the unit
+  systemd                     # systemd-analyze verify of the unit; systemd-sysusers
+  debhelper dpkg-dev fakeroot lintian help2man  # the Debian packages (debian/)
 )
 
 missing=()

@@ -2,7 +2,8 @@
 # Installs what is missing, builds, and runs the whole test suite:
 #   1. clang-format check of every C/C++ file
 #   2. release build with -Werror: the shape check (scripts/check_shape.sh),
-#      all tests, the C example, an install check
+#      all tests, the C example, an install check; the Debian packages
+#      (scripts/package_check.sh: built, linted, installed, run, purged)
 #   3. ASan+UBSan build: all tests
 #   4. TSan build: the concurrency tests (threads in one process, and the
 #      multi-process stress at reduced counts)
@@ -65,6 +66,13 @@ else:
     raise SystemExit("opened a table that does not exist")'
 rm -rf "$stage"
 echo "install check passed"
+
+echo "== Debian packages: build, lintian, install, run, purge"
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/package_check.sh
+else
+  echo "skipped: scripts/package_check.sh installs packages and needs root"
+fi
 
 if [ "${KVS_TEST_QUICK:-0}" = 1 ]; then exit 0; fi
 

@@ -5,9 +5,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "metrics/exposition.hpp"
 #include "support/test_support.hpp"
@@ -167,6 +169,52 @@ TEST(MetricsKafkaStatsTest, BrokersOfEachClientAreShownAndUnreadableDocumentsCou
   EXPECT_EQ(page.find(":0/internal"), std::string::npos);
   EXPECT_EQ(sample(page, "kvsd_kafka_stats_age_seconds{client=\"rdkafka#consumer-1\"}"), "2");
   EXPECT_EQ(sample(page, "kvsd_kafka_stats_unreadable"), "1");
+}
+
+// What the page reads is written by other threads as it renders: the
+// server thread's counters and write statistics, the apply thread's board,
+// the writer's segment. Run under ThreadSanitizer in CI; here the page
+// stays whole and its counters never go back.
+TEST_F(MetricsPageTest, RenderingWhileEveryPublisherWritesIsRaceFreeAndMonotonic) {
+  daemon::server::PublishedCounters published;
+  daemon::server::WriteStats writes;
+  daemon::metrics::Board board;
+  board.push_back(std::make_unique<daemon::metrics::TableBoard>(2));
+  std::atomic<bool> stop{false};
+  std::thread server([&] {
+    daemon::server::Counters c;
+    for (uint64_t i = 1; !stop.load(); ++i) {
+      c.writes_acked = i;
+      published.publish(c);
+      writes.acked.observe(i * 1000);
+      if (i % 7 == 0) writes.count_error(KVS_ETIMEDOUT);
+    }
+  });
+  std::thread apply([&] {
+    for (uint64_t i = 1; !stop.load(); ++i) {
+      daemon::metrics::store(board[0]->records_applied, i);
+      daemon::metrics::store(board[0]->oldest_unapplied_ns[1], i);
+      board[0]->partitions.store(2, std::memory_order_relaxed);
+      ASSERT_TRUE(writer_->put("k" + std::to_string(i % 50), std::to_string(i)));
+    }
+  });
+  uint64_t last_count = 0, last_acked = 0;
+  for (int round = 0; round < 200; ++round) {
+    const std::string page = render({TableSource{"t", "topic", 0, table_}},
+                                    {published.load(), &writes, &board, nullptr, {}, "1"});
+    const uint64_t count = std::stoull(sample(page, "kvsd_write_acknowledged_seconds_count"));
+    const uint64_t acked = std::stoull(sample(page, "kvsd_writes_acknowledged_total"));
+    EXPECT_EQ(sample(page, "kvsd_write_acknowledged_seconds_bucket{le=\"+Inf\"}"),
+              std::to_string(count));
+    EXPECT_GE(count, last_count);
+    EXPECT_GE(acked, last_acked);
+    last_count = count;
+    last_acked = acked;
+  }
+  stop = true;
+  server.join();
+  apply.join();
+  EXPECT_GT(last_count, 0u);
 }
 
 // Prometheus's promtool (Debian's prometheus package) lints the page:

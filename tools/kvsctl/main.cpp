@@ -468,6 +468,7 @@ int run(Args& a, const Target& t, const kvs::config::Config& cfg) {
 
 int main(int argc, char** argv) {
   CLI::App app{"kvsctl: read kvs tables and write through kvsd"};
+  app.set_version_flag("--version", std::string("kvsctl ") + KVS_VERSION_STRING);
   Args a;
   add_global_options(app, a);
   add_read_write_commands(app, a);
