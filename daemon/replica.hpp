@@ -130,7 +130,7 @@ struct Replica {
   uint64_t skipped = 0;
   uint64_t rebuilds = 0;  // replacements published since kvsd started
   uint64_t growths = 0;   // larger segments published since kvsd started
-  uint32_t n_held = 0;                                         // partitions whose held record waits
+  uint32_t n_held = 0;    // partitions whose held record waits
   format::HoldReason hold_reason = format::HoldReason::kNone;  // of the latest hold
   clock::time_point next_hold_log{};
   uint64_t holds_unlogged = 0;
