@@ -5,7 +5,8 @@
 # config passes --check-config, user kvs, the unit, sysusers and tmpfiles
 # entries, man pages, the version everywhere), starts the installed kvsd on
 # its embedded Kafka and reads a value written through it with the
-# installed kvsctl, then purges them and checks that nothing is left.
+# installed kvsctl, Python and Java, then purges them and checks that
+# nothing is left.
 # Needs root (apt-get, /etc). Run by scripts/test.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "package check: $*" >&2; exit 1; }
-packages=(kvsd libkvs0 libkvs-dev kvs-tools)
+packages=(kvsd libkvs0 libkvs-dev kvs-tools python3-kvs libkvs-java)
 
 # 1. Build and lint, from the files git knows (a build tree is not copied).
 mkdir "$work/kvs"
@@ -72,6 +73,27 @@ kvsctl --config "$work/kvsd.toml" wait-ready --timeout-ms 60000 >/dev/null ||
 kvsctl --config "$work/kvsd.toml" put --visible checkout.v2 on >/dev/null ||
   { cat "$work/kvsd.log"; fail "a write through the installed kvsd failed"; }
 [ "$(kvsctl --config "$work/kvsd.toml" get checkout.v2)" = on ] || fail "kvsctl get did not read the value"
+# The same value through the installed Python and Java bindings.
+got=$(/usr/bin/python3 -c 'import kvs, sys
+t = kvs.Table.open("flags", shm_prefix=sys.argv[1], handover=kvs.HANDOVER_NEVER)
+print(t.get(b"checkout.v2").decode())' "kvspkg.$$.") || fail "python3-kvs could not read the table"
+[ "$got" = on ] || fail "python3-kvs read \"$got\""
+mkdir -p "$work/java"
+cat >"$work/java/Read.java" <<'JAVA'
+public class Read {
+  public static void main(String[] a) {
+    try (io.kvs.Table t = io.kvs.Table.open("flags", a[0], null, null, io.kvs.Table.HANDOVER_NEVER)) {
+      System.out.println(new String(t.get("checkout.v2".getBytes())));
+    }
+  }
+}
+JAVA
+javac -d "$work/java" -cp /usr/share/java/kvs.jar --add-modules jdk.incubator.foreign \
+  "$work/java/Read.java" 2>"$work/javac.log" || { cat "$work/javac.log"; fail "javac against kvs.jar failed"; }
+got=$(java --add-modules jdk.incubator.foreign --enable-native-access=ALL-UNNAMED \
+  -cp "/usr/share/java/kvs.jar:$work/java" Read "kvspkg.$$." 2>"$work/java.log") ||
+  { cat "$work/java.log"; fail "libkvs-java could not read the table"; }
+[ "$got" = on ] || fail "libkvs-java read \"$got\""
 kill "$kvsd_pid"
 wait "$kvsd_pid" || fail "kvsd did not stop cleanly"
 kvsd_pid=
@@ -81,7 +103,8 @@ kvsd_pid=
 apt-get purge -y -qq "${packages[@]}" >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "purge failed"; }
 for f in /etc/kvs /var/lib/kvs /run/kvs /usr/sbin/kvsd /usr/bin/kvsctl /usr/include/kvs /usr/share/kvs /usr/share/doc/kvsd \
          /lib/systemd/system/kvsd.service /usr/lib/sysusers.d/kvs.conf /usr/lib/tmpfiles.d/kvs.conf \
-         /usr/share/bash-completion/completions/kvsctl; do
+         /usr/share/bash-completion/completions/kvsctl /usr/lib/python3/dist-packages/kvs \
+         /usr/share/java/kvs.jar; do
   [ ! -e "$f" ] || fail "$f is left after purge"
 done
 for p in "${packages[@]}"; do
