@@ -12,14 +12,17 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kvs-packages.XXXXXX)
 kvsd_pid=
+installed=0
+packages=(kvsd libkvs0 libkvs-dev kvs-tools python3-kvs libkvs-java)
 cleanup() {
   [ -n "$kvsd_pid" ] && kill "$kvsd_pid" 2>/dev/null && wait "$kvsd_pid" 2>/dev/null
-  rm -f /dev/shm/kvspkg."$$".* 2>/dev/null || true
+  rm -rf /dev/shm/kvspkg."$$".* 2>/dev/null || true
+  # A check that failed half-way leaves no package behind for the builds after it.
+  [ "$installed" = 1 ] && apt-get purge -y -qq "${packages[@]}" >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
 fail() { echo "package check: $*" >&2; exit 1; }
-packages=(kvsd libkvs0 libkvs-dev kvs-tools python3-kvs libkvs-java)
 
 # 1. Build and lint, from the files git knows (a build tree is not copied).
 mkdir "$work/kvs"
@@ -36,6 +39,7 @@ cmake_version=$(sed -n 's/^project(kvs VERSION \([0-9.]*\).*/\1/p' "$root/CMakeL
 # 2. Install; what an operator finds.
 debs=()
 for p in "${packages[@]}"; do debs+=("$work/${p}_${version}_$(dpkg --print-architecture).deb"); done
+installed=1
 apt-get install -y -qq "${debs[@]}" >"$work/install.log" 2>&1 ||
   { cat "$work/install.log"; fail "apt-get install of the packages failed"; }
 [ "$(/usr/sbin/kvsd --version)" = "kvsd $version" ] || fail "kvsd --version: $(/usr/sbin/kvsd --version)"
@@ -101,6 +105,7 @@ kvsd_pid=
 # 4. Purge: nothing of the packages stays (user kvs does, as Debian keeps
 #    system users).
 apt-get purge -y -qq "${packages[@]}" >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "purge failed"; }
+installed=0
 for f in /etc/kvs /var/lib/kvs /run/kvs /usr/sbin/kvsd /usr/bin/kvsctl /usr/include/kvs /usr/share/kvs /usr/share/doc/kvsd \
          /lib/systemd/system/kvsd.service /usr/lib/sysusers.d/kvs.conf /usr/lib/tmpfiles.d/kvs.conf \
          /usr/share/bash-completion/completions/kvsctl /usr/lib/python3/dist-packages/kvs \
