@@ -44,6 +44,11 @@ class MetricsTest : public KvsdTest {
     const size_t v = at + key.size() + 3;
     return json.substr(v, json.find_first_of(",}", v) - v);
   }
+  static long rss_kib_of(pid_t pid) {
+    const std::string s = test::slurp("/proc/" + std::to_string(pid) + "/status");
+    const size_t at = s.find("VmRSS:");
+    return at == std::string::npos ? -1 : std::atol(s.c_str() + at + 6);
+  }
   static int threads_of(pid_t pid) {
     const std::string s = test::slurp("/proc/" + std::to_string(pid) + "/status");
     const size_t at = s.find("Threads:");
@@ -211,6 +216,7 @@ TEST_F(MetricsTest, BadAndHostileRequestsGetAClearStatusAndNeverSlowWrites) {
   };
   (void)timed_put("warm");
   const int threads = threads_of(kvsd->pid());
+  const long rss_before = rss_kib_of(kvsd->pid());
   std::vector<int> flood;
   for (int i = 0; i < 300; ++i) {
     const int fd = test::tcp_connect(port_, 20ms);
@@ -223,6 +229,8 @@ TEST_F(MetricsTest, BadAndHostileRequestsGetAClearStatusAndNeverSlowWrites) {
     EXPECT_LT(timed_put("during" + std::to_string(i)), 2s) << "a write waited for the flood";
   }
   EXPECT_EQ(threads_of(kvsd->pid()), threads) << "the flood made kvsd start threads";
+  // Each connection the endpoint took holds a socket and a small buffer.
+  EXPECT_LT(rss_kib_of(kvsd->pid()) - rss_before, 16 * 1024) << "KiB more during the flood";
   for (int fd : flood) ::close(fd);
   std::string page;
   EXPECT_TRUE(test::wait_until(
