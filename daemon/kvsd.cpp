@@ -238,7 +238,7 @@ class Housekeeping {
  private:
   // What the metrics endpoint reads of a table besides its segment.
   static void publish(const Replica& t, metrics::TableBoard& b) {
-    metrics::store(b.records_applied, t.applied);
+    metrics::store(b.records_applied, t.applied_total);
     metrics::store(b.rebuilds, t.rebuilds);
     metrics::store(b.growths, t.growths);
     const size_t n = std::min(t.parts.size(), b.oldest_unapplied_ns.size());

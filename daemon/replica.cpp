@@ -219,6 +219,7 @@ bool retry_holds(Replica& t, kafka::Consumer& c, clock::time_point now) {
       note_skipped(t, p, h.offset, r.error());
     } else {
       ++t.applied;
+      ++t.applied_total;
       t.parts[p].last_applied_ts_ns = ms_to_ns(h.timestamp_ms);
     }
     const int64_t next = h.offset + 1;
@@ -324,6 +325,7 @@ bool apply_message(Replica& t, kafka::Consumer& c, rd_kafka_message_t* m) {
     // one only makes the age bound larger.
     if (t.ready || (t.applied & 15) == 0) t.parts[p].last_applied_ts_ns = ms_to_ns(ts);
     ++t.applied;
+    ++t.applied_total;
   }
   // Published per record, right after it is visible: a kvsd killed here
   // replays from the record after it, so readers never see a key go back

@@ -126,7 +126,8 @@ struct Replica {
   uint64_t source_cluster = 0;  // XXH3 of the cluster id (0: unknown)
   uint64_t source_topic = 0;    // XXH3 of the topic name
   bool skip_batch = false;      // rest of this batch predates a seek
-  uint64_t applied = 0;
+  uint64_t applied = 0;         // since the current segment's bootstrap (progress, STATUS=)
+  uint64_t applied_total = 0;   // since kvsd started, never going back (metrics)
   uint64_t skipped = 0;
   uint64_t rebuilds = 0;  // replacements published since kvsd started
   uint64_t growths = 0;   // larger segments published since kvsd started

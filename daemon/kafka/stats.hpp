@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,9 @@ struct ClientStats {
   uint64_t received_unix_ns = 0;
 };
 
-// The latest document of every handle that sent one.
-std::vector<ClientStats> latest_stats();
+// The latest document of every handle that sent one (shared: taking them
+// copies no document under the lock the callback takes).
+std::vector<std::shared_ptr<const ClientStats>> latest_stats();
 
 // statistics.interval.ms for kvsd's own handles when [kafka] does not set
 // it and the metrics endpoint is on.

@@ -14,7 +14,7 @@ namespace kvs::daemon::metrics {
 
 struct TableBoard {
   explicit TableBoard(uint32_t max_partitions) : oldest_unapplied_ns(max_partitions) {}
-  std::atomic<uint64_t> records_applied{0};  // since kvsd started
+  std::atomic<uint64_t> records_applied{0};  // since kvsd started, never going back
   std::atomic<uint64_t> rebuilds{0};
   std::atomic<uint64_t> growths{0};
   std::atomic<uint32_t> partitions{0};  // entries of oldest_unapplied_ns in use

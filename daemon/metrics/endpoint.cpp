@@ -45,7 +45,10 @@ Endpoint::Endpoint(const config::Config& cfg, const Server& server, const Snapsh
 }
 
 Endpoint::~Endpoint() {
-  if (ctx_ != nullptr) mg_stop(ctx_);
+  if (ctx_ != nullptr) {
+    mg_stop(ctx_);  // returns once its threads have ended
+    mg_exit_library();
+  }
   for (auto& t : tables_) kvs_close(t.table);
 }
 

@@ -50,12 +50,13 @@ struct Sources {
   const server::WriteStats* writes = nullptr;  // null: no write figures
   const Board* board = nullptr;                // null: no apply-thread figures
   const SnapshotStatus* snapshots = nullptr;   // null: no snapshot figures
-  std::vector<kafka::ClientStats> kafka;       // librdkafka's latest statistics
+  std::vector<std::shared_ptr<const kafka::ClientStats>> kafka;  // librdkafka's latest statistics
   std::string_view version;
 };
 
 // librdkafka's statistics (kafka_figures.cpp).
-void kafka_figures(Writer& w, const std::vector<kafka::ClientStats>& stats, uint64_t now);
+void kafka_figures(Writer& w, const std::vector<std::shared_ptr<const kafka::ClientStats>>& stats,
+                   uint64_t now);
 
 // The whole page.
 std::string render(const std::vector<TableSource>& tables, const Sources& sources);

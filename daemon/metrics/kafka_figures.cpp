@@ -49,13 +49,15 @@ bool brokers_of(const kafka::ClientStats& s, std::vector<Broker>* out) {
 
 }  // namespace
 
-void kafka_figures(Writer& w, const std::vector<kafka::ClientStats>& stats, uint64_t now) {
+void kafka_figures(Writer& w, const std::vector<std::shared_ptr<const kafka::ClientStats>>& stats,
+                   uint64_t now) {
   std::vector<Broker> brokers;
   uint64_t unreadable = 0;
   w.family("kvsd_kafka_stats_age_seconds", "gauge",
            "Age of the latest statistics document of each librdkafka client of kvsd "
            "(statistics.interval.ms).");
-  for (const auto& s : stats) {
+  for (const auto& ptr : stats) {
+    const kafka::ClientStats& s = *ptr;
     const double age =
         s.received_unix_ns < now ? static_cast<double>(now - s.received_unix_ns) / 1e9 : 0.0;
     w.sample("kvsd_kafka_stats_age_seconds", {"client", s.client}, age);

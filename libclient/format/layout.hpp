@@ -236,14 +236,15 @@ struct alignas(kCacheLine) TableHeader {
   // and then `digest_slot` (1 + the slot's index) are set; after it,
   // `digest` takes `digest_next` and `digest_slot` goes back to 0. An
   // attach that finds `digest_slot` set reads the slot: it holds
-  // `digest_word` only if the store was made. `digest_unpublished` is 1
-  // from a record's slot store until its offset is published, so that a
-  // reader pairs the digest with the offsets it covers.
+  // `digest_word` only if the store was made. `digest_seq` is odd from a
+  // record's first slot store until its offset is published (even again),
+  // so that a reader that sees the same even value before and after its
+  // loads pairs the digest with exactly the offsets it covers.
   alignas(kCacheLine) std::atomic<uint64_t> digest;
   std::atomic<uint64_t> digest_next;
   std::atomic<uint64_t> digest_word;
   std::atomic<uint64_t> digest_slot;
-  std::atomic<uint32_t> digest_unpublished;
+  std::atomic<uint32_t> digest_seq;
   uint32_t reserved5;
   uint64_t reserved6[3];
 };

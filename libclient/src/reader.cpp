@@ -380,14 +380,15 @@ static bool read_digest(const Generation& g, kvs_digest* out) {
       std::min(h.partition_count.load(std::memory_order_acquire), h.partition_capacity);
   const PartitionState* ps = partition_states(g);
   std::vector<int64_t> before(parts), after(parts);
-  if (h.digest_unpublished.load(std::memory_order_acquire) != 0) return false;
+  const uint32_t seq = h.digest_seq.load(std::memory_order_acquire);
+  if (seq & 1) return false;
   for (uint32_t p = 0; p < parts; ++p)
     before[p] = ps[p].next_offset.load(std::memory_order_acquire);
   const uint64_t contents = h.digest.load(std::memory_order_acquire);
   const uint64_t bracket = h.digest_slot.load(std::memory_order_acquire);
   for (uint32_t p = 0; p < parts; ++p) after[p] = ps[p].next_offset.load(std::memory_order_acquire);
-  if (bracket != 0 || h.digest_unpublished.load(std::memory_order_acquire) != 0 ||
-      before != after || h.digest.load(std::memory_order_acquire) != contents) {
+  if (bracket != 0 || h.digest_seq.load(std::memory_order_acquire) != seq || before != after ||
+      h.digest.load(std::memory_order_acquire) != contents) {
     return false;
   }
   *out = kvs_digest{table_digest(contents, after.data(), parts), contents, parts};
@@ -404,7 +405,9 @@ int kvs_table_digest(kvs_table* t, kvs_digest* out) {
     if (attempt % 64 == 63) sched_yield();
   }
   return fail(Errc::kBusy, "kvs_table_digest: kvsd applied records throughout the read of table " +
-                               t->name + "'s digest; try again");
+                               t->name +
+                               "'s digest, or holds one whose offset it has not published yet "
+                               "(it is restarting); try again");
 }
 
 }  // extern "C"

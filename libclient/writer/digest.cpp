@@ -17,6 +17,9 @@ using namespace format;
 
 void TableWriter::store_slot(uint64_t group, int slot, uint64_t word, uint64_t digest_delta) {
   TableHeader& h = *header_;
+  // A record's first store: odd until its offset is published.
+  const uint32_t seq = h.digest_seq.load(std::memory_order_relaxed);
+  if (applying_ && (seq & 1) == 0) h.digest_seq.store(seq + 1, std::memory_order_release);
   const uint64_t next = h.digest.load(std::memory_order_relaxed) + digest_delta;
   h.digest_next.store(next, std::memory_order_release);
   h.digest_word.store(word, std::memory_order_release);
@@ -64,7 +67,10 @@ void TableWriter::recover_digest() {
     }
     h.digest_slot.store(0, std::memory_order_release);
   }
-  h.digest_unpublished.store(0, std::memory_order_release);
+  // An odd digest_seq stays odd: the dead writer stored a record whose
+  // offset it did not publish. The record is applied again, and its
+  // offset's publication makes the sequence even (until then readers are
+  // told the digest is not paired with offsets yet).
 }
 
 }  // namespace kvs

@@ -52,10 +52,12 @@ Result<TableWriter::Applied> TableWriter::apply(std::string_view key,
                                                 std::optional<std::string_view> value,
                                                 Origin origin, int64_t offset) {
   const int64_t log_offset = log_ != nullptr ? offset : -1;
-  // Until the record's offset is published (set_next_offset), the digest
-  // may count it and the offsets not: readers of the digest wait.
-  header_->digest_unpublished.store(1, std::memory_order_release);
-  return value ? put_from(key, *value, origin, log_offset) : erase_from(key, origin, log_offset);
+  // A slot store of this record makes digest_seq odd until its offset is
+  // published (set_next_offset); one that stores nothing leaves it.
+  applying_ = true;
+  auto r = value ? put_from(key, *value, origin, log_offset) : erase_from(key, origin, log_offset);
+  applying_ = false;
+  return r;
 }
 
 Origin TableWriter::origin_of(uint64_t word) const {
@@ -252,7 +254,8 @@ void TableWriter::set_next_offset(uint32_t partition, int64_t next_offset) {
   // release: every record below next_offset is visible before the offset is
   // (DESIGN.md invariant 3).
   ps.next_offset.store(next_offset, std::memory_order_release);
-  header_->digest_unpublished.store(0, std::memory_order_release);
+  const uint32_t seq = header_->digest_seq.load(std::memory_order_relaxed);
+  if (seq & 1) header_->digest_seq.store(seq + 1, std::memory_order_release);
   dirty_ = true;
   // The log holds at least what was applied: the high watermark readers see
   // never trails the applied offset, though kvsd learns the broker's only

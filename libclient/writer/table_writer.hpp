@@ -311,7 +311,8 @@ class TableWriter {
   // Publishes `word` in a free slot of the key's probe sequence; the table's
   // digest grows by `digest_delta`.
   void insert_slot(uint64_t hash, uint64_t word, uint64_t digest_delta);
-  // Stores `word` into slot `slot` of group `group` and moves the digest
+  // Stores `word` into slot `slot` of group `group` (making digest_seq odd
+  // when it is the first store of a record apply() applies) and moves the digest
   // by `digest_delta`, bracketed so that a writer dying at any instruction
   // leaves a digest recover_digest settles (digest.cpp).
   void store_slot(uint64_t group, int slot, uint64_t word, uint64_t digest_delta);
@@ -394,6 +395,7 @@ class TableWriter {
   // Bytes of the live entries' blocks: those this writer published since it
   // attached minus those it retired since, plus (once the attach walk is
   // done) those live at the attach.
+  bool applying_ = false;  // inside apply(): its stores are a record's (digest.cpp)
   int64_t live_delta_ = 0;
   uint64_t live_at_attach_ = 0;
   bool live_exact_ = true;

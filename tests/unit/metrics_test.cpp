@@ -150,8 +150,11 @@ TEST(MetricsKafkaStatsTest, BrokersOfEachClientAreShownAndUnreadableDocumentsCou
     ":0/internal":{"name":":0/internal","nodeid":-1,"source":"internal","state":"UP"},
     "127.0.0.1:9093/2":{"name":"127.0.0.1:9093/2","nodeid":2,"source":"learned","state":"DOWN"}}})";
   const uint64_t now = format::now_unix_ns();
-  std::vector<kafka::ClientStats> stats = {{"rdkafka#consumer-1", doc, now - 2'000'000'000},
-                                           {"rdkafka#producer-2", "{not json", now}};
+  std::vector<std::shared_ptr<const kafka::ClientStats>> stats = {
+      std::make_shared<const kafka::ClientStats>(
+          kafka::ClientStats{"rdkafka#consumer-1", doc, now - 2'000'000'000}),
+      std::make_shared<const kafka::ClientStats>(
+          kafka::ClientStats{"rdkafka#producer-2", "{not json", now})};
   daemon::metrics::Writer w;
   daemon::metrics::kafka_figures(w, stats, now);
   const std::string page = w.take();

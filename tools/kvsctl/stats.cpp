@@ -214,7 +214,8 @@ std::string digest_json(kvs_table* tb) {
 void print_digest(kvs_table* tb) {
   kvs_digest d{};
   if (kvs_table_digest(tb, &d) != KVS_OK) {
-    std::printf("digest          not read: kvsd applied records throughout; run again\n");
+    std::printf(
+        "digest          not read now: kvsd is applying records (or restarting); run again\n");
     return;
   }
   std::printf(

@@ -259,7 +259,8 @@ KVS_API int kvs_stat(kvs_table *table, kvs_table_stats *out);
  * (up to a 64-bit hash collision). kvsd keeps it as it applies records, so
  * reading it scans nothing; it is read between two records, with the
  * offsets it covers. Errors: KVS_EBUSY (kvsd applied records throughout
- * the read; retriable), KVS_EINVAL (NULL argument). */
+ * the read, or a restarted kvsd has not yet published the offset of a
+ * record its predecessor applied; retriable), KVS_EINVAL (NULL argument). */
 typedef struct kvs_digest {
   uint64_t digest;
   uint64_t contents;
