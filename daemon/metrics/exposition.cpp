@@ -66,23 +66,6 @@ double age_s(uint64_t unix_ns, uint64_t now) {
   return unix_ns == 0 || unix_ns > now ? 0.0 : static_cast<double>(now - unix_ns) / 1e9;
 }
 
-const char* hold_name(uint32_t r) {
-  switch (r) {
-    case KVS_HOLD_CAPACITY:
-      return "capacity";
-    case KVS_HOLD_MEMORY:
-      return "memory";
-    case KVS_HOLD_READERS:
-      return "readers";
-    case KVS_HOLD_NO_SPACE:
-      return "no_space";
-    case KVS_HOLD_LIMIT:
-      return "limit";
-    default:
-      return "none";
-  }
-}
-
 // One family per table-level figure, each with a sample per table.
 struct TableFigure {
   const char* name;
@@ -170,7 +153,8 @@ void table_figures(Writer& w, const std::vector<TableSource>& tables,
   for (size_t i = 0; i < tables.size(); ++i) {
     if (tables[i].table != nullptr && stats[i].held_partitions > 0)
       w.sample("kvs_table_hold_reason_info",
-               {"table", tables[i].name, "reason", hold_name(stats[i].hold_reason)}, uint64_t{1});
+               {"table", tables[i].name, "reason", format::hold_reason_name(stats[i].hold_reason)},
+               uint64_t{1});
   }
 }
 

@@ -287,6 +287,26 @@ inline const char* hold_reason_text(uint32_t reason) {
   }
   return "no room";
 }
+
+// Why partitions wait, as a short name for machines (kvsctl stats --json,
+// the metrics' `reason` label); "none" for any other value.
+inline const char* hold_reason_name(uint32_t reason) {
+  switch (static_cast<HoldReason>(reason)) {
+    case HoldReason::kCapacity:
+      return "capacity";
+    case HoldReason::kMemory:
+      return "memory";
+    case HoldReason::kReaders:
+      return "readers";
+    case HoldReason::kNoSpace:
+      return "no_space";
+    case HoldReason::kLimit:
+      return "limit";
+    case HoldReason::kNone:
+      break;
+  }
+  return "none";
+}
 static_assert(offsetof(TableHeader, epoch) == 2 * kCacheLine);
 static_assert(offsetof(TableHeader, state) == 3 * kCacheLine);
 static_assert(offsetof(TableHeader, oldest_unapplied_unix_ns) == 5 * kCacheLine - 8);

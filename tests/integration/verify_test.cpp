@@ -112,16 +112,7 @@ TEST_F(VerifyTest, TwoKvsdOnOneTopicHaveEqualDigestsUntilAChangeIsPlantedInOne) 
   config_ = write_config();
   auto one = start_kvsd(config_);
   test::ShmScope shm2;
-  std::string cfg2 = test::slurp(config_);
-  for (auto [from, to] :
-       {std::pair{socket_path(), (dir_ / "s2.sock").string()},
-        std::pair{shm_.prefix(), shm2.prefix()}, std::pair{state_dir(), state_dir() + "2"}}) {
-    const size_t at = cfg2.find(from);
-    ASSERT_NE(at, std::string::npos) << from;
-    cfg2.replace(at, from.size(), to);
-  }
-  const std::string config2 = (dir_ / "kvsd2.toml").string();
-  std::ofstream(config2) << cfg2;
+  const std::string config2 = write_second_config(shm2);
   auto start_two = [&] {
     return std::make_unique<test::Child>(
         std::vector<std::string>{test::helper("../kvsd"), "--config", config2},
@@ -129,15 +120,8 @@ TEST_F(VerifyTest, TwoKvsdOnOneTopicHaveEqualDigestsUntilAChangeIsPlantedInOne) 
   };
   auto two = start_two();
   Table t1 = open_ready();
-  std::optional<Table> t2;
-  ASSERT_TRUE(test::wait_until(
-      [&] {
-        auto r = Table::open("t", {shm2.prefix()});
-        if (r) t2.emplace(std::move(*r));
-        return r.has_value();
-      },
-      30s));
-  ASSERT_TRUE(t2->wait_ready(30s));
+  std::optional<Table> t2 = open_table_at(shm2.prefix());
+  ASSERT_TRUE(t2 && t2->wait_ready(30s));
   ASSERT_TRUE(test::wait_until(
       [&] { return all_applied(t1, sent_, 4) && all_applied(*t2, sent_, 4); }, 30s));
   auto digest_in_stats = [&](std::string config) {

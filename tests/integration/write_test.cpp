@@ -798,28 +798,12 @@ TEST_F(WriteTest, ATokenIsWaitedForAtASecondKvsd) {
   auto one = start_kvsd(write_config());
   Table t1 = open_ready();
   test::ShmScope shm2;
-  std::string cfg2 = test::slurp((dir_ / "kvsd.toml").string());
-  auto replace = [&](const std::string& from, const std::string& to) {
-    const size_t at = cfg2.find(from);
-    ASSERT_NE(at, std::string::npos);
-    cfg2.replace(at, from.size(), to);
-  };
   const std::string sock2 = (dir_ / "s2.sock").string();
-  replace(socket_path(), sock2);
-  replace("shm_prefix = \"" + shm_.prefix() + "\"", "shm_prefix = \"" + shm2.prefix() + "\"");
-  std::ofstream((dir_ / "kvsd2.toml").string()) << cfg2;
   auto two = std::make_unique<test::Child>(
-      std::vector<std::string>{test::helper("../kvsd"), "--config", (dir_ / "kvsd2.toml").string()},
+      std::vector<std::string>{test::helper("../kvsd"), "--config", write_second_config(shm2)},
       (dir_ / "kvsd2.log").string());
-  std::optional<Table> t2;
-  ASSERT_TRUE(test::wait_until(
-      [&] {
-        auto r = Table::open("t", {shm2.prefix()});
-        if (r) t2.emplace(std::move(*r));
-        return r.has_value();
-      },
-      30s));
-  ASSERT_TRUE(t2->wait_ready(30s));
+  std::optional<Table> t2 = open_table_at(shm2.prefix());
+  ASSERT_TRUE(t2 && t2->wait_ready(30s));
 
   two->kill(SIGSTOP);  // the second host lags
   kvs_client* c = connect();

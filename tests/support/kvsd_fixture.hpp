@@ -56,6 +56,37 @@ class KvsdTest : public ::testing::Test {
                         << extra_table;
     return path;
   }
+  // A second kvsd's config, on the same topic as write_config's (another
+  // host, on this machine): its own socket (s2.sock), shared-memory prefix
+  // (shm2's) and state_dir. Call write_config first. Its path.
+  std::string write_second_config(const test::ShmScope& shm2) {
+    std::string cfg = test::slurp((dir_ / "kvsd.toml").string());
+    for (const auto& [from, to] : {std::pair{socket_path(), (dir_ / "s2.sock").string()},
+                                   std::pair{"shm_prefix = \"" + shm_.prefix() + "\"",
+                                             "shm_prefix = \"" + shm2.prefix() + "\""},
+                                   std::pair{state_dir(), state_dir() + "2"}}) {
+      const size_t at = cfg.find(from);
+      if (at == std::string::npos) throw std::runtime_error("write_config wrote no " + from);
+      cfg.replace(at, from.size(), to);
+    }
+    const std::string path = (dir_ / "kvsd2.toml").string();
+    std::ofstream(path) << cfg;
+    return path;
+  }
+  // Opens table t under `prefix` once a kvsd has created it there.
+  static std::optional<Table> open_table_at(const std::string& prefix,
+                                            std::chrono::milliseconds timeout = 30s) {
+    std::optional<Table> t;
+    EXPECT_TRUE(test::wait_until(
+        [&] {
+          auto r = Table::open("t", {prefix});
+          if (r) t.emplace(std::move(*r));
+          return r.has_value();
+        },
+        timeout))
+        << "no kvsd created table t under " << prefix;
+    return t;
+  }
   // kvsd's stderr goes to log_path(); tests look for its messages there.
   std::unique_ptr<test::Child> start_kvsd(const std::string& config) {
     return std::make_unique<test::Child>(

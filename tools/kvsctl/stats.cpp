@@ -23,23 +23,6 @@ std::string human_bytes(uint64_t b) {
   return buf;
 }
 
-const char* hold_reason_name(uint32_t r) {
-  switch (r) {
-    case KVS_HOLD_CAPACITY:
-      return "capacity";
-    case KVS_HOLD_MEMORY:
-      return "memory";
-    case KVS_HOLD_READERS:
-      return "readers";
-    case KVS_HOLD_NO_SPACE:
-      return "no_space";
-    case KVS_HOLD_LIMIT:
-      return "limit";
-    default:
-      return "none";
-  }
-}
-
 // Seconds from a Unix-ns timestamp to now (0 if it is 0 or ahead).
 double age_s(uint64_t unix_ns) {
   const uint64_t now = kvs::format::now_unix_ns();
@@ -242,8 +225,9 @@ void print_stats_json(const Target& t, kvs_table* tb, const kvs_table_stats& s, 
       static_cast<unsigned long long>(s.segment_bytes), static_cast<unsigned long long>(s.puts),
       static_cast<unsigned long long>(s.erases), static_cast<unsigned long long>(s.skipped),
       s.writer_pid, static_cast<unsigned long long>(s.writer_attaches), s.reader_slots,
-      s.reader_slots_used, s.readers_reading, s.held_partitions, hold_reason_name(s.hold_reason),
-      s.holder_pid, static_cast<unsigned long long>(s.holder_since_unix_ns),
+      s.reader_slots_used, s.readers_reading, s.held_partitions,
+      kvs::format::hold_reason_name(s.hold_reason), s.holder_pid,
+      static_cast<unsigned long long>(s.holder_since_unix_ns),
       static_cast<unsigned long long>(s.holder_bytes), static_cast<unsigned long long>(s.backlog),
       static_cast<unsigned long long>(s.oldest_unapplied_unix_ns), s.waiters,
       static_cast<unsigned long long>(s.wakes),
